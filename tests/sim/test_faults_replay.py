@@ -16,7 +16,8 @@ from edgefleet.sim.replay import Replay
 def test_schedule_yaml_and_json(tmp_path: Path) -> None:
     y = tmp_path / "s.yaml"
     y.write_text(
-        "- {start_s: 30, end_s: 60, kind: cavitation}\n- {start_s: 5, end_s: 9, kind: blocked_valve}\n"
+        "- {start_s: 30, end_s: 60, kind: cavitation}\n"
+        "- {start_s: 5, end_s: 9, kind: blocked_valve}\n"
     )
     j = tmp_path / "s.json"
     j.write_text(json.dumps({"faults": [{"start_s": 1, "end_s": 2, "kind": "bearing_wear"}]}))
