@@ -1,0 +1,479 @@
+"""Every message schema of the wire contract (docs/wire-contract.md), each with a version field.
+
+Hot-path messages (readings, samples, results) are column-wise numpy arrays checked cheaply by
+hand; control-plane messages are pydantic models. `to_wire`/`from_wire` convert to and from the
+plain dicts that `shared.codec` encodes, so one decoder reads msgpack and JSON alike.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.codec import Encoding
+from shared.errors import PayloadError
+
+SCHEMA_VERSION = 1
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
+U8 = npt.NDArray[np.uint8]
+U16 = npt.NDArray[np.uint16]
+
+
+class Quality(IntEnum):
+    """Quality of one reading, as the device or adapter judged it."""
+
+    GOOD = 0
+    UNCERTAIN = 1
+    BAD = 2
+
+
+class FeatureState(IntEnum):
+    """How the aligner decided one feature of one sample."""
+
+    OBSERVED = 0  # a reading at the sample time, or an aggregate over readings in the period
+    HELD = 1  # the last good value before the sample time (hold / nearest)
+    INTERPOLATED = 2  # linear between the two good readings around the sample time
+    MISSING = 3  # nothing usable within max_age: the value is NaN
+    DEFAULT = 4  # missing, filled with the flow's default value
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def iso(t_ns: int) -> str:
+    """ISO-8601 UTC time with microseconds, for JSON readers that lose precision past 2^53."""
+    return datetime.fromtimestamp(t_ns / 1e9, UTC).isoformat(timespec="microseconds")
+
+
+def _check_version(d: dict[str, Any], kind: str) -> None:
+    if not isinstance(d, dict):
+        raise PayloadError(f"expected a {kind} message (a map), got {type(d).__name__}")
+    if d.get("kind") != kind:
+        raise PayloadError(f"expected kind {kind!r}, got {d.get('kind')!r}")
+    if d.get("v") != SCHEMA_VERSION:
+        raise PayloadError(f"unsupported {kind} schema version {d.get('v')!r}")
+
+
+def _array(d: dict[str, Any], key: str, dtype: type[np.generic], ndim: int | None = 1) -> Any:
+    if key not in d:
+        raise PayloadError(f"missing field {key!r}")
+    try:
+        arr = np.asarray(d[key], dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise PayloadError(f"field {key!r} is not an array of {np.dtype(dtype)}: {exc}") from None
+    if ndim is not None and arr.ndim != ndim:
+        raise PayloadError(f"field {key!r} must have {ndim} dimension(s), got shape {arr.shape}")
+    return arr
+
+
+def _str_list(d: dict[str, Any], key: str) -> list[str]:
+    value = d.get(key)
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise PayloadError(f"field {key!r} must be a list of strings")
+    return value
+
+
+def _str(d: dict[str, Any], key: str) -> str:
+    value = d.get(key)
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"field {key!r} must be a non-empty string")
+    return value
+
+
+@dataclass
+class ReadingBatch:
+    """Readings of one source, column-wise: reading i is signal `signals[sig[i]]` at `t[i]`.
+
+    `t` is integer nanoseconds since the Unix epoch (the device's clock where the protocol gives
+    one), `value` float64, `q` a `Quality`. The full signal name a flow uses is `source/signal`.
+    """
+
+    KIND: ClassVar[str] = "readings"
+    source: str
+    signals: list[str]
+    t: I64
+    sig: U16
+    value: F64
+    q: U8
+    received_ns: int | None = None  # local clock when the adapter got it, for clock skew
+
+    @classmethod
+    def from_columns(
+        cls,
+        source: str,
+        signals: list[str],
+        t: Any,
+        sig: Any,
+        value: Any,
+        q: Any = None,
+        received_ns: int | None = None,
+    ) -> ReadingBatch:
+        value_arr = np.asarray(value, dtype=np.float64)
+        q_arr = np.zeros(value_arr.shape, np.uint8) if q is None else np.asarray(q, dtype=np.uint8)
+        batch = cls(
+            source,
+            list(signals),
+            np.asarray(t, dtype=np.int64),
+            np.asarray(sig, dtype=np.uint16),
+            value_arr,
+            q_arr,
+            received_ns,
+        )
+        batch.check()
+        return batch
+
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
+
+    def check(self) -> None:
+        n = self.t.shape[0]
+        for name in ("sig", "value", "q"):
+            if getattr(self, name).shape != (n,):
+                raise PayloadError(
+                    f"readings from {self.source!r}: column {name!r} has shape "
+                    f"{getattr(self, name).shape}, expected ({n},) like 't'"
+                )
+        if n and int(self.sig.max()) >= len(self.signals):
+            raise PayloadError(
+                f"readings from {self.source!r}: signal index {int(self.sig.max())} "
+                f"but only {len(self.signals)} signals named"
+            )
+        if n and int(self.q.max()) > Quality.BAD:
+            raise PayloadError(f"readings from {self.source!r}: quality above {Quality.BAD.value}")
+
+    def to_wire(self, encoding: Encoding = Encoding.MSGPACK) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "kind": self.KIND,
+            "source": self.source,
+            "signals": self.signals,
+            "t": self.t,
+            "sig": self.sig,
+            "value": self.value,
+            "q": self.q,
+        }
+        if self.received_ns is not None:
+            d["received"] = self.received_ns
+        if encoding is Encoding.JSON:
+            d["time"] = [iso(int(x)) for x in self.t]
+        return d
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ReadingBatch:
+        _check_version(d, cls.KIND)
+        received = d.get("received")
+        batch = cls(
+            _str(d, "source"),
+            _str_list(d, "signals"),
+            _array(d, "t", np.int64),
+            _array(d, "sig", np.uint16),
+            _array(d, "value", np.float64),
+            _array(d, "q", np.uint8),
+            int(received) if isinstance(received, int) else None,
+        )
+        batch.check()
+        return batch
+
+
+@dataclass
+class SampleBatch:
+    """Aligned samples of one flow: `x[i]` is the model input at time `t[i]`.
+
+    `x` is float32 [N, F] (or [N, W, F] for windows of W samples); `state` (a `FeatureState`)
+    and `age_ms` (age of the value used, NaN when missing) have the shape of `x`.
+    """
+
+    KIND: ClassVar[str] = "samples"
+    flow: str
+    features: list[str]
+    t: I64
+    x: F32
+    state: U8
+    age_ms: F32
+
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
+
+    def check(self) -> None:
+        n, f = self.t.shape[0], len(self.features)
+        if self.x.ndim not in (2, 3) or self.x.shape[0] != n or self.x.shape[-1] != f:
+            raise PayloadError(
+                f"samples of {self.flow!r}: x has shape {self.x.shape}, expected "
+                f"({n}, {f}) or ({n}, W, {f})"
+            )
+        for name in ("state", "age_ms"):
+            if getattr(self, name).shape != self.x.shape:
+                raise PayloadError(
+                    f"samples of {self.flow!r}: {name!r} has shape "
+                    f"{getattr(self, name).shape}, expected {self.x.shape} like 'x'"
+                )
+
+    def to_wire(self, encoding: Encoding = Encoding.MSGPACK) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "kind": self.KIND,
+            "flow": self.flow,
+            "features": self.features,
+            "t": self.t,
+            "x": self.x,
+            "state": self.state,
+            "age_ms": self.age_ms,
+        }
+        if encoding is Encoding.JSON:
+            d["time"] = [iso(int(x)) for x in self.t]
+        return d
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> SampleBatch:
+        _check_version(d, cls.KIND)
+        batch = cls(
+            _str(d, "flow"),
+            _str_list(d, "features"),
+            _array(d, "t", np.int64),
+            _array(d, "x", np.float32, None),
+            _array(d, "state", np.uint8, None),
+            _array(d, "age_ms", np.float32, None),
+        )
+        batch.check()
+        return batch
+
+
+def result_id(flow: str, t_ns: int) -> str:
+    """The id every receiver drops duplicates by."""
+    return f"{flow}:{t_ns}"
+
+
+@dataclass
+class ModelRef:
+    name: str
+    version: str
+    sha256: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+@dataclass
+class ResultBatch:
+    """Model outputs for samples of one flow: `outputs[name][i]` belongs to sample time `t[i]`."""
+
+    KIND: ClassVar[str] = "results"
+    flow: str
+    model: ModelRef
+    t: I64
+    outputs: dict[str, Any]
+    latency_us: F32
+    ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.ids:
+            self.ids = [result_id(self.flow, int(x)) for x in self.t]
+
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
+
+    def check(self) -> None:
+        n = self.t.shape[0]
+        for name, arr in self.outputs.items():
+            if np.shape(arr)[:1] != (n,):
+                raise PayloadError(
+                    f"results of {self.flow!r}: output {name!r} has shape {np.shape(arr)}, "
+                    f"expected {n} rows"
+                )
+        if self.latency_us.shape != (n,) or len(self.ids) != n:
+            raise PayloadError(f"results of {self.flow!r}: ids or latency_us do not have {n} rows")
+
+    def to_wire(self, encoding: Encoding = Encoding.MSGPACK) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "kind": self.KIND,
+            "flow": self.flow,
+            "model": self.model.to_wire(),
+            "id": self.ids,
+            "t": self.t,
+            "outputs": self.outputs,
+            "latency_us": self.latency_us,
+        }
+        if encoding is Encoding.JSON:
+            d["time"] = [iso(int(x)) for x in self.t]
+        return d
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ResultBatch:
+        _check_version(d, cls.KIND)
+        model = d.get("model")
+        if not isinstance(model, dict):
+            raise PayloadError("field 'model' must be a map of name, version, sha256")
+        outputs = d.get("outputs")
+        if not isinstance(outputs, dict):
+            raise PayloadError("field 'outputs' must be a map of output name to array")
+        batch = cls(
+            _str(d, "flow"),
+            ModelRef(str(model.get("name")), str(model.get("version")), str(model.get("sha256"))),
+            _array(d, "t", np.int64),
+            {str(k): np.asarray(v) for k, v in outputs.items()},
+            _array(d, "latency_us", np.float32),
+            _str_list(d, "id"),
+        )
+        batch.check()
+        return batch
+
+
+# ---------------------------------------------------------------- control plane (pydantic)
+
+
+class Message(BaseModel):
+    """Base of control-plane messages: unknown keys refused, version checked."""
+
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1] = 1
+
+    @classmethod
+    def from_wire(cls, d: Any) -> Any:
+        try:
+            return cls.model_validate(d)
+        except ValidationError as exc:
+            raise PayloadError(f"invalid {cls.__name__}: {_first_error(exc)}") from None
+
+    def to_wire(self, encoding: Encoding = Encoding.MSGPACK) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(message)"
+    return f"{where}: {err['msg']}"
+
+
+class Status(Message):
+    """Retained on `status/{instance}`: online with health, stopped when it exits cleanly,
+    offline as the last will."""
+
+    kind: Literal["status"] = "status"
+    instance: str
+    service: str
+    state: Literal["online", "stopped", "offline"]
+    t: int = Field(default_factory=now_ns)
+    since: int | None = None  # when this run started
+    health: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorReport(Message):
+    """On `errors/{instance}`: an input that was rejected, and why."""
+
+    kind: Literal["error"] = "error"
+    instance: str
+    t: int = Field(default_factory=now_ns)
+    topic: str | None = None
+    reason: str
+    excerpt: str | None = None  # the start of the payload, for a person to look at
+    count: int = 1  # rejections of this kind since the last report (reports are rate-limited)
+
+
+class ConfigUpdate(Message):
+    """Retained on `config/{instance}`: a revision newer than the running one is applied."""
+
+    kind: Literal["config"] = "config"
+    instance: str
+    revision: int
+    config: dict[str, Any]
+
+
+class WriteRequest(Message):
+    """On `cmd/{source}` with a response topic and correlation data: write one point."""
+
+    kind: Literal["write"] = "write"
+    request_id: str
+    target: dict[str, Any]  # adapter-specific address: {table, address, unit} or {node}
+    value: float | int | bool
+    t: int = Field(default_factory=now_ns)
+
+
+class WriteResponse(Message):
+    """The adapter's answer, sent to the request's response topic."""
+
+    kind: Literal["write_result"] = "write_result"
+    request_id: str
+    ok: bool
+    readback: float | int | bool | None = None
+    error: str | None = None
+    t: int = Field(default_factory=now_ns)
+
+
+class Event(Message):
+    """On `events/{flow}`: one decision of the actuator, the audit trail."""
+
+    kind: Literal["event"] = "event"
+    flow: str
+    action: str
+    decision: Literal["acted", "suppressed", "failed", "dry_run", "safe_state", "hold", "release"]
+    reason: str
+    result_id: str | None = None
+    write: dict[str, Any] | None = None
+    t: int = Field(default_factory=now_ns)
+
+
+class DeployedFlow(Message):
+    name: str
+    version: int
+    model_ref: str | None = None
+    model_sha256: str | None = None
+    model_url: str | None = None
+
+
+class DesiredState(Message):
+    """Retained on `{site}/desired`, written by the fleet service."""
+
+    kind: Literal["desired"] = "desired"
+    site: str
+    revision: int
+    flows: list[DeployedFlow] = Field(default_factory=list)
+
+
+class ReportedState(Message):
+    """Retained on `{site}/reported`, written by the site's agent."""
+
+    kind: Literal["reported"] = "reported"
+    site: str
+    revision: int
+    state: Literal["applying", "applied", "failed"]
+    flows: list[DeployedFlow] = Field(default_factory=list)
+    error: str | None = None
+    t: int = Field(default_factory=now_ns)
+
+
+class FleetCommand(Message):
+    """On `fleet/commands` (MQTT v5 request/response): one operation for the fleet service."""
+
+    kind: Literal["command"] = "command"
+    request_id: str
+    op: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+HOT_PATH = {c.KIND: c for c in (ReadingBatch, SampleBatch, ResultBatch)}
+CONTROL_PLANE: dict[str, type[Message]] = {
+    c.model_fields["kind"].default: c
+    for c in (
+        Status,
+        ErrorReport,
+        ConfigUpdate,
+        WriteRequest,
+        WriteResponse,
+        Event,
+        DesiredState,
+        ReportedState,
+        FleetCommand,
+    )
+}

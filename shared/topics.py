@@ -1,0 +1,164 @@
+"""The one module that builds and parses edgefleet topics (DESIGN.md, "Topic tree (v1)").
+
+No other code writes topic strings by hand: services ask a `Topics` for them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shared.errors import TopicError
+
+DEFAULT_PREFIX = "ef"
+
+# Printable, no MQTT wildcards, no level separator, no leading '$' (reserved by brokers).
+_ID_RE = re.compile(r"^[^\x00-\x1f\x7f+#/$][^\x00-\x1f\x7f+#/]*$")
+MAX_ID_LENGTH = 128
+
+
+class Kind(StrEnum):
+    """The topic kinds under `{prefix}/{site}/`."""
+
+    RAW = "raw"
+    SAMPLES = "samples"
+    RESULTS = "results"
+    SHADOW = "shadow"
+    EVENTS = "events"
+    CMD = "cmd"
+    STATUS = "status"
+    CONFIG = "config"
+    ERRORS = "errors"
+    DESIRED = "desired"
+    REPORTED = "reported"
+    REPLY = "reply"
+
+
+# Kinds that name no entity after the kind.
+_SITE_LEVEL = {Kind.DESIRED, Kind.REPORTED}
+FLEET_SITE = "fleet"  # `{prefix}/fleet/commands` is the fleet service's own topic
+
+
+def validate_id(value: str, what: str = "id") -> str:
+    """Return `value` if it can be one topic level; raise `TopicError` saying why not."""
+    if not isinstance(value, str) or not value:
+        raise TopicError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_ID_LENGTH:
+        raise TopicError(f"{what} must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
+    if not _ID_RE.match(value):
+        raise TopicError(
+            f"{what} {value!r} may not contain '+', '#', '/', control characters or start with '$'"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    prefix: str
+    site: str
+    kind: Kind
+    name: str | None  # source, flow or instance; None for site-level kinds
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Builds every topic of one site. `Topics("plant1").raw("plc1")` → `ef/plant1/raw/plc1`."""
+
+    site: str
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        validate_id(self.prefix, "prefix")
+        validate_id(self.site, "site")
+        if self.site == FLEET_SITE:
+            raise TopicError(f"site may not be named {FLEET_SITE!r}: the fleet service owns it")
+
+    def _named(self, kind: Kind, name: str) -> str:
+        validate_id(name, kind.value)
+        return f"{self.prefix}/{self.site}/{kind.value}/{name}"
+
+    def raw(self, source: str) -> str:
+        return self._named(Kind.RAW, source)
+
+    def samples(self, flow: str) -> str:
+        return self._named(Kind.SAMPLES, flow)
+
+    def results(self, flow: str) -> str:
+        return self._named(Kind.RESULTS, flow)
+
+    def shadow(self, flow: str) -> str:
+        return self._named(Kind.SHADOW, flow)
+
+    def events(self, flow: str) -> str:
+        return self._named(Kind.EVENTS, flow)
+
+    def cmd(self, source: str) -> str:
+        return self._named(Kind.CMD, source)
+
+    def status(self, instance: str) -> str:
+        return self._named(Kind.STATUS, instance)
+
+    def config(self, instance: str) -> str:
+        return self._named(Kind.CONFIG, instance)
+
+    def errors(self, instance: str) -> str:
+        return self._named(Kind.ERRORS, instance)
+
+    def desired(self) -> str:
+        return f"{self.prefix}/{self.site}/{Kind.DESIRED.value}"
+
+    def reported(self) -> str:
+        return f"{self.prefix}/{self.site}/{Kind.REPORTED.value}"
+
+    def reply(self, instance: str) -> str:
+        """Where `instance` receives responses to its requests (the MQTT v5 response topic)."""
+        return self._named(Kind.REPLY, instance)
+
+    def all_of(self, kind: Kind) -> str:
+        """Subscription filter for every entity of one kind on this site."""
+        if kind in _SITE_LEVEL:
+            return f"{self.prefix}/{self.site}/{kind.value}"
+        return f"{self.prefix}/{self.site}/{kind.value}/+"
+
+    def everything(self) -> str:
+        return f"{self.prefix}/{self.site}/#"
+
+
+def fleet_commands(prefix: str = DEFAULT_PREFIX) -> str:
+    validate_id(prefix, "prefix")
+    return f"{prefix}/{FLEET_SITE}/commands"
+
+
+def parse(topic: str) -> ParsedTopic:
+    """Split an edgefleet topic into its parts; raise `TopicError` for anything else."""
+    parts = topic.split("/")
+    if len(parts) not in (3, 4):
+        raise TopicError(f"expected '{{prefix}}/{{site}}/{{kind}}[/{{name}}]', got {topic!r}")
+    prefix, site, kind_text = parts[0], parts[1], parts[2]
+    validate_id(prefix, "prefix")
+    validate_id(site, "site")
+    try:
+        kind = Kind(kind_text)
+    except ValueError:
+        raise TopicError(f"unknown topic kind {kind_text!r} in {topic!r}") from None
+    if kind in _SITE_LEVEL:
+        if len(parts) != 3:
+            raise TopicError(f"{kind.value} topics have no name level, got {topic!r}")
+        return ParsedTopic(prefix, site, kind, None)
+    if len(parts) != 4:
+        raise TopicError(f"{kind.value} topics end with a name, got {topic!r}")
+    return ParsedTopic(prefix, site, kind, validate_id(parts[3], kind.value))
+
+
+def matches(topic: str, topic_filter: str) -> bool:
+    """MQTT filter matching (`+` one level, `#` the rest); `$share/{group}/` is ignored."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    t_parts, f_parts = topic.split("/"), topic_filter.split("/")
+    for i, part in enumerate(f_parts):
+        if part == "#":
+            return True
+        if i >= len(t_parts) or (part != "+" and part != t_parts[i]):
+            return False
+    return len(t_parts) == len(f_parts)
