@@ -45,8 +45,11 @@ async def run(args: argparse.Namespace) -> int:
         opcua_port=args.opcua_port,
         replay=replay,
     )
+    vib = None
     if args.mqtt:
-        raise ValueError("--mqtt needs the vibration publisher, not available in this build")
+        from edgefleet.sim.vibration import VibrationPublisher, parse_host_port
+
+        vib = VibrationPublisher(sim, *parse_host_port(args.mqtt), args.vib_topic)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -54,6 +57,8 @@ async def run(args: argparse.Namespace) -> int:
     if args.labels_out:
         sim.write_labels(args.labels_out)  # the schedule now; injected faults added at exit
     async with sim:
+        if vib is not None:
+            await vib.start()
         log.info(
             "simulator running: modbus port %s, opcua %s, seed %d, %d scheduled faults",
             sim.modbus_port,
@@ -63,6 +68,8 @@ async def run(args: argparse.Namespace) -> int:
         )
         await stop.wait()
         log.info("stopping")
+        if vib is not None:
+            await vib.stop()
     if args.labels_out:
         n = sim.write_labels(args.labels_out)
         log.info("wrote %d labels to %s", n, args.labels_out)

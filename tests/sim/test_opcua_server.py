@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from asyncua import Client
+from asyncua.client.client import Client
 
 from edgefleet.sim.opcua_server import MEASURED, node_id
 from edgefleet.sim.plant import PlantSimulator
