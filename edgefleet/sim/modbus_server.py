@@ -3,13 +3,12 @@
 The image (numpy arrays) is the one source of truth. pymodbus calls `_action` on every request;
 a read copies the requested range from the image into pymodbus's registers, a write lands in
 the image and is reported to `on_write`. Unmapped addresses answer "illegal data address".
-`mute()` makes the device stop answering (requests hang until `unmute()`), `fail_with(code)`
+`mute()` makes the device stop answering (answers are dropped until `unmute()`), `fail_with(code)`
 makes every request answer with an exception code.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -117,16 +116,18 @@ class ModbusSimServer:
         self.on_write = on_write
         self.requests = 0
         self._server: ModbusTcpServer | None = None
-        self._answering = asyncio.Event()
-        self._answering.set()
+        self._muted = False
         self._exception: ExcCodes | None = None
 
     def mute(self) -> None:
-        """Stop answering: requests wait (the client times out) until `unmute()`."""
-        self._answering.clear()
+        """Stop answering: every request is taken and dropped (the client times out)."""
+        self._muted = True
 
     def unmute(self) -> None:
-        self._answering.set()
+        self._muted = False
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        return b"" if sending and self._muted else data
 
     def fail_with(self, code: int | None) -> None:
         """Answer every request with Modbus exception `code` (1..11), or None to stop."""
@@ -144,12 +145,14 @@ class ModbusSimServer:
                 0, simdata=[SimData(0, values=0, datatype=DataType.REGISTERS)], action=_no_target
             )
         )
-        self._server = ModbusTcpServer(devices, address=(self.host, self.port))
+        self._server = ModbusTcpServer(
+            devices, address=(self.host, self.port), trace_packet=self._trace_packet
+        )
         await self._server.serve_forever(background=True)
         log.info("modbus server listening on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
-        self._answering.set()
+        self._muted = False
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
@@ -179,7 +182,6 @@ class ModbusSimServer:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         self.requests += 1
-        await self._answering.wait()
         if self._exception is not None:
             return self._exception
         table = FC_TABLE.get(func_code)
