@@ -120,9 +120,7 @@ class ReadingBatch:
         received_ns: int | None = None,
     ) -> ReadingBatch:
         value_arr = np.asarray(value, dtype=np.float64)
-        q_arr = (
-            np.zeros(value_arr.shape, np.uint8) if q is None else np.asarray(q, dtype=np.uint8)
-        )
+        q_arr = np.zeros(value_arr.shape, np.uint8) if q is None else np.asarray(q, dtype=np.uint8)
         batch = cls(
             source,
             list(signals),
@@ -359,7 +357,8 @@ def _first_error(exc: ValidationError) -> str:
 
 
 class Status(Message):
-    """Retained on `status/{instance}`: online with health, stopped on a clean exit, offline (will)."""
+    """Retained on `status/{instance}`: online with health, stopped when it exits cleanly,
+    offline as the last will."""
 
     kind: Literal["status"] = "status"
     instance: str
