@@ -5,4 +5,5 @@ Each module exposes `NAME`, `Config` (its pydantic config model) and `async def 
 
 SERVICES: dict[str, str] = {
     "mqtt-ingest": "services.mqtt_ingest.service",
+    "inference": "services.inference.service",
 }
