@@ -52,7 +52,7 @@ class Inference:
         self.rt = rt
         self.config = config
         self.engine = engine
-        self.batcher = MicroBatcher(config.max_batch, config.max_queue)
+        self.batcher = MicroBatcher(config.max_batch, config.max_queue, config.settle_passes)
         self.results_topic = rt.topics.results(config.flow)
         self.offloaded = 0
 

@@ -46,6 +46,9 @@ class InferenceSettings(BaseModel):
     # W samples per model input: x is [N, F] for 1, [N, W, F] above.
     window: int = Field(default=1, ge=1)
     max_batch: int = Field(default=512, ge=1)  # samples per session.run at most
+    # Event-loop passes without a new message before a batch runs: lets a backlog reach the
+    # batch (see batching.py); 0 runs each message as soon as it is taken.
+    settle_passes: int = Field(default=3, ge=0)
     # Sample messages waiting; when full, reading from the broker waits (back-pressure).
     max_queue: int = Field(default=256, ge=1)
     intra_op_threads: int = Field(default=1, ge=1)
