@@ -6,6 +6,7 @@ goes to a folder of the caller's so a restart keeps retained messages and sessio
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -45,11 +46,15 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
             time.sleep(0.02)
 
 
-def config_text(port: int, data_dir: Path, bridge: str = "") -> str:
+def config_text(port: int, data_dir: Path, extra: str = "") -> str:
+    """The shipped site settings on `port`; `extra` adds lines (auth, ACLs, bridges)."""
+    if "allow_anonymous" not in extra:
+        extra = "allow_anonymous true\n" + extra
+    if os.geteuid() == 0:  # as root mosquitto drops to user `mosquitto`, who cannot read our files
+        extra = "user root\n" + extra
     return f"""\
 per_listener_settings false
 listener {port} 127.0.0.1
-allow_anonymous true
 set_tcp_nodelay true
 max_queued_messages 1000000
 max_queued_bytes 1073741824
@@ -62,7 +67,7 @@ log_dest file {data_dir}/mosquitto.log
 log_type error
 log_type warning
 log_type notice
-{bridge}"""
+{extra}"""
 
 
 @dataclass

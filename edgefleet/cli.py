@@ -47,13 +47,13 @@ def cmd_tap(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgefleet.demo import run_demo
 
-    return run_demo(Path(args.workdir), port=args.port)
+    return int(run_demo(Path(args.workdir), port=args.port))
 
 
 def cmd_sim(argv: list[str]) -> int:
     from edgefleet.sim.cli import main as sim_main
 
-    return sim_main(argv)
+    return int(sim_main(argv))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if other is not None:
             raise
         assert known is not None
-        for exc in known.exceptions:
-            print(f"edgefleet: {exc}", file=sys.stderr)
+        for error in known.exceptions:
+            print(f"edgefleet: {error}", file=sys.stderr)
         return 2
 
 

@@ -5,5 +5,6 @@ Each module exposes `NAME`, `Config` (its pydantic config model) and `async def 
 
 SERVICES: dict[str, str] = {
     "mqtt-ingest": "services.mqtt_ingest.service",
+    "modbus": "services.modbus.service",
     "inference": "services.inference.service",
 }

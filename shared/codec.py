@@ -36,8 +36,10 @@ class Encoding(StrEnum):
 def _pack_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         arr = obj
+        if arr.dtype.kind in "UO":  # labels: a plain list of strings
+            return arr.tolist()
         if arr.dtype.kind not in "biuf":
-            raise PayloadError(f"only numeric arrays can be encoded, got dtype {arr.dtype}")
+            raise PayloadError(f"cannot encode an array of dtype {arr.dtype}")
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         header = msgpack.packb([arr.dtype.str, list(arr.shape)])

@@ -179,6 +179,7 @@ def format_errors(
         where = f"{source}:{line}" if line else source
         key = ".".join(loc) or "(top level)"
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        message = message.removeprefix("Value error, ")
         out.append(f"{where}: {key}: {message}")
     return "\n".join(out)
 

@@ -249,6 +249,17 @@ class SampleBatch:
         return batch
 
 
+def _output(value: Any) -> Any:
+    """An output column as an array; JSON's nulls become NaN in numeric columns."""
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        try:
+            return np.array(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            return arr  # labels stay strings
+    return arr
+
+
 def result_id(flow: str, t_ns: int) -> str:
     """The id every receiver drops duplicates by."""
     return f"{flow}:{t_ns}"
@@ -322,7 +333,7 @@ class ResultBatch:
             _str(d, "flow"),
             ModelRef(str(model.get("name")), str(model.get("version")), str(model.get("sha256"))),
             _array(d, "t", np.int64),
-            {str(k): np.asarray(v) for k, v in outputs.items()},
+            {str(k): _output(v) for k, v in outputs.items()},
             _array(d, "latency_us", np.float32),
             _str_list(d, "id"),
         )
@@ -353,7 +364,8 @@ class Message(BaseModel):
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(message)"
-    return f"{where}: {err['msg']}"
+    what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    return f"{where}: {what}"
 
 
 class Status(Message):

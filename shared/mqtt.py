@@ -125,9 +125,20 @@ def _new_properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho is untyped here
 
 
+_CONTENT_TYPE_PROPERTIES: dict[str, Properties] = {}
+
+
 def _properties(msg: Outgoing) -> Properties | None:
     if not (msg.content_type or msg.response_topic or msg.correlation_data):
         return None
+    if msg.content_type and not (msg.response_topic or msg.correlation_data):
+        # building paho Properties costs more than encoding a batch: reuse one per content type
+        cached = _CONTENT_TYPE_PROPERTIES.get(msg.content_type)
+        if cached is None:
+            cached = _new_properties(PacketTypes.PUBLISH)
+            cached.ContentType = msg.content_type
+            _CONTENT_TYPE_PROPERTIES[msg.content_type] = cached
+        return cached
     props = _new_properties(PacketTypes.PUBLISH)
     if msg.content_type:
         props.ContentType = msg.content_type
@@ -234,6 +245,7 @@ class MqttConnection:
                 raise NotConnected(f"publish to {msg.topic} failed: {MQTTErrorCode(info.rc).name}")
             if msg.qos == 0:
                 self.stats.published += 1
+                await asyncio.sleep(0)  # let the socket writer run: a tight loop would only queue
                 return PublishResult(0, "Success")
             future = self._pending.get(info.mid)
             if future is None:

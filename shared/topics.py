@@ -35,6 +35,16 @@ class Kind(StrEnum):
     REPLY = "reply"
 
 
+# What the last level names, for error messages.
+_ENTITY = {
+    Kind.RAW: "source",
+    Kind.CMD: "source",
+    Kind.SAMPLES: "flow",
+    Kind.RESULTS: "flow",
+    Kind.SHADOW: "flow",
+    Kind.EVENTS: "flow",
+}
+
 # Kinds that name no entity after the kind.
 _SITE_LEVEL = {Kind.DESIRED, Kind.REPORTED}
 FLEET_SITE = "fleet"  # `{prefix}/fleet/commands` is the fleet service's own topic
@@ -75,7 +85,7 @@ class Topics:
             raise TopicError(f"site may not be named {FLEET_SITE!r}: the fleet service owns it")
 
     def _named(self, kind: Kind, name: str) -> str:
-        validate_id(name, kind.value)
+        validate_id(name, _ENTITY.get(kind, "instance"))
         return f"{self.prefix}/{self.site}/{kind.value}/{name}"
 
     def raw(self, source: str) -> str:
@@ -148,7 +158,7 @@ def parse(topic: str) -> ParsedTopic:
         return ParsedTopic(prefix, site, kind, None)
     if len(parts) != 4:
         raise TopicError(f"{kind.value} topics end with a name, got {topic!r}")
-    return ParsedTopic(prefix, site, kind, validate_id(parts[3], kind.value))
+    return ParsedTopic(prefix, site, kind, validate_id(parts[3], _ENTITY.get(kind, "instance")))
 
 
 def matches(topic: str, topic_filter: str) -> bool:
