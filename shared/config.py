@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from shared.errors import ConfigError, TopicError
 from shared.mqtt import BrokerSettings
@@ -83,6 +83,12 @@ class ServiceConfig(StrictModel):
     timings: Timings = Field(default_factory=lambda: Timings.model_validate({}))
     log_level: str = "INFO"
     revision: int = 0  # a retained config with a higher revision replaces this one
+    _source_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source_dir(self) -> Path:
+        """The folder of the file this config came from: relative paths in it start there."""
+        return self._source_dir or Path.cwd()
 
     @field_validator("site", "instance", "prefix")
     @classmethod
@@ -207,4 +213,7 @@ def load_config(path: Path | str, model: type[M], env: Mapping[str, str] | None 
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     data = apply_env(data, os.environ if env is None else env)
-    return validate(model, data, str(path), lines)
+    config = validate(model, data, str(path), lines)
+    if isinstance(config, ServiceConfig):
+        config._source_dir = path.resolve().parent
+    return config

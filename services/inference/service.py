@@ -120,6 +120,7 @@ class Inference:
 async def main(config: InferenceConfig) -> None:
     # The model is loaded and checked before connecting: a model that does not fit the flow
     # stops the instance with the reason, and never announces itself online.
+    config = config.resolve_paths(config.source_dir)
     engine = await asyncio.to_thread(build_engine, config)
     async with Runtime(NAME, config) as rt:
         service = Inference(rt, config, engine)

@@ -9,7 +9,7 @@ config from a flow stays a plain dict copy.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -62,7 +62,7 @@ class InferenceSettings(BaseModel):
     outputs: dict[str, str] | None = None
     encoding: Encoding = Encoding.MSGPACK
 
-    def resolve_paths(self, base: Path) -> InferenceSettings:
+    def resolve_paths(self, base: Path) -> Self:
         """Paths relative to the config file's folder, as a user writing the file expects."""
 
         def rel(p: Path | None) -> Path | None:
