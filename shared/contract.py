@@ -16,6 +16,7 @@ import numpy as np
 from shared import codec
 from shared.codec import Encoding
 from shared.messages import (
+    ActuatorCommand,
     ConfigUpdate,
     DeployedFlow,
     DesiredState,
@@ -79,6 +80,8 @@ TOPIC_OF = {
     "write": "`cmd/{source}`, with MQTT v5 response topic and correlation data",
     "write_result": "the request's response topic, with its correlation data",
     "event": "`events/{flow}`",
+    "actuator_command": "`cmd/{actuator instance}`, with MQTT v5 response topic and correlation"
+    " data",
     "desired": "`desired`, retained, bridged from the cloud",
     "reported": "`reported`, retained, bridged to the cloud",
     "command": "`ef/fleet/commands`, request/response",
@@ -161,6 +164,7 @@ def control_plane_examples() -> list[Message]:
             write={"source": "plc1", "table": "coil", "address": 5, "value": True},
             t=T,
         ),
+        ActuatorCommand(request_id="h1", op="hold", action="alarm-lamp", value=False, t=T),
         DesiredState(site="plant1", revision=12, flows=[flow]),
         ReportedState(site="plant1", revision=12, state="applied", flows=[flow], t=T),
         FleetCommand(

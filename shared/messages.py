@@ -436,6 +436,18 @@ class Event(Message):
     t: int = Field(default_factory=now_ns)
 
 
+class ActuatorCommand(Message):
+    """On `cmd/{actuator instance}` with a response topic: hold one action's output (at `value`,
+    or as it is) and suspend its rule, or release it. Answered with a `write_result`."""
+
+    kind: Literal["actuator_command"] = "actuator_command"
+    request_id: str
+    op: Literal["hold", "release"]
+    action: str
+    value: float | int | bool | None = None
+    t: int = Field(default_factory=now_ns)
+
+
 class DeployedFlow(Message):
     name: str
     version: int
@@ -484,6 +496,7 @@ CONTROL_PLANE: dict[str, type[Message]] = {
         WriteRequest,
         WriteResponse,
         Event,
+        ActuatorCommand,
         DesiredState,
         ReportedState,
         FleetCommand,

@@ -85,6 +85,7 @@ class Runtime:
         self.health = Health()
         self.stop = asyncio.Event()
         self._health_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self._handlers: list[tuple[str, Handler]] = []
         self._bursts: dict[str, _Burst] = {}
         self._process = psutil.Process(os.getpid())
@@ -210,6 +211,19 @@ class Runtime:
         """Add a service-specific section to the periodic health report."""
         self._health_sections[name] = section
 
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` when the stop event is set, while the service loops and the connection
+        still run (e.g. to put outputs in a safe state); it must bound its own duration."""
+        self._stop_hooks.append(hook)
+
+    async def _run_stop_hooks(self) -> None:
+        for hook in self._stop_hooks:
+            try:
+                await hook()
+            except Exception:  # a failing hook must not keep the service from stopping
+                self.health.errors += 1
+                log.exception("stop hook failed")
+
     def health_report(self) -> dict[str, Any]:
         h, stats = self.health, self.mqtt.stats
         report: dict[str, Any] = {
@@ -270,6 +284,7 @@ class Runtime:
                 status_task = group.create_task(self.status_loop(), name="status_loop")
                 service_tasks = [group.create_task(fn(), name=_name(fn)) for fn in loops]
                 await self.stop.wait()
+                await self._run_stop_hooks()
                 for task in service_tasks:
                     task.cancel()
                 status_task.cancel()

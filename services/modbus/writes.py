@@ -1,8 +1,8 @@
 """Write requests on `ef/{site}/cmd/{source}`: write through the adapter's session, read back,
 answer on the request's response topic with its correlation data.
 
-Target: `{point: NAME}` (a point marked `writable`) or `{unit, table, address}` (one coil or one
-uint16 holding register).
+Target: `{point: NAME}` (a point marked `writable`) or `{table, address}` and optionally `unit`
+(1 by default): one coil or one uint16 holding register.
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ class Writer:
                 raise PayloadError(f"no writable point {target['point']!r} in {self.config.source}")
             return found
         try:
-            unit, table, address = int(target["unit"]), str(target["table"]), int(target["address"])
+            unit = int(target.get("unit", 1))
+            table, address = str(target["table"]), int(target["address"])
         except (KeyError, TypeError, ValueError):
-            raise PayloadError("target needs {point} or {unit, table, address}") from None
+            raise PayloadError(
+                "target needs {point} or {table, address} (and unit, 1 by default)"
+            ) from None
         if table not in ("coil", "holding"):
             raise PayloadError(f"cannot write to table {table!r}: only coil or holding")
         kind = "bool" if table == "coil" else "uint16"

@@ -1,0 +1,396 @@
+"""actuator: turn a flow's results into writes back to machines, safely.
+
+`edgefleet run actuator --config FILE`, one instance per flow. Reads `ef/{site}/results/{flow}`
+and the inference instance's retained status; writes through the adapters (`cmd/{source}`,
+request/response); reports every decision as an Event on `ef/{site}/events/{flow}`; takes hold
+and release commands on `ef/{site}/cmd/{instance}`. See docs/actuator.md.
+
+Everything that decides or writes runs in one loop (`act_loop`) fed by a queue, so rule state
+needs no lock and the dispatch of status updates and commands never waits for a device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from services.actuator.config import ActionSpec, ActuatorConfig, Value
+from services.actuator.expr import EvalError
+from services.actuator.interlocks import Interlocks
+from services.actuator.rule import Kind, Rule
+from services.actuator.writes import Outcome, Requester, same
+from shared import codec
+from shared.errors import PayloadError
+from shared.messages import ActuatorCommand, Event, ResultBatch, Status, WriteResponse, now_ns
+from shared.mqtt import Received
+from shared.runtime import Runtime
+
+NAME = "actuator"
+Config = ActuatorConfig
+log = logging.getLogger(__name__)
+QUEUE_MAX = 256
+
+
+@dataclass
+class SafeState:
+    reason: str
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass
+class Command:
+    command: ActuatorCommand
+    message: Received
+
+
+@dataclass
+class _Repeat:
+    last: float = float("-inf")
+    count: int = 0
+
+
+class Actuator:
+    def __init__(self, rt: Runtime, config: ActuatorConfig) -> None:
+        self.rt, self.config = rt, config
+        self.actions = {str(a.name): a for a in config.actions}
+        self.rules = {
+            str(a.name): Rule(
+                a.for_samples,
+                a.reset.for_samples if a.reset else None,
+                a.cooldown_s,
+                a.max_writes_per_minute,
+            )
+            for a in config.actions
+        }
+        self.interlocks = Interlocks(config)
+        self.requester = Requester(rt, config.write_timeout_s)
+        self.queue: asyncio.Queue[ResultBatch | Command | SafeState] = asyncio.Queue(QUEUE_MAX)
+        self.fed = asyncio.Event()  # trusted results arrived: feeds the watchdog
+        self.events_topic = rt.topics.events(config.flow)
+        self.counts: Counter[str] = Counter()
+        self._repeats: dict[tuple[str, str], _Repeat] = {}
+
+    # ------------------------------------------------------------------ wiring
+
+    async def start(self) -> None:
+        rt, cfg = self.rt, self.config
+        await self.requester.start()
+        await rt.subscribe(rt.topics.status(str(cfg.inference_instance)), self.on_status)
+        await rt.subscribe(rt.topics.results(cfg.flow), self.on_results)
+        await rt.subscribe(rt.topics.cmd(rt.instance), self.on_command)
+        rt.add_health("actuator", self.health)
+        rt.on_stop(self.on_stop)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "enabled": self.config.enabled,
+            "dry_run": self.config.dry_run,
+            "inference": self.interlocks.inference_state,
+            "deployed_sha256": self.interlocks.deployed_sha256,
+            "suppressed_rows": dict(self.interlocks.suppressed),
+            "decisions": dict(self.counts),
+            "late_answers": self.requester.late,
+            "actions": {
+                name: {"active": r.active, "held": r.held} for name, r in self.rules.items()
+            },
+        }
+
+    async def on_status(self, message: Received) -> None:
+        self.interlocks.on_status(
+            Status.from_wire(codec.decode(message.payload, message.content_type))
+        )
+
+    async def on_results(self, message: Received) -> None:
+        batch = ResultBatch.from_wire(codec.decode(message.payload, message.content_type))
+        if batch.flow != self.config.flow:
+            raise PayloadError(
+                f"results of flow {batch.flow!r} on the topic of {self.config.flow!r}"
+            )
+        if self.queue.full():  # the oldest batch would be stale by the time it is read anyway
+            self.queue.get_nowait()
+            self.counts["dropped_batches"] += 1
+        self.queue.put_nowait(batch)
+
+    async def on_command(self, message: Received) -> None:
+        command = ActuatorCommand.from_wire(codec.decode(message.payload, message.content_type))
+        await self.queue.put(Command(command, message))
+
+    async def on_stop(self) -> None:
+        """The actuator is stopping: take the safe state while the adapters can still be asked."""
+        state = SafeState("the actuator is stopping")
+        while not self.queue.empty():  # the safe state goes first; results would be stale
+            self.queue.get_nowait()
+        self.queue.put_nowait(state)
+        try:
+            await asyncio.wait_for(asyncio.shield(state.done), self.config.stop_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "safe state on stop not confirmed within %.1f s", self.config.stop_timeout_s
+            )
+
+    # ------------------------------------------------------------------ loops
+
+    async def act_loop(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, ResultBatch):
+                await self.on_batch(item)
+            elif isinstance(item, Command):
+                await self.on_hold_or_release(item)
+            else:
+                try:
+                    await self.safe_state(item.reason)
+                finally:
+                    if not item.done.done():
+                        item.done.set_result(None)
+
+    async def watchdog_loop(self) -> None:
+        """No trusted result for `watchdog_s`: take the safe state, once per silence."""
+        limit = self.config.watchdog_s
+        while True:
+            try:
+                await asyncio.wait_for(self.fed.wait(), limit)
+            except TimeoutError:
+                await self.queue.put(SafeState(f"no trusted result for {limit:g} s (watchdog)"))
+                await self.fed.wait()
+            self.fed.clear()
+
+    # ------------------------------------------------------------------ results
+
+    async def on_batch(self, batch: ResultBatch) -> None:
+        trusted, blocked = self.interlocks.check(batch, now_ns())
+        for key, (count, reason, rid) in blocked.items():
+            await self.event("*", "suppressed", f"{reason} ({count} row(s))", rid, repeat_key=key)
+        if not blocked:  # interlocks clear: the next suppression is reported at once
+            self._repeats = {k: v for k, v in self._repeats.items() if k[0] != "*"}
+        rows = np.flatnonzero(trusted)
+        if rows.size == 0:
+            return
+        self.fed.set()
+        columns = self.columns(batch)
+        n = len(batch)
+        for name, action in self.actions.items():
+            try:
+                when = action.condition(columns, n)
+                reset = action.reset.condition(columns, n) if action.reset else when
+            except EvalError as exc:
+                await self.event(
+                    name, "failed", f"cannot evaluate: {exc}", batch.ids[rows[0]], repeat_key="eval"
+                )
+                continue
+            rule = self.rules[name]
+            for i in rows.tolist():
+                kind = rule.observe(bool(when[i]), bool(reset[i]))
+                if kind is not None:
+                    await self.decide(action, rule, kind, batch, i, columns)
+
+    @staticmethod
+    def columns(batch: ResultBatch) -> dict[str, Any]:
+        return {
+            **batch.outputs,
+            "t": batch.t,
+            "latency_us": batch.latency_us,
+            "model.name": batch.model.name,
+            "model.version": batch.model.version,
+            "model.sha256": batch.model.sha256,
+        }
+
+    async def decide(
+        self,
+        action: ActionSpec,
+        rule: Rule,
+        kind: Kind,
+        batch: ResultBatch,
+        i: int,
+        columns: dict[str, Any],
+    ) -> None:
+        name, rid = str(action.name), batch.ids[i]
+        value: Value
+        if kind == "set":
+            cond, samples = action.when, action.for_samples
+            if action.write.value_from is not None:
+                raw = np.asarray(columns.get(action.write.value_from, np.nan))
+                value = float(raw[i] if raw.ndim else raw)
+            else:
+                assert action.write.value is not None
+                value = action.write.value
+        else:
+            assert action.reset is not None
+            cond, samples, value = action.reset.when, action.reset.for_samples, action.reset.value
+        why = f"{kind}: {cond} for {samples} sample(s)"
+        write = {"source": action.write.source, **action.write.target, "value": value}
+        if (bad := action.bounds.violation(value)) is not None:
+            await self.event(name, "suppressed", f"{why}; {bad}", rid, write, repeat_key="bounds")
+            return
+        if (gate := rule.gate(time.monotonic())) is not None:
+            await self.event(
+                name, "suppressed", f"{why}; {gate}", rid, write, repeat_key=gate.split(":")[0]
+            )
+            return
+        if not self.interlocks.still_fresh(int(batch.t[i]), now_ns()):
+            await self.event(
+                name, "suppressed", f"{why}; the result went stale waiting", rid, write
+            )
+            return
+        rule.attempted(time.monotonic())
+        if not self.config.enabled or self.config.dry_run:
+            rule.done(kind)
+            await self.simulated(name, why, rid, write)
+            return
+        outcome = await self.requester.write(action.write.source, action.write.target, value)
+        if outcome.ok:
+            rule.done(kind)
+        await self.report(name, why, rid, write, outcome)
+
+    async def simulated(self, name: str, why: str, rid: str | None, write: dict[str, Any]) -> None:
+        if not self.config.enabled:
+            await self.event(
+                name,
+                "suppressed",
+                f"{why}; actions are disabled for this site (enabled: false), not written",
+                rid,
+                write,
+            )
+        else:
+            await self.event(name, "dry_run", f"{why}; dry run, not written", rid, write)
+
+    async def report(
+        self,
+        name: str,
+        why: str,
+        rid: str | None,
+        write: dict[str, Any],
+        outcome: Outcome,
+        decision: str = "acted",
+    ) -> None:
+        write = {
+            **write,
+            "request_id": outcome.request_id,
+            "readback": outcome.readback,
+            "ms": round(outcome.elapsed_ms, 2),
+        }
+        if outcome.ok:
+            await self.event(name, decision, f"{why}; written and read back", rid, write)
+        else:
+            await self.event(name, "failed", f"{why}; {outcome.error}", rid, write)
+
+    # ------------------------------------------------------------------ safe state, hold
+
+    async def safe_state(self, reason: str) -> None:
+        for name, action in self.actions.items():
+            rule, value = self.rules[name], action.safe
+            if rule.held:
+                await self.event(name, "safe_state", f"{reason}; held by an operator: left as held")
+                continue
+            if value is None:
+                await self.event(name, "safe_state", f"{reason}; safe state is to keep the output")
+                continue
+            write = {"source": action.write.source, **action.write.target, "value": value}
+            why = f"{reason}; safe value"
+            rule.force(same(value, action.write.value))
+            if not self.config.enabled or self.config.dry_run:
+                await self.simulated(name, why, None, write)
+                continue
+            outcome = await self.requester.write(action.write.source, action.write.target, value)
+            await self.report(name, why, None, write, outcome, decision="safe_state")
+
+    async def on_hold_or_release(self, item: Command) -> None:
+        cmd, name = item.command, item.command.action
+        action, rule = self.actions.get(name), self.rules.get(name)
+        if action is None or rule is None:
+            await self.answer(
+                item, False, error=f"no action {name!r}; actions: {', '.join(self.actions)}"
+            )
+            return
+        if cmd.op == "release":
+            rule.release()
+            await self.event(name, "release", "manual override released: the rule acts again")
+            await self.answer(item, True)
+            return
+        if cmd.value is None:
+            rule.hold()
+            await self.event(name, "hold", "manual override: rule suspended, output left as it is")
+            await self.answer(item, True)
+            return
+        if (bad := action.bounds.violation(cmd.value)) is not None:
+            await self.event(name, "suppressed", f"hold refused: {bad}")
+            await self.answer(item, False, error=bad)
+            return
+        rule.hold()
+        rule.force(same(cmd.value, action.write.value))
+        write = {"source": action.write.source, **action.write.target, "value": cmd.value}
+        why = f"manual override: output held at {cmd.value!r}, rule suspended"
+        if not self.config.enabled or self.config.dry_run:
+            mode = "dry run" if self.config.enabled else "actions are disabled for this site"
+            await self.event(name, "hold", f"{why}; {mode}: not written", None, write)
+            await self.answer(item, True, error=f"rule suspended; not written ({mode})")
+            return
+        outcome = await self.requester.write(action.write.source, action.write.target, cmd.value)
+        await self.report(name, why, None, write, outcome, decision="hold")
+        await self.answer(item, outcome.ok, outcome.readback, outcome.error)
+
+    async def answer(
+        self, item: Command, ok: bool, readback: Any = None, error: str | None = None
+    ) -> None:
+        if item.message.response_topic:
+            response = WriteResponse(
+                request_id=item.command.request_id, ok=ok, readback=readback, error=error
+            )
+            await self.rt.publish(
+                item.message.response_topic,
+                response,
+                qos=1,
+                correlation_data=item.message.correlation_data,
+            )
+
+    # ------------------------------------------------------------------ the audit trail
+
+    async def event(
+        self,
+        action: str,
+        decision: str,
+        reason: str,
+        result_id: str | None = None,
+        write: dict[str, Any] | None = None,
+        *,
+        repeat_key: str | None = None,
+    ) -> None:
+        """Publish one decision. A suppression with `repeat_key` is reported again only after
+        `repeat_event_s`, with the count of those not reported in between."""
+        if repeat_key is not None:
+            rep = self._repeats.setdefault((action, repeat_key), _Repeat())
+            rep.count += 1
+            now = time.monotonic()
+            if now - rep.last < self.config.repeat_event_s:
+                return
+            if rep.count > 1:
+                reason = f"{reason} [{rep.count} times since last reported]"
+            rep.last, rep.count = now, 0
+        else:
+            self._repeats = {k: v for k, v in self._repeats.items() if k[0] != action}
+        self.counts[decision] += 1
+        body = Event(
+            flow=self.config.flow,
+            action=action,
+            decision=decision,  # type: ignore[arg-type]
+            reason=reason,
+            result_id=result_id,
+            write=write,
+        )
+        log.info("%s %s %s: %s", self.config.flow, action, decision, reason)
+        await self.rt.publish(self.events_topic, body, qos=1)
+
+
+async def main(config: ActuatorConfig) -> None:
+    async with Runtime(NAME, config) as rt:
+        actuator = Actuator(rt, config)
+        await actuator.start()
+        await rt.serve(actuator.act_loop, actuator.watchdog_loop)
