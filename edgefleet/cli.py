@@ -56,6 +56,12 @@ def cmd_sim(argv: list[str]) -> int:
     return int(sim_main(argv))
 
 
+def cmd_actuator(argv: list[str]) -> int:
+    from edgefleet.actuator_cli import main as actuator_main
+
+    return int(actuator_main(argv))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgefleet", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -80,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(fn=cmd_demo)
 
     sub.add_parser("sim", help="run the plant simulator (edgefleet sim --help)", add_help=False)
+    sub.add_parser(
+        "actuator", help="hold or release an action (edgefleet actuator --help)", add_help=False
+    )
     return p
 
 
@@ -87,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sim"]:
         return cmd_sim(argv[1:])
+    if argv[:1] == ["actuator"]:
+        return cmd_actuator(argv[1:])
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))

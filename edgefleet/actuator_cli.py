@@ -1,0 +1,111 @@
+"""`edgefleet actuator hold|release`: a manual override of one action of a running actuator.
+
+    edgefleet actuator hold --site S --instance I --action A [--value V]
+    edgefleet actuator release --site S --instance I --action A
+
+`hold` suspends the action's rule; with `--value` it also writes that value (true, false or a
+number) through the adapter and reports the value read back. `release` lets the rule act again.
+The request goes to `ef/{site}/cmd/{instance}` (MQTT v5 request/response); the answer, and the
+actuator's event, say what happened. Exit status 0 when the actuator confirmed, 1 when it refused
+or the write failed, 2 when it did not answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import uuid
+from typing import Any
+
+import yaml
+
+from shared import codec
+from shared.messages import ActuatorCommand, WriteResponse
+from shared.mqtt import BrokerSettings, MqttConnection, Received
+from shared.topics import DEFAULT_PREFIX, Topics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgefleet actuator", description=__doc__.split("\n")[0])
+    p.add_argument("op", choices=["hold", "release"])
+    p.add_argument("--site", required=True)
+    p.add_argument("--instance", required=True, help="the actuator instance, e.g. actuator-flow1")
+    p.add_argument("--action", required=True, help="the action's name in the actuator config")
+    p.add_argument("--value", help="hold only: the value to write and hold (true, false, 1.5)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--prefix", default=DEFAULT_PREFIX)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    return p
+
+
+def parse_value(text: str | None) -> bool | int | float | None:
+    if text is None:
+        return None
+    value: Any = yaml.safe_load(text)
+    if not isinstance(value, (bool, int, float)):
+        raise SystemExit(
+            f"edgefleet actuator: --value must be true, false or a number, got {text!r}"
+        )
+    return value
+
+
+async def request(args: argparse.Namespace) -> tuple[WriteResponse | None, str]:
+    topics = Topics(args.site, args.prefix)
+    client = f"cli-{uuid.uuid4().hex[:10]}"
+    reply = topics.reply(client)
+    command = ActuatorCommand(
+        request_id=client, op=args.op, action=args.action, value=parse_value(args.value)
+    )
+    answers: asyncio.Queue[Received] = asyncio.Queue()
+
+    async def on_message(message: Received) -> None:
+        await answers.put(message)
+
+    connection = MqttConnection(
+        BrokerSettings(host=args.host, port=args.port, client_id=client, reconnect_max_s=1.0),
+        on_message,
+    )
+    await connection.subscribe(reply)
+    task = asyncio.create_task(connection.run())
+    try:
+        async with asyncio.timeout(args.timeout):
+            await connection.wait_connected()
+            payload, content_type = codec.encode(command.to_wire())
+            await connection.publish(
+                topics.cmd(args.instance),
+                payload,
+                content_type=content_type,
+                qos=1,
+                response_topic=reply,
+                correlation_data=client.encode(),
+                buffer=False,
+            )
+            while True:
+                message = await answers.get()
+                if message.correlation_data == client.encode():
+                    body = codec.decode(message.payload, message.content_type)
+                    return WriteResponse.from_wire(body), ""
+    except TimeoutError:
+        return None, f"no answer from {args.instance} on site {args.site} within {args.timeout:g} s"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.op == "release" and args.value is not None:
+        raise SystemExit("edgefleet actuator: release takes no --value")
+    response, problem = asyncio.run(request(args))
+    if response is None:
+        print(f"edgefleet actuator: {problem}")
+        return 2
+    what = f"{args.op} {args.action}"
+    if response.ok:
+        readback = "" if response.readback is None else f", read back {response.readback!r}"
+        note = f" ({response.error})" if response.error else ""
+        print(f"{what}: done{readback}{note}")
+        return 0
+    print(f"{what}: refused: {response.error}")
+    return 1
