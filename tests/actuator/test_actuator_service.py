@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +226,40 @@ def test_a_bad_expression_is_a_config_error_that_names_it(tmp_path: Path) -> Non
         load_config(path, ActuatorConfig)
     text = str(err.value)
     assert f"{path}:7: actions.1.when" in text and "'score >> 0.8' at column 8" in text
+
+
+async def test_stopping_the_actuator_takes_the_safe_state(
+    base_config: dict[str, Any], site: str, probe: Probe, tmp_path: Path
+) -> None:
+    config = actuator_config(base_config, actions=[lamp_action(reset=None, safe_value=False)])
+    path = tmp_path / "actuator.yaml"
+    path.write_text(json.dumps(config.model_dump(mode="json", exclude_none=True)))
+    async with plant(base_config, site, probe, actuator=False) as p:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            "run",
+            "actuator",
+            "--config",
+            str(path),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await p.probe.wait_for(
+                p.topics.status("actuator-pump"), lambda s: s["state"] == "online", timeout=20
+            )
+            await p.send(0.9)
+            await p.event("acted")
+            assert p.lamp
+            proc.send_signal(signal.SIGTERM)
+            [e] = await p.event("safe_state", text="the actuator is stopping")
+            assert e["write"]["readback"] == 0.0 and not p.lamp
+            assert await asyncio.wait_for(proc.wait(), 10) == 0
+            await p.probe.wait_for(
+                p.topics.status("actuator-pump"), lambda s: s["state"] == "stopped"
+            )
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
