@@ -12,18 +12,15 @@ import asyncio
 import logging
 from typing import Any
 
-from pydantic import field_validator
-
 from services.inference.batching import MicroBatcher, Pending, Rows
 from services.inference.engine import Engine, Outcome, build_engine
 from services.inference.settings import InferenceSettings
 from shared import codec
 from shared.config import ServiceConfig
-from shared.errors import PayloadError, TopicError
+from shared.errors import PayloadError
 from shared.messages import SampleBatch, now_ns
 from shared.mqtt import Received
 from shared.runtime import Runtime
-from shared.topics import validate_id
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +31,6 @@ class InferenceConfig(ServiceConfig, InferenceSettings):
     """The shared service keys (site, instance, broker, timings) plus the flow's settings."""
 
     publish_qos: int = 1
-
-    @field_validator("flow")
-    @classmethod
-    def _flow_id(cls, value: str) -> str:
-        try:
-            return validate_id(value, "flow")
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
 
 
 Config = InferenceConfig

@@ -14,6 +14,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.codec import Encoding
+from shared.config import TopicId
 
 
 class ModelSpec(BaseModel):
@@ -39,7 +40,7 @@ class InferenceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    flow: str
+    flow: TopicId
     model: ModelSpec
     # Feature names in input order. Omitted: taken from the model's `edgefleet.features`.
     features: list[str] | None = None
