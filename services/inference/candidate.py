@@ -1,17 +1,20 @@
 """Try a candidate model in a separate process before it comes near the live one.
 
 onnxruntime can abort or crash the process on a malformed model, and a model can hang in a
-run. So a candidate is opened, checked against the flow and run on a few samples in a spawned
-process with a timeout; only a candidate that passes there is loaded in the service itself.
+run. So a candidate is opened, checked against the flow and run on a few samples in a separate
+Python process (a plain subprocess: multiprocessing's spawn leaves a resource tracker process
+behind) with a timeout; only a candidate that passes there is loaded in the service itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
-import traceback
+import json
+import os
+import pickle
+import sys
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +22,6 @@ import numpy as np
 from shared.errors import ModelError
 
 from .model import Expected, ModelBlob, check_model, open_model
-
-JOIN_AFTER_KILL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -41,44 +42,65 @@ def run_trial(trial: Trial) -> dict[str, Any]:
     return {name: list(np.shape(v)) for name, v in outputs.items()}
 
 
-def _child(conn: Connection, trial: Trial) -> None:
+def _child() -> None:
+    """`python -m services.inference.candidate`: a pickled Trial on stdin, the verdict (JSON)
+    on the last line of stdout."""
+    trial = pickle.loads(sys.stdin.buffer.read())
     try:
-        conn.send(("ok", run_trial(trial)))
+        verdict = {"ok": True, "outputs": run_trial(trial)}
     except ModelError as exc:
-        conn.send(("refused", str(exc)))
+        verdict = {"ok": False, "error": str(exc)}
     except BaseException as exc:  # anything else is still the candidate's verdict
-        conn.send(("refused", f"{type(exc).__name__}: {exc} ({traceback.format_exc(limit=1)})"))
-    finally:
-        conn.close()
+        verdict = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write("\n" + json.dumps(verdict) + "\n")
+    sys.stdout.flush()
+
+
+_ROOT = str(Path(__file__).resolve().parents[2])  # where `services` is importable from
 
 
 async def try_candidate(trial: Trial, timeout_s: float) -> dict[str, Any]:
-    """Run the trial in a spawned process; raise ModelError if it fails, crashes or hangs."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, trial), name="edgefleet-candidate", daemon=True)
-    proc.start()
-    child.close()
+    """Run the trial in a separate process; raise ModelError if it fails, crashes or hangs."""
+    root = _ROOT
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        __name__,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
     try:
-        ready = await asyncio.to_thread(parent.poll, timeout_s)
-        if not ready:
-            raise ModelError(
-                f"candidate {trial.blob.origin} did not finish loading and a trial run of "
-                f"{len(trial.x)} samples within {timeout_s:g} s"
-            )
-        try:
-            verdict, detail = parent.recv()
-        except (EOFError, OSError):
-            await asyncio.to_thread(proc.join, JOIN_AFTER_KILL_S)
-            raise ModelError(
-                f"candidate {trial.blob.origin} crashed the process that tried it "
-                f"(exit code {proc.exitcode})"
-            ) from None
-        if verdict != "ok":
-            raise ModelError(str(detail))
-        return dict(detail)
+        out, err = await asyncio.wait_for(proc.communicate(pickle.dumps(trial)), timeout_s)
+    except TimeoutError:
+        raise ModelError(
+            f"candidate {trial.blob.origin} did not finish loading and a trial run of "
+            f"{len(trial.x)} samples within {timeout_s:g} s"
+        ) from None
     finally:
-        parent.close()
-        if proc.is_alive():
+        if proc.returncode is None:
             proc.kill()
-        await asyncio.to_thread(proc.join, JOIN_AFTER_KILL_S)
+            await proc.wait()
+    lines = out.decode(errors="replace").strip().splitlines()
+    try:
+        verdict = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        verdict = None
+    if not isinstance(verdict, dict):
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        raise ModelError(
+            f"candidate {trial.blob.origin} crashed the process that tried it "
+            f"(exit code {proc.returncode}: {tail[0][:200]})"
+        )
+    if not verdict.get("ok"):
+        raise ModelError(str(verdict.get("error")))
+    return dict(verdict.get("outputs") or {})
+
+
+if __name__ == "__main__":
+    _child()
