@@ -56,6 +56,12 @@ def cmd_sim(argv: list[str]) -> int:
     return int(sim_main(argv))
 
 
+def cmd_shadow(argv: list[str]) -> int:
+    from edgefleet.shadow_cli import main as shadow_main
+
+    return int(shadow_main(argv))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgefleet", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -81,6 +87,11 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(fn=cmd_demo)
 
     sub.add_parser("sim", help="run the plant simulator (edgefleet sim --help)", add_help=False)
+    sub.add_parser(
+        "shadow",
+        help="promote or drop an inference shadow model (edgefleet shadow --help)",
+        add_help=False,
+    )
     return p
 
 
@@ -88,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sim"]:
         return cmd_sim(argv[1:])
+    if argv[:1] == ["shadow"]:
+        return cmd_shadow(argv[1:])
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))
