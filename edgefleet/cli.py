@@ -47,7 +47,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgefleet.demo import run_demo
 
-    return int(run_demo(Path(args.workdir), port=args.port))
+    return int(run_demo(Path(args.workdir), port=args.port, duration=args.duration))
 
 
 def cmd_sim(argv: list[str]) -> int:
@@ -60,6 +60,12 @@ def cmd_actuator(argv: list[str]) -> int:
     from edgefleet.actuator_cli import main as actuator_main
 
     return int(actuator_main(argv))
+
+
+def cmd_shadow(argv: list[str]) -> int:
+    from edgefleet.shadow_cli import main as shadow_main
+
+    return int(shadow_main(argv))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,11 +89,17 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start a local site and show its live traffic")
     demo.add_argument("--workdir", default="var/demo", help="where state and logs go")
     demo.add_argument("--port", type=int, default=0, help="broker port (default: a free one)")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.set_defaults(fn=cmd_demo)
 
     sub.add_parser("sim", help="run the plant simulator (edgefleet sim --help)", add_help=False)
     sub.add_parser(
         "actuator", help="hold or release an action (edgefleet actuator --help)", add_help=False
+    )
+    sub.add_parser(
+        "shadow",
+        help="promote or drop an inference shadow model (edgefleet shadow --help)",
+        add_help=False,
     )
     return p
 
@@ -98,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sim(argv[1:])
     if argv[:1] == ["actuator"]:
         return cmd_actuator(argv[1:])
+    if argv[:1] == ["shadow"]:
+        return cmd_shadow(argv[1:])
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))

@@ -10,16 +10,34 @@ import os
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+)
 
 from shared.errors import ConfigError, TopicError
 from shared.mqtt import BrokerSettings
 from shared.topics import DEFAULT_PREFIX, validate_id
 
 ENV_PREFIX = "EDGEFLEET_"  # EDGEFLEET_BROKER__PORT=1884 overrides broker.port
+
+
+def _topic_id(value: str) -> str:
+    try:
+        return validate_id(value)
+    except TopicError as exc:
+        raise ValueError(str(exc)) from None
+
+
+TopicId = Annotated[str, AfterValidator(_topic_id)]
+"""A config value that becomes one topic level (site, instance, source, flow, signal)."""
 
 
 class StrictModel(BaseModel):
@@ -76,9 +94,9 @@ class Timings(StrictModel):
 class ServiceConfig(StrictModel):
     """What every service instance needs; each service's config extends it."""
 
-    site: str
-    instance: str
-    prefix: str = DEFAULT_PREFIX
+    site: TopicId
+    instance: TopicId
+    prefix: TopicId = DEFAULT_PREFIX
     broker: BrokerConfig = Field(default_factory=lambda: BrokerConfig.model_validate({}))
     timings: Timings = Field(default_factory=lambda: Timings.model_validate({}))
     log_level: str = "INFO"
@@ -89,14 +107,6 @@ class ServiceConfig(StrictModel):
     def source_dir(self) -> Path:
         """The folder of the file this config came from: relative paths in it start there."""
         return self._source_dir or Path.cwd()
-
-    @field_validator("site", "instance", "prefix")
-    @classmethod
-    def _topic_level(cls, value: str) -> str:
-        try:
-            return validate_id(value)
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
 
     def broker_settings(self, **overrides: Any) -> BrokerSettings:
         b, t = self.broker, self.timings

@@ -29,13 +29,14 @@ from shared import codec
 from shared.codec import Encoding
 from shared.config import ServiceConfig
 from shared.errors import PayloadError
-from shared.messages import ErrorReport, Message, Status, now_ns
+from shared.messages import ConfigUpdate, ErrorReport, Message, Status, now_ns
 from shared.mqtt import MqttConnection, PublishResult, Received, Will
 from shared.topics import Topics, matches
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Received], Awaitable[None]]
+ConfigCallback = Callable[[dict[str, Any], int], Awaitable[None]]
 Loop = Callable[[], Coroutine[Any, Any, None]]
 EXCERPT_BYTES = 120
 SKEW_WINDOW = 64
@@ -84,6 +85,7 @@ class Runtime:
         self.topics = Topics(config.site, config.prefix)
         self.health = Health()
         self.stop = asyncio.Event()
+        self.revision = config.revision  # of the config running now; retained updates must beat it
         self._health_sections: dict[str, Callable[[], dict[str, Any]]] = {}
         self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self._handlers: list[tuple[str, Handler]] = []
@@ -168,6 +170,37 @@ class Runtime:
     def ack(self, message: Received) -> None:
         self.mqtt.ack(message)
 
+    async def on_config(self, callback: ConfigCallback) -> None:
+        """Hand each retained `ConfigUpdate` newer than the running revision to `callback`.
+
+        Subscribes `config/{instance}`. A malformed update or one for another instance is
+        rejected (errors topic); one whose revision is not newer is ignored, so the retained
+        message that comes back on every reconnect is applied once. The revision counts as
+        applied when the callback is called: a service that refuses the config reports why and
+        keeps what it runs, and the same message is not retried. The callback runs in the
+        dispatch loop: work that takes long belongs in a task or a queue of the service's own.
+        """
+
+        async def handle(message: Received) -> None:
+            update = ConfigUpdate.from_wire(codec.decode(message.payload, message.content_type))
+            if update.instance != self.instance:
+                raise PayloadError(
+                    f"config for instance {update.instance!r} on the topic of {self.instance!r}"
+                )
+            if update.revision <= self.revision:
+                log.info(
+                    "config revision %d on %s ignored: running revision %d",
+                    update.revision,
+                    message.topic,
+                    self.revision,
+                )
+                return
+            log.info("config revision %d on %s taken", update.revision, message.topic)
+            self.revision = update.revision
+            await callback(update.config, update.revision)
+
+        await self.subscribe(self.topics.config(self.instance), handle)
+
     # ------------------------------------------------------------------ rejections
 
     def reject(self, reason: str, message: Received | None = None, *, count: bool = True) -> None:
@@ -232,6 +265,7 @@ class Runtime:
             "published": h.published,
             "rejected": h.rejected,
             "errors": h.errors,
+            "revision": self.revision,
             "reconnects": stats.reconnects,
             "buffered": len(self.mqtt._outbox),
             "dropped": stats.dropped,

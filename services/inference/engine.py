@@ -46,6 +46,7 @@ class Stats:
 class Outcome:
     result: ResultBatch | None  # None when every sample was skipped or the batch failed
     error: str | None = None  # why the batch failed, for the errors topic
+    run_us: float | None = None  # the model run's own time, when it ran
 
 
 class Engine:
@@ -78,9 +79,10 @@ class Engine:
             self.stats.failed_samples += n
             self.stats.script_errors += isinstance(exc, ScriptError)
             return Outcome(None, f"batch of {n} samples at t={int(rows.t[0])} lost: {exc}")
-        if result is not None:
-            self.stats.results += len(result)
-        return Outcome(result)
+        if result is None:
+            return Outcome(None)
+        self.stats.results += len(result)
+        return Outcome(result, run_us=self.stats.last_run_us)
 
     def _infer(self, rows: Rows) -> ResultBatch | None:
         x = rows.x
@@ -135,6 +137,16 @@ def build_engine(settings: InferenceSettings, source: ModelSource = resolve_mode
         pre,
         post,
     )
+
+
+def model_inputs(settings: InferenceSettings, features: list[str], x: Any) -> tuple[Expected, Any]:
+    """What a model for `settings` must take, and `x` (samples as the flow sends them) turned
+    into its input: for trying a candidate model before it is loaded."""
+    pre = load_script(settings.preprocess, "preprocess") if settings.preprocess else None
+    if pre is not None:
+        x = run_preprocess(pre, x)
+    expected = Expected(list(features), int(x.shape[-1]), settings.window, settings.model.input)
+    return expected, np.ascontiguousarray(x, np.float32)
 
 
 def _probe_width(pre: Script, n_features: int, window: int) -> int:

@@ -4,26 +4,39 @@
 publishes one ResultBatch per model run on `ef/{site}/results/{flow}`. Malformed samples go to
 the errors topic (through the runtime); a batch lost to a failing script or model is reported
 there too, and the service goes on.
+
+A newer retained config or a changed model file is swapped in without losing a sample (see
+swap.py); a shadow model runs beside the live one on the same samples and publishes on
+`ef/{site}/shadow/{flow}`; the status carries each model's health (health.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import field_validator
+import numpy as np
 
 from services.inference.batching import MicroBatcher, Pending, Rows
 from services.inference.engine import Engine, Outcome, build_engine
-from services.inference.settings import InferenceSettings
+from services.inference.health import Agreement, ModelHealth, pick_fields
+from services.inference.settings import InferenceSettings, ShadowSpec
+from services.inference.swap import (
+    Request,
+    file_signature,
+    live_key,
+    merge_config,
+    prepare,
+    shadow_settings,
+)
 from shared import codec
 from shared.config import ServiceConfig
-from shared.errors import PayloadError, TopicError
-from shared.messages import SampleBatch, now_ns
+from shared.errors import ConfigError, ModelError, PayloadError
+from shared.messages import ResultBatch, SampleBatch, now_ns
 from shared.mqtt import Received
 from shared.runtime import Runtime
-from shared.topics import validate_id
 
 log = logging.getLogger(__name__)
 
@@ -35,38 +48,98 @@ class InferenceConfig(ServiceConfig, InferenceSettings):
 
     publish_qos: int = 1
 
-    @field_validator("flow")
-    @classmethod
-    def _flow_id(cls, value: str) -> str:
-        try:
-            return validate_id(value, "flow")
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
-
 
 Config = InferenceConfig
+
+
+@dataclass
+class Serving:
+    """One model in service (live or shadow) and what it did recently."""
+
+    engine: Engine
+    health: ModelHealth
+    spec: dict[str, Any]  # the model spec it came from, as the status shows it
+    since_ns: int = field(default_factory=now_ns)
+
+    def report(self) -> dict[str, Any]:
+        ref, model = self.engine.model.ref, self.engine.model
+        return {
+            "name": ref.name,
+            "version": ref.version,
+            "sha256": ref.sha256,
+            "origin": model.origin,
+            "spec": self.spec,
+            "since": self.since_ns,
+            "health": self.health.report(),
+        }
+
+
+@dataclass
+class SwapStats:
+    done: int = 0
+    refused: int = 0
+    trying: str | None = None  # the candidate being tried now
+    last: dict[str, Any] | None = None  # the last swap: what, when, why
+    last_error: str | None = None
 
 
 class Inference:
     def __init__(self, rt: Runtime, config: InferenceConfig, engine: Engine) -> None:
         self.rt = rt
-        self.config = config
-        self.engine = engine
+        self.config = config.model_copy(update={"shadow": None})  # what runs now
+        self.live = self._serving(engine, config.model.model_dump(mode="json"))
+        self.shadow: Serving | None = None
+        self.agreement: Agreement | None = None
         self.batcher = MicroBatcher(config.max_batch, config.max_queue, config.settle_passes)
         self.results_topic = rt.topics.results(config.flow)
+        self.shadow_topic = rt.topics.shadow(config.flow)
         self.offloaded = 0
+        self.swaps = SwapStats()
+        self.requests: asyncio.Queue[Request] = asyncio.Queue()
+        self.recent_x: Any = None  # the last samples seen, to try candidates on live data
+        self._files: dict[str, tuple[int, int] | None] = {}
+        if config.shadow is not None:  # tried and loaded like any candidate, once serving
+            self.requests.put_nowait(Request(config, "shadow in the startup config"))
+
+    @property
+    def engine(self) -> Engine:
+        return self.live.engine
+
+    def _serving(self, engine: Engine, spec: dict[str, Any]) -> Serving:
+        model = engine.model
+        return Serving(
+            engine, ModelHealth(self.config.health_window, engine.features, model.train_stats), spec
+        )
 
     async def start(self) -> None:
         await self.rt.subscribe(self.rt.topics.samples(self.config.flow), self.handle)
+        await self.rt.on_config(self.on_config)
         self.rt.add_health("inference", self.health)
 
     def health(self) -> dict[str, Any]:
-        ref = self.engine.model.ref
+        stats = self.engine.stats
+        live = self.live.report()
+        live["health"]["rejected"] = {
+            "malformed_messages": self.rt.health.rejected,
+            "skipped_nan": stats.skipped_nan,
+            "failed_samples": stats.failed_samples,
+        }
+        shadow = None
+        if self.shadow is not None:
+            shadow = self.shadow.report()
+            shadow["health"]["rejected"] = {
+                "skipped_nan": self.shadow.engine.stats.skipped_nan,
+                "failed_samples": self.shadow.engine.stats.failed_samples,
+            }
+            shadow["agreement"] = self.agreement.report() if self.agreement else None
         return {
-            "model": {"name": ref.name, "version": ref.version, "sha256": ref.sha256},
+            "revision": self.config.revision,  # the last config revision applied or refused
+            "model": live,
+            "shadow": shadow,
+            "swaps": vars(self.swaps).copy(),
             "queued": self.batcher.qsize(),
             "offloaded_runs": self.offloaded,
-            **self.engine.stats.as_dict(),
+            **stats.as_dict(),
         }
 
     async def handle(self, message: Received) -> None:
@@ -92,29 +165,219 @@ class Inference:
                 f"samples have shape {batch.x.shape}; the flow's window needs {shape}"
             )
 
+    # ------------------------------------------------------------------ the hot path
+
     async def infer_loop(self) -> None:
         while True:
             rows = await self.batcher.next()
-            await self.publish(await self.run(rows))
+            # One batch, one model: a swap between two batches changes the reference only.
+            live, shadow = self.live, self.shadow
+            outcome = await self.run(live.engine, rows)
+            live.health.observe(rows, outcome.result, outcome.run_us)
+            await self.publish(outcome)
+            self.recent_x = rows.x[-8:]
+            if shadow is not None:
+                await self.run_shadow(shadow, rows, outcome.result)
 
-    async def run(self, rows: Rows) -> Outcome:
+    async def run(self, engine: Engine, rows: Rows) -> Outcome:
         # Inline, a run costs the event loop nothing extra (the thread hop costs ~50-100 µs);
         # a slow model goes to a thread so reading and publishing continue while it runs
         # (onnxruntime releases the GIL). The last run's time decides, so no guess is needed.
-        if self.engine.stats.last_run_us > self.config.offload_above_us:
+        if engine.stats.last_run_us > self.config.offload_above_us:
             self.offloaded += 1
-            return await asyncio.to_thread(self.engine.infer, rows)
-        return self.engine.infer(rows)
+            return await asyncio.to_thread(engine.infer, rows)
+        return engine.infer(rows)
 
-    async def publish(self, outcome: Outcome) -> None:
+    async def publish(self, outcome: Outcome, topic: str | None = None) -> None:
         if outcome.error is not None:
             self.rt.health.errors += 1
-            self.rt.reject(outcome.error, count=False)
+            self.rt.reject(
+                outcome.error if topic is None else f"shadow: {outcome.error}", count=False
+            )
         if outcome.result is not None:
             wire = outcome.result.to_wire(self.config.encoding)
             await self.rt.publish(
-                self.results_topic, wire, encoding=self.config.encoding, qos=self.config.publish_qos
+                topic or self.results_topic,
+                wire,
+                encoding=self.config.encoding,
+                qos=self.config.publish_qos,
             )
+
+    async def run_shadow(self, shadow: Serving, rows: Rows, live: ResultBatch | None) -> None:
+        """After the live result is out: the candidate on the same samples, then the comparison."""
+        outcome = await self.run(shadow.engine, rows)
+        shadow.health.observe(rows, outcome.result, outcome.run_us)
+        await self.publish(outcome, self.shadow_topic)
+        if live is None or outcome.result is None or shadow is not self.shadow:
+            return
+        if self.agreement is None:
+            spec = self.config.shadow
+            kinds = [
+                {k: np.asarray(v).dtype.kind for k, v in r.outputs.items()}
+                for r in (live, outcome.result)
+            ]
+            label, score = pick_fields(
+                kinds[0], kinds[1], spec.label if spec else None, spec.score if spec else None
+            )
+            self.agreement = Agreement(self.config.health_window, label, score)
+        self.agreement.observe(live, outcome.result)
+
+    # ------------------------------------------------------------------ swaps
+
+    async def on_config(self, update: dict[str, Any], revision: int) -> None:
+        """A newer retained config: checked here, applied by swap_loop (it takes seconds)."""
+        try:
+            new = merge_config(self.config, update, revision)
+        except ConfigError as exc:
+            self.refuse(str(exc))
+            return
+        await self.requests.put(Request(new, f"config revision {revision}"))
+
+    async def swap_loop(self) -> None:
+        while True:
+            request = await self.requests.get()
+            while not self.requests.empty():  # only the newest state matters
+                request = self.merge_requests(request, self.requests.get_nowait())
+            await self.apply(request)
+
+    @staticmethod
+    def merge_requests(old: Request, new: Request) -> Request:
+        return Request(
+            new.config,
+            new.reason,
+            old.reload_live or new.reload_live,
+            old.reload_shadow or new.reload_shadow,
+        )
+
+    async def apply(self, request: Request) -> None:
+        new, current = request.config, self.config
+        applied = current.model_copy(update={"revision": new.revision})
+        if request.reload_live or live_key(new) != live_key(current):
+            same = live_key(new) == live_key(current)  # only the file changed: skip equal bytes
+            engine = await self.candidate(
+                new, "model", self.engine.model.ref.sha256 if same else None
+            )
+            if engine is not None:
+                self.swap_live(engine, new, request.reason)
+                applied = applied.model_copy(update={k: getattr(new, k) for k in _LIVE_KEYS})
+        if request.reload_shadow or new.shadow != current.shadow:
+            if new.shadow is None:
+                self.set_shadow(None, None, request.reason)
+                applied = applied.model_copy(update={"shadow": None})
+            else:
+                same = new.shadow == current.shadow and self.shadow is not None
+                engine = await self.candidate(
+                    shadow_settings(new, new.shadow),
+                    "shadow",
+                    self.shadow.engine.model.ref.sha256 if same and self.shadow else None,
+                )
+                if engine is not None:
+                    self.set_shadow(engine, new.shadow, request.reason)
+                    applied = applied.model_copy(update={"shadow": new.shadow})
+        # Keys read per batch (encoding, publish_qos, offload_above_us) take effect now.
+        self.config = applied.model_copy(update={k: getattr(new, k) for k in _NOW_KEYS})
+
+    async def candidate(
+        self, settings: InferenceSettings, role: str, unless_sha: str | None = None
+    ) -> Engine | None:
+        """A loaded, warmed engine, or None: refused (reported) or unchanged (`unless_sha`)."""
+        origin = str(settings.model.path or settings.model.ref)
+        self.swaps.trying = f"{role}: {origin}"
+        try:
+            return await prepare(
+                settings,
+                self.engine.features,
+                self.recent_x,
+                self.config.candidate_timeout_s,
+                unless_sha,
+            )
+        except (ModelError, ConfigError) as exc:
+            self.refuse(f"{role} candidate {origin} refused, the live model keeps serving: {exc}")
+            return None
+        finally:
+            self.swaps.trying = None
+
+    def swap_live(self, engine: Engine, config: InferenceConfig, reason: str) -> None:
+        old = self.live.engine.model.ref
+        engine.stats = self.live.engine.stats  # the counters are the instance's, not a model's
+        self.live = self._serving(engine, config.model.model_dump(mode="json"))
+        self._files.pop("live", None)
+        self._files.pop("live.settled", None)
+        new = engine.model.ref
+        self.swaps.done += 1
+        self.swaps.last = {
+            "t": now_ns(),
+            "reason": reason,
+            "from": {"name": old.name, "version": old.version, "sha256": old.sha256},
+            "to": {"name": new.name, "version": new.version, "sha256": new.sha256},
+        }
+        log.info(
+            "model swapped: %s (%s) -> %s (%s): %s",
+            old.name,
+            old.sha256[:12],
+            new.name,
+            new.sha256[:12],
+            reason,
+        )
+
+    def set_shadow(self, engine: Engine | None, spec: ShadowSpec | None, reason: str) -> None:
+        self.shadow = (
+            None
+            if engine is None
+            else self._serving(engine, spec.model_dump(mode="json") if spec else {})
+        )
+        self.agreement = None
+        self._files.pop("shadow", None)
+        self._files.pop("shadow.settled", None)
+        log.info("shadow %s: %s", "dropped" if engine is None else engine.model.origin, reason)
+
+    def refuse(self, reason: str) -> None:
+        self.swaps.refused += 1
+        self.swaps.last_error = reason
+        self.rt.health.errors += 1
+        log.warning("%s", reason)
+        self.rt.reject(reason, count=False)
+
+    async def watch_loop(self) -> None:
+        """Notice a model file replaced on disk: (mtime, size) every `watch_s`, and only once the
+        file has stopped changing (a copy in progress is not tried). No inotify: it needs a
+        dependency or ctypes, and one stat per file every few seconds costs nothing."""
+        interval = self.config.watch_s
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            self.watch_once()
+
+    def watch_once(self) -> None:
+        for role, serving in (("live", self.live), ("shadow", self.shadow)):
+            if serving is None:
+                continue
+            spec = self.config.model if role == "live" else self.config.shadow
+            path = spec.path if spec is not None else None
+            sig = file_signature(path)
+            if sig is None:
+                continue
+            seen = self._files.get(role)
+            self._files[role] = sig
+            settled = self._files.get(f"{role}.settled")
+            if seen != sig or settled == sig:
+                continue  # still changing, or already handled
+            self._files[f"{role}.settled"] = sig
+            if settled is None:
+                continue  # the first look at the file: it is what was loaded
+            self.requests.put_nowait(
+                Request(
+                    self.config,
+                    f"{role} model file {path} changed",
+                    reload_live=role == "live",
+                    reload_shadow=role == "shadow",
+                )
+            )
+
+
+_LIVE_KEYS = ("model", "outputs", "preprocess", "postprocess", "on_nan", "intra_op_threads")
+_NOW_KEYS = ("encoding", "publish_qos", "offload_above_us")
 
 
 async def main(config: InferenceConfig) -> None:
@@ -125,4 +388,4 @@ async def main(config: InferenceConfig) -> None:
     async with Runtime(NAME, config) as rt:
         service = Inference(rt, config, engine)
         await service.start()
-        await rt.serve(service.infer_loop)
+        await rt.serve(service.infer_loop, service.swap_loop, service.watch_loop)

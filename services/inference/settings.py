@@ -14,6 +14,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.codec import Encoding
+from shared.config import TopicId
 
 
 class ModelSpec(BaseModel):
@@ -34,12 +35,24 @@ class ModelSpec(BaseModel):
         return self
 
 
+class ShadowSpec(ModelSpec):
+    """A candidate model run beside the live one on the same samples (`shadow/{flow}`)."""
+
+    # Result field -> output selector for the candidate. Omitted: the flow's `outputs`.
+    outputs: dict[str, str] | None = None
+    label: str | None = None  # result field compared for label agreement (default: first int)
+    score: str | None = None  # result field compared for score difference (default: first float)
+
+    def as_model(self) -> ModelSpec:
+        return ModelSpec.model_validate(self.model_dump(exclude={"outputs", "label", "score"}))
+
+
 class InferenceSettings(BaseModel):
     """The flow side of an inference instance."""
 
     model_config = ConfigDict(extra="forbid")
 
-    flow: str
+    flow: TopicId
     model: ModelSpec
     # Feature names in input order. Omitted: taken from the model's `edgefleet.features`.
     features: list[str] | None = None
@@ -61,6 +74,13 @@ class InferenceSettings(BaseModel):
     # Omitted: every output under its own name, maps expanded to `{name}_{key}`.
     outputs: dict[str, str] | None = None
     encoding: Encoding = Encoding.MSGPACK
+    shadow: ShadowSpec | None = None  # a candidate model run beside the live one
+    # Samples (and runs) the health figures are computed over: the most recent ones.
+    health_window: int = Field(default=4096, ge=16)
+    # How often the model file is checked for a change (mtime, size, then sha256); 0: never.
+    watch_s: float = Field(default=2.0, ge=0)
+    # A candidate model is tried in a separate process first: how long it may take.
+    candidate_timeout_s: float = Field(default=60.0, gt=0)
 
     def resolve_paths(self, base: Path) -> Self:
         """Paths relative to the config file's folder, as a user writing the file expects."""
@@ -68,12 +88,15 @@ class InferenceSettings(BaseModel):
         def rel(p: Path | None) -> Path | None:
             return None if p is None or p.is_absolute() else base / p
 
-        model = self.model
+        model, shadow = self.model, self.shadow
         if model.path is not None and not model.path.is_absolute():
             model = model.model_copy(update={"path": base / model.path})
+        if shadow is not None and shadow.path is not None and not shadow.path.is_absolute():
+            shadow = shadow.model_copy(update={"path": base / shadow.path})
         return self.model_copy(
             update={
                 "model": model,
+                "shadow": shadow,
                 "preprocess": rel(self.preprocess) or self.preprocess,
                 "postprocess": rel(self.postprocess) or self.postprocess,
             }

@@ -42,13 +42,13 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def isolation_forest(path: Path, features: list[str] | None = FEATURES) -> Path:
+def isolation_forest(path: Path, features: list[str] | None = FEATURES, seed: int = 0) -> Path:
     """Outputs `label` [N, 1] int64 and `scores` [N, 1] float: a label + score pair."""
     from skl2onnx import to_onnx
     from sklearn.ensemble import IsolationForest
 
     x = training_data()
-    est = IsolationForest(n_estimators=20, random_state=0).fit(x)
+    est = IsolationForest(n_estimators=20, random_state=seed).fit(x)
     model = to_onnx(est, x[:1], target_opset=OPSET)
     stats = {"mean": x.mean(0).tolist(), "std": x.std(0).tolist()}
     return save(add_metadata(model, features, stats), path)
@@ -173,6 +173,44 @@ def mlp(path: Path, f: int = len(FEATURES), hidden: int = 32, seed: int = 2) -> 
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", f])],
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        inits,
+    )
+    return save(model, path)
+
+
+def hanging(path: Path, f: int = len(FEATURES)) -> Path:
+    """A valid model that fits the flow and never finishes a run: a Loop of 10^12 additions."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["v_in", "one"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, []),
+        ],
+        [one],
+    )
+    inits = [
+        helper.make_tensor("trips", TensorProto.INT64, [], [10**12]),
+        helper.make_tensor("go", TensorProto.BOOL, [], [True]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+    ]
+    nodes = [
+        helper.make_node("Loop", ["trips", "go", "zero"], ["v"], body=body),
+        helper.make_node("Add", ["x", "v"], ["y"]),
+    ]
+    model = _graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", f])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", f])],
         inits,
     )
     return save(model, path)

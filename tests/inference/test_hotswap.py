@@ -1,0 +1,108 @@
+"""Hot swap against a real mosquitto: under load, every sample time has exactly one result, from
+the old model or the new; a candidate that cannot serve is refused and the live one goes on."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tests.helpers import Probe
+from tests.inference import models
+from tests.inference.live import (
+    Feed,
+    all_results,
+    feeding,
+    publish_config,
+    results,
+    serving,
+    status_where,
+)
+
+
+def accounted(batches: list[Any], feed: Feed) -> tuple[np.ndarray[Any, Any], list[str]]:
+    """Every sample time exactly once; the model sha of each result in sample-time order."""
+    t = np.concatenate([b.t for b in batches])
+    assert len(t) == len(np.unique(t)), "a sample has two results"
+    np.testing.assert_array_equal(np.sort(t), feed.times())
+    order = np.argsort(t, kind="stable")
+    shas = np.concatenate([[b.model.sha256] * len(b) for b in batches])[order]
+    arrival = np.concatenate([[i] * len(b) for i, b in enumerate(batches)])
+    return arrival, list(shas)
+
+
+async def test_config_swap_under_load_loses_nothing(
+    base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
+) -> None:
+    old = models.linear(tmp_path / "old.onnx", seed=1)
+    new = models.linear(tmp_path / "new.onnx", seed=7)
+    async with serving(base_config, probe, site, old) as topics:
+        feed = Feed(probe, topics)
+        async with feeding(feed):
+            await asyncio.sleep(0.3)
+            await publish_config(probe, topics, 1, model={"path": str(new)})
+            state = await status_where(probe, topics, lambda s: s["swaps"]["done"] == 1)
+            await asyncio.sleep(0.3)
+        await all_results(probe, topics, feed)
+    batches = results(probe, topics.results("f1"))
+    _, shas = accounted(batches, feed)
+    first, last = shas[0], shas[-1]
+    assert first != last and state["model"]["sha256"] == last
+    # One switch, in sample order: old results, then new ones, never interleaved.
+    assert shas == [first] * shas.count(first) + [last] * shas.count(last)
+    assert state["revision"] == 1 and state["swaps"]["last"]["reason"] == "config revision 1"
+
+
+async def test_file_replaced_on_disk_is_swapped(
+    base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
+) -> None:
+    path = models.linear(tmp_path / "m.onnx", seed=1)
+    async with serving(base_config, probe, site, path, watch_s=0.1) as topics:
+        feed = Feed(probe, topics)
+        async with feeding(feed):
+            await asyncio.sleep(0.4)
+            staged = models.linear(tmp_path / "staged.onnx", seed=9)
+            staged.replace(path)  # an atomic rename, as a deployment tool does it
+            state = await status_where(probe, topics, lambda s: s["swaps"]["done"] == 1)
+            await asyncio.sleep(0.2)
+        await all_results(probe, topics, feed)
+    _, shas = accounted(results(probe, topics.results("f1")), feed)
+    assert len(set(shas)) == 2 and "changed" in state["swaps"]["last"]["reason"]
+
+
+async def test_unfit_candidates_are_refused_and_the_live_model_serves(
+    base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
+) -> None:
+    live = models.isolation_forest(tmp_path / "live.onnx")
+    good = models.linear(tmp_path / "good.onnx").read_bytes()
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(good[: len(good) // 2])
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(bytes(b ^ 0x5A for b in good))
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    wrong = models.linear(tmp_path / "three.onnx", f=3)  # takes 3 features, the flow sends 4
+    hangs = models.hanging(tmp_path / "hangs.onnx")
+    candidates = [truncated, corrupt, text, wrong, tmp_path / "missing.onnx", hangs]
+    async with serving(base_config, probe, site, live, candidate_timeout_s=3) as topics:
+        feed = Feed(probe, topics)
+        async with feeding(feed):
+            for revision, path in enumerate(candidates, start=1):
+                await publish_config(probe, topics, revision, model={"path": str(path)})
+                await status_where(probe, topics, lambda s, r=revision: s["revision"] == r)
+            state = await status_where(probe, topics, lambda s: s["swaps"]["refused"] == 6)
+        await all_results(probe, topics, feed)
+    _, shas = accounted(results(probe, topics.results("f1")), feed)
+    assert set(shas) == {state["model"]["sha256"]} and state["swaps"]["done"] == 0
+    reasons = [e["reason"] for e in probe.decoded(topics.errors("inference-f1"))]
+    text_of = " | ".join(reasons)
+    for needle in (
+        "not a valid ONNX model",
+        "takes 3 features",
+        "cannot read model file",
+        "did not finish",
+    ):
+        assert needle in text_of, needle
+    assert sum("refused, the live model keeps serving" in r for r in reasons) == 6
