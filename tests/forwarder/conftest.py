@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,6 +47,15 @@ def event(flow: str, i: int) -> dict[str, Any]:
 def unique(ids: list[str]) -> list[str]:
     """First occurrences, in order: what a receiver keeps after dropping duplicates by id."""
     return list(dict.fromkeys(ids))
+
+
+async def wait_all(got: Callable[[], list[str]], expected: list[str], timeout: float) -> list[str]:
+    """Wait until every expected id arrived (duplicates allowed); return all ids that did."""
+    deadline = time.monotonic() + timeout
+    while set(got()) != set(expected):
+        assert time.monotonic() < deadline, f"{len(set(got()))} of {len(expected)} arrived"
+        await asyncio.sleep(0.1)
+    return got()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from edgefleet.broker import LocalBroker
 from services.forwarder.service import ForwarderConfig, main
 from shared.config import validate
 from shared.topics import Kind, Topics
-from tests.forwarder.conftest import Endpoint, event, result_ids, results, unique
+from tests.forwarder.conftest import Endpoint, event, result_ids, results, unique, wait_all
 from tests.helpers import Probe, running
 
 FAST = {"retry_initial_s": 0.05, "retry_max_s": 0.3}
@@ -59,8 +59,10 @@ async def test_cloud_broker_down_then_back_every_result_arrives_in_order(
         )
         cloud.start()
 
-        got = await remote.wait_for(topics.results("pump"), count=50, timeout=20)
-        ids = [i for batch in got for i in batch["id"]]
+        def remote_ids() -> list[str]:
+            return [i for batch in remote.decoded(topics.results("pump")) for i in batch["id"]]
+
+        ids = await wait_all(remote_ids, result_ids("pump", 0, 500), timeout=20)
         assert unique(ids) == result_ids("pump", 0, 500)  # all of them, in order
         done = await probe.wait_for(
             topics.status("fwd"),

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import yaml
 from edgefleet.broker import LocalBroker
 from services.forwarder.service import main
 from shared.topics import Kind, Topics
-from tests.forwarder.conftest import result_ids, results, unique
+from tests.forwarder.conftest import result_ids, results, unique, wait_all
 from tests.forwarder.test_delivery import FAST, forwarder_config
 from tests.helpers import Probe, running
 
@@ -26,26 +25,18 @@ BATCHES, PER_BATCH = 300, 4
 
 
 def start_forwarder(path: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.cli", "run", "forwarder", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with (path.parent / "forwarder.log").open("ab") as log:  # the child keeps its own handle
+        return subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.cli", "run", "forwarder", "--config", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
 
 
 async def publish_results(probe: Probe, topic: str, batches: int, pause_s: float) -> None:
     for i in range(batches):
         await probe.publish(topic, results("pump", i * PER_BATCH, PER_BATCH), qos=1)
         await asyncio.sleep(pause_s)
-
-
-async def wait_all(got: Any, expected: list[str], timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while set(got()) != set(expected):
-        assert time.monotonic() < deadline, f"{len(set(got()))} of {len(expected)} arrived"
-        await asyncio.sleep(0.1)
-    ids: list[str] = got()
-    return ids
 
 
 def counters(queue: Path) -> dict[str, int]:
@@ -95,7 +86,10 @@ async def test_forwarder_sigkilled_again_and_again_loses_nothing(
             pid = process.pid
             await probe.wait_for(status, lambda s: s["health"].get("pid") == pid, timeout=20)
             process.send_signal(signal.SIGTERM)  # the last one ends cleanly
-            assert process.wait(15) == 0
+            try:
+                assert process.wait(30) == 0
+            except subprocess.TimeoutExpired:
+                raise AssertionError((tmp_path / "forwarder.log").read_text()[-3000:]) from None
     finally:
         if process.poll() is None:
             process.kill()
