@@ -8,4 +8,5 @@ SERVICES: dict[str, str] = {
     "modbus": "services.modbus.service",
     "inference": "services.inference.service",
     "actuator": "services.actuator.service",
+    "forwarder": "services.forwarder.service",
 }

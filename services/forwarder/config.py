@@ -1,0 +1,118 @@
+"""Configuration of the forwarder: what it reads, where its queues live, and its sinks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from shared.config import BrokerConfig, ServiceConfig, StrictModel
+from shared.errors import TopicError
+from shared.mqtt import BrokerSettings
+from shared.topics import validate_id
+
+
+def _id(value: str, what: str) -> str:
+    try:
+        return validate_id(value, what)
+    except TopicError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class QueueLimits(StrictModel):
+    """Bounds of one sink's queue. When one is passed, the oldest results go first (events
+    only when no result is left), and every drop is counted."""
+
+    max_messages: int = Field(1_000_000, ge=1)
+    max_bytes: int = Field(1 << 30, ge=1024)
+    max_age_s: float = Field(7 * 86400.0, gt=0)
+
+
+class SinkBase(StrictModel):
+    name: str
+    batch_size: int = Field(500, ge=1, le=10_000)  # queued messages sent in one go
+    retry_initial_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
+    queue: QueueLimits = Field(default_factory=lambda: QueueLimits.model_validate({}))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _id(value, "sink name")
+
+
+class MqttSink(SinkBase):
+    """Another broker (the cloud one), same topic names, QoS 1, its own credentials and TLS."""
+
+    kind: Literal["mqtt"]
+    broker: BrokerConfig
+    client_id: str | None = None  # default: {site}-{instance}-{name}
+
+
+class HttpSink(SinkBase):
+    """POST of JSON batches; any 2xx confirms the batch."""
+
+    kind: Literal["http"]
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    token_env: str | None = None  # `Authorization: Bearer <value of this variable>`
+    ca_file: Path | None = None
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
+
+
+class SqliteSink(SinkBase):
+    """A local history: table `results` (one row per result) and table `events`."""
+
+    kind: Literal["sqlite"]
+    path: Path
+
+
+class FileSink(SinkBase):
+    """JSON lines, one per result or event; rotated to `.1` … `.{keep}` past `max_bytes`."""
+
+    kind: Literal["file"]
+    path: Path
+    max_bytes: int = Field(100 << 20, ge=1024)
+    keep: int = Field(5, ge=1)
+
+
+Sink = Annotated[MqttSink | HttpSink | SqliteSink | FileSink, Field(discriminator="kind")]
+
+
+class ForwarderConfig(ServiceConfig):
+    flows: list[str] | None = None  # default: every flow of the site
+    queue_dir: Path = Path("var/forwarder")  # one queue file per sink: {queue_dir}/{name}.db
+    session_expiry_s: int = Field(7 * 86400, ge=60)  # how long the site broker keeps our session
+    dedupe_window: int = Field(100_000, ge=0)  # messages remembered to drop a redelivery
+    sinks: list[Sink] = Field(min_length=1)
+
+    @field_validator("flows")
+    @classmethod
+    def _flows(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_id(f, "flow") for f in value]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ForwarderConfig:
+        names = [s.name for s in self.sinks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"sink names must be unique: {duplicates}")
+        return self
+
+    def broker_settings(self, **overrides: Any) -> BrokerSettings:
+        """The site connection is a persistent session: a fixed client id, clean_start False
+        and a session expiry, so what arrives while the forwarder is down waits for it."""
+        values: dict[str, Any] = {
+            "clean_start": False,
+            "session_expiry_s": self.session_expiry_s,
+        }
+        values.update(overrides)
+        return super().broker_settings(**values)

@@ -1,0 +1,184 @@
+"""forwarder: deliver results and events to IT systems through a durable queue per sink.
+
+`edgefleet run forwarder --config FILE`. The site connection is a persistent session (fixed
+client id, clean_start False, a session expiry) subscribed at QoS 1 with manual acks: a message
+is acknowledged only after every sink's queue committed it, in one transaction per queue for
+all that arrived meanwhile. Each sink has a sender loop: it reads a batch in delivery order
+(events first), sends it, and deletes it only after the sink confirmed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Any
+
+from services.forwarder.config import FileSink as FileConfig
+from services.forwarder.config import ForwarderConfig
+from services.forwarder.config import HttpSink as HttpConfig
+from services.forwarder.config import MqttSink as MqttConfig
+from services.forwarder.config import SqliteSink as SqliteConfig
+from services.forwarder.queue import EVENT, RESULT, DurableQueue, Item
+from services.forwarder.sinks import HttpSink, MqttSink, Sink, SinkError
+from services.forwarder.stores import FileSink, SqliteSink
+from shared import codec
+from shared.errors import PayloadError
+from shared.messages import Event, ResultBatch
+from shared.mqtt import Received
+from shared.retry import Backoff
+from shared.runtime import Loop, Runtime
+from shared.topics import Kind
+
+NAME = "forwarder"
+Config = ForwarderConfig
+
+log = logging.getLogger(__name__)
+
+
+def make_sink(cfg: Any, config: ForwarderConfig) -> Sink:
+    if isinstance(cfg, MqttConfig):
+        return MqttSink(cfg, config)
+    if isinstance(cfg, HttpConfig):
+        return HttpSink(cfg, config)
+    if isinstance(cfg, SqliteConfig):
+        return SqliteSink(cfg, config)
+    if isinstance(cfg, FileConfig):
+        return FileSink(cfg, config)
+    raise TypeError(f"unknown sink config {type(cfg).__name__}")
+
+
+def to_item(message: Received) -> Item:
+    """Check a message cheaply by decoding it; raise PayloadError for what no sink could take."""
+    data = codec.decode(message.payload, message.content_type)
+    if f"/{Kind.EVENTS.value}/" in message.topic:
+        Event.from_wire(data)
+        prio, n = EVENT, 1
+    else:
+        prio, n = RESULT, len(ResultBatch.from_wire(data))
+    key = hashlib.blake2b(message.payload, digest_size=16).digest()
+    return Item(key, prio, message.topic, message.payload, message.content_type, n)
+
+
+class Lane:
+    """One sink, its queue and its sender."""
+
+    def __init__(self, cfg: Any, config: ForwarderConfig) -> None:
+        self.cfg = cfg
+        self.sink = make_sink(cfg, config)
+        self.queue = DurableQueue(
+            config.queue_dir / f"{cfg.name}.db",
+            cfg.queue,
+            dedupe_window=config.dedupe_window,
+            suspect_head=cfg.batch_size,
+        )
+        self.backoff = Backoff(cfg.retry_initial_s, cfg.retry_max_s)
+        self.last_error: str | None = None
+
+    async def sender_loop(self) -> None:
+        queue, sink = self.queue, self.sink
+        while True:
+            queue.wake.clear()
+            rows = await queue.peek(self.cfg.batch_size)
+            if not rows:
+                await queue.wake.wait()
+                continue
+            await sink.ready()
+            try:
+                await sink.send(rows)
+            except SinkError as exc:
+                if exc.confirmed:
+                    await queue.remove(rows[: exc.confirmed])
+                queue.failed(rows[exc.confirmed :])
+                self._report(str(exc))
+                await asyncio.sleep(self.backoff.next_delay())
+                continue
+            await queue.remove(rows)
+            if self.last_error is not None:
+                log.info("sink %s delivers again", self.cfg.name)
+            self.backoff.reset()
+            self.last_error = None
+
+    def _report(self, reason: str) -> None:
+        if self.last_error is None:  # once per outage, not once per retry
+            log.warning(
+                "sink %s: %s; %d message(s) queued", self.cfg.name, reason, self.queue.messages
+            )
+        self.last_error = reason
+
+    def status(self) -> dict[str, Any]:
+        return {**self.queue.status(), **self.sink.status(), "last_error": self.last_error}
+
+
+class Forwarder:
+    def __init__(self, rt: Runtime, config: ForwarderConfig) -> None:
+        self.rt = rt
+        self.config = config
+        self.lanes = [Lane(cfg, config) for cfg in config.sinks]
+        self._pending: list[tuple[Received, Item | None]] = []
+        self._arrived = asyncio.Event()
+
+    async def start(self) -> None:
+        for lane in self.lanes:
+            await lane.queue.open()
+            await lane.sink.start()
+            self.rt.add_health(f"sink_{lane.cfg.name}", lane.status)
+        topics = self.rt.topics
+        flows = self.config.flows
+        filters = (
+            [topics.all_of(Kind.EVENTS), topics.all_of(Kind.RESULTS)]
+            if flows is None
+            else [t for f in flows for t in (topics.events(f), topics.results(f))]
+        )
+        for topic_filter in filters:
+            await self.rt.subscribe(topic_filter, self.on_message, qos=1)
+
+    async def close(self) -> None:
+        for lane in self.lanes:
+            await lane.sink.close()
+            await lane.queue.close()
+
+    async def on_message(self, message: Received) -> None:
+        """Keep the message for the next commit; malformed ones are reported, then acked."""
+        try:
+            item: Item | None = to_item(message)
+        except PayloadError as exc:
+            self.rt.reject(str(exc), message)
+            item = None
+        self._pending.append((message, item))
+        self._arrived.set()
+
+    async def commit_loop(self) -> None:
+        """Commit what arrived to every queue (one transaction each), then ack it in order."""
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            pending, self._pending = self._pending, []
+            items = [item for _, item in pending if item is not None]
+            if items:
+                await asyncio.gather(*(lane.queue.put(items) for lane in self.lanes))
+            for message, _ in pending:
+                self.rt.ack(message)
+
+    def loops(self) -> list[Loop]:
+        loops: list[Loop] = [self.commit_loop]
+        for lane in self.lanes:
+            loops.extend(lane.sink.loops())
+            sender = lane.sender_loop
+
+            async def named(sender: Loop = sender) -> None:
+                await sender()
+
+            named.__name__ = f"{lane.cfg.name}_sender_loop"
+            loops.append(named)
+        return loops
+
+
+async def main(config: ForwarderConfig) -> None:
+    async with Runtime(NAME, config, manual_ack=True) as rt:
+        forwarder = Forwarder(rt, config)
+        await forwarder.start()
+        try:
+            await rt.serve(*forwarder.loops())
+        finally:
+            await forwarder.close()
