@@ -1,0 +1,9 @@
+"""edgefleet services: one package each. `edgefleet run NAME` imports the module named here.
+
+Each module exposes `NAME`, `Config` (its pydantic config model) and `async def main(config)`.
+"""
+
+SERVICES: dict[str, str] = {
+    "mqtt-ingest": "services.mqtt_ingest.service",
+    "modbus": "services.modbus.service",
+}

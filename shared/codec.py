@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 import msgpack
@@ -24,7 +24,7 @@ _ND_EXT = 1  # msgpack extension code of a numpy array
 _HEADER_LEN = struct.Struct("<H")
 
 
-class Encoding(str, Enum):
+class Encoding(StrEnum):
     MSGPACK = "msgpack"
     JSON = "json"
 
@@ -36,8 +36,10 @@ class Encoding(str, Enum):
 def _pack_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         arr = obj
+        if arr.dtype.kind in "UO":  # labels: a plain list of strings
+            return arr.tolist()
         if arr.dtype.kind not in "biuf":
-            raise PayloadError(f"only numeric arrays can be encoded, got dtype {arr.dtype}")
+            raise PayloadError(f"cannot encode an array of dtype {arr.dtype}")
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         header = msgpack.packb([arr.dtype.str, list(arr.shape)])
@@ -72,7 +74,8 @@ def _unpack_ext(code: int, data: bytes) -> Any:
         raise PayloadError(f"malformed array in msgpack payload: {exc}") from None
 
 
-def _jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types: arrays as lists, NaN and infinities as null."""
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind == "f" and obj.size and not np.isfinite(obj).all():
             out = obj.astype(object)
@@ -82,13 +85,13 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, bytes):
         raise PayloadError("bytes cannot be encoded as JSON")
     if isinstance(obj, (np.integer, np.floating, np.bool_, Enum)):
-        return _jsonable(_pack_default(obj))
+        return to_jsonable(_pack_default(obj))
     return obj
 
 
@@ -97,7 +100,7 @@ def encode(obj: Any, encoding: Encoding | str = Encoding.MSGPACK) -> tuple[bytes
     enc = Encoding(encoding)
     if enc is Encoding.MSGPACK:
         return msgpack.packb(obj, default=_pack_default, use_bin_type=True), MSGPACK
-    text = json.dumps(_jsonable(obj), allow_nan=False, separators=(",", ":"))
+    text = json.dumps(to_jsonable(obj), allow_nan=False, separators=(",", ":"))
     return text.encode(), JSON
 
 

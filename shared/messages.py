@@ -120,9 +120,7 @@ class ReadingBatch:
         received_ns: int | None = None,
     ) -> ReadingBatch:
         value_arr = np.asarray(value, dtype=np.float64)
-        q_arr = (
-            np.zeros(value_arr.shape, np.uint8) if q is None else np.asarray(q, dtype=np.uint8)
-        )
+        q_arr = np.zeros(value_arr.shape, np.uint8) if q is None else np.asarray(q, dtype=np.uint8)
         batch = cls(
             source,
             list(signals),
@@ -251,6 +249,17 @@ class SampleBatch:
         return batch
 
 
+def _output(value: Any) -> Any:
+    """An output column as an array; JSON's nulls become NaN in numeric columns."""
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        try:
+            return np.array(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            return arr  # labels stay strings
+    return arr
+
+
 def result_id(flow: str, t_ns: int) -> str:
     """The id every receiver drops duplicates by."""
     return f"{flow}:{t_ns}"
@@ -324,7 +333,7 @@ class ResultBatch:
             _str(d, "flow"),
             ModelRef(str(model.get("name")), str(model.get("version")), str(model.get("sha256"))),
             _array(d, "t", np.int64),
-            {str(k): np.asarray(v) for k, v in outputs.items()},
+            {str(k): _output(v) for k, v in outputs.items()},
             _array(d, "latency_us", np.float32),
             _str_list(d, "id"),
         )
@@ -355,11 +364,13 @@ class Message(BaseModel):
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(message)"
-    return f"{where}: {err['msg']}"
+    what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    return f"{where}: {what}"
 
 
 class Status(Message):
-    """Retained on `status/{instance}`: online with health, stopped on a clean exit, offline (will)."""
+    """Retained on `status/{instance}`: online with health, stopped when it exits cleanly,
+    offline as the last will."""
 
     kind: Literal["status"] = "status"
     instance: str

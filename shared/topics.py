@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from shared.errors import TopicError
 
@@ -18,7 +18,7 @@ _ID_RE = re.compile(r"^[^\x00-\x1f\x7f+#/$][^\x00-\x1f\x7f+#/]*$")
 MAX_ID_LENGTH = 128
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """The topic kinds under `{prefix}/{site}/`."""
 
     RAW = "raw"
@@ -35,6 +35,16 @@ class Kind(str, Enum):
     REPLY = "reply"
 
 
+# What the last level names, for error messages.
+_ENTITY = {
+    Kind.RAW: "source",
+    Kind.CMD: "source",
+    Kind.SAMPLES: "flow",
+    Kind.RESULTS: "flow",
+    Kind.SHADOW: "flow",
+    Kind.EVENTS: "flow",
+}
+
 # Kinds that name no entity after the kind.
 _SITE_LEVEL = {Kind.DESIRED, Kind.REPORTED}
 FLEET_SITE = "fleet"  # `{prefix}/fleet/commands` is the fleet service's own topic
@@ -48,8 +58,7 @@ def validate_id(value: str, what: str = "id") -> str:
         raise TopicError(f"{what} must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
     if not _ID_RE.match(value):
         raise TopicError(
-            f"{what} {value!r} may not contain '+', '#', '/', control characters "
-            "or start with '$'"
+            f"{what} {value!r} may not contain '+', '#', '/', control characters or start with '$'"
         )
     return value
 
@@ -76,7 +85,7 @@ class Topics:
             raise TopicError(f"site may not be named {FLEET_SITE!r}: the fleet service owns it")
 
     def _named(self, kind: Kind, name: str) -> str:
-        validate_id(name, kind.value)
+        validate_id(name, _ENTITY.get(kind, "instance"))
         return f"{self.prefix}/{self.site}/{kind.value}/{name}"
 
     def raw(self, source: str) -> str:
@@ -149,4 +158,17 @@ def parse(topic: str) -> ParsedTopic:
         return ParsedTopic(prefix, site, kind, None)
     if len(parts) != 4:
         raise TopicError(f"{kind.value} topics end with a name, got {topic!r}")
-    return ParsedTopic(prefix, site, kind, validate_id(parts[3], kind.value))
+    return ParsedTopic(prefix, site, kind, validate_id(parts[3], _ENTITY.get(kind, "instance")))
+
+
+def matches(topic: str, topic_filter: str) -> bool:
+    """MQTT filter matching (`+` one level, `#` the rest); `$share/{group}/` is ignored."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    t_parts, f_parts = topic.split("/"), topic_filter.split("/")
+    for i, part in enumerate(f_parts):
+        if part == "#":
+            return True
+        if i >= len(t_parts) or (part != "+" and part != t_parts[i]):
+            return False
+    return len(t_parts) == len(f_parts)

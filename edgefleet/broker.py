@@ -1,0 +1,130 @@
+"""A local mosquitto process, as the demo, `edgefleet up` and the tests start it.
+
+The settings are those of compose/mosquitto/site.conf, on a port of our choosing; persistence
+goes to a folder of the caller's so a restart keeps retained messages and sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+def find_mosquitto() -> str:
+    found = shutil.which("mosquitto") or next(
+        (p for p in MOSQUITTO_PATHS if Path(p).exists()), None
+    )
+    if not found:
+        raise FileNotFoundError(
+            "mosquitto is not installed: run `make setup` (apt-get install mosquitto)"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s") from None
+            time.sleep(0.02)
+
+
+def config_text(port: int, data_dir: Path, extra: str = "") -> str:
+    """The shipped site settings on `port`; `extra` adds lines (auth, ACLs, bridges)."""
+    if "allow_anonymous" not in extra:
+        extra = "allow_anonymous true\n" + extra
+    if os.geteuid() == 0:  # as root mosquitto drops to user `mosquitto`, who cannot read our files
+        extra = "user root\n" + extra
+    return f"""\
+per_listener_settings false
+listener {port} 127.0.0.1
+set_tcp_nodelay true
+max_queued_messages 1000000
+max_queued_bytes 1073741824
+max_inflight_messages 1000
+queue_qos0_messages false
+persistence true
+persistence_location {data_dir}/
+autosave_interval 30
+log_dest file {data_dir}/mosquitto.log
+log_type error
+log_type warning
+log_type notice
+{extra}"""
+
+
+@dataclass
+class LocalBroker:
+    """`start()`, `stop()`, `kill()` and `restart()` keep the same port and persistence."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    extra_config: str = ""
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LocalBroker:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "mosquitto.conf"
+        conf.write_text(config_text(self.port, self.data_dir, self.extra_config))
+        self.process = subprocess.Popen(
+            [find_mosquitto(), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_port(self.host, self.port)
+        except TimeoutError:
+            self.stop()
+            log = self.data_dir / "mosquitto.log"
+            detail = log.read_text()[-500:] if log.exists() else ""
+            raise RuntimeError(f"mosquitto did not start on port {self.port}: {detail}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """Die without saving, as a crash or a power cut would."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,107 @@
+"""The `edgefleet` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from services import SERVICES
+from shared.config import load_config
+from shared.errors import ConfigError, EdgefleetError
+from shared.mqtt import BrokerSettings
+from shared.runtime import setup_logging
+
+
+def _service_module(name: str) -> Any:
+    if name not in SERVICES:
+        raise ConfigError(f"unknown service {name!r}; known: {', '.join(sorted(SERVICES))}")
+    return importlib.import_module(SERVICES[name])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    module = _service_module(args.service)
+    config = load_config(args.config, module.Config)
+    if args.check:
+        print(f"{args.config}: valid {args.service} config for instance {config.instance!r}")
+        return 0
+    setup_logging(config.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(module.main(config))
+    return 0
+
+
+def cmd_tap(args: argparse.Namespace) -> int:
+    from edgefleet.tap import tap
+
+    settings = BrokerSettings(host=args.host, port=args.port, reconnect_max_s=2.0)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(tap(args.filter, settings, count=args.count, timeout=args.timeout))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgefleet.demo import run_demo
+
+    return int(run_demo(Path(args.workdir), port=args.port))
+
+
+def cmd_sim(argv: list[str]) -> int:
+    from edgefleet.sim.cli import main as sim_main
+
+    return int(sim_main(argv))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgefleet", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one service instance")
+    run.add_argument("service", help=f"one of: {', '.join(sorted(SERVICES))}")
+    run.add_argument("--config", required=True, type=Path, help="the instance's YAML config")
+    run.add_argument("--check", action="store_true", help="validate the config and exit")
+    run.set_defaults(fn=cmd_run)
+
+    tap = sub.add_parser("tap", help="print messages decoded, one JSON line each")
+    tap.add_argument("filter", nargs="?", default="ef/#", help="MQTT topic filter (ef/#)")
+    tap.add_argument("--host", default="127.0.0.1")
+    tap.add_argument("--port", type=int, default=1883)
+    tap.add_argument("--count", type=int, help="stop after this many messages")
+    tap.add_argument("--timeout", type=float, help="stop after this many seconds")
+    tap.set_defaults(fn=cmd_tap)
+
+    demo = sub.add_parser("demo", help="start a local site and show its live traffic")
+    demo.add_argument("--workdir", default="var/demo", help="where state and logs go")
+    demo.add_argument("--port", type=int, default=0, help="broker port (default: a free one)")
+    demo.set_defaults(fn=cmd_demo)
+
+    sub.add_parser("sim", help="run the plant simulator (edgefleet sim --help)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sim"]:
+        return cmd_sim(argv[1:])
+    args = parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except EdgefleetError as exc:
+        print(f"edgefleet: {exc}", file=sys.stderr)
+        return 2
+    except ExceptionGroup as group:  # raised inside a service's TaskGroup
+        known, other = group.split(EdgefleetError)
+        if other is not None:
+            raise
+        assert known is not None
+        for error in known.exceptions:
+            print(f"edgefleet: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

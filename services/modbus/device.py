@@ -1,0 +1,93 @@
+"""The adapter's one session to the device: requests serialised, failures raised as DeviceError,
+a fresh session when the device stays silent longer than `dead_after_s`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerType
+
+from services.modbus.config import ModbusConfig
+
+log = logging.getLogger(__name__)
+
+
+class DeviceError(Exception):
+    """A request failed: `code` is the Modbus exception code, or 0 for no answer."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class Device:
+    """The one session to the device; requests are serialised."""
+
+    def __init__(self, config: ModbusConfig) -> None:
+        self.config = config.device
+        self.lock = asyncio.Lock()
+        self.client: AsyncModbusTcpClient | None = None
+        self.last_ok = time.monotonic()
+        self.down = False
+
+    def _new_client(self) -> AsyncModbusTcpClient:
+        c = self.config
+        framer = FramerType.RTU if c.framer == "rtu" else FramerType.SOCKET
+        return AsyncModbusTcpClient(
+            c.host,
+            port=c.port,
+            framer=framer,
+            timeout=c.timeout_s,
+            retries=0,
+            reconnect_delay=0,
+            reconnect_delay_max=0,
+        )
+
+    async def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    async def call(self, name: str, *args: Any, **kw: Any) -> Any:
+        """Run one client request under the lock; raise DeviceError on any failure."""
+        async with self.lock:
+            if self.client is None or not self.client.connected:
+                await self.close()
+                self.client = self._new_client()
+                with contextlib.suppress(asyncio.TimeoutError, OSError):
+                    await asyncio.wait_for(self.client.connect(), self.config.timeout_s)
+                if not self.client.connected:
+                    self._silent()
+                    raise DeviceError(0, f"cannot connect to {self.config.host}:{self.config.port}")
+            try:
+                rr = await asyncio.wait_for(
+                    getattr(self.client, name)(*args, **kw), self.config.timeout_s * 1.5
+                )
+            except (TimeoutError, ModbusException, OSError) as exc:
+                self._silent()
+                raise DeviceError(0, f"no answer: {exc}") from None
+            self.last_ok, self.down = time.monotonic(), False
+            if rr.isError():
+                code = int(getattr(rr, "exception_code", 4))
+                raise DeviceError(code, f"exception code 0x{code:02X}")
+            return rr
+
+    def _silent(self) -> None:
+        if time.monotonic() - self.last_ok > self.config.dead_after_s:
+            if not self.down:
+                log.warning(
+                    "modbus device %s:%d down: no answer for %.1f s",
+                    self.config.host,
+                    self.config.port,
+                    self.config.dead_after_s,
+                )
+            self.down = True
+            if self.client is not None:  # a fresh session on the next request
+                self.client.close()
+                self.client = None

@@ -1,0 +1,78 @@
+"""Configuration of mqtt-ingest: which foreign topics to read and how fields map to signals."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from services.mqtt_ingest.paths import parse_path
+from shared.config import ServiceConfig, StrictModel
+from shared.errors import TopicError
+from shared.topics import validate_id
+
+
+def _path(value: str | None) -> str | None:
+    if value is not None:
+        parse_path(value)  # raises ValueError naming the bad part
+    return value
+
+
+class SignalMap(StrictModel):
+    """One signal read from each message: a scalar, or an array of values (a waveform batch)."""
+
+    name: str
+    path: str  # dotted path into the payload: `data.temp`, `values[0]`, `x`
+    times_path: str | None = None  # array values: a parallel array of timestamps (same unit)
+    period_us: float | None = Field(None, gt=0)  # array values: spacing after the timestamp
+    period_path: str | None = None  # array values: a field giving the spacing in µs
+    quality_path: str | None = None  # overrides the message-level quality for this signal
+
+    _paths = field_validator("path", "times_path", "period_path", "quality_path")(_path)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        try:
+            return validate_id(value, "signal name")
+        except TopicError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class TimestampMap(StrictModel):
+    path: str | None = None  # absent: the time the message arrived
+    unit: Literal["s", "ms", "us", "ns", "iso"] = "ms"
+
+    _paths = field_validator("path")(_path)
+
+
+class Input(StrictModel):
+    topic: str  # subscription filter on the broker, wildcards allowed
+    source: str  # readings are published on ef/{site}/raw/{source}
+    format: Literal["auto", "json", "msgpack"] = "auto"  # auto: by content type, then sniffed
+    timestamp: TimestampMap = Field(default_factory=lambda: TimestampMap.model_validate({}))
+    quality_path: str | None = None  # 0/1/2 or good/uncertain/bad; absent: good
+    signals: list[SignalMap] = Field(min_length=1)
+
+    _paths = field_validator("quality_path")(_path)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        try:
+            return validate_id(value, "source")
+        except TopicError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _unique_signals(self) -> Input:
+        names = [s.name for s in self.signals]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"signal names must be unique in one input: {duplicates}")
+        return self
+
+
+class IngestConfig(ServiceConfig):
+    inputs: list[Input] = Field(min_length=1)
+    publish_qos: int = Field(1, ge=0, le=1)

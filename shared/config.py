@@ -1,0 +1,210 @@
+"""Service configuration: YAML files validated by pydantic, with environment overrides.
+
+Unknown keys are refused; every error names the file, the line and the dotted key. Secrets are
+never written in the file: `password_env` / `password_file` say where to read them.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import ConfigError, TopicError
+from shared.mqtt import BrokerSettings
+from shared.topics import DEFAULT_PREFIX, validate_id
+
+ENV_PREFIX = "EDGEFLEET_"  # EDGEFLEET_BROKER__PORT=1884 overrides broker.port
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BrokerConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password_env: str | None = None  # name of the environment variable holding the password
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = Field(30, ge=5)
+
+    def password(self) -> str | None:
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"broker.password_env: variable {self.password_env} is not set")
+            return value
+        if self.password_file:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"broker.password_file: cannot read it: {exc}") from None
+        return None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.cert_file:
+            context.load_cert_chain(
+                str(self.cert_file), str(self.key_file) if self.key_file else None
+            )
+        return context
+
+
+class Timings(StrictModel):
+    """Timing constants are settings, so tests can shrink them."""
+
+    status_interval_s: float = Field(10.0, gt=0)
+    error_report_interval_s: float = Field(5.0, gt=0)
+    reconnect_initial_s: float = Field(0.2, gt=0)
+    reconnect_max_s: float = Field(10.0, gt=0)
+    outbox_max: int = Field(10_000, ge=1)
+    max_inflight: int = Field(100, ge=1)
+
+
+class ServiceConfig(StrictModel):
+    """What every service instance needs; each service's config extends it."""
+
+    site: str
+    instance: str
+    prefix: str = DEFAULT_PREFIX
+    broker: BrokerConfig = Field(default_factory=lambda: BrokerConfig.model_validate({}))
+    timings: Timings = Field(default_factory=lambda: Timings.model_validate({}))
+    log_level: str = "INFO"
+    revision: int = 0  # a retained config with a higher revision replaces this one
+
+    @field_validator("site", "instance", "prefix")
+    @classmethod
+    def _topic_level(cls, value: str) -> str:
+        try:
+            return validate_id(value)
+        except TopicError as exc:
+            raise ValueError(str(exc)) from None
+
+    def broker_settings(self, **overrides: Any) -> BrokerSettings:
+        b, t = self.broker, self.timings
+        values: dict[str, Any] = {
+            "host": b.host,
+            "port": b.port,
+            "client_id": f"{self.site}-{self.instance}",
+            "username": b.username,
+            "password": b.password(),
+            "tls": b.tls_context(),
+            "keepalive_s": b.keepalive_s,
+            "max_inflight": t.max_inflight,
+            "outbox_max": t.outbox_max,
+            "reconnect_initial_s": t.reconnect_initial_s,
+            "reconnect_max_s": t.reconnect_max_s,
+        }
+        values.update(overrides)
+        return BrokerSettings(**values)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _key_lines(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    """Record the line of every key path, so an error can point at it."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*path, str(key_node.value))
+            out[key] = key_node.start_mark.line + 1
+            _key_lines(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = (*path, str(i))
+            out[key] = item.start_mark.line + 1
+            _key_lines(item, key, out)
+
+
+def read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """Parse a YAML file; return the data and the line of each key path."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    lines: dict[tuple[str, ...], int] = {}
+    if node is not None:
+        _key_lines(node, (), lines)
+    return data, lines
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Apply EDGEFLEET_A__B=value overrides (values parsed as YAML scalars)."""
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        target = data
+        for key in keys[:-1]:
+            nested = target.setdefault(key, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"environment {name}: {key} is not a section")
+            target = nested
+        target[keys[-1]] = yaml.safe_load(raw) if raw else raw
+    return data
+
+
+def format_errors(
+    exc: ValidationError, source: str, lines: Mapping[tuple[str, ...], int] | None = None
+) -> str:
+    """One line per error: `file:line: dotted.key: what is wrong`."""
+    out = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        line = None
+        if lines:
+            for n in range(len(loc), 0, -1):  # the deepest key that exists in the file
+                if loc[:n] in lines:
+                    line = lines[loc[:n]]
+                    break
+        where = f"{source}:{line}" if line else source
+        key = ".".join(loc) or "(top level)"
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        message = message.removeprefix("Value error, ")
+        out.append(f"{where}: {key}: {message}")
+    return "\n".join(out)
+
+
+def validate(
+    model: type[M],
+    data: Any,
+    source: str,
+    lines: Mapping[tuple[str, ...], int] | None = None,
+) -> M:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, source, lines)) from None
+
+
+def load_config(path: Path | str, model: type[M], env: Mapping[str, str] | None = None) -> M:
+    """Read, override from the environment, and validate one config file."""
+    path = Path(path)
+    data, lines = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    data = apply_env(data, os.environ if env is None else env)
+    return validate(model, data, str(path), lines)

@@ -1,0 +1,32 @@
+"""The one place for retries: capped exponential backoff with full jitter."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Backoff:
+    """Delays of `initial`·2ⁿ capped at `maximum`, each drawn uniformly from [delay/2, delay].
+
+    Half-jitter keeps a fleet of clients from reconnecting in lockstep after a broker restart
+    while still growing the delay for a peer that stays down.
+    """
+
+    initial: float = 0.2
+    maximum: float = 10.0
+    _attempt: int = field(default=0, init=False)
+    _rng: random.Random = field(default_factory=random.Random, init=False, repr=False)
+
+    def next_delay(self) -> float:
+        delay = min(self.maximum, self.initial * (2 ** min(self._attempt, 30)))
+        self._attempt += 1
+        return self._rng.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    @property
+    def attempts(self) -> int:
+        return self._attempt

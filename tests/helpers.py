@@ -1,0 +1,90 @@
+"""Test helpers: a probe client on the real broker, and running services in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Self
+
+from shared import codec
+from shared.mqtt import BrokerSettings, MqttConnection, PublishResult, Received
+from shared.topics import matches
+
+
+class Probe:
+    """A plain MQTT client for tests: publish, and wait for messages matching a filter."""
+
+    def __init__(self, host: str, port: int, **settings: Any) -> None:
+        self.messages: list[Received] = []
+        self._arrived = asyncio.Condition()
+        self.connection = MqttConnection(
+            BrokerSettings(
+                host=host, port=port, reconnect_initial_s=0.05, reconnect_max_s=0.5, **settings
+            ),
+            self._on_message,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def _on_message(self, message: Received) -> None:
+        async with self._arrived:
+            self.messages.append(message)
+            self._arrived.notify_all()
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self.connection.run())
+        await asyncio.wait_for(self.connection.wait_connected(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        await self.connection.subscribe(topic_filter, qos)
+
+    async def publish(
+        self, topic: str, body: Any, encoding: str = "msgpack", **kw: Any
+    ) -> PublishResult:
+        payload, content_type = codec.encode(body, encoding)
+        return await self.connection.publish(topic, payload, content_type=content_type, **kw)
+
+    async def publish_raw(self, topic: str, payload: bytes, **kw: Any) -> PublishResult:
+        return await self.connection.publish(topic, payload, **kw)
+
+    def received(self, topic_filter: str) -> list[Received]:
+        return [m for m in self.messages if matches(m.topic, topic_filter)]
+
+    def decoded(self, topic_filter: str) -> list[Any]:
+        return [codec.decode(m.payload, m.content_type) for m in self.received(topic_filter)]
+
+    async def wait_for(
+        self,
+        topic_filter: str,
+        predicate: Callable[[Any], bool] = lambda _: True,
+        timeout: float = 10.0,
+        count: int = 1,
+    ) -> list[Any]:
+        """Wait until `count` decoded messages on `topic_filter` satisfy `predicate`."""
+
+        def found() -> list[Any]:
+            return [d for d in self.decoded(topic_filter) if predicate(d)]
+
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: len(found()) >= count)
+        return found()
+
+
+@contextlib.asynccontextmanager
+async def running(main: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
+    """Run a service's `main(config)` as a task for the block, then cancel it."""
+    task = asyncio.create_task(main)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        results = await asyncio.gather(task, return_exceptions=True)
+        error = results[0]
+        if isinstance(error, BaseException) and not isinstance(error, asyncio.CancelledError):
+            raise error

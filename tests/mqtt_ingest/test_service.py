@@ -1,0 +1,96 @@
+"""mqtt-ingest on a real broker: both encodings, and bad input that never stops it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from services.mqtt_ingest.service import IngestConfig, main
+from shared.config import validate
+from shared.messages import ReadingBatch
+from shared.topics import Topics
+from tests.helpers import Probe, running
+
+
+def ingest_config(base: dict[str, Any], site: str) -> IngestConfig:
+    return validate(
+        IngestConfig,
+        {
+            **base,
+            "instance": "ingest1",
+            "inputs": [
+                {
+                    "topic": f"{site}-ext/+/telemetry",
+                    "source": "gw",
+                    "timestamp": {"path": "ts"},
+                    "signals": [{"name": "temp", "path": "temp"}, {"name": "rpm", "path": "rpm"}],
+                },
+                {
+                    "topic": f"{site}-ext/vib",
+                    "source": "vib",
+                    "format": "msgpack",
+                    "timestamp": {"path": "t0", "unit": "us"},
+                    "signals": [{"name": "x", "path": "x", "period_us": 1000}],
+                },
+            ],
+        },
+        "test",
+    )
+
+
+async def test_json_and_msgpack_messages_become_reading_batches(
+    base_config: dict[str, Any], probe: Probe, site: str
+) -> None:
+    topics = Topics(site)
+    await probe.subscribe(topics.everything())
+    async with running(main(ingest_config(base_config, site))):
+        await probe.wait_for(topics.status("ingest1"), lambda s: s["state"] == "online")
+        await probe.publish(
+            f"{site}-ext/p1/telemetry", {"ts": 1000, "temp": 20.5, "rpm": 1450}, "json"
+        )
+        # a gateway that sends msgpack without a content type
+        await probe.publish_raw(f"{site}-ext/vib", msgpack.packb({"t0": 5, "x": [1.0, 2.0, 3.0]}))
+        [gw] = await probe.wait_for(topics.raw("gw"))
+        [vib] = await probe.wait_for(topics.raw("vib"))
+    batch = ReadingBatch.from_wire(gw)
+    assert batch.signals == ["temp", "rpm"]
+    assert batch.t.tolist() == [1_000_000_000, 1_000_000_000]
+    assert batch.value.tolist() == [20.5, 1450.0]
+    vib_batch = ReadingBatch.from_wire(vib)
+    assert vib_batch.t.tolist() == [5000, 1_005_000, 2_005_000]
+    np.testing.assert_array_equal(vib_batch.value, [1.0, 2.0, 3.0])
+
+
+async def test_malformed_payloads_are_reported_counted_and_survived(
+    base_config: dict[str, Any], probe: Probe, site: str
+) -> None:
+    topics = Topics(site)
+    await probe.subscribe(topics.everything())
+    bad = [b"{not json", b"[1, 2]", b'{"temp": 1}', b'{"ts": "noon", "temp": 1}']
+    async with running(main(ingest_config(base_config, site))):
+        await probe.wait_for(topics.status("ingest1"), lambda s: s["state"] == "online")
+        for payload in bad:
+            await probe.publish_raw(f"{site}-ext/p1/telemetry", payload, qos=1)
+        await probe.publish(
+            f"{site}-ext/p1/telemetry", {"ts": 2000, "temp": "hot", "rpm": 1}, "json", qos=1
+        )
+        await probe.publish(
+            f"{site}-ext/p1/telemetry", {"ts": 3000, "temp": 22, "rpm": 2}, "json", qos=1
+        )
+        raws = await probe.wait_for(topics.raw("gw"), count=2)
+        await probe.wait_for(
+            topics.status("ingest1"), lambda s: s["health"]["rejected"] == len(bad) + 1
+        )
+    reasons = " | ".join(e["reason"] for e in probe.decoded(topics.errors("ingest1")))
+    for expected in (
+        "not valid JSON",
+        "expected a JSON object",
+        "no field ts",
+        "must be a number of ms",
+        "signal 'temp': value 'hot' is not a number",
+    ):
+        assert expected in reasons
+    # the good field of the half-bad message still arrived, and so did the good message
+    assert [r["value"].tolist() for r in raws] == [[1.0], [22.0, 2.0]]

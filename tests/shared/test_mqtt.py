@@ -1,0 +1,118 @@
+"""The MQTT module against a real mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgefleet.broker import LocalBroker
+from shared.errors import ProtocolError
+from shared.mqtt import BrokerSettings, MqttConnection, NotConnected, Received
+from tests.helpers import Probe
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> LocalBroker:
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite #\ntopic deny forbidden/#\n")
+    b = LocalBroker(tmp_path / "broker", extra_config=f"acl_file {acl}\n").start()
+    yield b  # type: ignore[misc]
+    b.stop()
+
+
+async def test_publish_returns_the_brokers_reason_code(acl_broker: LocalBroker) -> None:
+    async with Probe(acl_broker.host, acl_broker.port) as probe:
+        refused = await probe.publish_raw("forbidden/x", b"1", qos=1)
+        assert not refused.ok and refused.reason_code == 0x87  # Not authorized
+        nobody = await probe.publish_raw("nobody/listens", b"1", qos=1)
+        assert nobody.ok and nobody.reason_code == 0x10  # No matching subscribers: success
+        assert probe.connection.stats.publish_failures == 1
+
+
+@pytest.fixture
+def passwords(tmp_path: Path) -> Path:
+    path = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(path), "edge", "right"], check=True)
+    return path
+
+
+async def test_bad_credentials_stop_the_retries(tmp_path: Path, passwords: Path) -> None:
+    with LocalBroker(
+        tmp_path / "broker", extra_config=f"allow_anonymous false\npassword_file {passwords}\n"
+    ) as b:
+        wrong = MqttConnection(BrokerSettings(port=b.port, username="edge", password="wrong"))
+        with pytest.raises(ProtocolError, match="refused the credentials"):
+            await asyncio.wait_for(wrong.run(), 10)
+        async with Probe(b.host, b.port, username="edge", password="right") as probe:
+            assert (await probe.publish_raw("a/b", b"1", qos=1)).ok
+
+
+async def test_outage_buffer_is_bounded_and_counts_drops(broker: LocalBroker) -> None:
+    connection = MqttConnection(BrokerSettings(port=broker.port, outbox_max=3))
+    for i in range(5):
+        result = await connection.publish("t/x", str(i).encode(), qos=1)
+        assert result.queued
+    with pytest.raises(NotConnected):
+        await connection.publish("t/x", b"unbuffered", buffer=False)
+    assert connection.stats.dropped == 2
+    async with Probe(broker.host, broker.port) as probe:
+        await probe.subscribe("t/#")
+        runner = asyncio.create_task(connection.run())
+        try:
+            await probe.wait_for("t/#", count=3)
+            await asyncio.sleep(0.2)
+            assert [m.payload for m in probe.received("t/#")] == [b"2", b"3", b"4"]
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_a_message_not_acked_is_delivered_again(broker: LocalBroker) -> None:
+    """manual_ack: a consumer that dies before committing gets the message again."""
+    settings = BrokerSettings(
+        port=broker.port,
+        client_id="committer",
+        clean_start=False,
+        session_expiry_s=300,
+        reconnect_initial_s=0.05,
+    )
+    got: list[Received] = []
+    arrived = asyncio.Event()
+
+    async def keep(message: Received) -> None:
+        got.append(message)
+        arrived.set()
+
+    async def consume(ack: bool, wait_s: float = 10) -> None:
+        arrived.clear()
+        connection = MqttConnection(settings, keep, manual_ack=True)
+        await connection.subscribe("jobs/#", qos=1)
+        runner = asyncio.create_task(connection.run())
+        try:
+            await asyncio.wait_for(arrived.wait(), wait_s)
+            if ack:
+                connection.ack(got[-1])
+                await asyncio.sleep(0.2)  # let the PUBACK leave before disconnecting
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+    # Create the persistent session, then queue one job for it while it is away.
+    connection = MqttConnection(settings, keep, manual_ack=True)
+    await connection.subscribe("jobs/#", qos=1)
+    runner = asyncio.create_task(connection.run())
+    await asyncio.wait_for(connection.wait_connected(), 10)
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    async with Probe(broker.host, broker.port) as probe:
+        assert (await probe.publish_raw("jobs/1", b"job", qos=1)).ok
+
+    await consume(ack=False)  # received, never acknowledged: "crashed" before commit
+    await consume(ack=True)  # the broker delivers it again
+    assert [m.payload for m in got] == [b"job", b"job"]
+    got.clear()
+    with pytest.raises(TimeoutError):
+        await consume(ack=True, wait_s=1.5)  # acknowledged: not delivered a third time

@@ -1,0 +1,144 @@
+"""The service runtime against a real mosquitto that dies, and services that are killed."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgefleet.broker import LocalBroker
+from shared.config import ServiceConfig, validate
+from shared.errors import PayloadError
+from shared.mqtt import Received
+from shared.runtime import Runtime
+from shared.topics import Topics
+from tests.helpers import Probe
+
+
+def config(base: dict[str, Any], instance: str = "svc") -> ServiceConfig:
+    return validate(ServiceConfig, {**base, "instance": instance}, "test")
+
+
+async def test_broker_restart_mid_stream(
+    broker: LocalBroker, base_config: dict[str, Any], site: str
+) -> None:
+    topics = Topics(site)
+    seen = asyncio.Event()
+    rt = Runtime("test", config(base_config))
+
+    async def handle(message: Received) -> None:
+        seen.set()
+
+    await rt.subscribe(f"{site}/in/#", handle)
+    durable = {"client_id": f"{site}-probe", "clean_start": False, "session_expiry_s": 600}
+    async with Probe(broker.host, broker.port, **durable) as probe:
+        await probe.subscribe(f"{topics.everything()}")
+        await probe.subscribe(f"{site}/out/#")
+        server = asyncio.create_task(rt.serve())
+        await probe.wait_for(topics.status("svc"), lambda s: s["state"] == "online")
+
+        broker.stop()  # mid-stream: the service keeps publishing into its outage buffer
+        await asyncio.sleep(0.3)
+        for i in range(50):
+            assert (await rt.publish(f"{site}/out/x", {"i": i}, qos=1)).queued
+        assert not server.done()
+        broker.start()
+
+        got = await probe.wait_for(f"{site}/out/#", count=50, timeout=15)
+        assert [m["i"] for m in got] == list(range(50))  # drained, in order, nothing lost
+        await probe.wait_for(
+            topics.status("svc"),
+            lambda s: s["state"] == "online" and s["health"]["reconnects"] >= 1,
+        )
+        await probe.publish(f"{site}/in/a", {"after": "restart"})  # resubscribed by itself
+        await asyncio.wait_for(seen.wait(), 10)
+
+        rt.stop.set()
+        await asyncio.wait_for(server, 10)
+        await probe.wait_for(topics.status("svc"), lambda s: s["state"] == "stopped")
+
+
+async def test_a_raising_handler_is_reported_and_the_loop_goes_on(
+    broker: LocalBroker, base_config: dict[str, Any], site: str, probe: Probe
+) -> None:
+    topics = Topics(site)
+    rt = Runtime("test", config(base_config))
+    handled: list[bytes] = []
+    fine = asyncio.Event()
+
+    async def handle(message: Received) -> None:
+        if message.payload == b"boom":
+            raise RuntimeError("kaput")
+        if message.payload == b"bad":
+            raise PayloadError("expected good, got bad")
+        handled.append(message.payload)
+        fine.set()
+
+    await rt.subscribe(f"{site}/in/#", handle)
+    await probe.subscribe(topics.everything())
+    server = asyncio.create_task(rt.serve())
+    try:
+        await probe.wait_for(topics.status("svc"), lambda s: s["state"] == "online")
+        for payload in (b"boom", b"bad", b"fine"):
+            await probe.publish_raw(f"{site}/in/x", payload, qos=1)
+        [internal] = await probe.wait_for(topics.errors("svc"), lambda e: "kaput" in e["reason"])
+        assert internal["topic"] == f"{site}/in/x" and internal["excerpt"] == "boom"
+        await probe.wait_for(topics.errors("svc"), lambda e: "got bad" in e["reason"])
+        await asyncio.wait_for(fine.wait(), 5)
+        assert handled == [b"fine"]
+        await probe.wait_for(
+            topics.status("svc"),
+            lambda s: s["health"]["errors"] == 1 and s["health"]["rejected"] == 1,
+        )
+    finally:
+        rt.stop.set()
+        await asyncio.wait_for(server, 10)
+
+
+def start_ingest(tmp_path: Path, base: dict[str, Any], site: str) -> subprocess.Popen[bytes]:
+    cfg = {
+        **base,
+        "instance": "ingest1",
+        "inputs": [
+            {"topic": f"{site}-ext/#", "source": "gw", "signals": [{"name": "v", "path": "v"}]}
+        ],
+    }
+    path = tmp_path / "ingest.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli", "run", "mqtt-ingest", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+async def test_killed_service_shows_offline_then_online_and_sigterm_shows_stopped(
+    tmp_path: Path, base_config: dict[str, Any], site: str, probe: Probe
+) -> None:
+    status = Topics(site).status("ingest1")
+    await probe.subscribe(status)
+
+    def states() -> list[str]:
+        return [s["state"] for s in probe.decoded(status)]
+
+    process = start_ingest(tmp_path, base_config, site)
+    try:
+        await probe.wait_for(status, lambda s: s["state"] == "online", timeout=20)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        await probe.wait_for(status, lambda s: s["state"] == "offline")  # the last will
+
+        process = start_ingest(tmp_path, base_config, site)
+        await probe.wait_for(status, lambda s: s["state"] == "online", count=2, timeout=20)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        await probe.wait_for(status, lambda s: s["state"] == "stopped")
+        assert states()[-1] == "stopped" and "offline" in states()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
