@@ -33,14 +33,20 @@ def make_spec(period_ms: float, window: int) -> AlignSpec:
                 if rate >= 100:
                     features.append({"signal": sig, "agg": ("rms", "mean")[j]})
                 elif rate >= 10:
-                    features.append({"signal": sig, "fill": ("linear", "hold")[j],
-                                     "max_age_ms": 500})
+                    features.append(
+                        {"signal": sig, "fill": ("linear", "hold")[j], "max_age_ms": 500}
+                    )
                 else:
                     features.append({"signal": sig, "fill": "hold", "max_age_ms": 12_000})
-    return AlignSpec.model_validate({
-        "period_ms": period_ms, "max_delay_ms": 250, "window": window,
-        "on_missing": "nan", "features": features,
-    })
+    return AlignSpec.model_validate(
+        {
+            "period_ms": period_ms,
+            "max_delay_ms": 250,
+            "window": window,
+            "on_missing": "nan",
+            "features": features,
+        }
+    )
 
 
 def make_batches(seconds: float, batch_ms: float, seed: int = 1) -> list[ReadingBatch]:
@@ -53,7 +59,8 @@ def make_batches(seconds: float, batch_ms: float, seed: int = 1) -> list[Reading
             rate = RATES_HZ[int(name[1])]
             step = 1e9 / rate
             t = T0 + (np.arange(int(seconds * rate)) * step + rng.uniform(0, step / 4)).astype(
-                np.int64)
+                np.int64
+            )
             ts.append(t)
             sigs.append(np.full(t.shape[0], i, np.uint16))
         t_all, s_all = np.concatenate(ts), np.concatenate(sigs)
@@ -66,8 +73,11 @@ def make_batches(seconds: float, batch_ms: float, seed: int = 1) -> list[Reading
         for src, (t, s) in enumerate(streams):
             lo, hi = np.searchsorted(t, [lo_t, hi_t])
             v = np.sin(t[lo:hi] / 1e8) + rng.normal(0, 0.01, hi - lo)
-            batches.append(ReadingBatch.from_columns(
-                f"s{src}", names, t[lo:hi], s[lo:hi], v, received_ns=int(hi_t)))
+            batches.append(
+                ReadingBatch.from_columns(
+                    f"s{src}", names, t[lo:hi], s[lo:hi], v, received_ns=int(hi_t)
+                )
+            )
     return batches
 
 
@@ -94,17 +104,21 @@ def main() -> None:
     args = ap.parse_args()
     batches = make_batches(args.seconds, args.batch_ms)
     total = sum(len(b) for b in batches)
-    print(f"{len(batches)} batches, {total} readings, "
-          f"{total / len(batches):.0f} readings per batch, 64 signals, 8 sources")
+    print(
+        f"{len(batches)} batches, {total} readings, "
+        f"{total / len(batches):.0f} readings per batch, 64 signals, 8 sources"
+    )
     for period in args.period_ms:
         spec = make_spec(period, args.window)
         run(spec, batches[: len(batches) // 10])  # warm-up
         best = min((run(spec, batches) for _ in range(3)), key=lambda r: r[0])
         secs, readings, samples = best
-        print(f"period {period:g} ms, window {args.window}: {readings / secs / 1e6:.2f} M "
-              f"readings/s, {samples / secs:,.0f} samples/s, "
-              f"{secs / len(batches) * 1e6:.1f} µs per batch (ingest + emit), "
-              f"{samples} samples")
+        print(
+            f"period {period:g} ms, window {args.window}: {readings / secs / 1e6:.2f} M "
+            f"readings/s, {samples / secs:,.0f} samples/s, "
+            f"{secs / len(batches) * 1e6:.1f} µs per batch (ingest + emit), "
+            f"{samples} samples"
+        )
 
 
 if __name__ == "__main__":

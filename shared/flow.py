@@ -11,10 +11,10 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.errors import ConfigError, TopicError
+from shared.config import read_yaml, validate
+from shared.errors import TopicError
 from shared.topics import validate_id
 
 Fill = Literal["hold", "linear", "nearest"]
@@ -158,24 +158,12 @@ class FlowSpec(BaseModel):
 
 
 def parse_flow(data: Any, origin: str = "<flow>") -> FlowSpec:
-    """Validate a flow from parsed YAML/JSON; `ConfigError` names `origin` and the key."""
-    try:
-        return FlowSpec.model_validate(data)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"{origin}: {where}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+    """Validate a flow from parsed YAML/JSON; `ConfigError` names `origin` and each key."""
+    return validate(FlowSpec, data, origin)
 
 
 def load_flow(path: str | Path) -> FlowSpec:
-    """Read and validate a flow YAML file."""
+    """Read and validate a flow YAML file; errors name the file, the line and the key."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read flow file: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return parse_flow(data, str(p))
+    data, lines = read_yaml(p)
+    return validate(FlowSpec, data, str(p), lines)

@@ -227,8 +227,9 @@ class Aligner:
                 x[cols], state[cols], age[cols] = periods.block(kind, rows)
         return x.T, state.T, age.T
 
-    def _package(self, grid: I64, x: np.ndarray, state: np.ndarray,
-                 age: np.ndarray) -> SampleBatch | None:
+    def _package(
+        self, grid: I64, x: np.ndarray, state: np.ndarray, age: np.ndarray
+    ) -> SampleBatch | None:
         missing = state == MISSING
         complete = ~missing.any(axis=1)
         self.stats.samples += grid.shape[0]
@@ -237,8 +238,14 @@ class Aligner:
             x = np.where(missing, self._defaults, x)
             state = np.where(missing, _DEFAULT, state)
         k0 = int(grid[0] // self._period)
-        out = self._windows.push(k0, grid, x.astype(np.float32), np.ascontiguousarray(state),
-                                 np.ascontiguousarray(age), complete)
+        out = self._windows.push(
+            k0,
+            grid,
+            x.astype(np.float32),
+            np.ascontiguousarray(state),
+            np.ascontiguousarray(age),
+            complete,
+        )
         if out is None:
             return None
         t, xw, sw, aw = out

@@ -41,8 +41,12 @@ def fill(p: Packed, kind: str, sig: IP, max_age_ns: I64, grid: I64) -> Block:
     f, n = sig.shape[0], grid.shape[0]
     m = p.t.shape[0]
     if m == 0:
-        return _finish(np.zeros((f, n)), np.zeros((f, n), np.uint8), np.zeros((f, n)),
-                       np.zeros((f, n), np.bool_))
+        return _finish(
+            np.zeros((f, n)),
+            np.zeros((f, n), np.uint8),
+            np.zeros((f, n)),
+            np.zeros((f, n), np.bool_),
+        )
     col = sig[:, None]
     ia = np.searchsorted(p.key, p.keys(col, grid[None, :]), side="right") - 1
     has_a = ia >= p.first[col]  # the last usable reading at or before t_k is this signal's
@@ -92,8 +96,9 @@ class Periods:
         hi = np.searchsorted(p.key, p.keys(sig, np.full(a, grid[-1])), side="right")
         per_sig = hi - lo
         # Indices of all readings in range, signal after signal, without a Python loop.
-        idx = np.arange(int(per_sig.sum())) + np.repeat(lo - (np.cumsum(per_sig) - per_sig),
-                                                        per_sig)
+        idx = np.arange(int(per_sig.sum())) + np.repeat(
+            lo - (np.cumsum(per_sig) - per_sig), per_sig
+        )
         self.t, self.v = p.t[idx], p.v[idx]
         # The grid is uniform, so a reading's period is arithmetic, not a search.
         seg = (self.t - start - 1) // period_ns
@@ -111,7 +116,8 @@ class Periods:
     def _mean(self) -> F64:
         if self._sum is None:
             self._sum = np.bincount(self.group, self.v, minlength=self.count.shape[0]).astype(
-                np.float64)
+                np.float64
+            )
         out: F64 = self._sum / np.maximum(self.count, 1)
         return out
 
@@ -128,8 +134,9 @@ class Periods:
         if kind == "mean":
             return self._mean()
         if kind == "rms":
-            out: F64 = np.sqrt(np.bincount(self.group, self.v * self.v,
-                                           minlength=safe.shape[0]) / safe)
+            out: F64 = np.sqrt(
+                np.bincount(self.group, self.v * self.v, minlength=safe.shape[0]) / safe
+            )
             return out
         if kind == "std":
             dev = self.v - self._mean()[self.group]  # two passes: no cancellation at offsets

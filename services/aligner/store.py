@@ -84,8 +84,9 @@ class ReadingStore:
             self._sig, self._t = sig[keep], t[keep]
             self._v, self._good = v[order][keep], good[order][keep]
         g = self._good
-        sig, t, v = (self._sig, self._t, self._v) if g.all() else (
-            self._sig[g], self._t[g], self._v[g])
+        sig, t, v = (
+            (self._sig, self._t, self._v) if g.all() else (self._sig[g], self._t[g], self._v[g])
+        )
         first = np.searchsorted(sig, np.arange(self.n + 1)).astype(np.intp)
         return Packed(self._key(sig, t, base), t, v, first, self.shift, base), dups
 

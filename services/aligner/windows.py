@@ -28,8 +28,15 @@ class Windower:
         """Forget the history: the next samples do not follow the previous ones."""
         self._hist = None
 
-    def push(self, k0: int, grid: I64, x: np.ndarray, state: np.ndarray, age: np.ndarray,
-             complete: npt.NDArray[np.bool_]) -> Out | None:
+    def push(
+        self,
+        k0: int,
+        grid: I64,
+        x: np.ndarray,
+        state: np.ndarray,
+        age: np.ndarray,
+        complete: npt.NDArray[np.bool_],
+    ) -> Out | None:
         """Add samples for grid points k0, k0+1, ...; return the windows (or rows) to emit."""
         n, w = grid.shape[0], self.window
         k = k0 + np.arange(n, dtype=np.int64)

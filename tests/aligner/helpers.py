@@ -13,8 +13,9 @@ __all__ = ["MS", "Collected", "R", "batches_of", "drain", "spec_of"]
 
 
 def spec_of(features: list[dict[str, object]], **align: object) -> AlignSpec:
-    return AlignSpec.model_validate({"period_ms": 100, "max_delay_ms": 250, **align,
-                                     "features": features})
+    return AlignSpec.model_validate(
+        {"period_ms": 100, "max_delay_ms": 250, **align, "features": features}
+    )
 
 
 def batches_of(items: list[tuple[str, R]]) -> list[ReadingBatch]:
@@ -27,13 +28,16 @@ def batches_of(items: list[tuple[str, R]]) -> list[ReadingBatch]:
             return
         source = run[0][0].partition("/")[0]
         names = sorted({sig.partition("/")[2] for sig, _ in run})
-        out.append(ReadingBatch.from_columns(
-            source, names,
-            [r.t for _, r in run],
-            [names.index(sig.partition("/")[2]) for sig, _ in run],
-            [r.v for _, r in run],
-            [Quality.GOOD if r.good else Quality.BAD for _, r in run],
-        ))
+        out.append(
+            ReadingBatch.from_columns(
+                source,
+                names,
+                [r.t for _, r in run],
+                [names.index(sig.partition("/")[2]) for sig, _ in run],
+                [r.v for _, r in run],
+                [Quality.GOOD if r.good else Quality.BAD for _, r in run],
+            )
+        )
         run.clear()
 
     for sig, r in items:

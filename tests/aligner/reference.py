@@ -92,8 +92,9 @@ def feature_at(f: FeatureSpec, rs: list[R], tk: int, period: int) -> tuple[float
     return r.v, int(state), dist / MS
 
 
-def reference(spec: AlignSpec, readings: dict[str, list[R]],
-              grid: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reference(
+    spec: AlignSpec, readings: dict[str, list[R]], grid: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x (float64, NaN when missing), state and age_ms, each [len(grid), features]."""
     use = {sig: usable(rs) for sig, rs in readings.items()}
     n, nf = len(grid), len(spec.features)
@@ -102,6 +103,7 @@ def reference(spec: AlignSpec, readings: dict[str, list[R]],
     age = np.full((n, nf), np.nan)
     for i, tk in enumerate(grid):
         for j, f in enumerate(spec.features):
-            x[i, j], state[i, j], age[i, j] = feature_at(f, use.get(f.signal, []), tk,
-                                                         spec.period_ns)
+            x[i, j], state[i, j], age[i, j] = feature_at(
+                f, use.get(f.signal, []), tk, spec.period_ns
+            )
     return x, state, age

@@ -16,8 +16,7 @@ from tests.aligner.reference import reference
 
 FILLS = ["hold", "linear", "nearest"]
 AGGS = ["mean", "min", "max", "rms", "last", "count", "std"]
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EARLY = -(2**62)  # a local clock that never reaches a deadline: only early emission acts
 
 
@@ -27,15 +26,19 @@ def readings_st(draw: st.DrawFn, max_n: int = 30) -> list[R]:
     times = sorted(draw(st.sets(st.integers(0, 1500), max_size=max_n)))
     out = []
     for t in times:
-        v = draw(st.one_of(st.floats(-1e3, 1e3), st.just(math.nan)) if draw(
-            st.integers(0, 9)) == 0 else st.floats(-1e3, 1e3))
+        v = draw(
+            st.one_of(st.floats(-1e3, 1e3), st.just(math.nan))
+            if draw(st.integers(0, 9)) == 0
+            else st.floats(-1e3, 1e3)
+        )
         out.append(R(t * MS, v, draw(st.integers(0, 9)) > 0))
     return out
 
 
 @st.composite
-def scenario_st(draw: st.DrawFn, future_within_delay: bool = False,
-                rules: list[str] | None = None) -> tuple[AlignSpec, dict[str, list[R]]]:
+def scenario_st(
+    draw: st.DrawFn, future_within_delay: bool = False, rules: list[str] | None = None
+) -> tuple[AlignSpec, dict[str, list[R]]]:
     period = draw(st.sampled_from([10, 25, 50, 100]))
     delay = draw(st.integers(1 if future_within_delay else 0, 300))
     signals = [f"{'ab'[i % 2]}/s{i}" for i in range(draw(st.integers(1, 4)))]
@@ -56,8 +59,6 @@ def scenario_st(draw: st.DrawFn, future_within_delay: bool = False,
     return spec, {sig: draw(readings_st()) for sig in signals}
 
 
-
-
 def check(spec: AlignSpec, data: dict[str, list[R]], got: Collected, last_k: int) -> None:
     """The engine emitted exactly the grid 0..last_k, equal to the reference."""
     grid = [k * spec.period_ns for k in range(last_k + 1)]
@@ -75,8 +76,9 @@ def final_k(spec: AlignSpec, data: dict[str, list[R]]) -> int:
 
 @SETTINGS
 @given(scenario_st(), st.data())
-def test_interleaving_keeps_samples(scenario: tuple[AlignSpec, dict[str, list[R]]],
-                                    data: st.DataObject) -> None:
+def test_interleaving_keeps_samples(
+    scenario: tuple[AlignSpec, dict[str, list[R]]], data: st.DataObject
+) -> None:
     """Any interleaving of the signals (each keeping its own order), in any batches, with
     early emission after every batch, gives the samples the reference gives for all data."""
     spec, readings = scenario
@@ -97,8 +99,9 @@ def test_interleaving_keeps_samples(scenario: tuple[AlignSpec, dict[str, list[R]
 
 @SETTINGS
 @given(scenario_st(future_within_delay=True), st.data())
-def test_shuffle_within_delay_keeps_samples(scenario: tuple[AlignSpec, dict[str, list[R]]],
-                                            data: st.DataObject) -> None:
+def test_shuffle_within_delay_keeps_samples(
+    scenario: tuple[AlignSpec, dict[str, list[R]]], data: st.DataObject
+) -> None:
     """Early emission off: readings delivered in any order, each before the deadline of the
     first sample that needs it, give the same samples as all data at once."""
     spec = scenario[0].model_copy(update={"early_emit": False})
@@ -121,12 +124,20 @@ def test_shuffle_within_delay_keeps_samples(scenario: tuple[AlignSpec, dict[str,
 
 
 @SETTINGS
-@given(st.lists(st.integers(0, 2000), min_size=2, max_size=40, unique=True),
-       st.floats(-100, 100), st.floats(-1, 1), st.sampled_from([10, 50, 100]))
-def test_linear_of_linear_signal_is_exact(times: list[int], a: float, b: float,
-                                          period: int) -> None:
-    spec = spec_of([{"signal": "a/x", "fill": "linear", "max_age_ms": 10_000}],
-                   period_ms=period, on_missing="nan")
+@given(
+    st.lists(st.integers(0, 2000), min_size=2, max_size=40, unique=True),
+    st.floats(-100, 100),
+    st.floats(-1, 1),
+    st.sampled_from([10, 50, 100]),
+)
+def test_linear_of_linear_signal_is_exact(
+    times: list[int], a: float, b: float, period: int
+) -> None:
+    spec = spec_of(
+        [{"signal": "a/x", "fill": "linear", "max_age_ms": 10_000}],
+        period_ms=period,
+        on_missing="nan",
+    )
     rs = [R(t * MS, a + b * t) for t in sorted(times)]
     engine, got = Aligner("f", spec, start_ns=0), Collected()
     for batch in batches_of([("a/x", r) for r in rs]):
@@ -140,13 +151,17 @@ def test_linear_of_linear_signal_is_exact(times: list[int], a: float, b: float,
 
 
 @SETTINGS
-@given(st.lists(st.integers(1, 2000), min_size=1, max_size=40, unique=True),
-       st.integers(1, 500), st.sampled_from(["hold", "nearest", "linear"]))
+@given(
+    st.lists(st.integers(1, 2000), min_size=1, max_size=40, unique=True),
+    st.integers(1, 500),
+    st.sampled_from(["hold", "nearest", "linear"]),
+)
 def test_fill_never_looks_beyond_max_age(times: list[int], max_age: int, rule: str) -> None:
     """Each reading's value is its own time, so the value shows where it came from: hold never
     uses a reading after t_k, and no fill uses one beyond max_age (or bridges a longer gap)."""
-    spec = spec_of([{"signal": "a/x", "fill": rule, "max_age_ms": max_age}],
-                   period_ms=10, on_missing="nan")
+    spec = spec_of(
+        [{"signal": "a/x", "fill": rule, "max_age_ms": max_age}], period_ms=10, on_missing="nan"
+    )
     rs = [R(t * MS, float(t)) for t in sorted(times)]
     engine, got = Aligner("f", spec, start_ns=0), Collected()
     for batch in batches_of([("a/x", r) for r in rs]):
@@ -181,11 +196,19 @@ def test_aggregates_equal_numpy(rs: list[R], agg: str, period: int) -> None:
         engine.ingest(batch, EARLY)
     k_end = 1500 // period + 1
     drain(engine, k_end * spec.period_ns + spec.max_delay_ns, got)
-    fn = {"mean": np.mean, "min": np.min, "max": np.max, "std": np.std, "count": len,
-          "last": lambda a: a[-1], "rms": lambda a: np.sqrt(np.mean(a * a))}[agg]
+    fn = {
+        "mean": np.mean,
+        "min": np.min,
+        "max": np.max,
+        "std": np.std,
+        "count": len,
+        "last": lambda a: a[-1],
+        "rms": lambda a: np.sqrt(np.mean(a * a)),
+    }[agg]
     for tk, x in zip(got.t.tolist(), got.x[:, 0].tolist(), strict=True):
-        vals = np.array([r.v for r in rs if tk - spec.period_ns < r.t <= tk and r.good
-                         and math.isfinite(r.v)])
+        vals = np.array(
+            [r.v for r in rs if tk - spec.period_ns < r.t <= tk and r.good and math.isfinite(r.v)]
+        )
         if vals.size == 0 and agg != "count":
             assert math.isnan(x)
         else:

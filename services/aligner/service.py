@@ -1,0 +1,131 @@
+"""aligner: one flow's raw streams in, fixed-period samples out on `ef/{site}/samples/{flow}`.
+
+`edgefleet run aligner --config FILE`, one instance per flow. The raw handler only files
+readings (a few numpy calls) and wakes the emitter; one `emit_loop` decides samples, either when
+the handler says every feature can be decided or when the next sample's deadline passes on the
+local clock, and publishes them in time order. Semantics: docs/aligner.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from services.aligner.config import AlignerConfig
+from services.aligner.core import Aligner
+from shared import codec
+from shared.codec import Encoding
+from shared.errors import PayloadError, TopicError
+from shared.flow import FlowSpec
+from shared.messages import ReadingBatch, now_ns
+from shared.mqtt import Received
+from shared.runtime import Runtime
+from shared.topics import parse
+
+NAME = "aligner"
+Config = AlignerConfig
+log = logging.getLogger(__name__)
+
+
+class AlignerService:
+    def __init__(self, rt: Runtime, config: AlignerConfig, flow: FlowSpec) -> None:
+        self.rt, self.config, self.flow = rt, config, flow
+        self.engine = Aligner(flow.name, flow.align)
+        self.topic = rt.topics.samples(flow.name)
+        self.encoding = Encoding(config.encoding)
+        self._wake = asyncio.Event()
+        self.published_samples = 0
+
+    async def start(self) -> None:
+        for source in self.flow.align.sources:
+            await self.rt.subscribe(
+                self.rt.topics.raw(source), self.on_raw, self.config.subscribe_qos
+            )
+        self.rt.add_health("aligner", self.health)
+        log.info(
+            "aligner for flow %s: %d features from %s, samples on %s",
+            self.flow.name,
+            len(self.engine.features),
+            ", ".join(self.flow.align.sources),
+            self.topic,
+        )
+
+    def health(self) -> dict[str, Any]:
+        st = self.engine.stats
+        return {
+            "flow": self.flow.name,
+            "batches": st.batches,
+            "readings": st.readings,
+            "late": st.late,
+            "late_by_source": dict(st.late_by_source),
+            "duplicate": st.duplicate,
+            "unusable": st.unusable,
+            "grid_points": st.samples,
+            "incomplete": st.incomplete,
+            "skipped_grid": st.skipped_grid,
+            "published_samples": self.published_samples,
+            "held_readings": self.engine.held,
+            "emitted_until_ns": self.engine.emitted_until_ns,
+        }
+
+    async def on_raw(self, message: Received) -> None:
+        """File one ReadingBatch; what does not fit raises PayloadError (the runtime reports
+        it on the errors topic and goes on)."""
+        arrival = now_ns()
+        try:
+            source = parse(message.topic).name
+        except TopicError as exc:
+            raise PayloadError(str(exc)) from None
+        batch = ReadingBatch.from_wire(codec.decode(message.payload, message.content_type))
+        if batch.source != source:
+            raise PayloadError(
+                f"batch names source {batch.source!r} but came on the raw topic of {source!r}"
+            )
+        counts = self.engine.ingest(batch, arrival)
+        if counts.late:
+            self.rt.reject(
+                f"late readings dropped: {counts.late} from {source} at or before the last "
+                f"sample time already emitted ({self.engine.emitted_until_ns} ns)",
+                message,
+                count=False,
+            )
+        if len(batch):
+            self.rt.health.note_clock(source, int(batch.t.max()), batch.received_ns or arrival)
+        self._wake.set()
+
+    async def emit_loop(self) -> None:
+        """Publish samples as they become decidable; sleep until the next deadline otherwise."""
+        while True:
+            self._wake.clear()
+            await self.publish_due(now_ns())
+            deadline = self.engine.next_deadline_ns()
+            timeout = None if deadline is None else max(0.0, (deadline - now_ns()) / 1e9)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    async def publish_due(self, now: int) -> None:
+        while True:
+            before = self.engine.emitted_until_ns
+            samples = self.engine.emit(now)
+            if samples is not None:
+                # Encoded once: arrays go out as raw little-endian bytes.
+                await self.rt.publish(
+                    self.topic,
+                    samples.to_wire(self.encoding),
+                    encoding=self.encoding,
+                    qos=self.config.publish_qos,
+                )
+                self.published_samples += len(samples)
+            if self.engine.emitted_until_ns == before:
+                return
+
+
+async def main(config: AlignerConfig) -> None:
+    flow = config.flow_spec
+    async with Runtime(NAME, config) as rt:
+        service = AlignerService(rt, config, flow)
+        await service.start()
+        await rt.serve(service.emit_loop)
