@@ -85,7 +85,8 @@ class Aligner:
                 self._aggs.append((kind, cols, np.searchsorted(self._agg_sig, fsig[cols])))
         # "Can every feature be decided?" is three numpy calls over these.
         self._feat_sig = fsig
-        self._feat_next = np.array([f.fill in ("linear", "nearest") for f in spec.features])
+        self._feat_linear = np.array([f.fill == "linear" for f in spec.features], np.bool_)
+        self._feat_nearest = np.array([f.fill == "nearest" for f in spec.features], np.bool_)
         self._feat_age = fage
         self._progress = np.full(n_sig, NEVER, np.int64)  # newest reading of any quality
         self._latest_good = np.full(n_sig, NEVER, np.int64)  # newest usable reading
@@ -174,11 +175,17 @@ class Aligner:
     def decided_until_ns(self) -> int:
         """Latest time at which every feature can be decided from what has arrived, assuming
         each signal's readings arrive in time order (docs/aligner.md, "When to emit")."""
-        prog = self._progress[self._feat_sig]
-        # linear/nearest also need the first usable reading after t_k, unless the signal has
-        # moved beyond t_k + max_age: then no later reading could be used anyway.
-        nxt = np.maximum(self._latest_good[self._feat_sig], prog - self._feat_age)
-        return int(np.where(self._feat_next, nxt, prog).min())
+        prog = self._progress[self._feat_sig]  # p: every reading up to p has arrived
+        good = self._latest_good[self._feat_sig]  # g: the newest usable reading
+        age = self._feat_age
+        # For t_k in (g, p] the value can only come from g or from a reading after p.
+        # linear: decided once no reading after p could bracket t_k with g (p - g >= max_age).
+        linear = np.where(prog - good >= age, prog, good)
+        # nearest: decided while g is at least as close as anything after p could be, or
+        # anything after p would be beyond max_age.
+        nearest = np.maximum(good, np.minimum(prog, np.maximum((prog + good) // 2, prog - age)))
+        decided = np.where(self._feat_linear, linear, np.where(self._feat_nearest, nearest, prog))
+        return int(decided.min())
 
     def next_deadline_ns(self) -> int | None:
         """Local time at which the next sample is due even if data is missing."""
