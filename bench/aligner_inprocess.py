@@ -49,7 +49,9 @@ def make_spec(period_ms: float, window: int) -> AlignSpec:
     )
 
 
-def make_batches(seconds: float, batch_ms: float, seed: int = 1) -> list[ReadingBatch]:
+def make_batches(
+    seconds: float, batch_ms: float, seed: int = 1, t0: int = T0
+) -> list[ReadingBatch]:
     rng = np.random.default_rng(seed)
     names = [f"r{r}_{j}" for r in range(len(RATES_HZ)) for j in range(2)]
     streams = []  # per source: (t, sig) sorted by time
@@ -58,7 +60,7 @@ def make_batches(seconds: float, batch_ms: float, seed: int = 1) -> list[Reading
         for i, name in enumerate(names):
             rate = RATES_HZ[int(name[1])]
             step = 1e9 / rate
-            t = T0 + (np.arange(int(seconds * rate)) * step + rng.uniform(0, step / 4)).astype(
+            t = t0 + (np.arange(int(seconds * rate)) * step + rng.uniform(0, step / 4)).astype(
                 np.int64
             )
             ts.append(t)
@@ -69,7 +71,7 @@ def make_batches(seconds: float, batch_ms: float, seed: int = 1) -> list[Reading
     batches = []
     step = int(batch_ms * MS)
     for b in range(int(seconds * 1000 / batch_ms)):
-        lo_t, hi_t = T0 + b * step, T0 + (b + 1) * step
+        lo_t, hi_t = t0 + b * step, t0 + (b + 1) * step
         for src, (t, s) in enumerate(streams):
             lo, hi = np.searchsorted(t, [lo_t, hi_t])
             v = np.sin(t[lo:hi] / 1e8) + rng.normal(0, 0.01, hi - lo)
