@@ -59,9 +59,15 @@ def run_aligner(port: int, spec: dict[str, Any]) -> None:
 
     from services.aligner.service import main
 
-    cfg = AlignerConfig.model_validate({"site": "bench", "instance": "aligner-bench",
-                                        "broker": {"port": port}, "log_level": "WARNING",
-                                        "flow": {"name": "bench", "align": spec}})
+    cfg = AlignerConfig.model_validate(
+        {
+            "site": "bench",
+            "instance": "aligner-bench",
+            "broker": {"port": port},
+            "log_level": "WARNING",
+            "flow": {"name": "bench", "align": spec},
+        }
+    )
     asyncio.run(main(cfg))
 
 
@@ -94,8 +100,9 @@ def samples_in(got: list[tuple[int, bytes]]) -> list[tuple[int, np.ndarray]]:
     return [(arr, SampleBatch.from_wire(codec.decode(p)).t) for arr, p in got]
 
 
-def with_processes(port: int, topic: str, want: int, timeout: float, spec: dict[str, Any] | None,
-                   publish: Any) -> list[tuple[int, bytes]]:
+def with_processes(
+    port: int, topic: str, want: int, timeout: float, spec: dict[str, Any] | None, publish: Any
+) -> list[tuple[int, bytes]]:
     ctx = mp.get_context("spawn")
     ready, out = ctx.Event(), ctx.Queue()
     sub = ctx.Process(target=subscriber, args=(port, topic, ready, out, want, timeout))
@@ -127,28 +134,51 @@ def publish_all(port: int, payloads: list[tuple[str, bytes]]) -> float:
 def throughput(port: int, seconds: float, period_ms: float) -> None:
     # Device time starts well after the processes are up and runs ahead of the local clock,
     # so no deadline fires during the run: samples come from early emission only.
-    batches = make_batches(seconds, 100.0, t0=time.time_ns() + 10 * 10**9)
+    t0 = time.time_ns() + 10 * 10**9
+    batches = make_batches(seconds, 100.0, t0=t0)
+    # A last reading of every signal after the end, so every sample is decidable early.
+    end = t0 + int(seconds * 1e9) + MS
+    batches += [
+        ReadingBatch.from_columns(b.source, b.signals, np.full(8, end), np.arange(8), np.zeros(8))
+        for b in batches[:8]
+    ]
     spec = make_spec(period_ms, 1)
     want = len(completing_batch(spec.model_dump(), batches))
     payloads = [(TOPICS.raw(b.source), codec.encode(b.to_wire())[0]) for b in batches]
     readings = sum(len(b) for b in batches)
     size = np.mean([len(p) for _, p in payloads])
     starts: list[float] = []
-    got = with_processes(port, TOPICS.samples("bench"), want, 60 + seconds, spec.model_dump(),
-                         lambda: starts.append(publish_all(port, payloads)))
+    got = with_processes(
+        port,
+        TOPICS.samples("bench"),
+        want,
+        60 + seconds,
+        spec.model_dump(),
+        lambda: starts.append(publish_all(port, payloads)),
+    )
     n = sum(len(t) for _, t in samples_in(got))
     secs = (got[-1][0] - starts[0]) / 1e9
-    print(f"aligner: {len(payloads)} batches of {readings / len(payloads):.0f} readings "
-          f"({size:.0f} B), {readings / secs / 1e6:.2f} M readings/s, {n} samples "
-          f"(of {want} decidable) in {secs:.2f} s")
+    print(
+        f"aligner: {len(payloads)} batches of {readings / len(payloads):.0f} readings "
+        f"({size:.0f} B), {readings / secs / 1e6:.2f} M readings/s, {n} samples "
+        f"(of {want} decidable) in {secs:.2f} s"
+    )
     raw = [(TOPICS.raw("rawbench"), p) for _, p in payloads]
     starts.clear()
-    got = with_processes(port, TOPICS.raw("rawbench"), len(raw), 60, None,
-                         lambda: starts.append(publish_all(port, raw)))
+    got = with_processes(
+        port,
+        TOPICS.raw("rawbench"),
+        len(raw),
+        60,
+        None,
+        lambda: starts.append(publish_all(port, raw)),
+    )
     secs = (got[-1][0] - starts[0]) / 1e9
-    print(f"raw broker fan-through (paho → mosquitto → paho, QoS 1, same payloads): "
-          f"{len(got) / secs:,.0f} msg/s = {readings / secs / 1e6:.2f} M readings/s "
-          f"({len(got)}/{len(raw)} arrived)")
+    print(
+        f"raw broker fan-through (paho → mosquitto → paho, QoS 1, same payloads): "
+        f"{len(got) / secs:,.0f} msg/s = {readings / secs / 1e6:.2f} M readings/s "
+        f"({len(got)}/{len(raw)} arrived)"
+    )
 
 
 def paced_batches(seconds: float, t0: int) -> list[ReadingBatch]:
@@ -209,18 +239,36 @@ def latency(port: int, seconds: float) -> None:
     done = completing_batch(spec, batches)
     payloads = [(TOPICS.raw(b.source), codec.encode(b.to_wire())[0]) for b in batches]
     sent: list[list[int]] = []
-    got = with_processes(port, TOPICS.samples("bench"), len(done), seconds + 20, spec,
-                         lambda: sent.append(paced_publish(port, payloads, t0)))
-    delays = [(arr - sent[0][done[int(t)]]) / 1e6 for arr, ts in samples_in(got) for t in ts
-              if int(t) in done]
-    print(f"aligner, paced ({len(payloads) / seconds:.0f} batches/s, "
-          f"{sum(len(b) for b in batches) / seconds:,.0f} readings/s): completing batch → "
-          f"sample at subscriber over {len(delays)} samples: {pct(np.array(delays))}")
+    got = with_processes(
+        port,
+        TOPICS.samples("bench"),
+        len(done),
+        seconds + 20,
+        spec,
+        lambda: sent.append(paced_publish(port, payloads, t0)),
+    )
+    delays = [
+        (arr - sent[0][done[int(t)]]) / 1e6
+        for arr, ts in samples_in(got)
+        for t in ts
+        if int(t) in done
+    ]
+    print(
+        f"aligner, paced ({len(payloads) / seconds:.0f} batches/s, "
+        f"{sum(len(b) for b in batches) / seconds:,.0f} readings/s): completing batch → "
+        f"sample at subscriber over {len(delays)} samples: {pct(np.array(delays))}"
+    )
     raw = [(TOPICS.raw("rawbench"), p) for _, p in payloads]
     t0 = time.time_ns() + 2 * 10**9
     sent.clear()
-    got = with_processes(port, TOPICS.raw("rawbench"), len(raw), seconds + 20, None,
-                         lambda: sent.append(paced_publish(port, raw, t0)))
+    got = with_processes(
+        port,
+        TOPICS.raw("rawbench"),
+        len(raw),
+        seconds + 20,
+        None,
+        lambda: sent.append(paced_publish(port, raw, t0)),
+    )
     raw_delays = np.array([(arr - s) / 1e6 for (arr, _), s in zip(got, sent[0], strict=False)])
     print(f"raw broker, paced, same payloads: publish → arrival: {pct(raw_delays)}")
 

@@ -230,3 +230,64 @@ def test_early_emission_boundaries_of_linear_and_nearest() -> None:
         feed(engine, [("a/x", R(0, 1.0)), ("a/x", R(bad_at * MS, 0.0, good=False))])
         run(engine, NEVER)
         assert engine.emitted_until_ns == until * MS, (rule, bad_at)
+
+
+def test_the_worked_example_in_the_docs() -> None:
+    """docs/aligner.md, "Worked example": the same readings give the same table."""
+    spec = spec_of(
+        [
+            {"signal": "plc1/pressure", "fill": "linear", "max_age_ms": 250},
+            {"signal": "opc1/temp", "fill": "hold", "max_age_ms": 300},
+            {"signal": "vib/x", "agg": "mean"},
+            {"signal": "vib/x", "agg": "count"},
+        ],
+        on_missing="nan",
+    )
+    engine = Aligner("pump", spec)
+    vib = [
+        (1010, 1),
+        (1040, 3),
+        (1090, 2),
+        (1120, 5),
+        (1180, np.nan),
+        (1230, 4),
+        (1290, 6),
+        (1350, 2),
+        (1420, 1),
+    ]
+    feed(
+        engine,
+        [
+            ("plc1/pressure", R(t * MS, v))
+            for t, v in [(960, 2.0), (1080, 2.6), (1190, 3.0), (1500, 4.0)]
+        ],
+        1000 * MS,
+    )
+    feed(
+        engine,
+        [
+            ("opc1/temp", R(940 * MS, 20.0)),
+            ("opc1/temp", R(1250 * MS, 99.0, False)),
+            ("opc1/temp", R(1300 * MS, 21.0)),
+        ],
+        1000 * MS,
+    )
+    feed(engine, [("vib/x", R(t * MS, v)) for t, v in vib], 1000 * MS)
+    got = run(engine, 1000 * MS)
+    assert (got.t // MS).tolist() == [1000, 1100, 1200, 1300]
+    np.testing.assert_allclose(
+        got.x,
+        [
+            [2.2, 20, np.nan, 0],
+            [2.6 + 0.4 * 20 / 110, 20, 2, 3],
+            [np.nan, 20, 5, 1],
+            [np.nan, 21, 5, 2],
+        ],
+        rtol=1e-6,
+    )
+    assert got.state.tolist() == [[2, 1, 3, 0], [2, 1, 0, 0], [3, 1, 0, 0], [3, 0, 0, 0]]
+    np.testing.assert_array_equal(
+        got.age,
+        [[120, 60, np.nan, np.nan], [110, 160, 10, 10], [np.nan, 260, 80, 80], [np.nan, 0, 10, 10]],
+    )
+    assert engine.next_deadline_ns() == 1650 * MS
