@@ -72,16 +72,16 @@ def run_aligner(port: int, spec: dict[str, Any]) -> None:
 
 
 def subscriber(port: int, topic: str, ready: Any, out: Any, want: int, timeout: float) -> None:
-    """Record (arrival ns, payload) until `want` messages (samples, on a samples topic)
-    arrived, or timeout."""
+    """Record (arrival ns, payload) until `want` messages arrived or, on a samples topic, a
+    sample at or after time `want`; or until timeout."""
     got: list[tuple[int, bytes]] = []
-    count = 0
+    done = False
     samples = "/samples/" in topic
 
     def on_message(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
-        nonlocal count
+        nonlocal done
         got.append((time.time_ns(), msg.payload))
-        count += len(codec.decode(msg.payload)["t"]) if samples else 1
+        done = int(codec.decode(msg.payload)["t"][-1]) >= want if samples else len(got) >= want
 
     sub = client(port)
     sub.on_message = on_message
@@ -90,7 +90,7 @@ def subscriber(port: int, topic: str, ready: Any, out: Any, want: int, timeout: 
     time.sleep(0.3)
     ready.set()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and count < want:
+    while time.monotonic() < deadline and not done:
         time.sleep(0.005)
     sub.loop_stop()
     out.put(got)
@@ -143,7 +143,7 @@ def throughput(port: int, seconds: float, period_ms: float) -> None:
         for b in batches[:8]
     ]
     spec = make_spec(period_ms, 1)
-    want = len(completing_batch(spec.model_dump(), batches))
+    want = max(completing_batch(spec.model_dump(), batches))  # the last sample time
     payloads = [(TOPICS.raw(b.source), codec.encode(b.to_wire())[0]) for b in batches]
     readings = sum(len(b) for b in batches)
     size = np.mean([len(p) for _, p in payloads])
@@ -156,12 +156,13 @@ def throughput(port: int, seconds: float, period_ms: float) -> None:
         spec.model_dump(),
         lambda: starts.append(publish_all(port, payloads)),
     )
-    n = sum(len(t) for _, t in samples_in(got))
+    n = sum(int((t >= t0).sum()) for _, t in samples_in(got))
     secs = (got[-1][0] - starts[0]) / 1e9
     print(
         f"aligner: {len(payloads)} batches of {readings / len(payloads):.0f} readings "
-        f"({size:.0f} B), {readings / secs / 1e6:.2f} M readings/s, {n} samples "
-        f"(of {want} decidable) in {secs:.2f} s"
+        f"({size:.0f} B): {readings / secs / 1e6:.2f} M readings/s, {len(payloads) / secs:,.0f} "
+        f"msg/s ({n} samples of the data's {(want - t0) // (int(period_ms) * MS) + 1}; "
+        f"{secs:.2f} s from the first publish to the last sample's arrival)"
     )
     raw = [(TOPICS.raw("rawbench"), p) for _, p in payloads]
     starts.clear()
@@ -242,7 +243,7 @@ def latency(port: int, seconds: float) -> None:
     got = with_processes(
         port,
         TOPICS.samples("bench"),
-        len(done),
+        max(done),
         seconds + 20,
         spec,
         lambda: sent.append(paced_publish(port, payloads, t0)),
