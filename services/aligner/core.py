@@ -187,6 +187,15 @@ class Aligner:
         decided = np.where(self._feat_linear, linear, np.where(self._feat_nearest, nearest, prog))
         return int(decided.min())
 
+    def due(self, now_ns: int) -> bool:
+        """Whether `emit(now_ns)` would decide a sample (cheap: no reading is touched)."""
+        if self._next_k is None:
+            return False
+        k = (now_ns - self._delay) // self._period
+        if self.spec.early_emit:
+            k = max(k, self.decided_until_ns() // self._period)
+        return k >= self._next_k
+
     def next_deadline_ns(self) -> int | None:
         """Local time at which the next sample is due even if data is missing."""
         if self._next_k is None:

@@ -36,6 +36,7 @@ class AlignerService:
         self.topic = rt.topics.samples(flow.name)
         self.encoding = Encoding(config.encoding)
         self._wake = asyncio.Event()
+        self._timer_armed = False  # the emitter sleeps until the next deadline, not forever
         self.published_samples = 0
 
     async def start(self) -> None:
@@ -93,7 +94,10 @@ class AlignerService:
             )
         if len(batch):
             self.rt.health.note_clock(source, int(batch.t.max()), batch.received_ns or arrival)
-        self._wake.set()
+        # Wake the emitter only when a sample is due (a task switch per message is not free),
+        # or when it must learn its first deadline.
+        if not self._timer_armed or self.engine.due(arrival):
+            self._wake.set()
 
     async def emit_loop(self) -> None:
         """Publish samples as they become decidable; sleep until the next deadline otherwise."""
@@ -101,6 +105,7 @@ class AlignerService:
             self._wake.clear()
             await self.publish_due(now_ns())
             deadline = self.engine.next_deadline_ns()
+            self._timer_armed = deadline is not None
             timeout = None if deadline is None else max(0.0, (deadline - now_ns()) / 1e9)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):

@@ -291,3 +291,4 @@ def test_the_worked_example_in_the_docs() -> None:
         [[120, 60, np.nan, np.nan], [110, 160, 10, 10], [np.nan, 260, 80, 80], [np.nan, 0, 10, 10]],
     )
     assert engine.next_deadline_ns() == 1650 * MS
+    assert not engine.due(1649 * MS) and engine.due(1650 * MS)
