@@ -47,7 +47,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgefleet.demo import run_demo
 
-    return int(run_demo(Path(args.workdir), port=args.port))
+    return int(run_demo(Path(args.workdir), port=args.port, duration=args.duration))
 
 
 def cmd_sim(argv: list[str]) -> int:
@@ -77,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start a local site and show its live traffic")
     demo.add_argument("--workdir", default="var/demo", help="where state and logs go")
     demo.add_argument("--port", type=int, default=0, help="broker port (default: a free one)")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.set_defaults(fn=cmd_demo)
 
     sub.add_parser("sim", help="run the plant simulator (edgefleet sim --help)", add_help=False)

@@ -7,4 +7,5 @@ SERVICES: dict[str, str] = {
     "mqtt-ingest": "services.mqtt_ingest.service",
     "modbus": "services.modbus.service",
     "aligner": "services.aligner.service",
+    "inference": "services.inference.service",
 }

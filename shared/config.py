@@ -10,16 +10,34 @@ import os
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+)
 
 from shared.errors import ConfigError, TopicError
 from shared.mqtt import BrokerSettings
 from shared.topics import DEFAULT_PREFIX, validate_id
 
 ENV_PREFIX = "EDGEFLEET_"  # EDGEFLEET_BROKER__PORT=1884 overrides broker.port
+
+
+def _topic_id(value: str) -> str:
+    try:
+        return validate_id(value)
+    except TopicError as exc:
+        raise ValueError(str(exc)) from None
+
+
+TopicId = Annotated[str, AfterValidator(_topic_id)]
+"""A config value that becomes one topic level (site, instance, source, flow, signal)."""
 
 
 class StrictModel(BaseModel):
@@ -76,21 +94,19 @@ class Timings(StrictModel):
 class ServiceConfig(StrictModel):
     """What every service instance needs; each service's config extends it."""
 
-    site: str
-    instance: str
-    prefix: str = DEFAULT_PREFIX
+    site: TopicId
+    instance: TopicId
+    prefix: TopicId = DEFAULT_PREFIX
     broker: BrokerConfig = Field(default_factory=lambda: BrokerConfig.model_validate({}))
     timings: Timings = Field(default_factory=lambda: Timings.model_validate({}))
     log_level: str = "INFO"
     revision: int = 0  # a retained config with a higher revision replaces this one
+    _source_dir: Path | None = PrivateAttr(default=None)
 
-    @field_validator("site", "instance", "prefix")
-    @classmethod
-    def _topic_level(cls, value: str) -> str:
-        try:
-            return validate_id(value)
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
+    @property
+    def source_dir(self) -> Path:
+        """The folder of the file this config came from: relative paths in it start there."""
+        return self._source_dir or Path.cwd()
 
     def broker_settings(self, **overrides: Any) -> BrokerSettings:
         b, t = self.broker, self.timings
@@ -207,4 +223,7 @@ def load_config(path: Path | str, model: type[M], env: Mapping[str, str] | None 
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     data = apply_env(data, os.environ if env is None else env)
-    return validate(model, data, str(path), lines)
+    config = validate(model, data, str(path), lines)
+    if isinstance(config, ServiceConfig):
+        config._source_dir = path.resolve().parent
+    return config

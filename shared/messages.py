@@ -289,7 +289,7 @@ class ResultBatch:
 
     def __post_init__(self) -> None:
         if not self.ids:
-            self.ids = [result_id(self.flow, int(x)) for x in self.t]
+            self.ids = [f"{self.flow}:{x}" for x in self.t.tolist()]  # result_id, vectorised
 
     def __len__(self) -> int:
         return int(self.t.shape[0])

@@ -66,14 +66,15 @@ class Probe:
         timeout: float = 10.0,
         count: int = 1,
     ) -> list[Any]:
-        """Wait until `count` decoded messages on `topic_filter` satisfy `predicate`."""
+        """Wait until `count` decoded messages on `topic_filter` satisfy `predicate`; return
+        the first `count` of them."""
 
         def found() -> list[Any]:
             return [d for d in self.decoded(topic_filter) if predicate(d)]
 
         async with asyncio.timeout(timeout), self._arrived:
             await self._arrived.wait_for(lambda: len(found()) >= count)
-        return found()
+        return found()[:count]
 
 
 @contextlib.asynccontextmanager

@@ -12,12 +12,13 @@ from typing import Any
 import yaml
 
 from edgefleet.broker import LocalBroker
+from services.mqtt_ingest.service import IngestConfig, main
 from shared.config import ServiceConfig, validate
 from shared.errors import PayloadError
 from shared.mqtt import Received
 from shared.runtime import Runtime
 from shared.topics import Topics
-from tests.helpers import Probe
+from tests.helpers import Probe, running
 
 
 def config(base: dict[str, Any], instance: str = "svc") -> ServiceConfig:
@@ -142,3 +143,41 @@ async def test_killed_service_shows_offline_then_online_and_sigterm_shows_stoppe
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def test_broker_killed_mid_stream_the_service_comes_back_by_itself(
+    broker: LocalBroker, base_config: dict[str, Any], site: str
+) -> None:
+    """SIGKILL loses the broker's memory: the service must resubscribe and announce itself."""
+    topics = Topics(site)
+    cfg = validate(
+        IngestConfig,
+        {
+            **base_config,
+            "instance": "ingest1",
+            "inputs": [
+                {"topic": f"{site}-ext/#", "source": "gw", "signals": [{"name": "v", "path": "v"}]}
+            ],
+        },
+        "test",
+    )
+    async with running(main(cfg)) as service:
+        async with Probe(broker.host, broker.port) as probe:
+            await probe.subscribe(topics.everything())
+            await probe.wait_for(topics.status("ingest1"), lambda s: s["state"] == "online")
+            await probe.publish(f"{site}-ext/a", {"v": 1}, "json", qos=1)
+            await probe.wait_for(topics.raw("gw"))
+        broker.kill()
+        await asyncio.sleep(0.5)
+        broker.start()
+        async with Probe(broker.host, broker.port) as probe:
+            await probe.subscribe(topics.everything())
+            await probe.wait_for(
+                topics.status("ingest1"),
+                lambda s: s["state"] == "online" and s["health"]["reconnects"] >= 1,
+                timeout=15,
+            )
+            await probe.publish(f"{site}-ext/a", {"v": 2}, "json", qos=1)
+            [raw] = await probe.wait_for(topics.raw("gw"))
+            assert raw["value"].tolist() == [2.0]
+        assert not service.done()

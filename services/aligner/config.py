@@ -12,9 +12,8 @@ from shared.flow import FlowSpec, load_flow
 
 
 class AlignerConfig(ServiceConfig):
-    """The flow inline (`flow:`, as `edgefleet up` writes it) or by path (`flow_file:`, read
-    from the working directory when relative). The flow file is read and validated with the
-    config, so `edgefleet run aligner --check` checks both."""
+    """The flow inline (`flow:`, as `edgefleet up` writes it) or by path (`flow_file:`,
+    relative to the config file's folder like every path in a config)."""
 
     flow: FlowSpec | None = None
     flow_file: Path | None = None
@@ -26,12 +25,13 @@ class AlignerConfig(ServiceConfig):
     def _one_flow(self) -> AlignerConfig:
         if (self.flow is None) == (self.flow_file is None):
             raise ValueError("give exactly one of 'flow' (inline) or 'flow_file' (a path)")
-        if self.flow_file is not None:
-            # ConfigError (not a ValueError) passes through pydantic and names the flow file.
-            self.flow = load_flow(self.flow_file)
         return self
 
-    @property
     def flow_spec(self) -> FlowSpec:
-        assert self.flow is not None  # set by the validator
-        return self.flow
+        """The flow; a flow file is read and validated here (`ConfigError` names file, line
+        and key)."""
+        if self.flow is not None:
+            return self.flow
+        assert self.flow_file is not None  # the validator saw to it
+        path = self.flow_file if self.flow_file.is_absolute() else self.source_dir / self.flow_file
+        return load_flow(path)

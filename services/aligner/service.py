@@ -128,8 +128,13 @@ class AlignerService:
                 return
 
 
+def check(config: AlignerConfig) -> None:
+    """What `--check` should validate beyond the config model: the flow file."""
+    config.flow_spec()
+
+
 async def main(config: AlignerConfig) -> None:
-    flow = config.flow_spec
+    flow = config.flow_spec()  # before connecting: a bad flow file stops the start
     async with Runtime(NAME, config) as rt:
         service = AlignerService(rt, config, flow)
         await service.start()

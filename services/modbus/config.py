@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from shared.config import ServiceConfig, StrictModel
-from shared.errors import TopicError
-from shared.topics import validate_id
+from shared.config import ServiceConfig, StrictModel, TopicId
 
 Table = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal[
@@ -44,7 +42,7 @@ MODICON = {"holding": 40001, "input": 30001, "discrete": 10001}
 class PointConfig(StrictModel):
     """One value: `type` at `address` (registers), or a bit (`bit:` of a register, or a coil)."""
 
-    name: str
+    name: TopicId
     address: int = Field(ge=0, le=65535)
     type: DataType = "uint16"
     byte_order: Literal["big", "little"] = "big"
@@ -55,14 +53,6 @@ class PointConfig(StrictModel):
     bit: int | None = Field(None, ge=0, le=15)  # one bit of a 16-bit register (a bit field)
     length: int | None = Field(None, ge=1, le=125)  # registers, for strings
     writable: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        try:
-            return validate_id(value, "point name")
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _shape(self) -> PointConfig:
@@ -109,21 +99,13 @@ class DeviceConfig(StrictModel):
 
 
 class ModbusConfig(ServiceConfig):
-    source: str  # readings on ef/{site}/raw/{source}, writes served on ef/{site}/cmd/{source}
+    source: TopicId  # readings on ef/{site}/raw/{source}, writes served on ef/{site}/cmd/{source}
     device: DeviceConfig = Field(default_factory=lambda: DeviceConfig.model_validate({}))
     poll_ms: int = Field(1000, ge=10)
     max_registers: int = Field(125, ge=1, le=125)
     max_bits: int = Field(2000, ge=1, le=2000)
     blocks: list[BlockConfig] = Field(min_length=1)
     publish_qos: int = Field(0, ge=0, le=1)
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        try:
-            return validate_id(value, "source")
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _unique(self) -> ModbusConfig:

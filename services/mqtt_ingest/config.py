@@ -7,9 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from services.mqtt_ingest.paths import parse_path
-from shared.config import ServiceConfig, StrictModel
-from shared.errors import TopicError
-from shared.topics import validate_id
+from shared.config import ServiceConfig, StrictModel, TopicId
 
 
 def _path(value: str | None) -> str | None:
@@ -21,7 +19,7 @@ def _path(value: str | None) -> str | None:
 class SignalMap(StrictModel):
     """One signal read from each message: a scalar, or an array of values (a waveform batch)."""
 
-    name: str
+    name: TopicId
     path: str  # dotted path into the payload: `data.temp`, `values[0]`, `x`
     times_path: str | None = None  # array values: a parallel array of timestamps (same unit)
     period_us: float | None = Field(None, gt=0)  # array values: spacing after the timestamp
@@ -29,14 +27,6 @@ class SignalMap(StrictModel):
     quality_path: str | None = None  # overrides the message-level quality for this signal
 
     _paths = field_validator("path", "times_path", "period_path", "quality_path")(_path)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        try:
-            return validate_id(value, "signal name")
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
 
 
 class TimestampMap(StrictModel):
@@ -48,21 +38,13 @@ class TimestampMap(StrictModel):
 
 class Input(StrictModel):
     topic: str  # subscription filter on the broker, wildcards allowed
-    source: str  # readings are published on ef/{site}/raw/{source}
+    source: TopicId  # readings are published on ef/{site}/raw/{source}
     format: Literal["auto", "json", "msgpack"] = "auto"  # auto: by content type, then sniffed
     timestamp: TimestampMap = Field(default_factory=lambda: TimestampMap.model_validate({}))
     quality_path: str | None = None  # 0/1/2 or good/uncertain/bad; absent: good
     signals: list[SignalMap] = Field(min_length=1)
 
     _paths = field_validator("quality_path")(_path)
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        try:
-            return validate_id(value, "source")
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _unique_signals(self) -> Input:

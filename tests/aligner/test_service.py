@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 
 from edgefleet.cli import main as cli_main
 from services.aligner.service import AlignerConfig, main
-from shared.config import validate
+from shared.config import load_config, validate
+from shared.errors import ConfigError
 from shared.messages import FeatureState, ReadingBatch, SampleBatch, now_ns
 from shared.topics import Topics
 from tests.helpers import Probe, running
@@ -223,44 +225,33 @@ async def test_malformed_and_mismatched_batches_go_to_errors(
 
 
 def test_cli_checks_an_aligner_config(tmp_path: Path, capsys: Any) -> None:
-    flow = {
-        "name": "pump",
-        "align": {
-            "period_ms": 100,
-            "max_delay_ms": 250,
-            "features": [{"signal": "plc1/pressure", "fill": "linear", "max_age_ms": 500}],
-        },
+    align = {
+        "period_ms": 100,
+        "max_delay_ms": 250,
+        "features": [{"signal": "plc1/pressure", "fill": "linear", "max_age_ms": 500}],
     }
-    (tmp_path / "flow.yaml").write_text(yaml.safe_dump(flow))
     cfg = tmp_path / "aligner.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {"site": "s1", "instance": "aligner-pump", "flow_file": str(tmp_path / "flow.yaml")}
-        )
-    )
+    site = {"site": "s1", "instance": "aligner-pump"}
+    cfg.write_text(yaml.safe_dump({**site, "flow": {"name": "pump", "align": align}}))
     assert cli_main(["run", "aligner", "--config", str(cfg), "--check"]) == 0
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "site": "s1",
-                "instance": "aligner-pump",
-                "flow": {**flow, "align": {**flow["align"], "perod_ms": 1}},
-            }
-        )
-    )
+    bad = {**align, "perod_ms": 1}
+    cfg.write_text(yaml.safe_dump({**site, "flow": {"name": "pump", "align": bad}}))
     assert cli_main(["run", "aligner", "--config", str(cfg), "--check"]) == 2
     assert "flow.align.perod_ms: unknown key" in capsys.readouterr().err
-    bad_flow = {
-        **flow,
-        "align": {**flow["align"], "features": [{"signal": "plc1/p", "fill": "hold"}]},
-    }
-    (tmp_path / "flow.yaml").write_text(yaml.safe_dump(bad_flow))
-    cfg.write_text(
-        yaml.safe_dump(
-            {"site": "s1", "instance": "aligner-pump", "flow_file": str(tmp_path / "flow.yaml")}
-        )
+
+
+def test_a_flow_file_is_read_from_the_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "flows").mkdir()
+    flow = tmp_path / "flows" / "pump.yaml"
+    cfg = tmp_path / "aligner.yaml"
+    cfg.write_text(yaml.safe_dump({"site": "s1", "instance": "a", "flow_file": "flows/pump.yaml"}))
+    flow.write_text(
+        "name: pump\nalign:\n  period_ms: 100\n  max_delay_ms: 250\n  features:\n"
+        "    - {signal: plc1/p, fill: hold, max_age_ms: 500}\n"
     )
-    assert cli_main(["run", "aligner", "--config", str(cfg), "--check"]) == 2
-    err = capsys.readouterr().err
-    assert "flow.yaml:" in err and "align.features.0: feature 'plc1/p'" in err
-    assert "needs max_age_ms" in err
+    assert load_config(cfg, AlignerConfig).flow_spec().align.sources == ["plc1"]
+    flow.write_text(flow.read_text().replace(", max_age_ms: 500", ""))
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, AlignerConfig).flow_spec()
+    assert "pump.yaml:6: align.features.0: feature 'plc1/p'" in str(err.value)
+    assert "needs max_age_ms" in str(err.value)

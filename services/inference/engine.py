@@ -1,0 +1,146 @@
+"""The inference path without I/O: samples in, a ResultBatch out.
+
+preprocess script → NaN policy → model → output mapping → postprocess script. The service wraps
+it with MQTT; the benchmark and the tests call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.errors import ConfigError, ModelError
+from shared.messages import ResultBatch, result_id
+
+from .batching import Rows
+from .model import Expected, LoadedModel, ModelSource, check_model, open_model, resolve_model
+from .outputs import Selector, map_outputs, parse_selectors
+from .scripts import Script, ScriptError, load_script, run_postprocess, run_preprocess
+from .settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stats:
+    """Counters for status/health; each one a user may ask about."""
+
+    samples: int = 0
+    results: int = 0
+    runs: int = 0
+    skipped_nan: int = 0
+    failed_batches: int = 0
+    failed_samples: int = 0
+    script_errors: int = 0
+    last_run_us: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: ResultBatch | None  # None when every sample was skipped or the batch failed
+    error: str | None = None  # why the batch failed, for the errors topic
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        model: LoadedModel,
+        selectors: list[Selector],
+        features: list[str],
+        preprocess: Script | None = None,
+        postprocess: Script | None = None,
+    ) -> None:
+        self.settings = settings
+        self.flow = settings.flow
+        self.model = model
+        self.selectors = selectors
+        self.features = features
+        self.preprocess = preprocess
+        self.postprocess = postprocess
+        self.stats = Stats()
+
+    def infer(self, rows: Rows) -> Outcome:
+        """Results for one batch. Never raises for a bad batch: the outcome says what failed."""
+        n = len(rows)
+        self.stats.samples += n
+        try:
+            result = self._infer(rows)
+        except (ModelError, ScriptError) as exc:
+            self.stats.failed_batches += 1
+            self.stats.failed_samples += n
+            self.stats.script_errors += isinstance(exc, ScriptError)
+            return Outcome(None, f"batch of {n} samples at t={int(rows.t[0])} lost: {exc}")
+        if result is not None:
+            self.stats.results += len(result)
+        return Outcome(result)
+
+    def _infer(self, rows: Rows) -> ResultBatch | None:
+        x = rows.x
+        if self.preprocess is not None:
+            x = run_preprocess(self.preprocess, x)
+        if self.settings.on_nan == "skip":
+            finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+            if not finite.all():
+                self.stats.skipped_nan += int(len(finite) - finite.sum())
+                rows, x = rows.take(finite), x[finite]
+        n = len(rows)
+        if n == 0:
+            return None
+        start = time.perf_counter_ns()
+        raw = self.model.run(x)
+        self.stats.runs += 1
+        self.stats.last_run_us = (time.perf_counter_ns() - start) / 1000
+        outputs = map_outputs(raw, self.selectors, n)
+        if self.postprocess is not None:
+            outputs = run_postprocess(self.postprocess, outputs, n)
+        # Latency from the message's arrival to its result: queueing, scripts and model together,
+        # which is what an action waiting on the result sees.
+        latency = ((time.time_ns() - rows.received_ns) / 1000).astype(np.float32)
+        # Ids built from plain ints: iterating the numpy array costs ~45 % more at 512 samples.
+        ids = [result_id(self.flow, t) for t in rows.t.tolist()]
+        return ResultBatch(self.flow, self.model.ref, rows.t, outputs, latency, ids)
+
+
+def build_engine(settings: InferenceSettings, source: ModelSource = resolve_model) -> Engine:
+    """Load scripts and model, check them against the flow; raise ModelError/ConfigError if unfit.
+
+    Paths in `settings` must already be resolved (see `InferenceSettings.resolve_paths`).
+    """
+    pre = load_script(settings.preprocess, "preprocess") if settings.preprocess else None
+    post = load_script(settings.postprocess, "postprocess") if settings.postprocess else None
+    model = open_model(source(settings.model), settings.intra_op_threads)
+    features = settings.features if settings.features is not None else model.features
+    if not features:
+        raise ConfigError(
+            f"flow {settings.flow!r} names no features and model {model.origin} carries no "
+            "edgefleet.features metadata: list the features in the config"
+        )
+    width = len(features)
+    if pre is not None:
+        width = _probe_width(pre, len(features), settings.window)
+    check_model(model, Expected(list(features), width, settings.window, settings.model.input))
+    return Engine(
+        settings,
+        model,
+        parse_selectors(settings.outputs, model.output_types),
+        list(features),
+        pre,
+        post,
+    )
+
+
+def _probe_width(pre: Script, n_features: int, window: int) -> int:
+    """The feature count preprocess() hands the model, from one all-zero sample."""
+    shape = (1, n_features) if window == 1 else (1, window, n_features)
+    try:
+        return int(run_preprocess(pre, np.zeros(shape, np.float32)).shape[-1])
+    except ScriptError as exc:
+        raise ConfigError(f"preprocess script fails on an all-zero sample {shape}: {exc}") from None

@@ -1,0 +1,81 @@
+"""What one inference instance needs to know about its flow and model.
+
+These are the flow-derived settings only (no broker, no site): the service config adds them to
+the shared service config base, and a flow file maps onto them one key for one key
+(`model`, `align.features` → `features`, `align.window` → `window`, ...), so deriving an instance
+config from a flow stays a plain dict copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.codec import Encoding
+from shared.config import TopicId
+
+
+class ModelSpec(BaseModel):
+    """Which model to serve: a file, or a library reference (`name@version`) via the cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path | None = None
+    ref: str | None = None
+    name: str | None = None  # defaults to the file stem or the reference's name
+    version: str | None = None  # defaults to the reference's version or the ONNX model_version
+    input: str | None = None  # the input to feed; required only to check a model's input name
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.ref is None):
+            raise ValueError("model needs exactly one of 'path' or 'ref'")
+        return self
+
+
+class InferenceSettings(BaseModel):
+    """The flow side of an inference instance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow: TopicId
+    model: ModelSpec
+    # Feature names in input order. Omitted: taken from the model's `edgefleet.features`.
+    features: list[str] | None = None
+    # W samples per model input: x is [N, F] for 1, [N, W, F] above.
+    window: int = Field(default=1, ge=1)
+    max_batch: int = Field(default=512, ge=1)  # samples per session.run at most
+    # Event-loop passes without a new message before a batch runs: lets a backlog reach the
+    # batch (see batching.py); 0 runs each message as soon as it is taken.
+    settle_passes: int = Field(default=3, ge=0)
+    # Sample messages waiting; when full, reading from the broker waits (back-pressure).
+    max_queue: int = Field(default=256, ge=1)
+    intra_op_threads: int = Field(default=1, ge=1)
+    # A batch whose last run took longer than this is run in a worker thread (see README).
+    offload_above_us: float = Field(default=2000.0, ge=0)
+    on_nan: Literal["skip", "pass"] = "skip"  # skip: drop and count samples with NaN/Inf
+    preprocess: Path | None = None  # a script defining preprocess(x) -> x
+    postprocess: Path | None = None  # a script defining postprocess(outputs) -> outputs
+    # Result field -> model output selector (`name`, `name[column]`, `name[map key]`).
+    # Omitted: every output under its own name, maps expanded to `{name}_{key}`.
+    outputs: dict[str, str] | None = None
+    encoding: Encoding = Encoding.MSGPACK
+
+    def resolve_paths(self, base: Path) -> Self:
+        """Paths relative to the config file's folder, as a user writing the file expects."""
+
+        def rel(p: Path | None) -> Path | None:
+            return None if p is None or p.is_absolute() else base / p
+
+        model = self.model
+        if model.path is not None and not model.path.is_absolute():
+            model = model.model_copy(update={"path": base / model.path})
+        return self.model_copy(
+            update={
+                "model": model,
+                "preprocess": rel(self.preprocess) or self.preprocess,
+                "postprocess": rel(self.postprocess) or self.postprocess,
+            }
+        )

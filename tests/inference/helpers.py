@@ -1,0 +1,48 @@
+"""Small builders shared by the inference tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from services.inference.batching import Pending, Rows, rows_of
+from services.inference.engine import Engine, build_engine
+from services.inference.settings import InferenceSettings, ModelSpec
+from shared.messages import SampleBatch
+from tests.inference.models import FEATURES
+
+T0 = 1_700_000_000_000_000_000
+
+
+def samples(
+    x: np.ndarray[Any, Any], flow: str = "f1", t0: int = T0, features: list[str] | None = None
+) -> SampleBatch:
+    x = np.asarray(x, np.float32)
+    n = len(x)
+    return SampleBatch(
+        flow,
+        features or FEATURES[: x.shape[-1]],
+        t0 + np.arange(n, dtype=np.int64) * 100_000_000,
+        x,
+        np.zeros(x.shape, np.uint8),
+        np.zeros(x.shape, np.float32),
+    )
+
+
+def rows(x: np.ndarray[Any, Any], t0: int = T0) -> Rows:
+    return rows_of([Pending(samples(x, t0=t0), 0)])
+
+
+def engine(path: Path, **kw: Any) -> Engine:
+    kw.setdefault("features", FEATURES)
+    return build_engine(InferenceSettings(flow="f1", model=ModelSpec(path=path), **kw))
+
+
+def direct(path: Path, x: np.ndarray[Any, Any]) -> dict[str, Any]:
+    """The outputs of onnxruntime run directly, the reference every test compares with."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x}), strict=True))

@@ -1,0 +1,178 @@
+"""Real ONNX models for tests and benchmarks, written to a folder the caller owns.
+
+scikit-learn models go through skl2onnx as a data scientist would export them; the others are
+built with onnx.helper for shapes skl2onnx does not produce (fixed batch 1, windows [N, W, F]).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+# skl2onnx needs both domains pinned: ai.onnx.ml carries the tree and ZipMap operators.
+OPSET = {"": 17, "ai.onnx.ml": 3}
+FEATURES = ["pressure", "temp", "vib_rms", "flow"]
+
+
+def training_data(n: int = 200, f: int = len(FEATURES), seed: int = 0) -> np.ndarray[Any, Any]:
+    return np.random.default_rng(seed).normal(size=(n, f)).astype(np.float32)
+
+
+def add_metadata(
+    model: onnx.ModelProto,
+    features: list[str] | None = None,
+    train_stats: dict[str, Any] | None = None,
+) -> onnx.ModelProto:
+    props = {}
+    if features is not None:
+        props["edgefleet.features"] = json.dumps(features)
+    if train_stats is not None:
+        props["edgefleet.train_stats"] = json.dumps(train_stats)
+    onnx.helper.set_model_props(model, props)
+    return model
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def isolation_forest(path: Path, features: list[str] | None = FEATURES) -> Path:
+    """Outputs `label` [N, 1] int64 and `scores` [N, 1] float: a label + score pair."""
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import IsolationForest
+
+    x = training_data()
+    est = IsolationForest(n_estimators=20, random_state=0).fit(x)
+    model = to_onnx(est, x[:1], target_opset=OPSET)
+    stats = {"mean": x.mean(0).tolist(), "std": x.std(0).tolist()}
+    return save(add_metadata(model, features, stats), path)
+
+
+def zipmap_classifier(path: Path, zipmap: bool = True) -> Path:
+    """A logistic regression as skl2onnx exports it by default: `output_label` [N] and
+    `output_probability` as a sequence of maps {0: p0, 1: p1, 2: p2} (ZipMap)."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x = training_data()
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)
+    est = LogisticRegression(max_iter=200).fit(x, y)
+    options = None if zipmap else {id(est): {"zipmap": False}}
+    return save(to_onnx(est, x[:1], target_opset=OPSET, options=options), path)
+
+
+def float64_pipeline(path: Path) -> Path:
+    """StandardScaler + Ridge with a double input: the service must feed float64."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = training_data().astype(np.float64)
+    y = x @ np.array([1.0, -2.0, 0.5, 3.0])
+    est = make_pipeline(StandardScaler(), Ridge()).fit(x, y)
+    return save(to_onnx(est, x[:1], target_opset=OPSET), path)
+
+
+def _graph_model(
+    nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any] | None = None
+) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "edgefleet_test", inputs, outputs, inits or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by onnxruntime releases older than this onnx package
+    onnx.checker.check_model(model)
+    return model
+
+
+def linear(
+    path: Path,
+    f: int = len(FEATURES),
+    batch: int | str = "N",
+    dtype: int = TensorProto.FLOAT,
+    seed: int = 1,
+) -> Path:
+    """y = x @ w + b with y [batch, 2]; batch=1 makes a fixed-batch model."""
+    w = np.random.default_rng(seed).normal(size=(f, 2))
+    np_dtype = np.float32 if dtype == TensorProto.FLOAT else np.float64
+    inits = [
+        helper.make_tensor("w", dtype, [f, 2], w.astype(np_dtype).ravel().tolist()),
+        helper.make_tensor("b", dtype, [2], [0.5, -0.5]),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["y"]),
+    ]
+    model = _graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", dtype, [batch, f])],
+        [helper.make_tensor_value_info("y", dtype, [batch, 2])],
+        inits,
+    )
+    return save(model, path)
+
+
+def window_model(path: Path, window: int, f: int = len(FEATURES)) -> Path:
+    """x [N, W, F] → `mean` [N, F] over the window and `energy` [N, 1], the sum of squares."""
+    axes1 = helper.make_tensor("ax1", TensorProto.INT64, [1], [1])
+    axes12 = helper.make_tensor("ax12", TensorProto.INT64, [2], [1, 2])
+    nodes = [
+        helper.make_node(
+            "ReduceMean", ["x"], ["mean"], axes=[1], keepdims=0
+        ),  # attribute in opset 17
+        helper.make_node("Mul", ["x", "x"], ["sq"]),
+        helper.make_node("ReduceSum", ["sq", "ax12"], ["energy_flat"], keepdims=0),
+        helper.make_node("Unsqueeze", ["energy_flat", "ax1"], ["energy"]),
+    ]
+    model = _graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", window, f])],
+        [
+            helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["N", f]),
+            helper.make_tensor_value_info("energy", TensorProto.FLOAT, ["N", 1]),
+        ],
+        [axes1, axes12],
+    )
+    return save(model, path)
+
+
+def two_inputs(path: Path, f: int = len(FEATURES)) -> Path:
+    """A model the flow cannot feed: two inputs."""
+    nodes = [helper.make_node("Add", ["a", "b"], ["y"])]
+    model = _graph_model(
+        nodes,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", f]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", f])],
+    )
+    return save(model, path)
+
+
+def mlp(path: Path, f: int = len(FEATURES), hidden: int = 32, seed: int = 2) -> Path:
+    """A small MLP autoencoder-like scorer: `score` [N, 1]; the benchmark model."""
+    rng = np.random.default_rng(seed)
+    w1, w2 = rng.normal(size=(f, hidden)), rng.normal(size=(hidden, 1))
+    inits = [
+        helper.make_tensor(
+            "w1", TensorProto.FLOAT, [f, hidden], w1.astype(np.float32).ravel().tolist()
+        ),
+        helper.make_tensor(
+            "w2", TensorProto.FLOAT, [hidden, 1], w2.astype(np.float32).ravel().tolist()
+        ),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["score"]),
+    ]
+    model = _graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", f])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        inits,
+    )
+    return save(model, path)
