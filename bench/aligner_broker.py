@@ -227,6 +227,20 @@ def paced_publish(port: int, payloads: list[tuple[str, bytes]], t0: int) -> list
     return sent
 
 
+def retained_health(port: int) -> dict[str, Any]:
+    """The aligner's last status (retained; `stopped` carries the final health)."""
+    got: list[bytes] = []
+    c = client(port)
+    c.on_message = lambda _c, _u, msg: got.append(msg.payload)
+    c.subscribe(TOPICS.status("aligner-bench"), 1)
+    c.loop_start()
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    c.loop_stop()
+    return dict(codec.decode(got[-1])["health"]["aligner"]) if got else {}
+
+
 def pct(delays_ms: np.ndarray) -> str:
     p50, p99 = np.percentile(delays_ms, [50, 99])
     return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {delays_ms.max():.2f} ms"
@@ -259,6 +273,8 @@ def latency(port: int, seconds: float) -> None:
         f"{sum(len(b) for b in batches) / seconds:,.0f} readings/s): completing batch → "
         f"sample at subscriber over {len(delays)} samples: {pct(np.array(delays))}"
     )
+    own = retained_health(port).get("emit_delay_ms", {})
+    print(f"  the aligner's own measure, due batch arrival → publish returned: {own}")
     raw = [(TOPICS.raw("rawbench"), p) for _, p in payloads]
     t0 = time.time_ns() + 2 * 10**9
     sent.clear()

@@ -9,9 +9,11 @@ local clock, and publishes them in time order. Semantics: docs/aligner.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import deque
 from typing import Any
+
+import numpy as np
 
 from services.aligner.config import AlignerConfig
 from services.aligner.core import Aligner
@@ -37,6 +39,8 @@ class AlignerService:
         self.encoding = Encoding(config.encoding)
         self._wake = asyncio.Event()
         self._timer_armed = False  # the emitter sleeps until the next deadline, not forever
+        self._cause_ns: int | None = None  # when what made samples due happened
+        self._delays_ms: deque[float] = deque(maxlen=1024)
         self.published_samples = 0
 
     async def start(self) -> None:
@@ -69,7 +73,16 @@ class AlignerService:
             "published_samples": self.published_samples,
             "held_readings": self.engine.held,
             "emitted_until_ns": self.engine.emitted_until_ns,
+            "emit_delay_ms": self._delay_summary(),
         }
+
+    def _delay_summary(self) -> dict[str, float]:
+        """From the arrival of the batch that made samples due (or their deadline) to the
+        publish call's return, over the last 1,024 publications."""
+        if not self._delays_ms:
+            return {}
+        p50, p99 = np.percentile(np.fromiter(self._delays_ms, float), [50, 99])
+        return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
 
     async def on_raw(self, message: Received) -> None:
         """File one ReadingBatch; what does not fit raises PayloadError (the runtime reports
@@ -96,22 +109,32 @@ class AlignerService:
             self.rt.health.note_clock(source, int(batch.t.max()), batch.received_ns or arrival)
         # Wake the emitter only when a sample is due (a task switch per message is not free),
         # or when it must learn its first deadline.
-        if not self._timer_armed or self.engine.due(arrival):
+        if self.engine.due(arrival):
+            if self._cause_ns is None:
+                self._cause_ns = arrival
+            self._wake.set()
+        elif not self._timer_armed:
             self._wake.set()
 
     async def emit_loop(self) -> None:
         """Publish samples as they become decidable; sleep until the next deadline otherwise."""
         while True:
             self._wake.clear()
-            await self.publish_due(now_ns())
+            cause, self._cause_ns = self._cause_ns, None
+            if await self.publish_due(now_ns()) and cause is not None:
+                self._delays_ms.append((now_ns() - cause) / 1e6)
             deadline = self.engine.next_deadline_ns()
             self._timer_armed = deadline is not None
             timeout = None if deadline is None else max(0.0, (deadline - now_ns()) / 1e9)
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+            except TimeoutError:
+                self._cause_ns = deadline
 
-    async def publish_due(self, now: int) -> None:
+    async def publish_due(self, now: int) -> int:
+        """Emit and publish everything due at `now`; return how many samples went out."""
+        published = 0
         while True:
             before = self.engine.emitted_until_ns
             samples = self.engine.emit(now)
@@ -123,9 +146,10 @@ class AlignerService:
                     encoding=self.encoding,
                     qos=self.config.publish_qos,
                 )
-                self.published_samples += len(samples)
+                published += len(samples)
             if self.engine.emitted_until_ns == before:
-                return
+                self.published_samples += published
+                return published
 
 
 def check(config: AlignerConfig) -> None:

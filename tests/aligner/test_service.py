@@ -157,6 +157,7 @@ async def test_source_restarted_mid_stream(
     # the 2 readings at 2.95 s were held already and change nothing
     assert status["health"]["aligner"]["late"] == 18
     assert status["health"]["aligner"]["duplicate"] == 2
+    assert status["health"]["aligner"]["emit_delay_ms"]["p99"] < 1000
     reasons = [e["reason"] for e in probe.decoded(topics.errors(INSTANCE))]
     assert any("late readings dropped" in r for r in reasons)
 
