@@ -215,3 +215,37 @@ def test_aggregates_equal_numpy(rs: list[R], agg: str, period: int) -> None:
             assert math.isnan(x)
         else:
             assert math.isclose(x, float(np.float32(fn(vals))), rel_tol=1e-5, abs_tol=1e-4)
+
+
+@SETTINGS
+@given(scenario_st(), st.integers(2, 4), st.integers(1, 3), st.data())
+def test_windows_are_consecutive_samples(
+    scenario: tuple[AlignSpec, dict[str, list[R]]], window: int, stride: int, data: st.DataObject
+) -> None:
+    """A window ending at t_k holds exactly the W samples up to t_k, whichever emit calls
+    they were decided in; windows end where k % stride == 0."""
+    spec, readings = scenario
+    items = [(sig, r) for sig, rs in readings.items() for r in rs]
+    items.sort(key=lambda item: item[1].t)
+    k = final_k(spec, readings)
+    end = k * spec.period_ns + spec.max_delay_ns
+    rows, wins = Collected(), Collected()
+    engines = (
+        (Aligner("f", spec, start_ns=0), rows),
+        (
+            Aligner("f", spec.model_copy(update={"window": window, "stride": stride}), start_ns=0),
+            wins,
+        ),
+    )
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(items)), max_size=4)))
+    for engine, into in engines:
+        for lo, hi in zip([0, *cuts], [*cuts, len(items)], strict=True):
+            for batch in batches_of(items[lo:hi]):
+                engine.ingest(batch, EARLY)
+            drain(engine, EARLY, into)
+        drain(engine, end, into)
+    ks = [int(t) // spec.period_ns for t in wins.t] if wins.batches else []
+    assert ks == [j for j in range(window - 1, k + 1) if j % stride == 0]
+    for i, j in enumerate(ks):
+        np.testing.assert_array_equal(wins.x[i], rows.x[j - window + 1 : j + 1])
+        np.testing.assert_array_equal(wins.state[i], rows.state[j - window + 1 : j + 1])
