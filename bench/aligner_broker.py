@@ -1,9 +1,10 @@
 """The aligner service through a real mosquitto, beside raw broker fan-through in the same run.
 
-    PYTHONPATH=. .venv/bin/python bench/aligner_broker.py [--seconds 30] [--latency-seconds 5]
+    PYTHONPATH=. .venv/bin/python bench/aligner_broker.py [--seconds 30] [--batch-ms 100]
+        [--latency-seconds 5]
 
 Throughput: a paho publisher sends pre-encoded adapter-shaped ReadingBatch messages (QoS 1,
-8 sources, 64 signals of 1 kHz / 100 Hz / 10 Hz / 0.2 Hz, one batch per source per 100 ms of
+8 sources, 64 signals of 1 kHz / 100 Hz / 10 Hz / 0.2 Hz, one batch per source per --batch-ms of
 device time, as in bench/aligner_inprocess.py) as fast as it can to the aligner service (its own
 process, `services.aligner.service.main`); a paho subscriber in a third process counts samples.
 Readings/s = readings sent / time from the first publish to the arrival of the last sample.
@@ -131,11 +132,11 @@ def publish_all(port: int, payloads: list[tuple[str, bytes]]) -> float:
     return start
 
 
-def throughput(port: int, seconds: float, period_ms: float) -> None:
+def throughput(port: int, seconds: float, period_ms: float, batch_ms: float) -> None:
     # Device time starts well after the processes are up and runs ahead of the local clock,
     # so no deadline fires during the run: samples come from early emission only.
     t0 = time.time_ns() + 10 * 10**9
-    batches = make_batches(seconds, 100.0, t0=t0)
+    batches = make_batches(seconds, batch_ms, t0=t0)
     # A last reading of every signal after the end, so every sample is decidable early.
     end = t0 + int(seconds * 1e9) + MS
     batches += [
@@ -294,11 +295,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0, help="device time sent, throughput")
     ap.add_argument("--period-ms", type=float, default=100.0)
+    ap.add_argument("--batch-ms", type=float, default=100.0, help="one batch per source per ...")
     ap.add_argument("--latency-seconds", type=float, default=5.0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, LocalBroker(Path(tmp)) as broker:
-        throughput(broker.port, args.seconds, args.period_ms)
-        latency(broker.port, args.latency_seconds)
+        throughput(broker.port, args.seconds, args.period_ms, args.batch_ms)
+        if args.latency_seconds > 0:
+            latency(broker.port, args.latency_seconds)
 
 
 if __name__ == "__main__":
