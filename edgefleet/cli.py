@@ -26,6 +26,9 @@ def _service_module(name: str) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     module = _service_module(args.service)
     config = load_config(args.config, module.Config)
+    check = getattr(module, "check", None)  # what a service checks beyond its config file
+    if check is not None:
+        check(config)
     if args.check:
         print(f"{args.config}: valid {args.service} config for instance {config.instance!r}")
         return 0

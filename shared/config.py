@@ -224,6 +224,26 @@ def load_config(path: Path | str, model: type[M], env: Mapping[str, str] | None 
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     data = apply_env(data, os.environ if env is None else env)
     config = validate(model, data, str(path), lines)
+    base = path.resolve().parent
+    _resolve_paths(config, base)
     if isinstance(config, ServiceConfig):
-        config._source_dir = path.resolve().parent
+        config._source_dir = base
     return config
+
+
+def _resolve_paths(node: Any, base: Path) -> None:
+    """Make every relative Path in a loaded config start at the config file's folder."""
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            value = getattr(node, name)
+            if isinstance(value, Path):
+                if not value.is_absolute():
+                    object.__setattr__(node, name, base / value)
+            else:
+                _resolve_paths(value, base)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            _resolve_paths(item, base)
+    elif isinstance(node, dict):
+        for item in node.values():
+            _resolve_paths(item, base)

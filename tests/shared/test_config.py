@@ -84,3 +84,10 @@ def test_passwords_come_from_the_environment_not_the_file(tmp_path: Path) -> Non
         load_config(
             write(tmp_path, GOOD.replace("  port: 1883", "  password: x")), IngestConfig, env={}
         )
+
+
+def test_relative_paths_start_at_the_config_files_folder(tmp_path: Path) -> None:
+    text = GOOD.replace("  port: 1883", "  port: 1883\n  password_file: secrets/pw")
+    config = load_config(write(tmp_path, text), IngestConfig, env={})
+    assert config.broker.password_file == tmp_path / "secrets" / "pw"
+    assert config.source_dir == tmp_path
