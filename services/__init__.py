@@ -6,4 +6,5 @@ Each module exposes `NAME`, `Config` (its pydantic config model) and `async def 
 SERVICES: dict[str, str] = {
     "mqtt-ingest": "services.mqtt_ingest.service",
     "modbus": "services.modbus.service",
+    "opcua": "services.opcua.service",
 }
