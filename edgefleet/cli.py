@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sim"]:
         return cmd_sim(argv[1:])
+    if argv[:2] == ["opcua", "browse"]:
+        from edgefleet.opcua_browse import main as browse_main
+
+        return browse_main(argv[2:])
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))
