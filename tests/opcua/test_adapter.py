@@ -63,9 +63,11 @@ async def test_values_and_timestamps_are_what_the_server_served(
         cfg = make_config({**base_config, "site": site}, sim.opcua_endpoint or "", SIGNALS)
         async with running(main(cfg)):
             await probe.wait_for(topics.raw("opc1"), count=15, timeout=15)
-            [status] = await probe.wait_for(
-                topics.status("opcua-sim"), lambda s: s["health"]["opcua"]["readings"] > 20
-            )
+            status = (
+                await probe.wait_for(
+                    topics.status("opcua-sim"), lambda s: s["health"]["opcua"]["readings"] > 20
+                )
+            )[-1]
     batches = probe.decoded(topics.raw("opc1"))
     rows = readings(batches)
     assert check_good_were_served(rows, served) >= 40
@@ -105,9 +107,11 @@ async def test_server_restart_data_resumes_by_itself(
             )
             assert len(probe.received(topics.raw("opc1"))) > n
             resumed_s = time.monotonic() - restarted
-            [status] = await probe.wait_for(
-                topics.status("opcua-sim"), lambda s: s["health"]["opcua"]["sessions"] >= 2
-            )
+            status = (
+                await probe.wait_for(
+                    topics.status("opcua-sim"), lambda s: s["health"]["opcua"]["sessions"] >= 2
+                )
+            )[-1]
             errors = await probe.wait_for(topics.errors("opcua-sim"))
     print(f"resumed {resumed_s:.2f} s after the restart; reported: {errors[0]['reason']}")
     assert errors[0]["reason"].startswith(f"session to {cfg.endpoint}: ")
@@ -165,13 +169,15 @@ async def test_missing_node_is_reported_and_others_flow(
             )
             assert "BadNodeIdUnknown" in err["reason"]
             await probe.wait_for(topics.raw("opc1"), lambda b: 0 in b["sig"] and b["q"][0] == 0)
-            [status] = await probe.wait_for(
-                topics.status("opcua-sim"),
-                lambda s: (
-                    s["health"]["opcua"]["readings"] > 10
-                    and "ghost" in s["health"]["opcua"]["failed_nodes"]
-                ),
-            )
+            status = (
+                await probe.wait_for(
+                    topics.status("opcua-sim"),
+                    lambda s: (
+                        s["health"]["opcua"]["readings"] > 10
+                        and "ghost" in s["health"]["opcua"]["failed_nodes"]
+                    ),
+                )
+            )[-1]
     rows = readings(probe.decoded(topics.raw("opc1")))
     ghost = [r for r in rows if r[0] == "ghost"]
     assert ghost and all(q == Quality.BAD and math.isnan(v) for _, _, v, q in ghost)

@@ -85,9 +85,11 @@ async def test_sign_and_encrypt_with_user_and_trusted_certificates(
             )
             async with running(main(cfg)):
                 await probe.wait_for(topics.raw(f"sec{i}"), lambda b: b["q"][0] == 0, count=3)
-                [status] = await probe.wait_for(
-                    topics.status(f"opcua-sec{i}"), lambda s: s["health"]["opcua"]["connected"]
-                )
+                status = (
+                    await probe.wait_for(
+                        topics.status(f"opcua-sec{i}"), lambda s: s["health"]["opcua"]["connected"]
+                    )
+                )[-1]
                 assert status["health"]["opcua"]["security"] == f"{policy}/{mode}"
 
 
