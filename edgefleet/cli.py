@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_actuator(argv[1:])
     if argv[:1] == ["shadow"]:
         return cmd_shadow(argv[1:])
+    if argv[:2] == ["opcua", "browse"]:
+        from edgefleet.opcua_browse import main as browse_main
+
+        return browse_main(argv[2:])
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))

@@ -6,6 +6,7 @@ Each module exposes `NAME`, `Config` (its pydantic config model) and `async def 
 SERVICES: dict[str, str] = {
     "mqtt-ingest": "services.mqtt_ingest.service",
     "modbus": "services.modbus.service",
+    "opcua": "services.opcua.service",
     "aligner": "services.aligner.service",
     "inference": "services.inference.service",
     "actuator": "services.actuator.service",

@@ -11,12 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 from asyncua import ua
 from asyncua.common.node import Node
+from asyncua.crypto import uacrypto
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
+from asyncua.ua.status_codes import StatusCodes
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,48 @@ STATE = {
 InjectCallback = Callable[[str, float], None]
 
 
+@dataclass
+class SimSecurity:
+    """Security of the simulator's endpoint (default: none, as before).
+
+    `policies` are asyncua SecurityPolicyType names, e.g. "Basic256Sha256_SignAndEncrypt";
+    "NoSecurity" keeps an open endpoint beside them. `trusted_clients` (certificate files) makes the
+    server refuse any other client certificate; `users` makes it refuse anonymous sessions and
+    wrong passwords.
+    """
+
+    cert_file: Path
+    key_file: Path
+    policies: list[str] = field(default_factory=lambda: ["Basic256Sha256_SignAndEncrypt"])
+    trusted_clients: list[Path] | None = None
+    users: dict[str, str] | None = None
+
+
+class _Users:
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+
+    def get_user(
+        self, iserver: Any, username: str | None = None, password: str | None = None, **_: Any
+    ) -> User | None:
+        if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+class _TrustedClients:
+    def __init__(self, der: set[bytes]) -> None:
+        self.der = der
+
+    async def __call__(self, cert: Any, app: ua.ApplicationDescription) -> None:
+        from asyncua.common.utils import ServiceError
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        if cert.public_bytes(Encoding.DER) not in self.der:
+            log.warning("client certificate of %s refused: not trusted", app.ApplicationUri)
+            raise ServiceError(StatusCodes.BadCertificateUntrusted)
+
+
 def node_id(name: str, ns: int = 2) -> str:
     """Node id string of a Pump variable, e.g. node_id("Flow") → 'ns=2;s=Pump.Flow'."""
     return f"ns={ns};s=Pump.{name}"
@@ -57,9 +104,14 @@ class OpcUaSimServer:
     """asyncua server; a fresh `Server` per start so stop/start on the same port works."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 4840, on_inject: InjectCallback | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 4840,
+        on_inject: InjectCallback | None = None,
+        security: SimSecurity | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.security = security
         self.on_inject = on_inject
         self.ns = 2
         self._server: Server | None = None
@@ -70,19 +122,44 @@ class OpcUaSimServer:
     def endpoint(self) -> str:
         return f"opc.tcp://{self.host}:{self.port}/edgefleet/sim"
 
+    async def _secure(self, server: Server) -> None:
+        sec = self.security
+        if sec is None:
+            return
+        await server.load_certificate(str(sec.cert_file))
+        await server.load_private_key(str(sec.key_file))
+        server.set_security_policy([getattr(ua.SecurityPolicyType, p) for p in sec.policies])
+        if sec.users is not None:
+            server.iserver.user_manager = _Users(sec.users)  # type: ignore[assignment]
+            server.set_identity_tokens([ua.UserNameIdentityToken])
+        if sec.trusted_clients is not None:
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            der = set()
+            for path in sec.trusted_clients:
+                cert = await uacrypto.load_certificate(path)
+                der.add(cert.public_bytes(Encoding.DER))
+            server.set_certificate_validator(_TrustedClients(der))
+
     async def start(self) -> None:
         server = Server()
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("edgefleet plant simulator")
+        await self._secure(server)
         self.ns = await server.register_namespace(NAMESPACE)
         ns = self.ns
         pump = await server.nodes.objects.add_object(f"ns={ns};s=Pump", f"{ns}:Pump")
         self._nodes = {}
+        waiting = ua.StatusCode(ua.UInt32(StatusCodes.BadWaitingForInitialData))
         for key, name in MEASURED.items():
-            self._nodes[key] = await pump.add_variable(
+            node = await pump.add_variable(
                 node_id(name, ns), f"{ns}:{name}", 0.0, ua.VariantType.Double
             )
+            # until the plant serves a value (after a restart, up to one tick): no value yet
+            no_data = ua.DataValue(ua.Variant(0.0, ua.VariantType.Double), StatusCode=waiting)
+            await server.write_attribute_value(node.nodeid, no_data)
+            self._nodes[key] = node
         for key, (name, vtype, initial) in {**WRITABLE, **STATE}.items():
             node = await pump.add_variable(node_id(name, ns), f"{ns}:{name}", initial, vtype)
             if key in WRITABLE:

@@ -22,7 +22,7 @@ from typing import Any
 from edgefleet.sim import registers as regmap
 from edgefleet.sim.faults import write_labels
 from edgefleet.sim.modbus_server import ModbusSimServer
-from edgefleet.sim.opcua_server import OpcUaSimServer
+from edgefleet.sim.opcua_server import OpcUaSimServer, SimSecurity
 from edgefleet.sim.pump import TICK_S, Fault, PumpModel, PumpState, due, tank_level
 from edgefleet.sim.replay import Replay
 
@@ -57,6 +57,7 @@ class PlantSimulator:
         opcua_port: int = 0,
         replay: Replay | None = None,
         start_ns: int | None = None,
+        opcua_security: SimSecurity | None = None,
     ) -> None:
         self.model = PumpModel(seed, tuple(faults))
         self.state: PumpState = self.model.initial_state()
@@ -72,7 +73,9 @@ class PlantSimulator:
             else None
         )
         self.opcua = (
-            OpcUaSimServer(host, opcua_port or free_port(host), self.inject) if opcua else None
+            OpcUaSimServer(host, opcua_port or free_port(host), self.inject, opcua_security)
+            if opcua
+            else None
         )
         self._resumed = asyncio.Event()
         self._resumed.set()
