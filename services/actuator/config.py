@@ -60,10 +60,10 @@ class WriteSpec(StrictModel):
         return dict(self.model_extra or {})
 
 
-class ResetSpec(StrictModel):
+class Conditional(StrictModel):
+    """A spec with a `when:` condition, parsed once when the config is loaded."""
+
     when: str
-    for_samples: int = Field(1, ge=1)
-    value: Value
 
     _condition: Condition = PrivateAttr()
 
@@ -79,6 +79,11 @@ class ResetSpec(StrictModel):
     @property
     def condition(self) -> Condition:
         return self._condition
+
+
+class ResetSpec(Conditional):
+    for_samples: int = Field(1, ge=1)
+    value: Value
 
 
 class Bounds(StrictModel):
@@ -96,12 +101,11 @@ class Bounds(StrictModel):
         return None
 
 
-class ActionSpec(StrictModel):
+class ActionSpec(Conditional):
     """One rule: when `when` holds for `for_samples` results, write; when `reset.when` holds,
     write the reset value."""
 
     name: str | None = None  # defaults to action-{n}, n counting from 1 in file order
-    when: str
     for_samples: int = Field(1, ge=1)
     write: WriteSpec
     reset: ResetSpec | None = None
@@ -111,21 +115,6 @@ class ActionSpec(StrictModel):
     # Written when results stop or the actuator stops: a value, or `keep` to leave the output.
     # Omitted: the reset value if there is a reset, else `keep`.
     safe_value: Value | Literal["keep"] | None = None
-
-    _condition: Condition = PrivateAttr()
-
-    @field_validator("when")
-    @classmethod
-    def _parse(cls, value: str) -> str:
-        _condition(value)
-        return value
-
-    def model_post_init(self, _context: Any) -> None:
-        self._condition = _condition(self.when)
-
-    @property
-    def condition(self) -> Condition:
-        return self._condition
 
     @property
     def safe(self) -> Value | None:
