@@ -296,6 +296,12 @@ class Runtime:
             self.topics.status(self.instance), status, qos=1, retain=True, priority=True
         )
 
+    def announce_soon(self) -> None:
+        """Publish the status now rather than at the next interval (e.g. the model changed)."""
+        if self.mqtt.connected:
+            task = asyncio.get_running_loop().create_task(self._announce())
+            task.add_done_callback(_log_failure)
+
     async def status_loop(self) -> None:
         interval = self.config.timings.status_interval_s
         while True:
@@ -351,7 +357,7 @@ def _name(fn: Loop) -> str:
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.warning("error report could not be published: %s", task.exception())
+        log.warning("a background publish failed: %s", task.exception())
 
 
 def setup_logging(level: str = "INFO") -> None:

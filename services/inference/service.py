@@ -311,6 +311,7 @@ class Inference:
             "from": {"name": old.name, "version": old.version, "sha256": old.sha256},
             "to": {"name": new.name, "version": new.version, "sha256": new.sha256},
         }
+        self.rt.announce_soon()  # the actuator trusts results by the sha256 in this status
         log.info(
             "model swapped: %s (%s) -> %s (%s): %s",
             old.name,
