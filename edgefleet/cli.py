@@ -53,6 +53,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return int(run_demo(Path(args.workdir), port=args.port, duration=args.duration))
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    from edgefleet.record import main as record_main
+
+    setup_logging("WARNING")
+    return record_main(args.flow_file, args.out, args.broker, args.site, args.duration, args.labels)
+
+
 def cmd_sim(argv: list[str]) -> int:
     from edgefleet.sim.cli import main as sim_main
 
@@ -94,6 +101,15 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=0, help="broker port (default: a free one)")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.set_defaults(fn=cmd_demo)
+
+    rec = sub.add_parser("record", help="record a flow's aligned samples to CSV, for training")
+    rec.add_argument("flow_file", type=Path, help="the flow YAML file")
+    rec.add_argument("--out", required=True, type=Path, help="CSV file (.parquet with pyarrow)")
+    rec.add_argument("--broker", default="127.0.0.1:1883", help="site broker host:port")
+    rec.add_argument("--site", default="plant1", help="site id of the raw topics (plant1)")
+    rec.add_argument("--duration", type=float, help="stop after this many seconds")
+    rec.add_argument("--labels", type=Path, help="labels CSV (edgefleet sim --labels-out)")
+    rec.set_defaults(fn=cmd_record)
 
     sub.add_parser("sim", help="run the plant simulator (edgefleet sim --help)", add_help=False)
     sub.add_parser(
