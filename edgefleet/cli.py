@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgefleet.site.commands import add_commands as add_site_commands
 from services import SERVICES
 from shared.config import load_config
 from shared.errors import ConfigError, EdgefleetError
@@ -110,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
     rec.add_argument("--duration", type=float, help="stop after this many seconds")
     rec.add_argument("--labels", type=Path, help="labels CSV (edgefleet sim --labels-out)")
     rec.set_defaults(fn=cmd_record)
+
+    add_site_commands(sub)  # up, check, schema
 
     sub.add_parser("sim", help="run the plant simulator (edgefleet sim --help)", add_help=False)
     sub.add_parser(
