@@ -51,7 +51,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgefleet.demo import run_demo
 
-    return int(run_demo(Path(args.workdir), port=args.port, duration=args.duration))
+    return int(run_demo(Path(args.workdir), duration=args.duration, fast=args.fast))
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -97,9 +97,11 @@ def parser() -> argparse.ArgumentParser:
     tap.add_argument("--timeout", type=float, help="stop after this many seconds")
     tap.set_defaults(fn=cmd_tap)
 
-    demo = sub.add_parser("demo", help="start a local site and show its live traffic")
+    demo = sub.add_parser(
+        "demo", help="simulated pump, recording, training, the site, a fault detected live"
+    )
     demo.add_argument("--workdir", default="var/demo", help="where state and logs go")
-    demo.add_argument("--port", type=int, default=0, help="broker port (default: a free one)")
+    demo.add_argument("--fast", action="store_true", help="shorter phases; ends after the fault")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.set_defaults(fn=cmd_demo)
 
