@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 from edgefleet.site.load import check_site
 from edgefleet.site.model import SiteSpec, source_models
 from edgefleet.site.supervisor import StatusChange, run_site

@@ -50,7 +50,7 @@ from shared import codec
 from shared.errors import ConfigError
 from shared.mqtt import BrokerSettings, MqttConnection, Received
 from shared.retry import Backoff
-from shared.topics import Topics, parse
+from shared.topics import Kind, Topics, parse
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class InstanceState:
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mosquitto binds it
         try:
             s.bind((host, port))
         except OSError:
@@ -300,7 +301,7 @@ class SiteSupervisor:
             reconnect_max_s=2.0,
         )
         self._status = MqttConnection(settings, self._on_message)
-        await self._status.subscribe(self.topics.status("+"), qos=1)
+        await self._status.subscribe(self.topics.all_of(Kind.STATUS), qos=1)
         self._status_task = asyncio.create_task(self._status.run(), name="status_loop")
 
     async def _on_message(self, message: Received) -> None:
