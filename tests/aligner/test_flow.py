@@ -65,7 +65,7 @@ def test_other_sections_are_typed_and_unknown_top_keys_are_refused() -> None:
     )
     assert isinstance(spec, FlowSpec) and spec.model is not None and spec.model.ref == "pump-ae@3"
     assert spec.sinks[0].name == "sqlite"
-    with pytest.raises(ConfigError, match="sinks.0.sqlite.path"):
+    with pytest.raises(ConfigError, match=r"sinks\.0\.sqlite\.path"):
         parse_flow({**flow(), "sinks": [{"kind": "sqlite"}]})
     with pytest.raises(ConfigError, match="modle: unknown key"):
         parse_flow({**flow(), "modle": {}})
