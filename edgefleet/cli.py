@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgefleet.site.commands import add_commands as add_site_commands
 from services import SERVICES
 from shared.config import load_config
 from shared.errors import ConfigError, EdgefleetError
@@ -50,7 +51,14 @@ def cmd_tap(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgefleet.demo import run_demo
 
-    return int(run_demo(Path(args.workdir), port=args.port, duration=args.duration))
+    return int(run_demo(Path(args.workdir), duration=args.duration, fast=args.fast))
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from edgefleet.record import main as record_main
+
+    setup_logging("WARNING")
+    return record_main(args.flow_file, args.out, args.broker, args.site, args.duration, args.labels)
 
 
 def cmd_sim(argv: list[str]) -> int:
@@ -89,11 +97,24 @@ def parser() -> argparse.ArgumentParser:
     tap.add_argument("--timeout", type=float, help="stop after this many seconds")
     tap.set_defaults(fn=cmd_tap)
 
-    demo = sub.add_parser("demo", help="start a local site and show its live traffic")
+    demo = sub.add_parser(
+        "demo", help="simulated pump, recording, training, the site, a fault detected live"
+    )
     demo.add_argument("--workdir", default="var/demo", help="where state and logs go")
-    demo.add_argument("--port", type=int, default=0, help="broker port (default: a free one)")
+    demo.add_argument("--fast", action="store_true", help="shorter phases; ends after the fault")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.set_defaults(fn=cmd_demo)
+
+    rec = sub.add_parser("record", help="record a flow's aligned samples to CSV, for training")
+    rec.add_argument("flow_file", type=Path, help="the flow YAML file")
+    rec.add_argument("--out", required=True, type=Path, help="CSV file (.parquet with pyarrow)")
+    rec.add_argument("--broker", default="127.0.0.1:1883", help="site broker host:port")
+    rec.add_argument("--site", default="plant1", help="site id of the raw topics (plant1)")
+    rec.add_argument("--duration", type=float, help="stop after this many seconds")
+    rec.add_argument("--labels", type=Path, help="labels CSV (edgefleet sim --labels-out)")
+    rec.set_defaults(fn=cmd_record)
+
+    add_site_commands(sub)  # up, check, schema
 
     sub.add_parser("sim", help="run the plant simulator (edgefleet sim --help)", add_help=False)
     sub.add_parser(

@@ -1,19 +1,25 @@
 """The flow file: one use case's pipeline (DESIGN.md, "Flow definition").
 
-`AlignSpec` is complete (docs/aligner.md explains every key); `model`, `actions` and `sinks`
-are typed loosely until the services that own them settle their keys. Unknown keys are refused
-everywhere, so a typo fails at load time instead of silently doing nothing.
+`align` is explained key by key in docs/aligner.md. `model`, `actions` and `sinks` take the keys
+of the services that own them, from their own models, so a flow and an instance config can never
+disagree: `model` is the inference settings (`ModelSpec` plus `outputs`, `max_batch`, ...; the
+features and the window come from `align`), each action is the actuator's `ActionSpec`, each sink
+the forwarder's `Sink`. Unknown keys are refused everywhere, so a typo fails at load time instead
+of silently doing nothing. `load_flow` makes relative paths start at the flow file's folder.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from shared.config import read_yaml, validate
+from services.actuator.config import ActionSpec
+from services.forwarder.config import FileSink, HttpSink, MqttSink, SqliteSink
+from services.inference.settings import InferenceSettings, ModelSpec
+from shared.config import _resolve_paths, read_yaml, validate
 from shared.errors import TopicError
 from shared.topics import validate_id
 
@@ -136,25 +142,110 @@ class AlignSpec(BaseModel):
         return [self.default or 0.0] * len(self.features)
 
 
+# Inference settings a flow does not write under `model`: they come from the flow itself.
+FROM_FLOW = ("flow", "model", "features", "window")
+
+if TYPE_CHECKING:
+    FlowModel = ModelSpec
+else:
+    FlowModel = create_model(
+        "FlowModel",
+        __base__=ModelSpec,
+        __doc__="The model and how inference serves it: `path` (relative to the flow file) or "
+        "`ref` (`name@version` from the library), plus the inference settings.",
+        **{
+            name: (field.annotation, field)
+            for name, field in InferenceSettings.model_fields.items()
+            if name not in FROM_FLOW
+        },
+    )
+
+
+def _sink_name(data: Any) -> Any:
+    """A sink's name defaults to its kind (names must be unique within the site's forwarder)."""
+    if isinstance(data, dict) and "name" not in data and isinstance(data.get("kind"), str):
+        return {**data, "name": data["kind"]}
+    return data
+
+
+class _Named:
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        return _sink_name(data)
+
+
+class FlowMqttSink(_Named, MqttSink):
+    pass
+
+
+class FlowHttpSink(_Named, HttpSink):
+    pass
+
+
+class FlowSqliteSink(_Named, SqliteSink):
+    pass
+
+
+class FlowFileSink(_Named, FileSink):
+    pass
+
+
+FlowSink = Annotated[
+    FlowMqttSink | FlowHttpSink | FlowSqliteSink | FlowFileSink, Field(discriminator="kind")
+]
+
+
 class FlowSpec(BaseModel):
-    """A flow file. Only `align` is typed in full so far."""
+    """A flow file: its name, how samples are aligned, the model, the actions and the sinks."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: str = Field(description="the flow id: topics samples/{name}, results/{name}")
     description: str | None = None
     align: AlignSpec
-    model: dict[str, Any] | None = None
-    actions: list[dict[str, Any]] = Field(default_factory=list)
-    sinks: list[dict[str, Any]] = Field(default_factory=list)
+    model: FlowModel | None = Field(
+        default=None, description="the model to run; without it the flow only aligns"
+    )
+    actions: list[ActionSpec] = Field(
+        default_factory=list, description="writes back to machines (docs/actuator.md)"
+    )
+    sinks: list[FlowSink] = Field(
+        default_factory=list, description="where results go (docs/forwarder.md)"
+    )
 
-    @model_validator(mode="after")
-    def _name_is_id(self) -> FlowSpec:
+    @field_validator("name")
+    @classmethod
+    def _name_is_id(cls, value: str) -> str:
         try:
-            validate_id(self.name, "flow name")
+            return validate_id(value, "flow name")
         except TopicError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FlowSpec:
+        for what, names in (
+            ("action", [a.name for a in self.actions if a.name is not None]),
+            ("sink", [s.name for s in self.sinks]),
+        ):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what} names must be unique in a flow: {dup}")
         return self
+
+    def inference_settings(self) -> dict[str, Any]:
+        """The inference keys of this flow (`InferenceSettings`), as a plain dict."""
+        if self.model is None:
+            return {}
+        data = self.model.model_dump(mode="json", exclude_unset=True)
+        spec = {k: data.pop(k) for k in ModelSpec.model_fields if k in data}
+        return {
+            "flow": self.name,
+            "model": spec,
+            "features": self.align.labels,
+            "window": self.align.window,
+            **data,
+        }
 
 
 def parse_flow(data: Any, origin: str = "<flow>") -> FlowSpec:
@@ -163,7 +254,11 @@ def parse_flow(data: Any, origin: str = "<flow>") -> FlowSpec:
 
 
 def load_flow(path: str | Path) -> FlowSpec:
-    """Read and validate a flow YAML file; errors name the file, the line and the key."""
+    """Read and validate a flow YAML file; errors name the file, the line and the key.
+
+    Relative paths in it (model, scripts, sink files) are made to start at the file's folder."""
     p = Path(path)
     data, lines = read_yaml(p)
-    return validate(FlowSpec, data, str(p), lines)
+    flow = validate(FlowSpec, data, str(p), lines)
+    _resolve_paths(flow, p.resolve().parent)
+    return flow

@@ -59,9 +59,14 @@ def test_refused_with_the_key_named(change: dict[str, Any], message: str) -> Non
     assert message in str(err.value) and str(err.value).startswith("pump.yaml")
 
 
-def test_other_sections_are_loose_for_now_but_unknown_top_keys_are_refused() -> None:
-    spec = parse_flow({**flow(), "model": {"ref": "pump-ae@3"}, "sinks": [{"kind": "sqlite"}]})
-    assert isinstance(spec, FlowSpec) and spec.model == {"ref": "pump-ae@3"}
+def test_other_sections_are_typed_and_unknown_top_keys_are_refused() -> None:
+    spec = parse_flow(
+        {**flow(), "model": {"ref": "pump-ae@3"}, "sinks": [{"kind": "sqlite", "path": "h.db"}]}
+    )
+    assert isinstance(spec, FlowSpec) and spec.model is not None and spec.model.ref == "pump-ae@3"
+    assert spec.sinks[0].name == "sqlite"
+    with pytest.raises(ConfigError, match=r"sinks\.0\.sqlite\.path"):
+        parse_flow({**flow(), "sinks": [{"kind": "sqlite"}]})
     with pytest.raises(ConfigError, match="modle: unknown key"):
         parse_flow({**flow(), "modle": {}})
     with pytest.raises(ConfigError, match="flow name"):

@@ -1,0 +1,359 @@
+"""Run a whole site as processes: `edgefleet up site.yaml`, and the Python API behind it.
+
+    stop = asyncio.Event()
+    await run_site(Path("site.yaml"), Path("var/site"), stop, on_status=print)
+
+or, to watch and act on the instances while they run:
+
+    async with SiteSupervisor(load_site(Path("site.yaml")), Path("var/site")) as sup:
+        await sup.wait_online(timeout=30)
+        print(sup.instances["modbus-plc1"].pid, sup.broker_port)
+        ...                                   # leaving the block stops everything
+
+What it does:
+- writes each instance's config to `{workdir}/config/{instance}.yaml` and starts it as
+  `python -m edgefleet.cli run SERVICE --config FILE` in a session of its own (a Ctrl-C in the
+  terminal reaches the supervisor only, which then stops the instances in order); output goes
+  to `{workdir}/logs/{instance}.log`;
+- with `broker.start_local: true` starts a mosquitto first (persistence in `{workdir}/broker`)
+  and stops it last;
+- restarts an instance that exits, after a capped exponential delay (`supervisor:` in
+  site.yaml) that is reset once the instance has stayed up `stable_after_s`;
+- follows `ef/{site}/status/+` and reports every change of an instance's state to `on_status`:
+  the services' own states (`online`, `stopped`, `offline`) and the supervisor's (`starting`,
+  `exited`, `restarting`, `killed`, `terminated`);
+- `stop()`: SIGTERM to the actuators first (they take their safe state through the adapters),
+  then to the others; SIGKILL to any still running after `stop_timeout_s`; then the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+
+from edgefleet.broker import LocalBroker
+from edgefleet.site.derive import Instance
+from edgefleet.site.load import LoadedSite, load_site
+from shared import codec
+from shared.errors import ConfigError
+from shared.mqtt import BrokerSettings, MqttConnection, Received
+from shared.retry import Backoff
+from shared.topics import Kind, Topics, parse
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]  # the folder holding `edgefleet`, `services`, `shared`
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """One change of an instance's state, as `on_status` receives it."""
+
+    instance: str
+    state: str  # starting | online | stopped | offline | exited | restarting | killed | terminated
+    detail: str = ""  # e.g. "pid 1234", "exit code 1, restart 2 in 0.8 s"
+    t: float = field(default_factory=time.time)  # wall clock, seconds
+
+    def line(self) -> str:
+        """One readable line: `12:00:01  modbus-plc1          online      pid 1234`."""
+        clock = time.strftime("%H:%M:%S", time.localtime(self.t))
+        return f"{clock}  {self.instance:<28} {self.state:<11} {self.detail}".rstrip()
+
+
+StatusCallback = Callable[[StatusChange], None]
+
+
+@dataclass
+class InstanceState:
+    """What the supervisor knows of one instance."""
+
+    name: str
+    service: str
+    config_file: Path
+    log_file: Path
+    pid: int | None = None  # of the running process, None between runs
+    restarts: int = 0  # how many times it was started again after exiting
+    state: str = "new"  # the last state reported (see StatusChange.state)
+    exit_codes: list[int] = field(default_factory=list)  # of every run that ended
+    started: float = 0.0  # time.time() of the current run's start
+    process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+
+    @property
+    def online(self) -> bool:
+        return self.state == "online"
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mosquitto binds it
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class SiteSupervisor:
+    """Starts, watches, restarts and stops every instance of one site.
+
+    `site`: a `LoadedSite` (from `load_site`) or the path of a site.yaml. `broker_port`
+    overrides the port of site.yaml (e.g. a free one, for a local broker). `on_status` is
+    called, in the event loop, for every state change; it must not block.
+    """
+
+    def __init__(
+        self,
+        site: LoadedSite | Path,
+        workdir: Path,
+        *,
+        on_status: StatusCallback | None = None,
+        broker_port: int | None = None,
+    ) -> None:
+        self.site = site if isinstance(site, LoadedSite) else load_site(Path(site))
+        self.workdir = Path(workdir).resolve()
+        self.on_status = on_status
+        spec = self.site.spec
+        if broker_port is not None:
+            broker = spec.broker.model_copy(update={"port": broker_port})
+            self.site.spec = spec = spec.model_copy(update={"broker": broker})
+        self.settings = spec.supervisor
+        self.topics = Topics(spec.site, spec.prefix)
+        self.specs: dict[str, Instance] = self.site.instances()
+        self.instances: dict[str, InstanceState] = {
+            name: InstanceState(
+                name,
+                inst.service,
+                self.workdir / "config" / f"{name}.yaml",
+                self.workdir / "logs" / f"{name}.log",
+            )
+            for name, inst in self.specs.items()
+        }
+        self.broker: LocalBroker | None = None
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._status: MqttConnection | None = None
+        self._changed = asyncio.Condition()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def broker_host(self) -> str:
+        return self.site.spec.broker.host
+
+    @property
+    def broker_port(self) -> int:
+        return self.site.spec.broker.port
+
+    async def start(self) -> None:
+        """Write the configs, start the local broker if asked, then every instance."""
+        self.write_configs()
+        spec = self.site.spec
+        if spec.broker.start_local:
+            if not _port_free("127.0.0.1", spec.broker.port):
+                raise ConfigError(
+                    f"broker.port: {spec.broker.port} is in use; start_local needs a free port"
+                )
+            self.broker = LocalBroker(self.workdir / "broker", port=spec.broker.port)
+            await asyncio.to_thread(self.broker.start)
+            self._emit("broker", "online", f"mosquitto on 127.0.0.1:{spec.broker.port}")
+        await self._watch_status()
+        for state in self.instances.values():
+            self._tasks.append(asyncio.create_task(self._keep_running(state), name=state.name))
+
+    async def stop(self) -> None:
+        """Stop every instance (actuators first), then the status watcher and the broker."""
+        if self._stopping:
+            return
+        self._stopping = True
+        first = [s for s in self.instances.values() if s.service == "actuator"]
+        rest = [s for s in self.instances.values() if s.service != "actuator"]
+        for tier in (first, rest):
+            await asyncio.gather(*(self._terminate(s) for s in tier))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._status_task is not None:
+            self._status_task.cancel()
+            await asyncio.gather(self._status_task, return_exceptions=True)
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+            self._emit("broker", "stopped")
+            self.broker = None
+
+    async def wait_online(self, timeout: float = 30.0, names: list[str] | None = None) -> None:
+        """Wait until every instance (or those named) last reported `online`."""
+        wanted = names or list(self.instances)
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: all(self.instances[n].online for n in wanted))
+
+    async def wait_state(self, name: str, state: str, timeout: float = 30.0) -> None:
+        """Wait until instance `name` reports `state` (e.g. `online` again after a restart)."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.instances[name].state == state)
+
+    def write_configs(self) -> None:
+        """Write every instance's config YAML into `{workdir}/config/`."""
+        for name, inst in self.specs.items():
+            path = self.instances[name].config_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(inst.config, sort_keys=False))
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ processes
+
+    def _command(self, state: InstanceState) -> list[str]:
+        return [sys.executable, "-m", "edgefleet.cli", "run", state.service, "--config",
+                str(state.config_file)]  # fmt: skip
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        paths = [str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    async def _spawn(self, state: InstanceState) -> asyncio.subprocess.Process:
+        state.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with state.log_file.open("ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(state),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self._env(),
+                start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order
+            )
+        state.process, state.pid, state.started = process, process.pid, time.time()
+        return process
+
+    async def _keep_running(self, state: InstanceState) -> None:
+        s = self.settings
+        backoff = Backoff(s.restart_initial_s, s.restart_max_s)
+        while not self._stopping:
+            process = await self._spawn(state)
+            self._set(state, "starting", f"pid {process.pid}")
+            code = await process.wait()
+            state.pid, state.process = None, None
+            state.exit_codes.append(code)
+            if self._stopping:
+                return
+            if time.time() - state.started >= s.stable_after_s:
+                backoff.reset()
+            delay = backoff.next_delay()
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            self._set(state, "exited", f"{how}; restart {state.restarts + 1} in {delay:.1f} s")
+            await asyncio.sleep(delay)
+            state.restarts += 1
+            self._set(state, "restarting", f"restart {state.restarts}")
+
+    async def _terminate(self, state: InstanceState) -> None:
+        process = state.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self.settings.stop_timeout_s)
+            self._set(state, "terminated", f"exit code {process.returncode}")
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            self._set(state, "killed", f"no exit {self.settings.stop_timeout_s:g} s after SIGTERM")
+
+    # ------------------------------------------------------------------ status
+
+    _status_task: asyncio.Task[None] | None = None
+
+    async def _watch_status(self) -> None:
+        b = self.site.spec.broker
+        settings = BrokerSettings(
+            host=b.host,
+            port=b.port,
+            client_id=f"{self.site.spec.site}-up-{os.getpid()}",
+            username=b.username,
+            password=b.password(),
+            tls=b.tls_context(),
+            reconnect_initial_s=0.1,
+            reconnect_max_s=2.0,
+        )
+        self._status = MqttConnection(settings, self._on_message)
+        await self._status.subscribe(self.topics.all_of(Kind.STATUS), qos=1)
+        self._status_task = asyncio.create_task(self._status.run(), name="status_loop")
+
+    async def _on_message(self, message: Received) -> None:
+        try:
+            name = parse(message.topic).name
+            body: dict[str, Any] = codec.decode(message.payload, message.content_type)
+        except Exception:  # a foreign message on our status topic: not ours to judge
+            return
+        state = self.instances.get(name or "")
+        if state is None or not isinstance(body, dict) or state.pid is None:
+            return
+        t_ns = body.get("t") or 0
+        if t_ns and t_ns / 1e9 < state.started - 1.0:
+            return  # retained from an earlier run
+        new = str(body.get("state", "?"))
+        if new != state.state:
+            self._set(state, new, f"pid {state.pid}")
+
+    def _set(self, state: InstanceState, new: str, detail: str = "") -> None:
+        state.state = new
+        self._emit(state.name, new, detail)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _emit(self, name: str, new: str, detail: str = "") -> None:
+        change = StatusChange(name, new, detail)
+        log.info("%s", change.line())
+        if self.on_status is not None:
+            try:
+                self.on_status(change)
+            except Exception:
+                log.exception("on_status failed for %s", name)
+
+
+async def run_site(
+    site_path: Path,
+    workdir: Path,
+    stop: asyncio.Event,
+    on_status: StatusCallback | None = None,
+    *,
+    broker_port: int | None = None,
+) -> SiteSupervisor:
+    """Run the site of `site_path` until `stop` is set, then stop everything it started.
+
+    Returns the (stopped) supervisor, whose `instances` tell what ran. Raises `ConfigError`
+    (every error of site.yaml and its flows) before anything starts."""
+    supervisor = SiteSupervisor(
+        load_site(site_path), workdir, on_status=on_status, broker_port=broker_port
+    )
+    async with supervisor:
+        await stop.wait()
+    return supervisor
