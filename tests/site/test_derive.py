@@ -106,6 +106,7 @@ def test_example_site_is_valid() -> None:
     instances = load_site(root / "site.yaml").instances()
     assert set(instances) == {
         "modbus-plc1",
+        "opcua-opc1",
         "aligner-pump-anomaly",
         "inference-pump-anomaly",
         "actuator-pump-anomaly",
