@@ -8,17 +8,21 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgefleet.site.load import check_site
-from edgefleet.site.model import SiteSpec, source_models
-from edgefleet.site.supervisor import StatusChange, run_site
-from shared.flow import FlowSpec
+if TYPE_CHECKING:
+    from edgefleet.site.supervisor import StatusChange
+
+# The site modules import every service's config model; they are imported inside the commands
+# so that `edgefleet run` (every service process) does not pay for them at start.
 
 SCHEMA_BASE = "https://edgefleet.dev/schema"
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from edgefleet.site.load import check_site
+    from edgefleet.site.supervisor import run_site
+
     errors = check_site(Path(args.site))
     if errors:
         print("\n".join(errors), file=sys.stderr)
@@ -43,6 +47,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from edgefleet.site.load import check_site
+
     errors = check_site(Path(args.site))
     if errors:
         print("\n".join(errors), file=sys.stderr)
@@ -53,6 +59,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def site_schema() -> dict[str, Any]:
+    from edgefleet.site.model import SiteSpec, source_models
+
     """The JSON Schema of site.yaml; each source kind lists its adapter's keys."""
     schema = SiteSpec.model_json_schema()
     defs = schema.setdefault("$defs", {})
@@ -70,6 +78,8 @@ def site_schema() -> dict[str, Any]:
 
 
 def flow_schema() -> dict[str, Any]:
+    from shared.flow import FlowSpec
+
     schema = FlowSpec.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"{SCHEMA_BASE}/flow.schema.json"
