@@ -225,6 +225,8 @@ class Demo:
         self.live = Live()
         self.lamp_on_at: float | None = None
         self.lamp_off_at: float | None = None
+        self.lamp_off_by_safe_state = False  # the lamp went off because the site was stopping
+        self.stopping_site = False
         self.fault_at: float | None = None
         self.fault_ns: tuple[int, int] | None = None
         self.site_up_at: float | None = None
@@ -275,6 +277,7 @@ class Demo:
             self.lamp_on_at = self.elapsed()
         if not lamp and self.lamp_on_at is not None and self.lamp_off_at is None:
             self.lamp_off_at = self.elapsed()
+            self.lamp_off_by_safe_state = self.stopping_site
 
     def _status(self, change: StatusChange) -> None:
         routine = change.state == "terminated" and change.detail.endswith("exit code 0")
@@ -328,6 +331,7 @@ class Demo:
                 f"site online (logs in {self.workdir / 'site' / 'logs'}); live view, Ctrl-C stops"
             )
             await self._live(sim)
+            self.stopping_site = True  # from here, a lamp going off is the actuator's safe state
         self.say("site stopped")
 
     async def _live(self, sim: PlantSimulator) -> None:
@@ -408,7 +412,12 @@ class Demo:
                 f"{self.lamp_on_at:.0f} s after the demo started"
             )
             if self.lamp_off_at is not None:
-                lines.append(f"alarm lamp reset at {self.lamp_off_at:.0f} s")
+                why = (
+                    "by the actuator's safe state as the site stopped"
+                    if self.lamp_off_by_safe_state
+                    else "after the fault"
+                )
+                lines.append(f"alarm lamp reset {why}, at {self.lamp_off_at:.0f} s")
         elif self.fault_at is not None:
             lines.append("the alarm lamp was not set")
         acted = sum(1 for e in self.live.events if e.get("decision") == "acted")

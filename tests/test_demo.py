@@ -35,7 +35,7 @@ def test_demo_detects_the_fault_lights_the_lamp_and_stops_cleanly(tmp_path: Path
     assert median_before < threshold < median_during, text
     # The lamp is the simulator's own coil state, set by the actuator through the Modbus adapter.
     assert re.search(r"alarm lamp set \d+\.\d s after the fault began", text), text
-    assert "alarm lamp reset at" in text, text
+    assert "alarm lamp reset after the fault" in text, text
     assert "nothing left running" in text
 
     with sqlite3.connect(tmp_path / "history.db") as db:

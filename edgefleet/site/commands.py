@@ -59,9 +59,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def site_schema() -> dict[str, Any]:
+    """The JSON Schema of site.yaml; each source kind lists its adapter's keys."""
     from edgefleet.site.model import SiteSpec, source_models
 
-    """The JSON Schema of site.yaml; each source kind lists its adapter's keys."""
     schema = SiteSpec.model_json_schema()
     defs = schema.setdefault("$defs", {})
     variants = []
@@ -72,6 +72,9 @@ def site_schema() -> dict[str, Any]:
         variants.append({"$ref": f"#/$defs/{model.__name__}"})
     schema["properties"]["sources"]["items"] = {"oneOf": variants} if variants else {}
     defs.pop("SourceSpec", None)
+    mqtt_input = defs.get("Input", {})
+    if "source" in mqtt_input.get("required", []):  # in a site, it defaults to the source's name
+        mqtt_input["required"].remove("source")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"{SCHEMA_BASE}/site.schema.json"
     return schema
