@@ -154,7 +154,9 @@ def open_model(blob: ModelBlob, intra_op_threads: int = 1) -> LoadedModel:
         ) from None
     meta = session.get_modelmeta()
     props: dict[str, str] = dict(meta.custom_metadata_map)
-    version = blob.version or str(meta.version)
+    # onnxruntime reports an unset model_version as 0 or as INT64_MAX: name it by content then
+    unset = meta.version <= 0 or meta.version == 2**63 - 1
+    version = blob.version or (f"sha-{sha[:12]}" if unset else str(meta.version))
     model = LoadedModel(
         session=session,
         ref=ModelRef(blob.name, version, sha),
