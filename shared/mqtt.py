@@ -36,6 +36,7 @@ from shared.retry import Backoff
 log = logging.getLogger(__name__)
 
 NO_MATCHING_SUBSCRIBERS = 0x10
+DISCONNECT_TIMEOUT_S = 2.0
 _BAD_CREDENTIALS = {0x86, 0x87, 4, 5}  # v5 bad user name or password / not authorized; v3 codes
 
 
@@ -355,7 +356,8 @@ class MqttConnection:
 
     async def _serve_once(self) -> None:
         client = self._new_client()
-        async with client:
+        await client.__aenter__()
+        try:
             self._client = client
             self.stats.connects += 1
             if self.stats.connects > 1:
@@ -371,8 +373,18 @@ class MqttConnection:
             log.info("MQTT connected to %s:%s", self.settings.host, self.settings.port)
             async for message in client.messages:
                 await self._dispatch(message, connection)
-        self._ready.clear()
-        self._client = None
+        finally:
+            self._ready.clear()
+            self._client = None
+            await self._disconnect(client)
+
+    async def _disconnect(self, client: aiomqtt.Client) -> None:
+        """Say goodbye to the broker, but never wait for ever: aiomqtt waits for the
+        disconnection without a timeout, and a shutdown must not hang on a silent peer."""
+        try:
+            await asyncio.wait_for(client.__aexit__(None, None, None), DISCONNECT_TIMEOUT_S)
+        except (TimeoutError, aiomqtt.MqttError, OSError) as exc:
+            log.debug("MQTT disconnect from %s:%s: %s", self.settings.host, self.settings.port, exc)
 
     async def _subscribe(self, client: aiomqtt.Client, topic_filter: str, qos: int) -> None:
         codes = await client.subscribe(topic_filter, qos)

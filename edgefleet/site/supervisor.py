@@ -281,7 +281,8 @@ class SiteSupervisor:
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
-            await process.wait()
+            with contextlib.suppress(TimeoutError):  # SIGKILL cannot be refused: do not hang
+                await asyncio.wait_for(process.wait(), self.settings.stop_timeout_s)
             self._set(state, "killed", f"no exit {self.settings.stop_timeout_s:g} s after SIGTERM")
 
     # ------------------------------------------------------------------ status
