@@ -139,8 +139,9 @@ class Session:
         self.health.sessions += 1
         namespaces = await client.get_namespace_array()
         await self._create_subscription(client)
-        self._resolve(namespaces)
+        unresolved = self._resolve(namespaces)
         await self._monitor(client, [i for i in range(len(self.signals)) if i in self.node_ids])
+        await self._report_failed(unresolved)
         now = time.monotonic()
         self._last_publish = self._last_data = now
         self.health.connected = True
@@ -155,13 +156,17 @@ class Session:
             len(self.signals),
         )
 
-    def _resolve(self, namespaces: list[str]) -> None:
+    def _resolve(self, namespaces: list[str]) -> list[int]:
+        """Parse every signal's node id; return those newly refused."""
         self.node_ids = {}
+        failed = []
         for i, s in enumerate(self.config.signals):
             try:
                 self.node_ids[i] = resolve_node(s.node, namespaces)
             except (ValueError, UaError) as exc:
-                self._fail(i, f"BadNodeIdInvalid: {exc}")
+                if self._fail(i, f"BadNodeIdInvalid: {exc}"):
+                    failed.append(i)
+        return failed
 
     async def _create_subscription(self, client: Client) -> None:
         params = ua.CreateSubscriptionParameters()
@@ -209,29 +214,36 @@ class Session:
         params.ItemsToCreate = requests
         params.TimestampsToReturn = ua.TimestampsToReturn.Both
         results = await client.uaclient.create_monitored_items(params)
-        failed = []
+        failed = []  # newly refused, or refused for another reason than last time
         for i, result in zip(indexes, results, strict=True):
             if result.StatusCode.is_good():
                 self._subscribed.add(i)
                 self._failed.discard(i)
                 self.health.failed_nodes.pop(self.signals[i], None)
-            else:
+            elif self._fail(i, result.StatusCode.name):
                 failed.append(i)
-                self._fail(i, result.StatusCode.name)
-        if failed:
-            names = ", ".join(
-                f"{self.signals[i]} ({self.health.failed_nodes[self.signals[i]]})" for i in failed
-            )
-            await self.report(
-                f"node ids refused by {self.config.endpoint}, retried every "
-                f"{self.w.retry_nodes_s:g} s: {names}"
-            )
-            await self._emit(self.gatherer.bad(failed, now_ns()))
+        await self._report_failed(failed)
 
-    def _fail(self, i: int, why: str) -> None:
+    async def _report_failed(self, indexes: list[int]) -> None:
+        """Report refused signals on the errors topic and give each a bad reading."""
+        if not indexes:
+            return
+        names = ", ".join(
+            f"{self.signals[i]} ({self.health.failed_nodes[self.signals[i]]})" for i in indexes
+        )
+        await self.report(
+            f"node ids refused by {self.config.endpoint}, retried every "
+            f"{self.w.retry_nodes_s:g} s: {names}"
+        )
+        await self._emit(self.gatherer.bad(indexes, now_ns()))
+
+    def _fail(self, i: int, why: str) -> bool:
+        """Mark signal `i` refused; True if it was not refused, or for another reason."""
         self._failed.add(i)
         self._subscribed.discard(i)
+        new = self.health.failed_nodes.get(self.signals[i]) != why
         self.health.failed_nodes[self.signals[i]] = why
+        return new
 
     # ------------------------------------------------------------------ watching
 
@@ -287,7 +299,10 @@ class Session:
             elif isinstance(notification, ua.StatusChangeNotification):
                 status = notification.Status
                 if status is not None and not status.is_good():
-                    self.health.last_reason = f"subscription status {status.name}"
+                    # asyncua also sends BadShutdown to its subscriptions after it found the
+                    # connection lost: keep the reason the lost-connection callback gave
+                    if not self._lost.is_set():
+                        self.health.last_reason = f"subscription status {status.name}"
                     self._lost.set()
 
     async def _emit(self, batch: ReadingBatch | None) -> None:

@@ -93,6 +93,44 @@ async def test_sign_and_encrypt_with_user_and_trusted_certificates(
                 assert status["health"]["opcua"]["security"] == f"{policy}/{mode}"
 
 
+async def test_aes256_sha256_rsa_pss_sign_and_encrypt(
+    base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
+) -> None:
+    """The server offers only Aes256Sha256RsaPss with SignAndEncrypt: data flows through it."""
+    topics = Topics(site)
+    await probe.subscribe(topics.everything())
+    server_cert, server_key = await server_pair(tmp_path / "server")
+    own = tmp_path / "adapter"
+    sec = security(own, server_cert, "Aes256Sha256RsaPss", "SignAndEncrypt")
+    await ensure_certificate(SecurityConfig.model_validate(sec))
+    sim_security = SimSecurity(
+        server_cert,
+        server_key,
+        policies=["Aes256Sha256RsaPss_SignAndEncrypt"],
+        trusted_clients=[own / "cert.der"],
+    )
+    async with PlantSimulator(seed=8, modbus=False, opcua_security=sim_security) as sim:
+        cfg = make_config(
+            {**base_config, "site": site},
+            sim.opcua_endpoint or "",
+            SIGNALS,
+            instance="opcua-pss",
+            source="pss",
+            security=sec,
+        )
+        async with running(main(cfg)):
+            await probe.wait_for(topics.raw("pss"), lambda b: b["q"][0] == 0, count=3)
+            status = (
+                await probe.wait_for(
+                    topics.status("opcua-pss"), lambda s: s["health"]["opcua"]["connected"]
+                )
+            )[-1]
+    opcua = status["health"]["opcua"]
+    assert opcua["security"] == "Aes256Sha256RsaPss/SignAndEncrypt"
+    assert opcua["sessions"] == 1 and opcua["state"] == "connected"
+    assert probe.received(topics.errors("opcua-pss")) == []
+
+
 async def test_untrusted_certificates_are_refused_and_reported(
     base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
 ) -> None:

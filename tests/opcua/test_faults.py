@@ -1,0 +1,229 @@
+"""Fault paths of the adapter's session: a server that answers nothing on an open connection, and
+a node id the server refuses at first and offers later."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from asyncua import ua
+
+from edgefleet.sim.opcua_server import node_id
+from edgefleet.sim.plant import PlantSimulator
+from services.opcua.service import main
+from shared.messages import Quality
+from shared.topics import Topics
+from tests.helpers import Probe, running
+from tests.opcua.conftest import Served, make_config
+from tests.opcua.test_adapter import SIGNALS, check_good_were_served, readings
+
+DEAD = ("no publish or keep-alive", "connection lost", "transport")
+
+
+class FreezableProxy:
+    """A TCP proxy on loopback. `freeze()` stops forwarding in both directions (bytes and closes
+    are held, every socket stays open), as a hung server process would; `thaw()` lets them on."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> FreezableProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.append(up_writer)
+        for r, w in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pump(r, w))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                data = await reader.read(65536)
+                await self.flowing.wait()  # frozen: hold the bytes, or the close
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+
+async def test_server_that_answers_nothing_is_noticed_and_the_session_rebuilt(
+    base_config: dict[str, Any], probe: Probe, site: str
+) -> None:
+    topics = Topics(site)
+    raw = topics.raw("opc1")
+    await probe.subscribe(topics.everything())
+    async with PlantSimulator(seed=9, modbus=False) as sim:
+        served = Served(sim)
+        served.note_now(sim)  # before the first tick: what start() served
+        async with FreezableProxy(sim.host, sim.opcua_port or 0) as proxy:
+            endpoint = f"opc.tcp://127.0.0.1:{proxy.port}/edgefleet/sim"
+            cfg = make_config({**base_config, "site": site}, endpoint, SIGNALS)
+            async with running(main(cfg)):
+                await probe.wait_for(raw, lambda b: bool((b["q"] == 0).any()), count=3, timeout=15)
+                proxy.freeze()
+                [err] = await probe.wait_for(
+                    topics.errors("opcua-sim"), lambda e: any(d in e["reason"] for d in DEAD)
+                )
+                await probe.wait_for(raw, lambda b: bool((b["q"] == 2).all()))
+                await probe.wait_for(
+                    topics.status("opcua-sim"),
+                    lambda s: (
+                        not s["health"]["opcua"]["connected"]
+                        and s["health"]["opcua"]["state"] == "reconnecting"
+                    ),
+                )
+                # still frozen: rebuilds are tried (new connections) and nothing good comes
+                tries = proxy.connections
+                await probe.wait_for(
+                    topics.status("opcua-sim"),
+                    lambda s: proxy.connections > tries + 1,
+                    timeout=20,
+                )
+                n_before_thaw = len(probe.received(raw))
+                proxy.thaw()
+                thawed_ns = time.time_ns()
+                await probe.wait_for(
+                    raw,
+                    lambda b: bool(((b["q"] == 0) & (b["t"] > thawed_ns - 1e9)).any()),
+                    timeout=15,
+                )
+                status = (
+                    await probe.wait_for(
+                        topics.status("opcua-sim"),
+                        lambda s: (
+                            s["health"]["opcua"]["connected"]
+                            and s["health"]["opcua"]["sessions"] >= 2
+                        ),
+                    )
+                )[-1]
+    print(f"noticed as: {err['reason']}; connections through the proxy: {proxy.connections}")
+    batches = probe.decoded(raw)
+    # between the bad marker and the thaw nothing good was reported
+    first_bad = next(i for i, b in enumerate(batches) if bool((b["q"] == 2).all()))
+    assert all(not (b["q"] == 0).any() for b in batches[first_bad:n_before_thaw])
+    rows = readings(batches)
+    assert check_good_were_served(rows, served) >= 10
+    opcua = status["health"]["opcua"]
+    assert opcua["state"] == "connected" and opcua["failed_nodes"] == {}
+
+
+async def test_node_that_appears_later_is_subscribed_by_the_retry(
+    base_config: dict[str, Any], probe: Probe, site: str
+) -> None:
+    topics = Topics(site)
+    raw = topics.raw("opc1")
+    await probe.subscribe(topics.everything())
+    signals = [
+        *SIGNALS[:2],
+        {"name": "late", "node": node_id("Late")},
+        {"name": "elsewhere", "node": "nsu=urn:edgefleet:nowhere;s=Pump.Flow"},
+    ]
+    async with PlantSimulator(seed=10, modbus=False) as sim:
+        assert sim.opcua is not None
+        served = Served(sim)
+        served.note_now(sim)
+        cfg = make_config({**base_config, "site": site}, sim.opcua_endpoint or "", signals)
+        async with running(main(cfg)):
+            [err] = await probe.wait_for(
+                topics.errors("opcua-sim"), lambda e: "late" in e["reason"]
+            )
+            assert "late (BadNodeIdUnknown)" in err["reason"]
+            [err] = await probe.wait_for(
+                topics.errors("opcua-sim"), lambda e: "elsewhere" in e["reason"]
+            )
+            assert "elsewhere (BadNodeIdInvalid" in err["reason"]
+            await probe.wait_for(
+                raw, lambda b: bool(((b["sig"] == 0) & (b["q"] == 0)).any()), count=3
+            )
+            await probe.wait_for(
+                topics.status("opcua-sim"),
+                lambda s: "late" in s["health"]["opcua"]["failed_nodes"],
+            )
+            await asyncio.sleep(2.0)  # several retries (retry_nodes_s 0.5) of the missing node
+            # the node is created on the running server, with a value of a known source time
+            server = sim.opcua._server
+            assert server is not None
+            pump = server.get_node(f"ns={sim.opcua.ns};s=Pump")
+            node = await pump.add_variable(
+                node_id("Late", sim.opcua.ns), f"{sim.opcua.ns}:Late", 0.0, ua.VariantType.Double
+            )
+            source_ns = time.time_ns() // 1000 * 1000
+            await server.write_attribute_value(
+                node.nodeid,
+                ua.DataValue(
+                    ua.Variant(42.5, ua.VariantType.Double),
+                    SourceTimestamp=datetime.fromtimestamp(source_ns / 1e9, tz=UTC),
+                ),
+            )
+            await probe.wait_for(
+                raw, lambda b: bool(((b["sig"] == 2) & (b["q"] == 0)).any()), timeout=10
+            )
+            status = (
+                await probe.wait_for(
+                    topics.status("opcua-sim"),
+                    lambda s: list(s["health"]["opcua"]["failed_nodes"]) == ["elsewhere"],
+                )
+            )[-1]
+            errors = probe.decoded(topics.errors("opcua-sim"))
+    rows = readings(probe.decoded(raw))
+    good_late = [(t, v) for name, t, v, q in rows if name == "late" and q == Quality.GOOD]
+    assert good_late == [(source_ns, 42.5)]
+    bad_late = [v for name, _, v, q in rows if name == "late" and q != Quality.GOOD]
+    assert len(bad_late) == 1 and math.isnan(bad_late[0])  # one bad reading, not one per retry
+    bad_elsewhere = [v for name, _, v, q in rows if name == "elsewhere"]
+    assert len(bad_elsewhere) == 1 and math.isnan(bad_elsewhere[0])
+    check_good_were_served([r for r in rows if r[0] != "late"], served)
+    assert any(r[0] == "flow" and r[3] == Quality.GOOD for r in rows)
+    assert status["health"]["opcua"]["connected"] and status["health"]["opcua"]["sessions"] == 1
+    # reported once each, not once per retry
+    assert len([e for e in errors if "late" in e["reason"]]) == 1
+    assert len([e for e in errors if "elsewhere" in e["reason"]]) == 1
