@@ -1,20 +1,25 @@
-"""A plant for actuator tests: the simulator, the real Modbus adapter, the actuator, a probe
-that plays the inference instance (its retained status and its results)."""
+"""A plant for actuator tests: the simulator, the real Modbus or OPC UA adapter, the actuator, a
+probe that plays the inference instance (its retained status and its results)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from edgefleet.sim.opcua_server import node_id
 from edgefleet.sim.plant import PlantSimulator
 from services.actuator.config import ActuatorConfig
 from services.actuator.service import main as actuator_main
 from services.modbus.config import ModbusConfig
 from services.modbus.service import main as modbus_main
+from services.opcua.config import OpcUaConfig
+from services.opcua.service import main as opcua_main
 from shared.config import validate
 from shared.messages import ModelRef, ResultBatch, Status, now_ns
 from shared.topics import Topics
@@ -25,6 +30,7 @@ SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
 PERIOD_NS = 100_000_000
 LAMP = {"source": "plc1", "table": "coil", "address": 0, "value": True}
+OPC_LAMP = {"source": "opc1", "signal": "alarm_lamp", "value": True}
 
 
 def lamp_action(**over: Any) -> dict[str, Any]:
@@ -74,6 +80,27 @@ def modbus_config(base: dict[str, Any], port: int) -> ModbusConfig:
         ],
     }
     return validate(ModbusConfig, data, "test")
+
+
+def opcua_config(base: dict[str, Any], endpoint: str) -> OpcUaConfig:
+    """The simulator's pump over OPC UA: the alarm lamp writable; `running` marked writable here
+    though the server's node is read-only (the server refuses the write); `flow` read-only."""
+    signals = [
+        {"name": "flow", "node": node_id("Flow")},
+        {"name": "alarm_lamp", "node": node_id("AlarmLamp"), "writable": True},
+        {"name": "running", "node": node_id("Running"), "writable": True},
+    ]
+    data = {
+        **base,
+        "instance": "opcua-opc1",
+        "source": "opc1",
+        "endpoint": endpoint,
+        "publishing_ms": 100,
+        "sampling_ms": 100,
+        "signals": signals,
+        "watchdog": {"request_timeout_s": 1.0, "stall_after_s": None},
+    }
+    return validate(OpcUaConfig, data, "test")
 
 
 class Results:
@@ -145,23 +172,55 @@ class Plant:
     def lamp(self) -> bool:
         return bool(self.sim.state.commands.alarm_lamp)
 
+    async def wait_lamp(self, on: bool, timeout: float = 2) -> None:
+        """Until the simulator's lamp is `on` (it takes OPC UA writes at its next tick)."""
+        end = time.monotonic() + timeout
+        while self.lamp != on:
+            assert time.monotonic() < end, f"the lamp is still {'off' if on else 'on'}"
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def _adapter(
+    base: dict[str, Any], probe: Probe, topics: Topics, adapter: str
+) -> AsyncIterator[PlantSimulator]:
+    """The simulator and the adapter that owns it, online (OPC UA: its session connected)."""
+    if adapter == "modbus":
+        async with (
+            PlantSimulator(opcua=False) as sim,
+            running(modbus_main(modbus_config(base, sim.modbus_port or 0))),
+        ):
+            await probe.wait_for(topics.status("modbus-plc1"), lambda s: s["state"] == "online")
+            yield sim
+        return
+    async with (
+        PlantSimulator(modbus=False) as sim,
+        running(opcua_main(opcua_config(base, sim.opcua_endpoint or ""))),
+    ):
+        await probe.wait_for(
+            topics.status("opcua-opc1"),
+            lambda s: s["state"] == "online" and s["health"]["opcua"]["connected"],
+        )
+        yield sim
+
 
 @contextlib.asynccontextmanager
 async def plant(
-    base: dict[str, Any], site: str, probe: Probe, actuator: bool = True, **over: Any
+    base: dict[str, Any],
+    site: str,
+    probe: Probe,
+    actuator: bool = True,
+    adapter: str = "modbus",
+    **over: Any,
 ) -> AsyncIterator[Plant]:
     topics = Topics(site)
     await probe.subscribe(topics.everything())
-    async with PlantSimulator(opcua=False) as sim:
+    async with _adapter(base, probe, topics, adapter) as sim:
         p = Plant(sim, probe, topics, Results())
         await p.status()
-        async with running(modbus_main(modbus_config(base, sim.modbus_port or 0))):
-            await probe.wait_for(topics.status("modbus-plc1"), lambda s: s["state"] == "online")
-            if not actuator:
-                yield p
-                return
-            async with running(actuator_main(actuator_config(base, **over))):
-                await probe.wait_for(
-                    topics.status("actuator-pump"), lambda s: s["state"] == "online"
-                )
-                yield p
+        if not actuator:
+            yield p
+            return
+        async with running(actuator_main(actuator_config(base, **over))):
+            await probe.wait_for(topics.status("actuator-pump"), lambda s: s["state"] == "online")
+            yield p
