@@ -5,7 +5,8 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 COPY edgefleet ./edgefleet
-RUN pip install --no-cache-dir . && useradd --system --home /data edgefleet
+RUN pip install --no-cache-dir . && useradd --system --home /data edgefleet \
+    && mkdir -p /data && chown edgefleet /data
 USER edgefleet
 WORKDIR /data
 ENTRYPOINT ["edgefleet"]

@@ -39,7 +39,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(
             f"edgefleet up {args.site}: workdir {args.workdir}; Ctrl-C stops the site", flush=True
         )
-        await run_site(Path(args.site), Path(args.workdir), stop, on_status=show)
+        only = [n for part in args.only or [] for n in part.split(",") if n] or None
+        await run_site(Path(args.site), Path(args.workdir), stop, on_status=show, only=only)
         print("edgefleet up: every instance stopped", flush=True)
 
     asyncio.run(main())
@@ -111,6 +112,12 @@ def add_commands(sub: Any) -> None:
     up = sub.add_parser("up", help="run every service of a site.yaml, restarting what dies")
     up.add_argument("site", type=Path, help="the site.yaml")
     up.add_argument("--workdir", default="var/site", help="instance configs, logs, broker data")
+    up.add_argument(
+        "--only",
+        action="append",
+        metavar="INSTANCE",
+        help="run just these instances (repeat or comma-separate); one per container in compose",
+    )
     up.set_defaults(fn=cmd_up)
 
     check = sub.add_parser("check", help="validate a site.yaml, its flows and instance configs")

@@ -120,8 +120,10 @@ class SiteSupervisor:
         *,
         on_status: StatusCallback | None = None,
         broker_port: int | None = None,
+        only: list[str] | None = None,
     ) -> None:
         self.site = site if isinstance(site, LoadedSite) else load_site(Path(site))
+        self.only = only  # run just these instances (one container each), never a local broker
         self.workdir = Path(workdir).resolve()
         self.on_status = on_status
         spec = self.site.spec
@@ -131,6 +133,14 @@ class SiteSupervisor:
         self.settings = spec.supervisor
         self.topics = Topics(spec.site, spec.prefix)
         self.specs: dict[str, Instance] = self.site.instances()
+        if only is not None:
+            unknown = sorted(set(only) - set(self.specs))
+            if unknown:
+                raise ConfigError(
+                    f"--only: no instance {', '.join(unknown)} in this site; "
+                    f"it has {', '.join(sorted(self.specs))}"
+                )
+            self.specs = {name: self.specs[name] for name in only}
         self.instances: dict[str, InstanceState] = {
             name: InstanceState(
                 name,
@@ -160,7 +170,7 @@ class SiteSupervisor:
         """Write the configs, start the local broker if asked, then every instance."""
         self.write_configs()
         spec = self.site.spec
-        if spec.broker.start_local:
+        if spec.broker.start_local and self.only is None:
             if not _port_free("127.0.0.1", spec.broker.port):
                 raise ConfigError(
                     f"broker.port: {spec.broker.port} is in use; start_local needs a free port"
@@ -347,13 +357,14 @@ async def run_site(
     on_status: StatusCallback | None = None,
     *,
     broker_port: int | None = None,
+    only: list[str] | None = None,
 ) -> SiteSupervisor:
     """Run the site of `site_path` until `stop` is set, then stop everything it started.
 
     Returns the (stopped) supervisor, whose `instances` tell what ran. Raises `ConfigError`
     (every error of site.yaml and its flows) before anything starts."""
     supervisor = SiteSupervisor(
-        load_site(site_path), workdir, on_status=on_status, broker_port=broker_port
+        load_site(site_path), workdir, on_status=on_status, broker_port=broker_port, only=only
     )
     async with supervisor:
         await stop.wait()

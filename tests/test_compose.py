@@ -1,0 +1,37 @@
+"""The production compose files stay true to the site they describe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgefleet.site.load import check_site, load_site
+from edgefleet.site.supervisor import SiteSupervisor
+from shared.errors import ConfigError
+
+COMPOSE = Path(__file__).resolve().parents[1] / "compose"
+
+
+def test_every_instance_of_the_site_has_one_container_and_no_more() -> None:
+    site = COMPOSE / "site" / "site.yaml"
+    assert check_site(site) == []
+    instances = set(load_site(site).instances())
+    services = yaml.safe_load((COMPOSE / "site.yml").read_text())["services"]
+    only = set()
+    for name, service in services.items():
+        command = service.get("command", [])
+        if command[:1] == ["up"]:
+            assert command[1] == "/config/site.yaml"
+            named = command[command.index("--only") + 1]
+            assert named == name
+            only.add(named)
+    assert only == instances
+
+
+def test_only_refuses_an_instance_the_site_does_not_have(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no instance modbus-nope"):
+        SiteSupervisor(COMPOSE / "site" / "site.yaml", tmp_path, only=["modbus-nope"])
+    supervisor = SiteSupervisor(COMPOSE / "site" / "site.yaml", tmp_path, only=["forwarder"])
+    assert list(supervisor.instances) == ["forwarder"]
