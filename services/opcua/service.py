@@ -14,7 +14,7 @@ from typing import Any
 from services.opcua.config import OpcUaConfig
 from services.opcua.session import Session
 from services.opcua.writes import Writer
-from shared.messages import ErrorReport, ReadingBatch
+from shared.messages import ErrorReport, Quality, ReadingBatch
 from shared.runtime import Runtime
 
 NAME = "opcua"
@@ -29,6 +29,11 @@ class Adapter:
         self.writer = Writer(rt, config, self.session)
 
     async def publish(self, batch: ReadingBatch) -> None:
+        good = batch.q == Quality.GOOD
+        if batch.received_ns is not None and good.any():  # server clock vs ours, for the status
+            self.rt.health.note_clock(
+                self.config.source, int(batch.t[good].max()), batch.received_ns
+            )
         await self.rt.publish(self.topic, batch.to_wire(), qos=self.config.publish_qos)
 
     async def report(self, reason: str) -> None:
