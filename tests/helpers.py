@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Self
 
 from shared import codec
+from shared.messages import WriteRequest
 from shared.mqtt import BrokerSettings, MqttConnection, PublishResult, Received
 from shared.topics import matches
 
@@ -49,6 +50,19 @@ class Probe:
     ) -> PublishResult:
         payload, content_type = codec.encode(body, encoding)
         return await self.connection.publish(topic, payload, content_type=content_type, **kw)
+
+    async def write_request(
+        self, topic: str, request_id: str, target: dict[str, Any], value: Any, reply: str
+    ) -> PublishResult:
+        """A WriteRequest as the actuator sends it: response topic and correlation data."""
+        body = WriteRequest(request_id=request_id, target=target, value=value)
+        return await self.publish(
+            topic,
+            body.to_wire(),
+            qos=1,
+            response_topic=reply,
+            correlation_data=request_id.encode(),
+        )
 
     async def publish_raw(self, topic: str, payload: bytes, **kw: Any) -> PublishResult:
         return await self.connection.publish(topic, payload, **kw)

@@ -176,20 +176,7 @@ async def test_write_request_is_answered_with_the_read_back(
                 ("r2", {"point": "alarm_lamp"}, True),
                 ("r3", {"point": "nope"}, 1),
             ]:
-                body = {
-                    "v": 1,
-                    "kind": "write",
-                    "request_id": rid,
-                    "target": target,
-                    "value": value,
-                }
-                await probe.publish(
-                    topics.cmd("plc1"),
-                    body,
-                    qos=1,
-                    response_topic=reply,
-                    correlation_data=rid.encode(),
-                )
+                await probe.write_request(topics.cmd("plc1"), rid, target, value, reply)
             answers = await probe.wait_for(reply, count=3)
         assert sim.state.commands.speed_setpoint_rpm == 2100
         assert sim.state.commands.alarm_lamp is True

@@ -210,20 +210,7 @@ async def test_write_request_is_answered_with_the_read_back(
                 ("r2", {"node": node_id("AlarmLamp")}, True),
                 ("r3", {"signal": "flow"}, 1),
             ]:
-                body = {
-                    "v": 1,
-                    "kind": "write",
-                    "request_id": rid,
-                    "target": target,
-                    "value": value,
-                }
-                await probe.publish(
-                    topics.cmd("opc1"),
-                    body,
-                    qos=1,
-                    response_topic=reply,
-                    correlation_data=rid.encode(),
-                )
+                await probe.write_request(topics.cmd("opc1"), rid, target, value, reply)
             answers = await probe.wait_for(reply, count=3)
             await asyncio.sleep(0.3)  # the simulator takes writes at its next tick
         assert sim.state.commands.speed_setpoint_rpm == 2100
