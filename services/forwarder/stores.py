@@ -53,6 +53,26 @@ class _Threaded:
     def loops(self) -> list[Loop]:
         return []
 
+    async def start(self) -> None:
+        await self._run(self._open)
+
+    async def send(self, rows: list[Row]) -> None:
+        await self._run(self._write, rows)
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._pool.shutdown()
+
+    # each sink: open its file, write a batch and commit it durably, close
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _write(self, rows: list[Row]) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
 
 class SqliteSink(_Threaded):
     def __init__(self, cfg: SqliteConfig, service: ServiceConfig) -> None:
@@ -61,9 +81,6 @@ class SqliteSink(_Threaded):
         self.duplicates = 0  # rows already present: re-sent results, dropped by id
         self._db: sqlite_utils.Database | None = None
         self._init_pool()
-
-    async def start(self) -> None:
-        await self._run(self._open)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,13 +115,6 @@ class SqliteSink(_Threaded):
                 self._db.table("events").insert_all(events, ignore=True)
         self.duplicates += len(results) + len(events) - (conn.total_changes - before)
 
-    async def send(self, rows: list[Row]) -> None:
-        await self._run(self._write, rows)
-
-    async def close(self) -> None:
-        await self._run(self._close)
-        self._pool.shutdown()
-
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -125,9 +135,6 @@ class FileSink(_Threaded):
         self.rotations = 0
         self._file: TextIO | None = None
         self._init_pool()
-
-    async def start(self) -> None:
-        await self._run(self._open)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,13 +167,6 @@ class FileSink(_Threaded):
         self._file.write("\n".join(lines) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
-
-    async def send(self, rows: list[Row]) -> None:
-        await self._run(self._write, rows)
-
-    async def close(self) -> None:
-        await self._run(self._close)
-        self._pool.shutdown()
 
     def _close(self) -> None:
         if self._file is not None:
