@@ -53,7 +53,7 @@ def to_values(raw: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
         return raw.astype(np.float64).ravel()
     items = raw if isinstance(raw, list) else [raw]
     try:
-        return np.array([np.nan if v is None else v for v in items], dtype=np.float64)
+        return np.array(items, dtype=np.float64)  # numpy turns None into NaN, "1.5" into 1.5
     except (TypeError, ValueError):
         bad = next((v for v in items if not _numeric(v)), items)
         raise PayloadError(f"value {bad!r} is not a number") from None
