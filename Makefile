@@ -22,7 +22,7 @@ demo: setup
 	.venv/bin/edgefleet demo
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do echo "== $$b"; PYTHONPATH=. $(PY) $$b || exit 1; done
 
 contract: setup
 	$(PY) -m shared.contract > docs/wire-contract.md
