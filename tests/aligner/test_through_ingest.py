@@ -107,30 +107,32 @@ async def test_gateway_json_through_ingest_gives_the_expected_grid(
     opc_x = np.array([20.0, 21.5, 19.25])
 
     await probe.subscribe(topics.everything())
-    async with running(ingest_main(ingest_config(base_config, site))):
-        async with running(aligner_main(aligner_config(base_config))):
-            for instance in (INGEST, ALIGNER):
-                await probe.wait_for(topics.status(instance), lambda s: s["state"] == "online")
-            for step in range(STEPS):
-                lo = step * 100
-                vib = {"t0": int(vib_t[lo]) // 1000, "samples": vib_x[lo : lo + 100].tolist()}
-                await probe.publish(f"{gw}/vib", vib, "json", qos=1)
-                plc = {"ts": int(plc_t[step]) // MS, "data": {"pressure": float(plc_x[step])}}
-                await probe.publish(f"{gw}/plc", plc, "json", qos=1)
-                if step % 50 == 0:
-                    opc = {"ts": int(opc_t[step // 50]) // MS, "temp": float(opc_x[step // 50])}
-                    await probe.publish(f"{gw}/opc", opc, "json", qos=1)
-            last = {"ts": int(opc_t[2]) // MS, "temp": float(opc_x[2])}
-            await probe.publish(f"{gw}/opc", last, "json", qos=1)
-            # The last sample every signal has passed: t0 + 9.9 s (the pressure's last reading
-            # is at 9.93 s, so linear can bracket no later grid point).
-            end = t0 + (STEPS - 1) * PERIOD
-            await probe.wait_for(topics.samples("f"), lambda d: int(d["t"][-1]) >= end, timeout=60)
-            [status] = await probe.wait_for(
-                topics.status(INGEST),
-                lambda s: s["health"]["ingest"]["readings"] == vib_t.size + STEPS + 3,
-                timeout=30,
-            )
+    async with (
+        running(ingest_main(ingest_config(base_config, site))),
+        running(aligner_main(aligner_config(base_config))),
+    ):
+        for instance in (INGEST, ALIGNER):
+            await probe.wait_for(topics.status(instance), lambda s: s["state"] == "online")
+        for step in range(STEPS):
+            lo = step * 100
+            vib = {"t0": int(vib_t[lo]) // 1000, "samples": vib_x[lo : lo + 100].tolist()}
+            await probe.publish(f"{gw}/vib", vib, "json", qos=1)
+            plc = {"ts": int(plc_t[step]) // MS, "data": {"pressure": float(plc_x[step])}}
+            await probe.publish(f"{gw}/plc", plc, "json", qos=1)
+            if step % 50 == 0:
+                opc = {"ts": int(opc_t[step // 50]) // MS, "temp": float(opc_x[step // 50])}
+                await probe.publish(f"{gw}/opc", opc, "json", qos=1)
+        last = {"ts": int(opc_t[2]) // MS, "temp": float(opc_x[2])}
+        await probe.publish(f"{gw}/opc", last, "json", qos=1)
+        # The last sample every signal has passed: t0 + 9.9 s (the pressure's last reading
+        # is at 9.93 s, so linear can bracket no later grid point).
+        end = t0 + (STEPS - 1) * PERIOD
+        await probe.wait_for(topics.samples("f"), lambda d: int(d["t"][-1]) >= end, timeout=60)
+        [status] = await probe.wait_for(
+            topics.status(INGEST),
+            lambda s: s["health"]["ingest"]["readings"] == vib_t.size + STEPS + 3,
+            timeout=30,
+        )
     assert not probe.decoded(topics.errors(INGEST)), probe.decoded(topics.errors(INGEST))
     out = gathered(probe, topics)
     names = [f"vib/x:{a}" for a in AGGS] + ["p_linear", "p_hold", "temp_hold", "temp_linear"]
