@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from services.aligner.service import AlignerConfig
+from services.aligner.config import AlignerConfig
 from services.aligner.service import main as aligner_main
-from services.mqtt_ingest.service import IngestConfig
+from services.mqtt_ingest.config import IngestConfig
 from services.mqtt_ingest.service import main as ingest_main
 from shared.config import validate
 from shared.messages import FeatureState, SampleBatch, now_ns

@@ -13,7 +13,7 @@ import onnx
 
 from edgefleet.sim import registers as regmap
 from edgefleet.sim.plant import PlantSimulator
-from services.aligner.service import AlignerConfig
+from services.aligner.config import AlignerConfig
 from services.aligner.service import main as aligner_main
 from services.inference.service import InferenceConfig
 from services.inference.service import main as inference_main
