@@ -18,6 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgefleet sim", description=__doc__)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--modbus-port", type=int, default=5020, help="Modbus TCP port; 0 = a free one")
+    p.add_argument(
+        "--modbus-framer",
+        choices=("tcp", "rtu"),
+        default="tcp",
+        help="tcp: Modbus TCP (default); rtu: RTU frames over TCP, like a serial gateway",
+    )
     p.add_argument("--opcua-port", type=int, default=4840, help="OPC UA port; 0 = a free one")
     p.add_argument("--no-modbus", action="store_true", help="serve OPC UA only")
     p.add_argument("--no-opcua", action="store_true", help="serve Modbus only")
@@ -42,6 +48,7 @@ async def run(args: argparse.Namespace) -> int:
         opcua=not args.no_opcua,
         host=args.host,
         modbus_port=args.modbus_port,
+        modbus_framer=args.modbus_framer,
         opcua_port=args.opcua_port,
         replay=replay,
     )

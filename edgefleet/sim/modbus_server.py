@@ -1,5 +1,8 @@
 """Modbus TCP server of the simulator: a register image per unit, served by pymodbus.
 
+`framer="rtu"` serves RTU frames (unit id, PDU, CRC; no MBAP header) over the TCP connection,
+like a serial-to-Ethernet gateway in transparent mode; the default is plain Modbus TCP.
+
 The image (numpy arrays) is the one source of truth. pymodbus calls `_action` on every request;
 a read copies the requested range from the image into pymodbus's registers, a write lands in
 the image and is reported to `on_write`. Unmapped addresses answer "illegal data address".
@@ -12,9 +15,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -35,6 +40,8 @@ FC_TABLE = {
     4: "input",
 }
 WriteCallback = Callable[[int, str, int, list[int]], None]
+Framer = Literal["tcp", "rtu"]
+FRAMERS: dict[str, FramerType] = {"tcp": FramerType.SOCKET, "rtu": FramerType.RTU}
 SimAction = Callable[
     [int, int, int, int, list[int], list[int] | list[bool] | None],
     Coroutine[None, None, ExcCodes | None],
@@ -106,12 +113,18 @@ async def _no_target(*_args: object) -> ExcCodes:
 
 
 class ModbusSimServer:
-    """pymodbus TCP server over the images of every unit."""
+    """pymodbus TCP server over the images of every unit (TCP or RTU framing)."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 5020, on_write: WriteCallback | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5020,
+        on_write: WriteCallback | None = None,
+        framer: Framer = "tcp",
     ) -> None:
-        self.host, self.port = host, port
+        if framer not in FRAMERS:
+            raise ValueError(f"modbus framer must be one of {sorted(FRAMERS)}, not {framer!r}")
+        self.host, self.port, self.framer = host, port, framer
         self.images = {unit: UnitImage(unit) for unit in regmap.UNITS}
         self.on_write = on_write
         self.requests = 0
@@ -146,10 +159,13 @@ class ModbusSimServer:
             )
         )
         self._server = ModbusTcpServer(
-            devices, address=(self.host, self.port), trace_packet=self._trace_packet
+            devices,
+            framer=FRAMERS[self.framer],
+            address=(self.host, self.port),
+            trace_packet=self._trace_packet,
         )
         await self._server.serve_forever(background=True)
-        log.info("modbus server listening on %s:%d", self.host, self.port)
+        log.info("modbus server (%s framing) on %s:%d", self.framer, self.host, self.port)
 
     async def stop(self) -> None:
         self._muted = False

@@ -21,7 +21,7 @@ from typing import Any
 
 from edgefleet.sim import registers as regmap
 from edgefleet.sim.faults import write_labels
-from edgefleet.sim.modbus_server import ModbusSimServer
+from edgefleet.sim.modbus_server import Framer, ModbusSimServer
 from edgefleet.sim.opcua_server import OpcUaSimServer, SimSecurity
 from edgefleet.sim.pump import TICK_S, Fault, PumpModel, PumpState, due, tank_level
 from edgefleet.sim.replay import Replay
@@ -54,6 +54,7 @@ class PlantSimulator:
         opcua: bool = True,
         host: str = "127.0.0.1",
         modbus_port: int = 0,
+        modbus_framer: Framer = "tcp",
         opcua_port: int = 0,
         replay: Replay | None = None,
         start_ns: int | None = None,
@@ -68,7 +69,9 @@ class PlantSimulator:
         self.tank_threshold_m = 3.8
         self.tick_hooks: list[TickHook] = []
         self.modbus = (
-            ModbusSimServer(host, modbus_port or free_port(host), self._on_modbus_write)
+            ModbusSimServer(
+                host, modbus_port or free_port(host), self._on_modbus_write, modbus_framer
+            )
             if modbus
             else None
         )
