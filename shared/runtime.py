@@ -336,8 +336,8 @@ class Runtime:
                     loop.remove_signal_handler(sig)
 
     async def _say_stopped(self) -> None:
-        if not self.mqtt.connected:
-            return
+        # `priority`: a stop that comes while the outage buffer still drains (right after
+        # `online`) must say `stopped` too; with no connection at all there is no one to tell.
         self._flush_bursts()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
@@ -346,6 +346,7 @@ class Runtime:
                     self._status("stopped", self.health_report()),
                     qos=1,
                     retain=True,
+                    priority=True,
                 ),
                 timeout=2.0,
             )
