@@ -181,3 +181,20 @@ async def test_broker_killed_mid_stream_the_service_comes_back_by_itself(
             [raw] = await probe.wait_for(topics.raw("gw"))
             assert raw["value"].tolist() == [2.0]
         assert not service.done()
+
+
+async def test_a_stop_right_after_online_still_says_stopped(
+    base_config: dict[str, Any], site: str, probe: Probe
+) -> None:
+    """SIGTERM can come before the connection is marked ready (online's PUBACK pending)."""
+    topics = Topics(site)
+    await probe.subscribe(topics.status("svc"))
+    rt = Runtime("test", config(base_config))
+
+    async def stop_at_once() -> None:  # runs after `online` went out, before the ready flag
+        rt.stop.set()
+        await asyncio.sleep(0.5)  # still connecting when the stop is handled
+
+    rt.mqtt.on_connect(stop_at_once)
+    await asyncio.wait_for(rt.serve(), 10)
+    await probe.wait_for(topics.status("svc"), lambda s: s["state"] == "stopped")
