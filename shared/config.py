@@ -29,14 +29,15 @@ from shared.topics import DEFAULT_PREFIX, validate_id
 ENV_PREFIX = "EDGEFLEET_"  # EDGEFLEET_BROKER__PORT=1884 overrides broker.port
 
 
-def _topic_id(value: str) -> str:
+def topic_id(value: str, what: str = "id") -> str:
+    """`value` if it can be one topic level; else a ValueError for pydantic to report."""
     try:
-        return validate_id(value)
+        return validate_id(value, what)
     except TopicError as exc:
         raise ValueError(str(exc)) from None
 
 
-TopicId = Annotated[str, AfterValidator(_topic_id)]
+TopicId = Annotated[str, AfterValidator(topic_id)]
 """A config value that becomes one topic level (site, instance, source, flow, signal)."""
 
 

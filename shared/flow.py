@@ -14,20 +14,21 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from services.actuator.config import ActionSpec
 from services.forwarder.config import FileSink, HttpSink, MqttSink, SqliteSink
 from services.inference.settings import InferenceSettings, ModelSpec
-from shared.config import _resolve_paths, read_yaml, validate
-from shared.errors import TopicError
-from shared.topics import validate_id
+from shared.config import _resolve_paths, read_yaml, topic_id, validate
 
 Fill = Literal["hold", "linear", "nearest"]
 Agg = Literal["mean", "min", "max", "rms", "last", "count", "std"]
 OnMissing = Literal["skip", "nan", "default"]
 
 NS_PER_MS = 1_000_000
+
+
+FlowName = Annotated[str, AfterValidator(lambda v: topic_id(v, "flow name"))]
 
 
 class FeatureSpec(BaseModel):
@@ -46,10 +47,7 @@ class FeatureSpec(BaseModel):
         source, sep, name = self.signal.partition("/")
         if not sep or not name:
             raise ValueError(f"signal must be 'source/signal', got {self.signal!r}")
-        try:
-            validate_id(source, "source")
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
+        topic_id(source, "source")
         if (self.fill is None) == (self.agg is None):
             raise ValueError(f"feature {self.signal!r}: give exactly one of 'fill' or 'agg'")
         if self.fill is not None and self.max_age_ms is None:
@@ -201,7 +199,7 @@ class FlowSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="the flow id: topics samples/{name}, results/{name}")
+    name: FlowName = Field(description="the flow id: topics samples/{name}, results/{name}")
     description: str | None = None
     align: AlignSpec
     model: FlowModel | None = Field(
@@ -213,14 +211,6 @@ class FlowSpec(BaseModel):
     sinks: list[FlowSink] = Field(
         default_factory=list, description="where results go (docs/forwarder.md)"
     )
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_id(cls, value: str) -> str:
-        try:
-            return validate_id(value, "flow name")
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _unique_names(self) -> FlowSpec:

@@ -191,13 +191,14 @@ class SiteSupervisor:
         rest = [s for s in self.instances.values() if s.service != "actuator"]
         for tier in (first, rest):
             await asyncio.gather(*(self._terminate(s) for s in tier))
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._status_task] if self._status_task else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:  # bounded: a stop must end even if a task ignores its cancellation
+            _, stuck = await asyncio.wait(tasks, timeout=self.settings.stop_timeout_s)
+            for task in stuck:
+                log.warning("site %s: task %s did not stop", self.site.spec.site, task.get_name())
         self._tasks.clear()
-        if self._status_task is not None:
-            self._status_task.cancel()
-            await asyncio.gather(self._status_task, return_exceptions=True)
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop)
             self._emit("broker", "stopped")

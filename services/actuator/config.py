@@ -11,18 +11,9 @@ from typing import Any, Literal, Self
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from services.actuator.expr import Condition, ExprError
-from shared.config import ServiceConfig, StrictModel
-from shared.errors import TopicError
-from shared.topics import validate_id
+from shared.config import ServiceConfig, StrictModel, topic_id
 
 Value = bool | int | float
-
-
-def _id(value: str, what: str) -> str:
-    try:
-        return validate_id(value, what)
-    except TopicError as exc:
-        raise ValueError(str(exc)) from None
 
 
 def _condition(text: str) -> Condition:
@@ -45,7 +36,7 @@ class WriteSpec(StrictModel):
     @field_validator("source")
     @classmethod
     def _source(cls, value: str) -> str:
-        return _id(value, "source")
+        return topic_id(value, "source")
 
     @model_validator(mode="after")
     def _one_value(self) -> Self:
@@ -155,21 +146,21 @@ class ActuatorConfig(ServiceConfig):
     @field_validator("flow")
     @classmethod
     def _flow(cls, value: str) -> str:
-        return _id(value, "flow")
+        return topic_id(value, "flow")
 
     @model_validator(mode="after")
     def _names(self) -> Self:
         for n, action in enumerate(self.actions, start=1):
             if action.name is None:
                 action.name = f"action-{n}"
-            _id(action.name, "action name")
+            topic_id(action.name, "action name")
         names = [a.name for a in self.actions]
         dup = sorted({n for n in names if names.count(n) > 1 and n is not None})
         if dup:
             raise ValueError(f"action names must be unique: {dup}")
         if self.inference_instance is None:
             self.inference_instance = f"inference-{self.flow}"
-        _id(self.inference_instance, "inference_instance")
+        topic_id(self.inference_instance, "inference_instance")
         return self
 
     def action_names(self) -> list[str]:

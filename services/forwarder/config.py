@@ -7,17 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config import BrokerConfig, ServiceConfig, StrictModel
-from shared.errors import TopicError
+from shared.config import BrokerConfig, ServiceConfig, StrictModel, topic_id
 from shared.mqtt import BrokerSettings
-from shared.topics import validate_id
-
-
-def _id(value: str, what: str) -> str:
-    try:
-        return validate_id(value, what)
-    except TopicError as exc:
-        raise ValueError(str(exc)) from None
 
 
 class QueueLimits(StrictModel):
@@ -39,7 +30,7 @@ class SinkBase(StrictModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return _id(value, "sink name")
+        return topic_id(value, "sink name")
 
 
 class MqttSink(SinkBase):
@@ -97,7 +88,7 @@ class ForwarderConfig(ServiceConfig):
     @field_validator("flows")
     @classmethod
     def _flows(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else [_id(f, "flow") for f in value]
+        return None if value is None else [topic_id(f, "flow") for f in value]
 
     @model_validator(mode="after")
     def _unique_names(self) -> ForwarderConfig:

@@ -13,9 +13,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config import ServiceConfig, StrictModel
-from shared.errors import ConfigError, TopicError
-from shared.topics import validate_id
+from shared.config import ServiceConfig, StrictModel, TopicId
+from shared.errors import ConfigError
 
 Policy = Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"]
 Mode = Literal["None", "Sign", "SignAndEncrypt"]
@@ -69,19 +68,11 @@ class AuthConfig(StrictModel):
 
 
 class SignalConfig(StrictModel):
-    name: str
+    name: TopicId
     node: str  # node id, e.g. "ns=2;s=Pump.Flow" or "nsu=urn:edgefleet:sim;s=Pump.Flow"
     sampling_ms: float | None = Field(None, ge=0)  # default: the source's sampling_ms
     queue_size: int | None = Field(None, ge=1)  # default: enough for one publishing interval
     writable: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        try:
-            return validate_id(value, "signal name")
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
 
 
 class WatchdogConfig(StrictModel):
@@ -99,7 +90,7 @@ class WatchdogConfig(StrictModel):
 
 
 class OpcUaConfig(ServiceConfig):
-    source: str  # readings on ef/{site}/raw/{source}, writes served on ef/{site}/cmd/{source}
+    source: TopicId  # readings on ef/{site}/raw/{source}, writes served on ef/{site}/cmd/{source}
     endpoint: str  # opc.tcp://host:port/path
     security: SecurityConfig = Field(default_factory=lambda: SecurityConfig.model_validate({}))
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig.model_validate({}))
@@ -108,14 +99,6 @@ class OpcUaConfig(ServiceConfig):
     signals: list[SignalConfig] = Field(min_length=1)
     watchdog: WatchdogConfig = Field(default_factory=lambda: WatchdogConfig.model_validate({}))
     publish_qos: int = Field(0, ge=0, le=1)
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        try:
-            return validate_id(value, "source")
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("endpoint")
     @classmethod
