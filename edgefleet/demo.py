@@ -40,7 +40,7 @@ from shared import codec
 from shared.flow import load_flow
 from shared.messages import ResultBatch
 from shared.mqtt import BrokerSettings, MqttConnection, Received
-from shared.topics import Topics
+from shared.topics import Kind, Topics, every_site
 
 SITE = "demo"
 FLOW = "pump-anomaly"
@@ -324,7 +324,8 @@ class Demo:
             running_site(site, self.workdir / "site", self._status),
             connected(BrokerSettings(port=port), self.live.on_site, topics.raw(SOURCE),
                       topics.results(FLOW), topics.events(FLOW)),
-            connected(BrokerSettings(port=cloud_port), self.live.on_cloud, "ef/+/results/#"),
+            connected(BrokerSettings(port=cloud_port), self.live.on_cloud,
+                      every_site(Kind.RESULTS)),
         ):  # fmt: skip
             self.site_up_at = self.elapsed()
             self.say(

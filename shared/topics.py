@@ -135,6 +135,12 @@ class Topics:
         return f"{self.prefix}/{self.site}/#"
 
 
+def every_site(kind: Kind, prefix: str = DEFAULT_PREFIX) -> str:
+    """Subscription filter for one kind on every site (a cloud broker's view)."""
+    validate_id(prefix, "prefix")
+    return f"{prefix}/+/{kind.value}/#"
+
+
 def fleet_commands(prefix: str = DEFAULT_PREFIX) -> str:
     validate_id(prefix, "prefix")
     return f"{prefix}/{FLEET_SITE}/commands"

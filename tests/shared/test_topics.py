@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.errors import TopicError
-from shared.topics import Kind, Topics, fleet_commands, matches, parse, validate_id
+from shared.topics import Kind, Topics, every_site, fleet_commands, matches, parse, validate_id
 
 ids = st.text(
     alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="+#/$"),
@@ -51,6 +51,12 @@ def test_bad_ids_are_refused_with_the_reason(bad: str) -> None:
 def test_parse_refuses_what_is_not_ours(topic: str) -> None:
     with pytest.raises(TopicError):
         parse(topic)
+
+
+def test_every_site_filter_matches_results_of_any_site() -> None:
+    assert every_site(Kind.RESULTS) == "ef/+/results/#"
+    assert matches(Topics("north").results("pump"), every_site(Kind.RESULTS))
+    assert not matches(Topics("north").events("pump"), every_site(Kind.RESULTS))
 
 
 def test_fleet_topics() -> None:
