@@ -7,7 +7,6 @@ HTTP 2xx, a commit), or raises `SinkError` saying how many of the first rows wer
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import ssl
 import urllib.error
@@ -19,6 +18,8 @@ from services.forwarder import records
 from services.forwarder.config import HttpSink as HttpConfig
 from services.forwarder.config import MqttSink as MqttConfig
 from services.forwarder.queue import Row
+from shared import codec
+from shared.codec import Encoding
 from shared.config import ServiceConfig
 from shared.errors import ConfigError, EdgefleetError
 from shared.messages import SCHEMA_VERSION
@@ -152,7 +153,8 @@ class HttpSink:
             "instance": self.instance,
             "messages": messages,
         }
-        return json.dumps(body, separators=(",", ":")).encode()
+        payload, _ = codec.encode(body, Encoding.JSON)
+        return payload
 
     def _post(self, rows: list[Row]) -> None:
         request = urllib.request.Request(

@@ -7,7 +7,6 @@ Each writes from one thread of its own; `send` returns after the commit (SQLite)
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
@@ -19,6 +18,8 @@ from services.forwarder.config import FileSink as FileConfig
 from services.forwarder.config import SqliteSink as SqliteConfig
 from services.forwarder.queue import Row
 from services.forwarder.sinks import Loop
+from shared import codec
+from shared.codec import Encoding
 from shared.config import ServiceConfig
 from shared.messages import Event
 
@@ -163,7 +164,9 @@ class FileSink(_Threaded):
         assert self._file is not None
         if self._file.tell() >= self.max_bytes:
             self._rotate()
-        lines = [json.dumps(line, separators=(",", ":")) for r in rows for line in self._lines(r)]
+        lines = [
+            codec.encode(line, Encoding.JSON)[0].decode() for r in rows for line in self._lines(r)
+        ]
         self._file.write("\n".join(lines) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edgefleet.broker import LocalBroker
-from shared.messages import Event, ModelRef, ResultBatch
+from shared.messages import Event, ModelRef, ResultBatch, result_id
 
 T0 = 1_700_000_000_000_000_000
 
@@ -35,7 +35,7 @@ def results(flow: str, first: int, n: int) -> dict[str, Any]:
 
 
 def result_ids(flow: str, first: int, n: int) -> list[str]:
-    return [f"{flow}:{T0 + i * 1_000_000}" for i in range(first, first + n)]
+    return [result_id(flow, T0 + i * 1_000_000) for i in range(first, first + n)]
 
 
 def event(flow: str, i: int) -> dict[str, Any]:
