@@ -62,6 +62,13 @@ def with_model(flow: FlowSpec, model: Path) -> FlowSpec:
     return flow.model_copy(update={"model": spec})
 
 
+def model_name(flow: FlowSpec) -> str:
+    m = flow.model
+    if m is None:
+        return flow.name
+    return m.name or (m.path.stem if m.path else None) or m.ref or flow.name
+
+
 def scored(
     name: str, run: Replayed, engine: Engine, field: str | None, thr: float | None
 ) -> Scored:
@@ -104,8 +111,9 @@ def run_one(
     if engine is None:
         raise ConfigError(f"flow {flow.name!r} has no model: nothing to score")
     result = replay(rec, flow, engine)
-    write_parquet(out / f"samples-{name}.parquet", sample_columns(result))
-    write_parquet(out / f"results-{name}.parquet", result.result_columns())
+    tag = name.partition(":")[0]  # candidate | against: the file names
+    write_parquet(out / f"samples-{tag}.parquet", sample_columns(result))
+    write_parquet(out / f"results-{tag}.parquet", result.result_columns())
     return result, scored(name, result, engine, args.score, args.threshold)
 
 
@@ -115,10 +123,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     flow = load_flow(args.flow)
     if args.model:
         flow = with_model(flow, args.model)
-    runs = [(f"candidate:{flow.model.name if flow.model else flow.name}", flow)]
+    runs = [(f"candidate:{model_name(flow)}", flow)]
     if args.against:
         other = load_flow(args.against)
-        runs.append((f"against:{other.model.name if other.model else other.name}", other))
+        runs.append((f"against:{model_name(other)}", other))
     elif args.against_model:
         runs.append(
             (
