@@ -93,7 +93,9 @@ class SupervisorSettings(StrictModel):
     """How `edgefleet up` restarts an instance that dies and stops the site."""
 
     restart_initial_s: float = Field(0.5, gt=0, description="first restart delay")
-    restart_max_s: float = Field(30.0, gt=0, description="restart delay cap (doubling)")
+    restart_max_s: float = Field(
+        30.0, gt=0, description="restart delay cap (doubling; each wait drawn from [d/2, d])"
+    )
     stable_after_s: float = Field(
         30.0, gt=0, description="an instance up this long has its restart delay reset"
     )

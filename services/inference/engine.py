@@ -17,10 +17,10 @@ from shared.errors import ConfigError, ModelError
 from shared.messages import ResultBatch, result_id
 
 from .batching import Rows
+from .config import InferenceSettings
 from .model import Expected, LoadedModel, ModelSource, check_model, open_model, resolve_model
 from .outputs import Selector, map_outputs, parse_selectors
 from .scripts import Script, ScriptError, load_script, run_postprocess, run_preprocess
-from .settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Engine:
 def build_engine(settings: InferenceSettings, source: ModelSource = resolve_model) -> Engine:
     """Load scripts and model, check them against the flow; raise ModelError/ConfigError if unfit.
 
-    Paths in `settings` must already be resolved (see `InferenceSettings.resolve_paths`).
+    Paths in `settings` must already be resolved (`shared.config.load_config` does it).
     """
     pre = load_script(settings.preprocess, "preprocess") if settings.preprocess else None
     post = load_script(settings.postprocess, "postprocess") if settings.postprocess else None

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from services.inference.batching import MicroBatcher, Pending, Rows
+from services.inference.config import InferenceConfig, InferenceSettings, ShadowSpec
 from services.inference.engine import Engine, Outcome, build_engine
 from services.inference.health import Agreement, ModelHealth, pick_fields
-from services.inference.settings import InferenceSettings, ShadowSpec
 from services.inference.swap import (
     Request,
     file_signature,
@@ -32,7 +32,6 @@ from services.inference.swap import (
     shadow_settings,
 )
 from shared import codec
-from shared.config import ServiceConfig
 from shared.errors import ConfigError, ModelError, PayloadError
 from shared.messages import ResultBatch, SampleBatch, now_ns
 from shared.mqtt import Received
@@ -41,12 +40,6 @@ from shared.runtime import Runtime
 log = logging.getLogger(__name__)
 
 NAME = "inference"
-
-
-class InferenceConfig(ServiceConfig, InferenceSettings):
-    """The shared service keys (site, instance, broker, timings) plus the flow's settings."""
-
-    publish_qos: int = 1
 
 
 Config = InferenceConfig
@@ -384,7 +377,6 @@ _NOW_KEYS = ("encoding", "publish_qos", "offload_above_us")
 async def main(config: InferenceConfig) -> None:
     # The model is loaded and checked before connecting: a model that does not fit the flow
     # stops the instance with the reason, and never announces itself online.
-    config = config.resolve_paths(config.source_dir)
     engine = await asyncio.to_thread(build_engine, config)
     async with Runtime(NAME, config) as rt:
         service = Inference(rt, config, engine)
