@@ -20,7 +20,7 @@ from services.forwarder.config import ForwarderConfig
 from shared.config import BrokerConfig, ServiceConfig, StrictModel, Timings, TopicId
 from shared.topics import DEFAULT_PREFIX
 
-Kind = Literal["modbus", "opcua", "mqtt"]
+SourceKind = Literal["modbus", "opcua", "mqtt"]
 
 # Source kind -> (service name, instance name prefix).
 ADAPTERS: dict[str, tuple[str, str]] = {
@@ -108,7 +108,7 @@ class SourceSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: TopicId = Field(description="the source id: raw/{name}; flows read `{name}/{signal}`")
-    kind: Kind
+    kind: SourceKind
     log_level: str | None = None
 
     @property

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from services.aligner.alignment import Aligner
 from services.aligner.config import AlignerConfig, FlowAlign
-from services.aligner.core import Aligner
 from shared import codec
 from shared.codec import Encoding
 from shared.errors import PayloadError, TopicError

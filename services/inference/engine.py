@@ -43,7 +43,7 @@ class Stats:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RunOutcome:
     result: ResultBatch | None  # None when every sample was skipped or the batch failed
     error: str | None = None  # why the batch failed, for the errors topic
     run_us: float | None = None  # the model run's own time, when it ran
@@ -68,7 +68,7 @@ class Engine:
         self.postprocess = postprocess
         self.stats = Stats()
 
-    def infer(self, rows: Rows) -> Outcome:
+    def infer(self, rows: Rows) -> RunOutcome:
         """Results for one batch. Never raises for a bad batch: the outcome says what failed."""
         n = len(rows)
         self.stats.samples += n
@@ -78,11 +78,11 @@ class Engine:
             self.stats.failed_batches += 1
             self.stats.failed_samples += n
             self.stats.script_errors += isinstance(exc, ScriptError)
-            return Outcome(None, f"batch of {n} samples at t={int(rows.t[0])} lost: {exc}")
+            return RunOutcome(None, f"batch of {n} samples at t={int(rows.t[0])} lost: {exc}")
         if result is None:
-            return Outcome(None)
+            return RunOutcome(None)
         self.stats.results += len(result)
-        return Outcome(result, run_us=self.stats.last_run_us)
+        return RunOutcome(result, run_us=self.stats.last_run_us)
 
     def _infer(self, rows: Rows) -> ResultBatch | None:
         x = rows.x

@@ -34,7 +34,7 @@ WARM_RUNS = 3
 
 
 @dataclass(frozen=True)
-class Request:
+class SwapRequest:
     """Something to apply: a config (new revision, or the running one) and what to reload."""
 
     config: InferenceConfig
