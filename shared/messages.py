@@ -262,7 +262,10 @@ class SampleBatch:
 
 def _output(value: Any) -> Any:
     """An output column as an array; JSON's nulls become NaN in numeric columns."""
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists
+        raise PayloadError(f"an output column is not an array: {str(exc)[:80]}") from None
     if arr.dtype == object:
         try:
             return np.array(value, dtype=np.float64)

@@ -13,7 +13,7 @@ import pytest
 from edgefleet.flow import parse_flow
 from shared import codec
 from shared.errors import ConfigError, PayloadError
-from shared.messages import ReadingBatch, SampleBatch
+from shared.messages import ReadingBatch, ResultBatch, SampleBatch
 
 GOOD: dict[str, Any] = {
     "v": 1,
@@ -67,3 +67,18 @@ def test_flow_with_an_absurd_period_is_refused(key: str) -> None:
     }
     with pytest.raises(ConfigError, match=key):
         parse_flow({"name": "pump", "align": align})
+
+
+def test_results_with_a_ragged_output_column() -> None:
+    wire = {
+        "v": 1,
+        "kind": "results",
+        "flow": "pump",
+        "model": {"name": "m", "version": "1", "sha256": "ab" * 32},
+        "t": [1, 2],
+        "outputs": {"score": [[1.0], [1.0, 2.0]]},  # ValueError from numpy before
+        "latency_us": [1.0, 1.0],
+        "id": ["pump:1", "pump:2"],
+    }
+    with pytest.raises(PayloadError, match="not an array"):
+        ResultBatch.from_wire(wire)
