@@ -7,9 +7,7 @@ plain dicts that `shared.codec` encodes, so one decoder reads msgpack and JSON a
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any, ClassVar, Literal
 
@@ -17,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.clock import iso as iso  # re-exported: time lives in shared.clock
+from shared.clock import now_ns as now_ns
 from shared.codec import Encoding
 from shared.errors import PayloadError
 
@@ -45,15 +45,6 @@ class FeatureState(IntEnum):
     INTERPOLATED = 2  # linear between the two good readings around the sample time
     MISSING = 3  # nothing usable within max_age: the value is NaN
     DEFAULT = 4  # missing, filled with the flow's default value
-
-
-def now_ns() -> int:
-    return time.time_ns()
-
-
-def iso(t_ns: int) -> str:
-    """ISO-8601 UTC time with microseconds, for JSON readers that lose precision past 2^53."""
-    return datetime.fromtimestamp(t_ns / 1e9, UTC).isoformat(timespec="microseconds")
 
 
 def _check_version(d: dict[str, Any], kind: str) -> None:
