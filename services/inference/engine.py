@@ -15,7 +15,7 @@ import numpy as np
 
 from shared import clock
 from shared.errors import ConfigError, ModelError
-from shared.messages import ResultBatch, result_id
+from shared.messages import ResultBatch
 
 from .batching import Rows
 from .model import Expected, LoadedModel, ModelSource, check_model, open_model, resolve_model
@@ -107,9 +107,7 @@ class Engine:
         # Latency from the message's arrival to its result: queueing, scripts and model together,
         # which is what an action waiting on the result sees.
         latency = ((clock.now_ns() - rows.received_ns) / 1000).astype(np.float32)
-        # Ids built from plain ints: iterating the numpy array costs ~45 % more at 512 samples.
-        ids = [result_id(self.flow, t) for t in rows.t.tolist()]
-        return ResultBatch(self.flow, self.model.ref, rows.t, outputs, latency, ids)
+        return ResultBatch(self.flow, self.model.ref, rows.t, outputs, latency)  # ids derived
 
 
 def build_engine(settings: InferenceSettings, source: ModelSource = resolve_model) -> Engine:

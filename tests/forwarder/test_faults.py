@@ -16,6 +16,7 @@ import yaml
 
 from edgefleet.broker import LocalBroker
 from services.forwarder.service import main
+from shared.messages import ResultBatch
 from shared.topics import Kind, Topics
 from tests.forwarder.conftest import result_ids, results, unique, wait_all
 from tests.forwarder.test_delivery import FAST, forwarder_config
@@ -79,7 +80,8 @@ async def test_forwarder_sigkilled_again_and_again_loses_nothing(
             await flow
 
             def remote_ids() -> list[str]:
-                return [i for batch in remote.decoded(topics.results("pump")) for i in batch["id"]]
+                batches = remote.decoded(topics.results("pump"))
+                return [i for b in batches for i in ResultBatch.from_wire(b).ids]  # derived
 
             ids = await wait_all(remote_ids, expected, timeout=40)
             assert unique(ids) == expected  # in order, after dropping duplicates by id
