@@ -1,4 +1,4 @@
-"""Request planning and block decoding (pure: no I/O).
+"""ReadRequest planning and block decoding (pure: no I/O).
 
 Points of a block are sorted and contiguous ones merged into as few requests as the protocol
 allows (125 registers / 2000 bits). A request's registers are decoded at once: points of the
@@ -39,7 +39,7 @@ def _idx(values: list[int]) -> IDX:
 
 
 @dataclass
-class Request:
+class ReadRequest:
     """One read request and everything its decoding needs, computed once from the config."""
 
     unit: int
@@ -89,9 +89,9 @@ class Request:
 
 def plan_block(
     block: BlockConfig, poll_ms: int, max_registers: int, max_bits: int
-) -> list[Request]:
+) -> list[ReadRequest]:
     limit = max_bits if block.table in ("coil", "discrete") else max_registers
-    requests: list[Request] = []
+    requests: list[ReadRequest] = []
     current: list[PointConfig] = []
     start = end = 0
     for p in sorted(block.points, key=lambda p: p.address):
@@ -101,9 +101,11 @@ def plan_block(
             end = max(end, p_end)
             continue
         if current:
-            requests.append(Request(block.unit, block.table, start, end - start, poll_ms, current))
+            requests.append(
+                ReadRequest(block.unit, block.table, start, end - start, poll_ms, current)
+            )
         current, start, end = [p], p.address, p_end
-    requests.append(Request(block.unit, block.table, start, end - start, poll_ms, current))
+    requests.append(ReadRequest(block.unit, block.table, start, end - start, poll_ms, current))
     return requests
 
 
@@ -112,12 +114,12 @@ class Columns:
     """The reading columns of requests polled together, fixed at config time: the signal index
     of each reading, and the slice of the columns each request fills."""
 
-    requests: list[Request]
+    requests: list[ReadRequest]
     sig: npt.NDArray[np.uint16]
     spans: list[tuple[int, int]]
 
     @classmethod
-    def of(cls, requests: list[Request], signals: list[str]) -> Columns:
+    def of(cls, requests: list[ReadRequest], signals: list[str]) -> Columns:
         index = {name: i for i, name in enumerate(signals)}
         sig: list[int] = []
         spans = []
@@ -133,8 +135,8 @@ class Columns:
         return int(self.sig.shape[0])
 
 
-def plan(config: ModbusConfig) -> list[Request]:
-    out: list[Request] = []
+def plan(config: ModbusConfig) -> list[ReadRequest]:
+    out: list[ReadRequest] = []
     for block in config.blocks:
         out += plan_block(
             block, block.poll_ms or config.poll_ms, config.max_registers, config.max_bits
@@ -153,7 +155,7 @@ def reorder(
     return words
 
 
-def decode_registers(req: Request, regs: npt.NDArray[np.uint16]) -> F64:
+def decode_registers(req: ReadRequest, regs: npt.NDArray[np.uint16]) -> F64:
     """Values (float64) of every point of a register request; strings come out NaN."""
     values = np.full(len(req.points), np.nan)
     for g in req.groups:
@@ -166,7 +168,7 @@ def decode_registers(req: Request, regs: npt.NDArray[np.uint16]) -> F64:
     return values
 
 
-def decode_bits(req: Request, bits: list[bool]) -> F64:
+def decode_bits(req: ReadRequest, bits: list[bool]) -> F64:
     return np.asarray(bits[: req.count], dtype=np.float64)[req.offsets]
 
 

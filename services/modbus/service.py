@@ -19,7 +19,7 @@ import numpy as np
 from services.modbus.config import ModbusConfig
 from services.modbus.decode import (
     Columns,
-    Request,
+    ReadRequest,
     decode_bits,
     decode_registers,
     decode_string,
@@ -42,7 +42,7 @@ READ = {
 }
 
 
-class Poller:
+class ModbusService:
     def __init__(self, rt: Runtime, config: ModbusConfig) -> None:
         self.rt, self.config = rt, config
         self.device = Device(config)
@@ -67,7 +67,7 @@ class Poller:
             "writes": self.writer.count,
         }
 
-    async def read(self, req: Request) -> tuple[int, np.ndarray, Quality]:
+    async def read(self, req: ReadRequest) -> tuple[int, np.ndarray, Quality]:
         """One request: stamp (midpoint of the round trip), values per point, quality."""
         t0 = clock.now_ns()
         try:
@@ -103,7 +103,7 @@ class Poller:
         return batch
 
     def loops(self) -> list[Any]:
-        periods: dict[int, list[Request]] = {}
+        periods: dict[int, list[ReadRequest]] = {}
         for r in self.requests:
             periods.setdefault(r.poll_ms, []).append(r)
         out = []
@@ -127,7 +127,7 @@ class Poller:
 
 async def main(config: ModbusConfig) -> None:
     async with Runtime(NAME, config) as rt:
-        poller = Poller(rt, config)
+        poller = ModbusService(rt, config)
         rt.add_health("modbus", poller.health)
         await rt.subscribe(rt.topics.cmd(config.source), poller.writer.handle)
         try:

@@ -11,7 +11,7 @@ from edgefleet.sim import registers as regmap
 from edgefleet.sim.plant import PlantSimulator, free_port
 from services.modbus.config import ModbusConfig, PointConfig
 from services.modbus.decode import encode_value, plan
-from services.modbus.service import Poller, main
+from services.modbus.service import ModbusService, main
 from shared import clock
 from shared.clock import ManualClock
 from shared.config import validate
@@ -63,7 +63,7 @@ async def test_every_type_and_order_decodes_to_what_the_simulator_served(table: 
     async with PlantSimulator(opcua=False) as sim:
         cfg = config(sim.modbus_port or 0, [{"table": table, "points": static_points(table)}])
         assert len(plan(cfg)) == 1  # contiguous: one request
-        poller = Poller(cast(Runtime, None), cfg)
+        poller = ModbusService(cast(Runtime, None), cfg)
         batch = await poller.poll_once()
         await poller.device.close()
     got = dict(zip(batch.signals, batch.value.tolist(), strict=True))
@@ -208,7 +208,7 @@ async def test_a_device_that_refuses_connections_is_retried_after_a_capped_backo
     port = free_port()
     cfg = config(port, [{"table": "input", "points": [{"name": "flow", "address": 2}]}])
     cfg.device.reconnect_s, cfg.device.reconnect_max_s = 0.2, 0.4
-    poller = Poller(cast(Runtime, None), cfg)
+    poller = ModbusService(cast(Runtime, None), cfg)
     with clock.use(ManualClock()) as c:
         assert isinstance(c, ManualClock)
         for _ in range(50):  # one simulated second of polls every 20 ms: nothing listens
