@@ -96,6 +96,7 @@ def linear(
     batch: int | str = "N",
     dtype: int = TensorProto.FLOAT,
     seed: int = 1,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """y = x @ w + b with y [batch, 2]; batch=1 makes a fixed-batch model."""
     w = np.random.default_rng(seed).normal(size=(f, 2))
@@ -114,6 +115,8 @@ def linear(
         [helper.make_tensor_value_info("y", dtype, [batch, 2])],
         inits,
     )
+    if metadata:
+        helper.set_model_props(model, metadata)
     return save(model, path)
 
 
@@ -213,4 +216,19 @@ def hanging(path: Path, f: int = len(FEATURES)) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", f])],
         inits,
     )
+    return save(model, path)
+
+
+def unknown_operator(path: Path, f: int = len(FEATURES)) -> Path:
+    """A well-formed ONNX file onnxruntime cannot load: an operator of a domain it lacks."""
+    nodes = [helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example.ops")]
+    graph = helper.make_graph(
+        nodes,
+        "edgefleet_test",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", f])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", f])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example.ops", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
     return save(model, path)
