@@ -434,7 +434,24 @@ def check_fits(
         selectors = parse_selectors(settings.outputs, signature.output_types())
     except ModelError as exc:
         raise ModelError(f"model {origin}: {exc}") from None
+    _check_class_keys(signature, selectors, origin)
     return Fit(features, width, fit.input_name, fit.dtype, fit.rank, fit.fixed_batch, selectors)
+
+
+def _check_class_keys(signature: ModelSignature, selectors: list[Selector], origin: str) -> None:
+    """A key selected from a classifier's probability map must be one of its classes (known
+    only when the model lists them); otherwise every result would lack the field."""
+    if signature.classes is None:
+        return
+    types, classes = signature.output_types(), {str(c) for c in signature.classes}
+    for sel in selectors:
+        if sel.key is not None and types[sel.output].startswith("seq(map(") and (
+            str(sel.key) not in classes
+        ):
+            raise ModelError(
+                f"model {origin}: field {sel.field!r} selects class {sel.key!r} of "
+                f"{sel.output!r}; the model's classes are {signature.classes}"
+            )
 
 
 def flow_features(signature: ModelSignature, settings: InferenceSettings, origin: str) -> list[str]:
