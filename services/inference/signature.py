@@ -445,8 +445,10 @@ def _check_class_keys(signature: ModelSignature, selectors: list[Selector], orig
         return
     types, classes = signature.output_types(), {str(c) for c in signature.classes}
     for sel in selectors:
-        if sel.key is not None and types[sel.output].startswith("seq(map(") and (
-            str(sel.key) not in classes
+        if (
+            sel.key is not None
+            and types[sel.output].startswith("seq(map(")
+            and (str(sel.key) not in classes)
         ):
             raise ModelError(
                 f"model {origin}: field {sel.field!r} selects class {sel.key!r} of "
