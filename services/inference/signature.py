@@ -421,15 +421,16 @@ def check_fits(
     trained on, the outputs the flow selects. ConfigError when neither names the features.
 
     `width` is what the preprocess script hands the model per sample; None: measured by
-    running `settings.preprocess` on one all-zero sample in this process (pass it to keep
-    user code out of the caller's process).
+    running `settings.preprocess` on one all-zero sample in this process (pass the figure
+    from `scripts.measure_width` to keep user code out of the caller's process).
+    `origin` names the model in messages (default: the settings' model path or reference).
     """
     origin = origin or str(settings.model.path or settings.model.ref)
     features = flow_features(signature, settings, origin)
     if width is None:
         width = preprocess_width(settings, len(features))
     exp = Expected(features, width, settings.window, settings.model.input)
-    fit = fit_input(signature, exp, origin)
+    fit = _fit_input(signature, exp, origin)
     try:
         selectors = parse_selectors(settings.outputs, signature.output_types())
     except ModelError as exc:
@@ -483,7 +484,7 @@ class _InputFit:
     fixed_batch: bool
 
 
-def fit_input(signature: ModelSignature, exp: Expected, origin: str) -> _InputFit:
+def _fit_input(signature: ModelSignature, exp: Expected, origin: str) -> _InputFit:
     """The input half of `check_fits`, for a flow side already resolved."""
     inputs = signature.inputs
     names = [i.name for i in inputs]

@@ -3,6 +3,7 @@ that cannot serve; `check_fits` accepting a flow that fits and refusing one that
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from services.inference.signature import (
     ModelSignature,
     check_fits,
     inspect_model,
+    inspect_model_async,
     read_signature,
 )
 from shared.errors import ConfigError, ModelError
@@ -95,6 +97,26 @@ def test_a_model_that_hangs_is_refused_within_the_timeout(tmp_path: Path) -> Non
         inspect_model(path, timeout_s=2)
     assert time.monotonic() - began < 10
     assert read_signature(path).inputs[0].name == "x"  # loading alone is fine: the run hangs
+
+
+async def test_inspect_model_async_keeps_the_loop_running(tmp_path: Path) -> None:
+    good = models.torch_export(tmp_path / "pt.onnx")
+    assert (await inspect_model_async(good, timeout_s=30)) == read_signature(good)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    try:
+        with pytest.raises(ModelError, match="did not finish"):
+            await inspect_model_async(models.hanging(tmp_path / "h.onnx"), timeout_s=1.5)
+    finally:
+        ticker.cancel()
+    assert ticks >= 10  # the event loop went on while the child hung
 
 
 def test_a_crash_in_the_isolated_process_is_an_error_not_a_dead_caller() -> None:
