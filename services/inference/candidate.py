@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from .config import InferenceSettings
 from .isolated import run_isolated_async
 from .model import ModelBlob, open_model
-from .settings import InferenceSettings
 from .signature import check_fits
 
 

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from shared.errors import ModelError
 from shared.messages import ModelRef
 
-from .settings import InferenceSettings, ModelSpec
+from .config import InferenceSettings, ModelSpec
 from .signature import TRAIN_STATS_KEY, Fit, ModelSignature, check_fits, open_session, signature_of
 
 log = logging.getLogger(__name__)

@@ -29,10 +29,10 @@ from pydantic import BaseModel, ConfigDict
 
 from shared.errors import ConfigError, ModelError
 
+from .config import InferenceSettings
 from .isolated import run_isolated, run_isolated_async
 from .outputs import Selector, parse_selectors
 from .scripts import load_script, probe_width
-from .settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from services.inference.config import InferenceSettings
 from services.inference.engine import build_engine
-from services.inference.settings import InferenceSettings
 from services.inference.signature import check_fits, inspect_model, read_signature
 from shared.errors import ModelError
 from tests.inference import models

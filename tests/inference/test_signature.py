@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from services.inference.config import InferenceSettings, ModelSpec
 from services.inference.isolated import run_isolated
-from services.inference.settings import InferenceSettings, ModelSpec
 from services.inference.signature import (
     ModelSignature,
     check_fits,
