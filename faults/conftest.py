@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from shared import codec
+from shared.messages import ResultBatch
 from tests.conftest import base_config, broker, no_leftover_processes, probe, site
 from tests.forwarder.conftest import cloud
+from tests.helpers import Probe
 
 __all__ = ["base_config", "broker", "cloud", "no_leftover_processes", "probe", "site"]
 
@@ -60,3 +63,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in lines:
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"written to {REPORT / 'report.md'}")
+
+
+class ResultIds:
+    """Result ids a probe received on one topic, each message decoded once (a scenario sees
+    hundreds of thousands of results; decoding them all again per arrival is quadratic)."""
+
+    def __init__(self, probe: Probe, topic: str) -> None:
+        self.probe, self.topic = probe, topic
+        self.ids: list[str] = []
+        self._seen = 0
+
+    def __call__(self) -> list[str]:
+        messages = self.probe.received(self.topic)
+        for m in messages[self._seen :]:
+            batch = ResultBatch.from_wire(codec.decode(m.payload, m.content_type))
+            self.ids.extend(batch.ids)
+        self._seen = len(messages)
+        return self.ids

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.broker import LocalBroker
-from faults.conftest import Figure, scaled
+from faults.conftest import Figure, ResultIds, scaled
 from services.forwarder.service import main
 from shared.topics import Kind, Topics
 from tests.forwarder.conftest import result_ids, results
@@ -60,19 +60,15 @@ async def test_queue_at_its_bound_drops_exactly_what_it_counts(
             counted = st["health"]["sink_cloud"]["dropped"]
             back = time.monotonic()
             cloud.start()
-            [first] = await remote.wait_for(topics.results("pump"), timeout=60)
+            ids = ResultIds(remote, topics.results("pump"))
+            await remote.wait_until(lambda: bool(ids()), timeout=60)
             resumed_s = time.monotonic() - back
             expected = result_ids("pump", 0, batches * PER_BATCH)
             kept = expected[(batches - bound) * PER_BATCH :]  # the newest: the oldest go first
-
-            def arrived() -> set[str]:
-                return {i for b in remote.decoded(topics.results("pump")) for i in b["id"]}
-
-            await remote.wait_for(
-                topics.results("pump"), lambda _: arrived() >= set(kept), timeout=120
-            )
-    missing = len(set(expected) - arrived())
-    ok = counted == missing and first["id"][0] == kept[0] and arrived() == set(kept)
+            await remote.wait_until(lambda: set(ids()) >= set(kept), timeout=120)
+    arrived = set(ids())
+    missing = len(set(expected) - arrived)
+    ok = counted == missing and ids()[0] == kept[0] and arrived == set(kept)
     figure(
         "buffer full",
         f"cloud away; {batches:,} messages ({batches * PER_BATCH:,} results) into a queue of "

@@ -15,7 +15,7 @@ import sqlite_utils
 import yaml
 
 from edgefleet.broker import LocalBroker
-from faults.conftest import Figure, scaled
+from faults.conftest import Figure, ResultIds, scaled
 from shared.topics import Kind, Topics
 from tests.forwarder.conftest import result_ids, results, unique, wait_all
 from tests.forwarder.test_delivery import FAST, forwarder_config
@@ -76,9 +76,7 @@ async def test_forwarder_killed_hundreds_of_times(
             await flow
             expected = result_ids("pump", 0, sent)
 
-            def remote_ids() -> list[str]:
-                return [i for b in remote.decoded(topics.results("pump")) for i in b["id"]]
-
+            remote_ids = ResultIds(remote, topics.results("pump"))
             drained = time.monotonic()
             ids = await wait_all(remote_ids, expected, timeout=300)
             drain_s = time.monotonic() - drained
