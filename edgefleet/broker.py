@@ -80,12 +80,20 @@ class LocalBroker:
     extra_config: str = ""
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> LocalBroker:
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "mosquitto.log"
+
+    def command(self) -> list[str]:
+        """Write the config file and return the command line that runs mosquitto on it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(config_text(self.port, self.data_dir, self.extra_config))
+        return [find_mosquitto(), "-c", str(conf)]
+
+    def start(self) -> LocalBroker:
         self.process = subprocess.Popen(
-            [find_mosquitto(), "-c", str(conf)],
+            self.command(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -33,7 +33,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -43,9 +42,9 @@ from typing import Any, Self
 
 import yaml
 
-from edgefleet.broker import LocalBroker
 from edgefleet.site.derive import Instance
 from edgefleet.site.load import LoadedSite, load_site
+from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, port_free
 from shared import codec
 from shared.errors import ConfigError
 from shared.mqtt import BrokerSettings, MqttConnection, Received
@@ -95,16 +94,6 @@ class InstanceState:
         return self.state == "online"
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mosquitto binds it
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 class SiteSupervisor:
     """Starts, watches, restarts and stops every instance of one site.
 
@@ -150,7 +139,9 @@ class SiteSupervisor:
             )
             for name, inst in self.specs.items()
         }
-        self.broker: LocalBroker | None = None
+        self.broker: BrokerState | None = None  # the local broker's state while it is ours
+        self._broker: SupervisedBroker | None = None
+        self._broker_since = 0.0  # time.time() of the broker's latest start: older news is stale
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._status: MqttConnection | None = None
@@ -171,13 +162,21 @@ class SiteSupervisor:
         self.write_configs()
         spec = self.site.spec
         if spec.broker.start_local and self.only is None:
-            if not _port_free("127.0.0.1", spec.broker.port):
+            if not port_free("127.0.0.1", spec.broker.port):
                 raise ConfigError(
                     f"broker.port: {spec.broker.port} is in use; start_local needs a free port"
                 )
-            self.broker = LocalBroker(self.workdir / "broker", port=spec.broker.port)
-            await asyncio.to_thread(self.broker.start)
-            self._emit("broker", "online", f"mosquitto on 127.0.0.1:{spec.broker.port}")
+            self._broker = SupervisedBroker(
+                self.workdir / "broker",
+                spec.broker.port,
+                self.settings,
+                lambda new, detail: self._emit("broker", new, detail),
+                on_down=self._broker_down,
+                on_up=self._broker_up,
+            )
+            self.broker = self._broker.state
+            await self._broker.start()
+            self._tasks.append(asyncio.create_task(self._broker.run(), name="broker"))
         await self._watch_status()
         for state in self.instances.values():
             self._tasks.append(asyncio.create_task(self._keep_running(state), name=state.name))
@@ -199,10 +198,9 @@ class SiteSupervisor:
             for task in stuck:
                 log.warning("site %s: task %s did not stop", self.site.spec.site, task.get_name())
         self._tasks.clear()
-        if self.broker is not None:
-            await asyncio.to_thread(self.broker.stop)
-            self._emit("broker", "stopped")
-            self.broker = None
+        if self._broker is not None:
+            await self._broker.stop()
+            self._broker = self.broker = None
 
     async def wait_online(self, timeout: float = 30.0, names: list[str] | None = None) -> None:
         """Wait until every instance (or those named) last reported `online`."""
@@ -311,23 +309,44 @@ class SiteSupervisor:
             tls=b.tls_context(),
             reconnect_initial_s=0.1,
             reconnect_max_s=2.0,
+            # the connect timeout is max(5 s, keepalive): a peer that is not our broker (another
+            # program on its port) holds a connect attempt that long before a retry
+            keepalive_s=5,
         )
         self._status = MqttConnection(settings, self._on_message)
         await self._status.subscribe(self.topics.all_of(Kind.STATUS), qos=1)
+        if self._broker is not None:  # what must survive a crash of our broker: see _on_message
+            for topic_filter in self._control_topics():
+                await self._status.subscribe(topic_filter, qos=1)
         self._status_task = asyncio.create_task(self._status.run(), name="status_loop")
+
+    def _control_topics(self) -> list[str]:
+        t = self.topics
+        return [t.all_of(Kind.CONFIG), t.desired(), t.reported()]
 
     async def _on_message(self, message: Received) -> None:
         try:
-            name = parse(message.topic).name
+            parsed = parse(message.topic)
+        except Exception:  # a foreign topic: not ours to judge
+            return
+        if parsed.kind is not Kind.STATUS:
+            if self._broker is not None and not message.retain:
+                # a new config, desired or reported state: have the broker write it to disk now
+                # rather than at its next autosave, so a crash does not take it back
+                self._broker.save()
+            return
+        try:
             body: dict[str, Any] = codec.decode(message.payload, message.content_type)
         except Exception:  # a foreign message on our status topic: not ours to judge
             return
-        state = self.instances.get(name or "")
+        state = self.instances.get(parsed.name or "")
         if state is None or not isinstance(body, dict) or state.pid is None:
             return
         t_ns = body.get("t") or 0
         if t_ns and t_ns / 1e9 < state.started - 1.0:
             return  # retained from an earlier run
+        if t_ns and t_ns / 1e9 < self._broker_since:
+            return  # restored by a restarted broker: the instance has not spoken to this one yet
         new = str(body.get("state", "?"))
         if new != state.state:
             self._set(state, new, f"pid {state.pid}")
@@ -335,7 +354,19 @@ class SiteSupervisor:
     def _set(self, state: InstanceState, new: str, detail: str = "") -> None:
         state.state = new
         self._emit(state.name, new, detail)
+        if new == "online" and self._broker is not None:
+            self._broker.save()  # its session and subscriptions now exist: keep them on disk
         asyncio.get_running_loop().create_task(self._notify())
+
+    def _broker_down(self, why: str) -> None:
+        """Every running instance has lost its broker: say so, rather than `online`."""
+        for state in self.instances.values():
+            if state.pid is not None and state.state != "waiting":
+                self._set(state, "waiting", f"for the broker ({why}); pid {state.pid}")
+
+    def _broker_up(self) -> None:
+        if self.broker is not None:
+            self._broker_since = self.broker.started
 
     async def _notify(self) -> None:
         async with self._changed:
