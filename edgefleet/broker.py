@@ -47,7 +47,15 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
 
 
 def config_text(port: int, data_dir: Path, extra: str = "") -> str:
-    """The shipped site settings on `port`; `extra` adds lines (auth, ACLs, bridges)."""
+    """The shipped site settings on `port`; `extra` adds lines (auth, ACLs, bridges).
+
+    Persistence: a save every 30 s (time-based, not `autosave_on_changes`: each save writes the
+    whole database with an fsync, and a backlog queued for an offline persistent session may
+    reach `max_queued_bytes`; a save per change would write it per message). A SIGKILL loses
+    what changed since the last save; `edgefleet up` narrows that for what must survive by
+    asking for a save (SIGUSR1) whenever a config, desired or reported message changes and
+    whenever an instance comes online (its session and subscriptions): see docs/site.md.
+    """
     if "allow_anonymous" not in extra:
         extra = "allow_anonymous true\n" + extra
     if os.geteuid() == 0:  # as root mosquitto drops to user `mosquitto`, who cannot read our files

@@ -16,12 +16,15 @@ What it does:
   terminal reaches the supervisor only, which then stops the instances in order); output goes
   to `{workdir}/logs/{instance}.log`;
 - with `broker.start_local: true` starts a mosquitto first (persistence in `{workdir}/broker`)
-  and stops it last;
+  and stops it last, and supervises it (`sitebroker.py`): a death is a `broker exited` line
+  and every running instance is shown `waiting` for the broker until it reports `online` to
+  the new one; the broker is started again with the same backoff as an instance, on the same
+  port and persistence, and a start that fails is a `broker failed` line saying why, retried;
 - restarts an instance that exits, after a capped exponential delay (`supervisor:` in
   site.yaml) that is reset once the instance has stayed up `stable_after_s`;
 - follows `ef/{site}/status/+` and reports every change of an instance's state to `on_status`:
   the services' own states (`online`, `stopped`, `offline`) and the supervisor's (`starting`,
-  `exited`, `restarting`, `killed`, `terminated`);
+  `exited`, `restarting`, `killed`, `terminated`, `waiting`);
 - `stop()`: SIGTERM to the actuators first (they take their safe state through the adapters),
   then to the others; SIGKILL to any still running after `stop_timeout_s`; then the broker.
 """
@@ -61,7 +64,9 @@ class StatusChange:
     """One change of an instance's state, as `on_status` receives it."""
 
     instance: str
-    state: str  # starting | online | stopped | offline | exited | restarting | killed | terminated
+    # starting | online | stopped | offline | exited | restarting | killed | terminated | waiting
+    # (the broker: starting | online | exited | restarting | failed | stopped)
+    state: str
     detail: str = ""  # e.g. "pid 1234", "exit code 1, restart 2 in 0.8 s"
     t: float = field(default_factory=time.time)  # wall clock, seconds
 
