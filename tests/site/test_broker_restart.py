@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgefleet.broker import free_port
 from edgefleet.site.supervisor import SiteSupervisor, StatusChange
 from shared import codec
-from shared.messages import ResultBatch
+from shared.messages import ModelRef, ResultBatch
 from shared.mqtt import BrokerSettings, MqttConnection, Received
 from tests.helpers import Probe
 from tests.inference.models import mlp
@@ -32,6 +34,7 @@ PERIOD_NS = 100_000_000  # the flow's align.period_ms
 # before both had subscribed again. Those are samples decided in the second before the kill
 # (max_delay_ms 200 + a period + delivery) up to the moment every instance is online again.
 BEFORE_KILL_S, AFTER_ONLINE_S = 1.0, 0.2
+T0 = 1_700_000_000_000_000_000  # results the test publishes itself: far from the live ones
 
 
 def pid_of(detail: str) -> int:
@@ -233,3 +236,68 @@ async def test_a_broker_whose_port_is_taken_says_why_and_keeps_trying(
     finally:
         squatter.close()
     assert any(c.instance == "broker" and c.state == "restarting" for c in changes)
+
+
+def result_batch(first: int, n: int) -> dict[str, Any]:
+    """Results of flow `pump` at sample times T0 + i ms, as an inference would publish them."""
+    t = T0 + np.arange(first, first + n, dtype=np.int64) * 1_000_000
+    scores = np.zeros(n, np.float32)
+    model = ModelRef("pump", "1", "ab" * 32)
+    return ResultBatch("pump", model, t, {"score": scores}, np.zeros(n, np.float32)).to_wire()
+
+
+def saved(db: Path, marker: bytes, timeout: float = 5.0) -> bool:
+    """Whether mosquitto's persistence file comes to hold `marker` within `timeout` (each save
+    replaces the whole file; mosquitto tells no one when it saved, so look at the file)."""
+    deadline = time.monotonic() + timeout
+    while not (db.exists() and marker in db.read_bytes()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+async def test_configs_and_the_forwarders_session_survive_a_broker_kill(
+    tmp_path: Path, site: str, simulator: int
+) -> None:
+    port = free_port()
+    data = site_data(site, port, simulator, forwarder={"queue_dir": str(tmp_path / "queue")})
+    data["broker"]["start_local"] = True
+    flow = flow_data(model=None, sinks=[{"kind": "sqlite", "path": "history.db"}])
+    path = write_site(tmp_path, data, flow)
+    config_topic = f"ef/{site}/config/elsewhere"
+    async with SiteSupervisor(path, tmp_path / "w") as sup:
+        await sup.wait_online(timeout=60)
+        assert sup.broker is not None
+        async with Probe("127.0.0.1", port) as probe:
+            await probe.subscribe(f"ef/{site}/status/forwarder")
+            # a retained config: `up` has the broker save it at once, not at its next autosave
+            await probe.publish(config_topic, {"revision": 7}, qos=1, retain=True)
+            db = tmp_path / "w" / "broker" / "mosquitto.db"
+            assert await asyncio.to_thread(saved, db, config_topic.encode())
+
+            # the forwarder away (stopped, not dead) while the broker dies and comes back
+            forwarder = sup.instances["forwarder"].pid
+            assert forwarder is not None and sup.broker.pid is not None
+            os.kill(forwarder, signal.SIGSTOP)
+            try:
+                os.kill(sup.broker.pid, signal.SIGKILL)
+                await sup.wait_state("modbus-plc1", "waiting")
+                await sup.wait_state("modbus-plc1", "online")
+                await asyncio.wait_for(probe.connection.wait_connected(), 10)
+                # published while the forwarder is away: kept for it by its restored session
+                result = await probe.publish(f"ef/{site}/results/pump", result_batch(0, 5), qos=1)
+                assert result.ok and not result.queued
+            finally:
+                os.kill(forwarder, signal.SIGCONT)
+            await probe.wait_for(
+                f"ef/{site}/status/forwarder",
+                lambda s: s["state"] == "online" and s["health"]["sink_sqlite"]["sent"] >= 5,
+                timeout=30,
+            )
+            await probe.subscribe(config_topic)
+            (config,) = await probe.wait_for(config_topic)
+            assert config == {"revision": 7}
+    with sqlite3.connect(tmp_path / "flows" / "history.db") as db:
+        ids = {i for (i,) in db.execute("SELECT id FROM results")}
+    assert ids >= {f"pump:{T0 + i * 1_000_000}" for i in range(5)}
