@@ -158,7 +158,8 @@ class SupervisedBroker:
 
     def save(self) -> None:
         """Ask mosquitto to write its persistence file now (it does so in its next loop turn)."""
-        if self._process is not None and self._process.returncode is None:
+        # only once it listens: before its handlers are set, SIGUSR1 would end it
+        if self.state.state == "online" and self._process and self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._process.send_signal(signal.SIGUSR1)
 

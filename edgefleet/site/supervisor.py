@@ -350,8 +350,10 @@ class SiteSupervisor:
         t_ns = body.get("t") or 0
         if t_ns and t_ns / 1e9 < state.started - 1.0:
             return  # retained from an earlier run
-        if t_ns and t_ns / 1e9 < self._broker_since:
-            return  # restored by a restarted broker: the instance has not spoken to this one yet
+        if message.retain and t_ns and t_ns / 1e9 < self._broker_since:
+            # restored by a restarted broker: the instance has not spoken to this one yet (a
+            # last will comes live, with the time of the instance's start: it is not stale)
+            return
         new = str(body.get("state", "?"))
         if new != state.state:
             self._set(state, new, f"pid {state.pid}")
