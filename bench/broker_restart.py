@@ -202,7 +202,7 @@ async def retained_under_up(root: Path, delay: float, n: int) -> bool:
     )
     rec = Recorder()
     async with SiteSupervisor(site / "site.yaml", site / "w", on_status=rec.on_status) as sup:
-        await asyncio.sleep(0.3)  # the supervisor's own subscriptions are in place
+        await sup.wait_watching()
         await publish_retained(port, "ef/bench/config/x", {"n": n})
         await asyncio.sleep(delay)
         assert sup.broker is not None and sup.broker.pid is not None
@@ -225,7 +225,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "site").mkdir()
-        rows = await recovery(root / "site", args.kills)
+        rows = await recovery(root / "site", args.kills) if args.kills else []
         print("kill  broker online  first result  all online  samples lost")
         for i, r in enumerate(rows, 1):
             print(
@@ -233,8 +233,9 @@ async def main() -> None:
                 f"{r['all_online']:>8.2f} s  {r['lost']:>12.0f}"
             )
         results = [r["result"] for r in rows]
-        print(f"kill -> first result: median {statistics.median(results):.2f} s, "
-              f"max {max(results):.2f} s")  # fmt: skip
+        if results:
+            print(f"kill -> first result: median {statistics.median(results):.2f} s, "
+                  f"max {max(results):.2f} s")  # fmt: skip
 
         print("\nretained config/x, published (QoS 1, acked), then SIGKILL after a delay:")
         print("delay     mosquitto alone   under up")

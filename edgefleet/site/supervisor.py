@@ -218,6 +218,12 @@ class SiteSupervisor:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: self.instances[name].state == state)
 
+    async def wait_watching(self, timeout: float = 10.0) -> None:
+        """Wait until the supervisor follows the site's topics (status, and with a local broker
+        config, desired and reported) on the broker."""
+        assert self._status is not None, "start() first"
+        await asyncio.wait_for(self._status.wait_connected(), timeout)
+
     def write_configs(self) -> None:
         """Write every instance's config YAML into `{workdir}/config/`."""
         for name, inst in self.specs.items():
@@ -317,7 +323,14 @@ class SiteSupervisor:
         if self._broker is not None:  # what must survive a crash of our broker: see _on_message
             for topic_filter in self._control_topics():
                 await self._status.subscribe(topic_filter, qos=1)
+            self._status.on_connect(self._save_on_connect)
         self._status_task = asyncio.create_task(self._status.run(), name="status_loop")
+
+    async def _save_on_connect(self) -> None:
+        # what was published while we were not subscribed (a broker just started, our
+        # reconnect still to come) we never see: have it saved now that we follow again
+        if self._broker is not None:
+            self._broker.save()
 
     def _control_topics(self) -> list[str]:
         t = self.topics

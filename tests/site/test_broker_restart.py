@@ -170,7 +170,7 @@ async def test_a_killed_broker_comes_back_and_the_history_has_no_gap_outside_the
     assert outside == [], f"{len(outside)} result(s) lost outside the kills: {outside[:5]}"
     # what reached this subscriber (a clean session, so it misses what came while it was away)
     # reached the forwarder (a persistent session the restarted broker kept) too: it is in the
-    # history or still in the durable queue (taken just before the stop); except what arrived
+    # history, still in the durable queue, or held for it by the broker; except what arrived
     # in the last 0.1 s before a kill: the broker may have died before passing it on
     kills = [a + BEFORE_KILL_S for a, _ in windows]
     seen = {
@@ -180,11 +180,14 @@ async def test_a_killed_broker_comes_back_and_the_history_has_no_gap_outside_the
         for t in sampled
     }
     kept = set(ts) | queued_sample_times(tmp_path / "queue" / "sqlite.db")  # not sent yet
+    # and what came just before the stop may still wait in the forwarder's session, which the
+    # broker saved when it stopped (a payload holds its result ids as text)
+    held = (tmp_path / "w" / "broker" / "mosquitto.db").read_bytes()
     lost = [
         (t, round(at - min(kills, key=lambda k: abs(at - k)), 3))
         for at, sampled in results.sampled
         for t in sampled
-        if t in seen - kept
+        if t in seen - kept and f"pump:{t}".encode() not in held
     ]
     assert lost == [], f"(sample time, arrival - nearest kill): {lost[:5]}"
     print(f"{len(ts)} results in the history; lost around the {KILLS} kills: {len(missing)}")
