@@ -20,13 +20,13 @@ import asyncio
 import contextlib
 import signal
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.broker import LocalBroker
 from edgefleet.site.model import SupervisorSettings
+from shared import clock
 from shared.retry import Backoff
 
 LISTEN_TIMEOUT_S = 10.0  # a mosquitto that neither listens nor exits by then is stuck
@@ -48,7 +48,8 @@ class BrokerState:
     state: str = "new"  # starting | online | exited | failed | restarting | stopped
     reason: str = ""  # why the last start failed, or how the last run ended
     exit_codes: list[int] = field(default_factory=list)  # of every run that ended
-    started: float = 0.0  # time.time() just before the current run was spawned
+    started: float = 0.0  # clock.monotonic() just before the current run was spawned
+    started_ns: int = 0  # the same moment, wall clock: a status older than this is not its news
 
     @property
     def running(self) -> bool:
@@ -135,7 +136,7 @@ class SupervisedBroker:
             errors = _errors_since(self.local.log_file, self._log_offset)
             if errors:
                 st.reason += f": {errors[-1]}"
-            if time.time() - st.started >= s.stable_after_s:
+            if clock.monotonic() - st.started >= s.stable_after_s:
                 backoff.reset()
             delay = backoff.next_delay()
             self._set("exited", f"{st.reason}; restart {st.restarts + 1} in {delay:.1f} s")
@@ -193,7 +194,7 @@ class SupervisedBroker:
             raise BrokerStartError(f"cannot prepare mosquitto: {exc}") from None
         self._log_offset = _size(self.local.log_file)
         err_offset = _size(self.err_file)
-        st.started = time.time()
+        st.started, st.started_ns = clock.monotonic(), clock.now_ns()
         with self.err_file.open("ab") as err:
             process = await asyncio.create_subprocess_exec(
                 *command,

@@ -48,7 +48,7 @@ import yaml
 from edgefleet.site.derive import Instance
 from edgefleet.site.load import LoadedSite, load_site
 from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, port_free
-from shared import codec
+from shared import clock, codec
 from shared.errors import ConfigError
 from shared.mqtt import MqttConnection, Received
 from shared.retry import Backoff
@@ -91,7 +91,8 @@ class InstanceState:
     restarts: int = 0  # how many times it was started again after exiting
     state: str = "new"  # the last state reported (see StatusChange.state)
     exit_codes: list[int] = field(default_factory=list)  # of every run that ended
-    started: float = 0.0  # time.time() of the current run's start
+    started: float = 0.0  # clock.monotonic() at the current run's start
+    started_ns: int = 0  # the same moment, wall clock (statuses carry wall-clock times)
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
     @property
@@ -146,7 +147,7 @@ class SiteSupervisor:
         }
         self.broker: BrokerState | None = None  # the local broker's state while it is ours
         self._broker: SupervisedBroker | None = None
-        self._broker_since = 0.0  # time.time() of the broker's latest start: older news is stale
+        self._broker_since_ns = 0  # wall clock of the broker's latest start: older is stale
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._status: MqttConnection | None = None
@@ -266,7 +267,8 @@ class SiteSupervisor:
                 env=self._env(),
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order
             )
-        state.process, state.pid, state.started = process, process.pid, time.time()
+        state.process, state.pid = process, process.pid
+        state.started, state.started_ns = clock.monotonic(), clock.now_ns()
         return process
 
     async def _keep_running(self, state: InstanceState) -> None:
@@ -280,7 +282,7 @@ class SiteSupervisor:
             state.exit_codes.append(code)
             if self._stopping:
                 return
-            if time.time() - state.started >= s.stable_after_s:
+            if clock.monotonic() - state.started >= s.stable_after_s:
                 backoff.reset()
             delay = backoff.next_delay()
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
@@ -355,9 +357,9 @@ class SiteSupervisor:
         if state is None or not isinstance(body, dict) or state.pid is None:
             return
         t_ns = body.get("t") or 0
-        if t_ns and t_ns / 1e9 < state.started - 1.0:
+        if t_ns and t_ns < state.started_ns - 1_000_000_000:
             return  # retained from an earlier run
-        if message.retain and t_ns and t_ns / 1e9 < self._broker_since:
+        if message.retain and t_ns and t_ns < self._broker_since_ns:
             # restored by a restarted broker: the instance has not spoken to this one yet (a
             # last will comes live, with the time of the instance's start: it is not stale)
             return
@@ -380,7 +382,7 @@ class SiteSupervisor:
 
     def _broker_up(self) -> None:
         if self.broker is not None:
-            self._broker_since = self.broker.started
+            self._broker_since_ns = self.broker.started_ns
 
     async def _notify(self) -> None:
         async with self._changed:
