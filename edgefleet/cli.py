@@ -125,6 +125,13 @@ def parser() -> argparse.ArgumentParser:
         help="promote or drop an inference shadow model (edgefleet shadow --help)",
         add_help=False,
     )
+    sub.add_parser(
+        "library", help="models and scripts in the fleet (edgefleet library --help)", add_help=False
+    )
+    sub.add_parser("flow", help="versioned flows in the fleet (edgefleet flow --help)", add_help=False)
+    sub.add_parser(
+        "cloud", help="run the cloud side on this machine (edgefleet cloud up --help)", add_help=False
+    )
     return p
 
 
@@ -136,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_actuator(argv[1:])
     if argv[:1] == ["shadow"]:
         return cmd_shadow(argv[1:])
+    if argv[:1] in (["library"], ["flow"]):
+        from edgefleet.fleet.cli import main as fleet_main
+
+        return fleet_main(argv)
+    if argv[:1] == ["cloud"]:
+        from edgefleet.fleet.cloud import main as cloud_main
+
+        return cloud_main(argv[1:])
     if argv[:2] == ["opcua", "browse"]:
         from edgefleet.opcua_browse import main as browse_main
 
