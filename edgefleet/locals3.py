@@ -133,11 +133,13 @@ class LocalS3:
                     raise TimeoutError(f"no S3 answer on {url} after {timeout:g} s") from None
                 time.sleep(0.05)
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL after `grace_s`: weed's graceful stop can hang for long, and
+        what it acknowledged is already written to its volume files."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
+                self.process.wait(grace_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
