@@ -22,7 +22,9 @@ from shared.messages import (
     DesiredState,
     ErrorReport,
     Event,
+    FleetAnswer,
     FleetCommand,
+    FleetErrorBody,
     FlowReport,
     Message,
     ModelRef,
@@ -88,7 +90,19 @@ TOPIC_OF = {
     "desired": "`desired`, retained, bridged from the cloud",
     "reported": "`reported`, retained, bridged to the cloud",
     "command": "`ef/fleet/commands`, request/response",
+    "answer": "the command's response topic (the CLI's is `ef/fleet/reply/{client}`), with its"
+    " correlation data",
 }
+
+FLEET_INTRO = """\
+## Fleet commands
+
+Each is a `command` on `ef/fleet/commands` with `cmd` and `args` as below, answered with an
+`answer`: `ok: true` and `result`, or `ok: false` and `error {code, message}`. Codes: {codes}.
+Blobs never travel here: `library.upload_url` and `library.download_url` hand out presigned S3
+URLs (PUT, GET) of short expiry; `library.commit` verifies the uploaded object before any
+version exists.
+"""
 
 
 def hot_path_examples() -> list[tuple[str, dict[str, Any]]]:
@@ -198,10 +212,14 @@ def control_plane_examples() -> list[Message]:
             timings_ms={"downloading": 412.0, "verifying": 38.5, "activating": 2210.0},
             t=T,
         ),
-        FleetCommand(
-            request_id="c9",
-            op="deploy",
-            args={"flow": "pump-anomaly", "version": 4, "group": "north"},
+        FleetCommand(cmd="library.show", args={"ref": "pump-ae@3"}),
+        FleetAnswer(
+            ok=False,
+            error=FleetErrorBody(
+                code="not_found",
+                message="no pump-ae@9 in the library (edgefleet library show pump-ae lists "
+                "its versions)",
+            ),
         ),
     ]
 
@@ -232,7 +250,30 @@ def render() -> str:
             _json(message.to_wire(Encoding.JSON)),
             "```\n",
         ]
+    out += fleet_commands_section()
     return "\n".join(out)
+
+
+def fleet_commands_section() -> list[str]:
+    # The command table lives with the fleet service (edgefleet/fleet), which composes flows;
+    # the contract lists it, so the document covers every message on the wire.
+    from edgefleet.fleet.commands import COMMANDS  # noqa: PLC0415
+    from edgefleet.fleet.errors import CODES  # noqa: PLC0415
+
+    out = [FLEET_INTRO.replace("{codes}", ", ".join(f"`{c}`" for c in CODES))]
+    for command in COMMANDS.values():
+        request = ", ".join(f"`{n}`" for n in command.request.model_fields) or "none"
+        result = ", ".join(f"`{n}`" for n in command.result.model_fields)
+        example = FleetCommand(cmd=command.name, args=command.example)
+        out += [
+            f"### `{command.name}`\n",
+            f"{command.doc}\n",
+            f"Args: {request}. Result: {result}.\n",
+            "```json",
+            _json(example.to_wire(Encoding.JSON)),
+            "```\n",
+        ]
+    return out
 
 
 if __name__ == "__main__":

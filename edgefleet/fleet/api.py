@@ -162,9 +162,12 @@ class FlowPushRequest(Api):
 
 
 class Pin(Api):
+    """As a desired state's `PinnedResource` names it."""
+
     ref: str  # name@N
     kind: Kind
     sha256: str
+    size: int
 
 
 class FlowView(Api):

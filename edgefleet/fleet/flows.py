@@ -223,7 +223,7 @@ def _run_check_isolated(
 
 def flow_view(fleet: Fleet, row: Row) -> api.FlowView:
     pins = {
-        role: api.Pin(ref=_ref(r), kind=r["kind"], sha256=r["sha256"])
+        role: api.Pin(ref=_ref(r), kind=r["kind"], sha256=r["sha256"], size=r["size"])
         for role, r in fleet.store.flow_refs(row["id"]).items()
     }
     return api.FlowView(
