@@ -51,6 +51,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (ef)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,7 +280,7 @@ async def flow_push(fleet: FleetClient, args: argparse.Namespace) -> dict[str, A
     result = await fleet.call(
         "flow.push",
         {"text": text, "filename": path.name, "note": args.note, "author": author()},
-        timeout=120.0,
+        timeout=max(args.timeout, 120.0),
     )
     if not args.json:
         f = result["flow"]
@@ -344,7 +345,7 @@ VERBS: dict[tuple[str, str], Callable[[FleetClient, argparse.Namespace], Awaitab
 
 async def run(args: argparse.Namespace) -> None:
     verb = VERBS[(args.noun, args.verb)]
-    async with connect(args.fleet, args.prefix) as fleet:
+    async with connect(args.fleet, args.prefix, timeout=args.timeout) as fleet:
         result = await verb(fleet, args)
     if args.json:
         print_json(result)

@@ -50,13 +50,17 @@ def author() -> str:
 
 
 class FleetClient:
-    def __init__(self, requester: Requester, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self, requester: Requester, prefix: str = DEFAULT_PREFIX, timeout: float = COMMAND_TIMEOUT_S
+    ) -> None:
         self.requester, self.topic = requester, fleet_commands(prefix)
+        self.timeout = timeout  # for an answer to a command
 
     async def call(
-        self, cmd: str, args: dict[str, Any] | None = None, timeout: float = COMMAND_TIMEOUT_S
+        self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None
     ) -> dict[str, Any]:
         """The command's result; `FleetError` with the fleet's code when it refused."""
+        timeout = self.timeout if timeout is None else timeout
         try:
             answer = await self.requester.request(
                 self.topic,
@@ -102,7 +106,7 @@ class FleetClient:
                 "note": note,
                 "author": author(),
             },
-            timeout=COMMIT_TIMEOUT_S,
+            timeout=max(self.timeout, COMMIT_TIMEOUT_S),
         )
 
     async def pull(
@@ -116,7 +120,10 @@ class FleetClient:
 
 @contextlib.asynccontextmanager
 async def connect(
-    address: str | None = None, prefix: str = DEFAULT_PREFIX, connect_timeout: float = 10.0
+    address: str | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    connect_timeout: float = 10.0,
+    timeout: float = COMMAND_TIMEOUT_S,
 ) -> AsyncIterator[FleetClient]:
     """A client on the fleet's broker (`address`, else $EDGEFLEET_FLEET, else 127.0.0.1:1883)."""
     host, port = parse_address(address or os.environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS)
@@ -126,7 +133,7 @@ async def connect(
         async with requester(
             settings, fleet_replies(client_id, prefix), connect_timeout=connect_timeout
         ) as req:
-            yield FleetClient(req, prefix)
+            yield FleetClient(req, prefix, timeout)
     except NotConnected as exc:
         raise FleetError(
             "internal",
