@@ -132,13 +132,12 @@ def parser() -> argparse.ArgumentParser:
         help="promote or drop an inference shadow model (edgefleet shadow --help)",
         add_help=False,
     )
-    sub.add_parser(
-        "library", help="models and scripts in the fleet (edgefleet library --help)", add_help=False
-    )
-    sub.add_parser("flow", help="versioned flows in the fleet (edgefleet flow --help)", add_help=False)
-    sub.add_parser(
-        "cloud", help="run the cloud side on this machine (edgefleet cloud up --help)", add_help=False
-    )
+    for name, text in (
+        ("library", "models and scripts in the fleet (edgefleet library --help)"),
+        ("flow", "versioned flows in the fleet (edgefleet flow --help)"),
+        ("cloud", "the cloud side on this machine (edgefleet cloud up --help)"),
+    ):
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 

@@ -113,7 +113,9 @@ class LocalS3:
         except (TimeoutError, RuntimeError) as exc:
             self.stop()
             tail = (self.data_dir / "weed.log").read_text(errors="replace")[-800:]
-            raise RuntimeError(f"SeaweedFS did not start on port {self.port}: {exc}\n{tail}") from None
+            raise RuntimeError(
+                f"SeaweedFS did not start on port {self.port}: {exc}\n{tail}"
+            ) from None
         return self
 
     def _wait_ready(self, timeout: float) -> None:

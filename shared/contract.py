@@ -257,8 +257,8 @@ def render() -> str:
 def fleet_commands_section() -> list[str]:
     # The command table lives with the fleet service (edgefleet/fleet), which composes flows;
     # the contract lists it, so the document covers every message on the wire.
-    from edgefleet.fleet.commands import COMMANDS  # noqa: PLC0415
-    from edgefleet.fleet.errors import CODES  # noqa: PLC0415
+    from edgefleet.fleet.commands import COMMANDS
+    from edgefleet.fleet.errors import CODES
 
     out = [FLEET_INTRO.replace("{codes}", ", ".join(f"`{c}`" for c in CODES))]
     for command in COMMANDS.values():

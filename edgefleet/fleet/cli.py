@@ -142,15 +142,28 @@ def print_json(data: Any) -> None:
 # ---------------------------------------------------------------------------- library
 
 
+def prepare(args: argparse.Namespace) -> None:
+    """Local checks and reads, before any connection: bad usage exits 2 at once."""
+    if (args.noun, args.verb) == ("library", "push"):
+        path: Path = args.file
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+        args.kind = args.kind or KIND_BY_SUFFIX.get(path.suffix.lower())
+        if args.kind is None:
+            raise UsageError(f"{path}: cannot tell model from script by its suffix: give --kind")
+        args.size = path.stat().st_size
+    elif (args.noun, args.verb) == ("flow", "push"):
+        try:
+            args.text = args.file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{args.file}: cannot read it: {exc}") from None
+    elif (args.noun, args.verb) == ("library", "pull"):
+        args.output_dir = args.output is not None and args.output.is_dir()
+
+
 async def library_push(fleet: FleetClient, args: argparse.Namespace) -> dict[str, Any]:
-    path: Path = args.file
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    kind = args.kind or KIND_BY_SUFFIX.get(path.suffix.lower())
-    if kind is None:
-        raise UsageError(f"{path}: cannot tell model from script by its suffix: give --kind")
-    with progress_bar(path.stat().st_size, f"push {args.name}") as advance:
-        result = await fleet.push(path, args.name, kind, args.note, advance)
+    with progress_bar(args.size, f"push {args.name}") as advance:
+        result = await fleet.push(args.file, args.name, args.kind, args.note, advance)
     if not args.json:
         r = result["resource"]
         verb = "pushed" if result["created"] else "unchanged (same bytes):"
@@ -241,9 +254,8 @@ async def library_show(fleet: FleetClient, args: argparse.Namespace) -> dict[str
 async def library_pull(fleet: FleetClient, args: argparse.Namespace) -> dict[str, Any]:
     info = await fleet.call("library.show", {"ref": args.ref})
     r = info["resource"]
-    dest: Path = args.output or Path(f"{r['ref']}{'.onnx' if r['kind'] == 'model' else '.py'}")
-    if dest.is_dir():
-        dest = dest / f"{r['ref']}{'.onnx' if r['kind'] == 'model' else '.py'}"
+    name = f"{r['ref']}{'.onnx' if r['kind'] == 'model' else '.py'}"
+    dest: Path = args.output / name if args.output_dir else args.output or Path(name)
     with progress_bar(r["size"], f"pull {r['ref']}") as advance:
         result = await fleet.pull(r["ref"], dest, advance)
     result = {**result, "path": str(dest)}
@@ -272,14 +284,9 @@ async def library_delete(fleet: FleetClient, args: argparse.Namespace) -> dict[s
 
 
 async def flow_push(fleet: FleetClient, args: argparse.Namespace) -> dict[str, Any]:
-    path: Path = args.file
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read it: {exc}") from None
     result = await fleet.call(
         "flow.push",
-        {"text": text, "filename": path.name, "note": args.note, "author": author()},
+        {"text": args.text, "filename": args.file.name, "note": args.note, "author": author()},
         timeout=max(args.timeout, 120.0),
     )
     if not args.json:
@@ -324,7 +331,9 @@ async def flow_history(fleet: FleetClient, args: argparse.Namespace) -> dict[str
     if not args.json:
         t = table("version", "created", "author", "model", "note")
         for v in result["versions"]:
-            t.add_row(str(v["version"]), when(v["created"]), v["author"], v["model"] or "-", v["note"])
+            t.add_row(
+                str(v["version"]), when(v["created"]), v["author"], v["model"] or "-", v["note"]
+            )
         out.print(t)
     return result
 
@@ -354,6 +363,7 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
+        prepare(args)
         asyncio.run(run(args))
     except UsageError as exc:
         err.print(f"edgefleet: {exc}", markup=False)

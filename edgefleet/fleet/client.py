@@ -92,7 +92,7 @@ class FleetClient:
         note: str = "",
         progress: Progress | None = None,
     ) -> dict[str, Any]:
-        size = path.stat().st_size
+        size = (await asyncio.to_thread(path.stat)).st_size
         upload = await self.call("library.upload_url", {"name": name, "size": size})
         sha256 = await asyncio.to_thread(put_file, upload["url"], path, size, progress)
         return await self.call(
@@ -109,9 +109,7 @@ class FleetClient:
             timeout=max(self.timeout, COMMIT_TIMEOUT_S),
         )
 
-    async def pull(
-        self, ref: str, dest: Path, progress: Progress | None = None
-    ) -> dict[str, Any]:
+    async def pull(self, ref: str, dest: Path, progress: Progress | None = None) -> dict[str, Any]:
         """Download `ref` to `dest` (written aside, verified, then renamed)."""
         where = await self.call("library.download_url", {"ref": ref})
         await asyncio.to_thread(get_file, where["url"], dest, where["sha256"], progress)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from shared.config import StrictModel, TopicId, ServiceConfig
+from shared.config import ServiceConfig, StrictModel, TopicId
 from shared.errors import ConfigError
 
 

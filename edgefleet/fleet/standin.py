@@ -67,7 +67,9 @@ def _read(data: bytes, origin: str) -> dict[str, Any]:
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:
-        raise ModelError(f"{origin} is not a valid ONNX model (truncated, corrupt): {exc}") from None
+        raise ModelError(
+            f"{origin} is not a valid ONNX model (truncated, corrupt): {exc}"
+        ) from None
     if proto.ir_version <= 0 or not proto.HasField("graph"):
         raise ModelError(f"{origin} is not a valid ONNX model (no ir_version or no graph)")
     try:
@@ -98,7 +100,9 @@ def _read(data: bytes, origin: str) -> dict[str, Any]:
         "metadata": props,
         "features": features,
         "train_stats": stats,
-        "threshold": float(props["edgefleet.threshold"]) if "edgefleet.threshold" in props else None,
+        "threshold": float(props["edgefleet.threshold"])
+        if "edgefleet.threshold" in props
+        else None,
     }
 
 

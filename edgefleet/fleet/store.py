@@ -29,7 +29,7 @@ Row = dict[str, Any]
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["resources"].create(  # type: ignore[union-attr]
+    db.table("resources").create(
         {
             "id": int,
             "name": str,
@@ -48,9 +48,9 @@ def _v1(db: sqlite_utils.Database) -> None:
         not_null={"name", "version", "kind", "sha256", "size", "created_ns"},
         defaults={"note": "", "author": ""},
     )
-    db["resources"].create_index(["name", "version"], unique=True)
-    db["resources"].create_index(["sha256"])
-    db["flows"].create(  # type: ignore[union-attr]
+    db.table("resources").create_index(["name", "version"], unique=True)
+    db.table("resources").create_index(["sha256"])
+    db.table("flows").create(
         {
             "id": int,
             "name": str,
@@ -66,15 +66,15 @@ def _v1(db: sqlite_utils.Database) -> None:
         not_null={"name", "version", "text", "resolved", "digest", "created_ns"},
         defaults={"note": "", "author": ""},
     )
-    db["flows"].create_index(["name", "version"], unique=True)
-    db["flow_refs"].create(  # type: ignore[union-attr]
+    db.table("flows").create_index(["name", "version"], unique=True)
+    db.table("flow_refs").create(
         {"flow_id": int, "role": str, "resource_id": int},
         pk=("flow_id", "role"),
         foreign_keys=[("flow_id", "flows", "id"), ("resource_id", "resources", "id")],
         not_null={"flow_id", "role", "resource_id"},
     )
-    db["flow_refs"].create_index(["resource_id"])
-    db["uploads"].create(  # type: ignore[union-attr]
+    db.table("flow_refs").create_index(["resource_id"])
+    db.table("uploads").create(
         {"id": str, "key": str, "size": int, "created_ns": int, "expires_ns": int},
         pk="id",
         not_null={"key", "size", "created_ns", "expires_ns"},
@@ -157,7 +157,9 @@ class Store:
         """The new version `name@N` (N: one past the highest ever given), or the existing one
         with the same bytes; True when it was created."""
         with self._write() as db:
-            kinds = {r["kind"] for r in db.query("SELECT kind FROM resources WHERE name = ?", [name])}
+            kinds = {
+                r["kind"] for r in db.query("SELECT kind FROM resources WHERE name = ?", [name])
+            }
             if kinds and kind not in kinds:
                 raise FleetError(
                     "conflict",
@@ -223,7 +225,9 @@ class Store:
         with self._write() as db:
             row = _resource(db, name, version)
             if row["archived_ns"] is None:
-                db.execute("UPDATE resources SET archived_ns = ? WHERE id = ?", [now_ns(), row["id"]])
+                db.execute(
+                    "UPDATE resources SET archived_ns = ? WHERE id = ?", [now_ns(), row["id"]]
+                )
             return _resource(db, name, version)
 
     def delete(self, name: str, version: int) -> tuple[Row, bool]:
@@ -298,7 +302,9 @@ class Store:
                     db, "SELECT * FROM flows WHERE name = ? ORDER BY version DESC LIMIT 1", [name]
                 )
             else:
-                row = _one(db, "SELECT * FROM flows WHERE name = ? AND version = ?", [name, version])
+                row = _one(
+                    db, "SELECT * FROM flows WHERE name = ? AND version = ?", [name, version]
+                )
         if row is None:
             at = "" if version is None else f"@{version}"
             raise FleetError(
@@ -330,7 +336,8 @@ class Store:
     def add_upload(self, upload_id: str, key: str, size: int, expires_ns: int) -> None:
         with self._write() as db:
             db.execute(
-                "INSERT INTO uploads (id, key, size, created_ns, expires_ns) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO uploads (id, key, size, created_ns, expires_ns) "
+                "VALUES (?, ?, ?, ?, ?)",
                 [upload_id, key, size, now_ns(), expires_ns],
             )
 
@@ -384,7 +391,9 @@ def _resource(
     )
     if row is not None:
         return row
-    if active and _one(db, "SELECT id FROM resources WHERE name = ? AND deleted_ns IS NULL", [name]):
+    if active and _one(
+        db, "SELECT id FROM resources WHERE name = ? AND deleted_ns IS NULL", [name]
+    ):
         raise FleetError(
             "archived",
             f"every version of {name} is archived: push a new one (edgefleet library push)",

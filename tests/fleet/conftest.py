@@ -54,11 +54,14 @@ def fleet_of(config: dict[str, Any]) -> Config:
 
 
 @pytest.fixture
-async def fleet(fleet_config: dict[str, Any], broker: LocalBroker, site: str) -> AsyncIterator[FleetClient]:
+async def fleet(
+    fleet_config: dict[str, Any], broker: LocalBroker, site: str
+) -> AsyncIterator[FleetClient]:
     """The fleet service running in this process, and a client of it."""
-    async with running(main(fleet_of(fleet_config))), connect(
-        f"{broker.host}:{broker.port}", prefix=site
-    ) as client:
+    async with (
+        running(main(fleet_of(fleet_config))),
+        connect(f"{broker.host}:{broker.port}", prefix=site) as client,
+    ):
         await wait_serving(client)
         yield client
 

@@ -54,7 +54,9 @@ def fleet_process(fleet_config: dict[str, Any], tmp_path: Path) -> Any:
         process.stop()
 
 
-def cli(broker: LocalBroker, prefix: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(
+    broker: LocalBroker, prefix: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGEFLEET_FLEET": f"{broker.host}:{broker.port}"}
     return subprocess.run(
         [sys.executable, "-m", "edgefleet.cli", *args, "--prefix", prefix],
@@ -77,7 +79,9 @@ def test_sigkill_between_commands_loses_nothing_committed(
 ) -> None:
     wait_ready(broker, site)
     model = models.isolation_forest(tmp_path / "m.onnx")
-    pushed = cli(broker, site, "library", "push", str(model), "--name", "pump-ae", "--note", "n1", "--json")
+    pushed = cli(
+        broker, site, "library", "push", str(model), "--name", "pump-ae", "--note", "n1", "--json"
+    )
     assert pushed.returncode == 0, pushed.stderr
     ref = json.loads(pushed.stdout)["resource"]["ref"]
     flow = tmp_path / "f.yaml"
@@ -103,7 +107,9 @@ def test_sigkill_between_commands_loses_nothing_committed(
     pulled = cli(broker, site, "library", "pull", ref, "-o", str(out))
     assert pulled.returncode == 0 and out.read_bytes() == model.read_bytes()
     # numbering goes on after the restart
-    again = cli(broker, site, "library", "push", str(models.mlp(tmp_path / "b.onnx")), "--name", "pump-ae")
+    again = cli(
+        broker, site, "library", "push", str(models.mlp(tmp_path / "b.onnx")), "--name", "pump-ae"
+    )
     assert "pump-ae@2" in again.stdout
 
 
@@ -131,7 +137,10 @@ def test_cli_tables_json_and_exit_codes(
     refused = cli(broker, site, "library", "push", str(bad), "--name", "bad")
     assert refused.returncode == 1 and "not a valid ONNX model" in refused.stderr
     # bad usage: 2
-    assert cli(broker, site, "library", "push", str(tmp_path / "none.onnx"), "--name", "x").returncode == 2
+    assert (
+        cli(broker, site, "library", "push", str(tmp_path / "none.onnx"), "--name", "x").returncode
+        == 2
+    )
     assert cli(broker, site, "library", "push", str(model)).returncode == 2  # no --name
     odd = tmp_path / "model.bin"
     odd.write_bytes(model.read_bytes())

@@ -175,7 +175,9 @@ async def test_exported_shapes_accepted_when_they_fit(fleet: FleetClient, tmp_pa
 
 async def test_float64_linear_and_preprocess_width(fleet: FleetClient, tmp_path: Path) -> None:
     """A preprocess script that changes the width is run (in a child process) to know it."""
-    await fleet.push(models.linear(tmp_path / "l.onnx", f=2, dtype=TensorProto.DOUBLE), "l2", "model")
+    await fleet.push(
+        models.linear(tmp_path / "l.onnx", f=2, dtype=TensorProto.DOUBLE), "l2", "model"
+    )
     script = tmp_path / "pick.py"
     script.write_text("def preprocess(x):\n    return x[..., :2]\n")
     await fleet.push(script, "pick2", "script")

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import onnx
 import pytest
 from minio import Minio
 from onnx import TensorProto, helper
@@ -54,7 +53,9 @@ async def test_push_show_pull_and_identical_bytes(
     assert first["created"] and first["resource"]["ref"] == "pump-ae@1"
     again = await fleet.push(path, "pump-ae", "model", "again")
     assert not again["created"] and again["resource"]["ref"] == "pump-ae@1"
-    second = await fleet.push(models.isolation_forest(tmp_path / "m2.onnx", seed=1), "pump-ae", "model")
+    second = await fleet.push(
+        models.isolation_forest(tmp_path / "m2.onnx", seed=1), "pump-ae", "model"
+    )
     assert second["resource"]["ref"] == "pump-ae@2"
     # the same bytes under another name: a new resource, one blob
     other = await fleet.push(path, "pump-ae-copy", "model")
@@ -89,7 +90,9 @@ async def test_scripts(fleet: FleetClient, tmp_path: Path) -> None:
     assert error.code == "conflict"
 
 
-async def test_every_refusal_stores_nothing(fleet: FleetClient, s3: LocalS3, tmp_path: Path) -> None:
+async def test_every_refusal_stores_nothing(
+    fleet: FleetClient, s3: LocalS3, tmp_path: Path
+) -> None:
     good = models.mlp(tmp_path / "good.onnx")
     data = good.read_bytes()
     cases: list[tuple[str, bytes, str, str, str]] = [
@@ -97,9 +100,21 @@ async def test_every_refusal_stores_nothing(fleet: FleetClient, s3: LocalS3, tmp
         ("not onnx", b"name: pump\nalign: {}\n", "model", "invalid_model", "not a valid ONNX"),
         ("truncated", data[: len(data) // 2], "model", "invalid_model", "not a valid ONNX"),
         ("corrupt", bytes(range(256)) * 64, "model", "invalid_model", "not a valid ONNX"),
-        ("won't load", unloadable(tmp_path / "u.onnx").read_bytes(), "model", "invalid_model", "NoSuchOperator"),
+        (
+            "won't load",
+            unloadable(tmp_path / "u.onnx").read_bytes(),
+            "model",
+            "invalid_model",
+            "NoSuchOperator",
+        ),
         ("no compile", b"def preprocess(x)\n    return x\n", "script", "invalid_script", "compile"),
-        ("defines nothing", b"def helper(x):\n    return x\n", "script", "invalid_script", "preprocess"),
+        (
+            "defines nothing",
+            b"def helper(x):\n    return x\n",
+            "script",
+            "invalid_script",
+            "preprocess",
+        ),
     ]
     for what, blob, kind, code, words in cases:
         path = tmp_path / f"case.{'onnx' if kind == 'model' else 'py'}"
