@@ -45,7 +45,7 @@ def _client(endpoint: str, config: S3Config, secret: str) -> Minio:
     )
     return Minio(
         endpoint,
-        access_key=config.access_key,
+        access_key=config.access_key_id(),
         secret_key=secret,
         secure=config.secure,
         region=config.region,

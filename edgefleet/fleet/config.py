@@ -20,12 +20,21 @@ class S3Config(StrictModel):
     region: str = "us-east-1"  # given, so presigning needs no round trip to the server
     bucket: str = "edgefleet"
     access_key: str = "edgefleet"
+    access_key_env: str | None = None  # read the access key from this variable instead
     secret_key_env: str | None = None
     secret_key_file: Path | None = None
     # The endpoint presigned URLs name, when clients reach S3 by another address than the
     # fleet does (a container network); default: `endpoint`.
     public_endpoint: str | None = None
     url_expiry_s: int = Field(900, ge=60, le=7 * 24 * 3600)
+
+    def access_key_id(self) -> str:
+        if self.access_key_env:
+            value = os.environ.get(self.access_key_env)
+            if value is None:
+                raise ConfigError(f"s3.access_key_env: variable {self.access_key_env} is not set")
+            return value
+        return self.access_key
 
     def secret_key(self) -> str:
         if self.secret_key_env:

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def check(config: Config) -> None:
-    """What `--check` verifies beyond the file: the S3 secret can be read."""
+    """What `--check` verifies beyond the file: the S3 credentials can be read."""
+    config.s3.access_key_id()
     config.s3.secret_key()
 
 
