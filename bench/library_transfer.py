@@ -208,14 +208,12 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     med = {k: statistics.median(v) for k, v in rounds.items()}
     upload, commit, push, pull = med["upload"], med["commit"], med["push"], med["pull"]
     print(f"model {size_mb:.1f} MB, {args.rounds} rounds, medians (SeaweedFS on loopback):")
-    print(f"  raw minio put          {size_mb / put:7.1f} MB/s  ({put:.2f} s)")
-    print(
-        f"  library push, upload   {size_mb / upload:7.1f} MB/s ({upload:.2f} s) {put / upload:.2f}×"
-    )
-    print(f"  library push, commit   {commit:.2f} s (read back + sha256, onnxruntime load, copy)")
-    print(f"  library push, whole    {size_mb / push:7.1f} MB/s ({push:.2f} s) {put / push:.2f}×")
-    print(f"  raw minio get          {size_mb / get:7.1f} MB/s  ({get:.2f} s)")
-    print(f"  library pull           {size_mb / pull:7.1f} MB/s ({pull:.2f} s) {get / pull:.2f}×")
+    print(f"  raw minio put  {size_mb / put:7.1f} MB/s  ({put:.2f} s)")
+    print(f"  push, upload   {size_mb / upload:7.1f} MB/s ({upload:.2f} s) {put / upload:.2f}×")
+    print(f"  push, commit   {commit:.2f} s (read back + sha256, onnxruntime load, copy)")
+    print(f"  push, whole    {size_mb / push:7.1f} MB/s ({push:.2f} s) {put / push:.2f}×")
+    print(f"  raw minio get  {size_mb / get:7.1f} MB/s  ({get:.2f} s)")
+    print(f"  library pull   {size_mb / pull:7.1f} MB/s ({pull:.2f} s) {get / pull:.2f}×")
     print(f"command round trip, {args.n} calls:")
     print(f"  raw MQTT v5 req/resp p50 {pct(raw_ms, 50):6.2f} ms  p99 {pct(raw_ms, 99):6.2f} ms")
     print(
