@@ -26,7 +26,7 @@ bench: setup
 	@for b in bench/*.py; do echo "== $$b"; PYTHONPATH=. $(PY) $$b || exit 1; done
 
 contract: setup
-	$(PY) -m shared.contract > docs/wire-contract.md
+	$(PY) -m edgefleet.contract > docs/wire-contract.md
 
 clean:
 	rm -rf .venv var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

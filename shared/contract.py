@@ -94,16 +94,6 @@ TOPIC_OF = {
     " correlation data",
 }
 
-FLEET_INTRO = """\
-## Fleet commands
-
-Each is a `command` on `ef/fleet/commands` with `cmd` and `args` as below, answered with an
-`answer`: `ok: true` and `result`, or `ok: false` and `error {code, message}`. Codes: {codes}.
-Blobs never travel here: `library.upload_url` and `library.download_url` hand out presigned S3
-URLs (PUT, GET) of short expiry; `library.commit` verifies the uploaded object before any
-version exists.
-"""
-
 
 def hot_path_examples() -> list[tuple[str, dict[str, Any]]]:
     readings = ReadingBatch.from_columns(
@@ -250,31 +240,11 @@ def render() -> str:
             _json(message.to_wire(Encoding.JSON)),
             "```\n",
         ]
-    out += fleet_commands_section()
     return "\n".join(out)
 
 
-def fleet_commands_section() -> list[str]:
-    # The command table lives with the fleet service (edgefleet/fleet), which composes flows;
-    # the contract lists it, so the document covers every message on the wire.
-    from edgefleet.fleet.commands import COMMANDS
-    from edgefleet.fleet.errors import CODES
-
-    out = [FLEET_INTRO.replace("{codes}", ", ".join(f"`{c}`" for c in CODES))]
-    for command in COMMANDS.values():
-        request = ", ".join(f"`{n}`" for n in command.request.model_fields) or "none"
-        result = ", ".join(f"`{n}`" for n in command.result.model_fields)
-        example = FleetCommand(cmd=command.name, args=command.example)
-        out += [
-            f"### `{command.name}`\n",
-            f"{command.doc}\n",
-            f"Args: {request}. Result: {result}.\n",
-            "```json",
-            _json(example.to_wire(Encoding.JSON)),
-            "```\n",
-        ]
-    return out
-
-
 if __name__ == "__main__":
-    print(render(), end="")
+    # The whole document also lists the fleet's commands, which live above shared/.
+    raise SystemExit(
+        "the wire contract is written by `python -m edgefleet.contract` (make contract)"
+    )

@@ -31,9 +31,9 @@ from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from edgefleet.fleet.standin import ModelSignature, check_fits, run_isolated
 from edgefleet.fleet.store import Row
-from services.inference.settings import InferenceSettings
+from edgefleet.flow import FlowSpec, parse_flow
+from services.inference.config import InferenceSettings
 from shared.errors import EdgefleetError
-from shared.flow import FlowSpec, parse_flow
 from shared.messages import iso
 
 SCRIPT_ROLES = ("preprocess", "postprocess")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from services.inference.settings import InferenceSettings
+from services.inference.config import InferenceSettings
 from shared.errors import ConfigError, ModelError
 
 Dim = int | str | None
