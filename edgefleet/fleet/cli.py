@@ -322,7 +322,7 @@ async def flow_show(fleet: FleetClient, args: argparse.Namespace) -> dict[str, A
         for role, p in f["pins"].items():
             out.print(f"{role + ':':<12} {p['ref']}  sha256:{p['sha256'][:12]}")
         out.print("---")
-        out.print(f["text"], markup=False, end="" if f["text"].endswith("\n") else "\n")
+        out.print(f["text"].rstrip("\n"), markup=False)
     return result
 
 
