@@ -61,9 +61,10 @@ class Fleet:
             used_by=self.store.users(row["id"]) if users else [],
         )
 
-    def sweep(self) -> int:
+    def sweep(self, now: int | None = None) -> int:
         """Remove staged uploads that were never committed and whose URL expired."""
-        rows = self.store.expired_uploads(now_ns() - UPLOAD_GRACE_S * 10**9)
+        now = now_ns() if now is None else now
+        rows = self.store.expired_uploads(now - UPLOAD_GRACE_S * 10**9)
         for row in rows:
             self.blobs.remove(row["key"])
         return len(rows)

@@ -212,3 +212,35 @@ async def test_archive_and_delete(fleet: FleetClient, s3: LocalS3, tmp_path: Pat
     c = models.mlp(tmp_path / "c.onnx", seed=3)
     assert (await fleet.push(c, "m", "model"))["resource"]["ref"] == "m@3"
     assert len(objects(s3, "blobs/")) == 2
+
+
+async def test_malformed_and_unknown_commands_are_answered(fleet: FleetClient) -> None:
+    answer = await fleet.requester.request(fleet.topic, {"v": 1, "cmd": "library.nope"}, timeout=5)
+    assert (
+        answer["error"]["code"] == "unknown_command"
+        and "library.list" in answer["error"]["message"]
+    )
+    answer = await fleet.requester.request(fleet.topic, {"v": 7, "cmd": "library.list"}, timeout=5)
+    assert answer["ok"] is False and answer["error"]["code"] == "invalid"
+    answer = await fleet.requester.request(
+        fleet.topic, {"v": 1, "cmd": "library.show", "args": {"ref": "x", "extra": 1}}, timeout=5
+    )
+    assert (
+        answer["error"]["code"] == "invalid" and "extra: unknown key" in answer["error"]["message"]
+    )
+
+
+async def test_uploads_never_committed_are_swept(
+    fleet_config: dict[str, Any], s3: LocalS3, tmp_path: Path
+) -> None:
+    from edgefleet.fleet import api, library
+    from shared.messages import now_ns
+    from tests.fleet.conftest import fleet_of
+
+    store = library.Fleet.open(fleet_of(fleet_config))
+    upload = library.upload_url(store, api.UploadUrlRequest(name="left", size=3))
+    put(upload.url, b"abc")
+    assert objects(s3, "uploads/") == [f"uploads/{upload.upload_id}"]
+    assert store.sweep() == 0  # its URL has not expired yet
+    assert store.sweep(now_ns() + 2 * 3600 * 10**9) == 1
+    assert objects(s3) == []
