@@ -3,6 +3,7 @@ archive, delete. Blocking functions: the transport runs them in worker threads."
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -97,10 +98,20 @@ def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
             local = Path(tmp) / f"{req.name}.{'onnx' if req.kind == 'model' else 'py'}"
             size, sha256 = fleet.blobs.fetch(upload["key"], local)
             _verify(req, size, sha256)
-            signature = _inspect(fleet, req, local)
+            # The server-side copy runs while the model loads (S3's work beside ours); the
+            # check under the lock below is what guarantees the blob of every committed row.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                early = pool.submit(_copy_if_missing, fleet, upload["key"], sha256)
+                try:
+                    signature = _inspect(fleet, req, local)
+                except FleetError:
+                    with contextlib.suppress(FleetError):
+                        early.result()
+                    _drop_unused(fleet, sha256)
+                    raise
+                early.result()
             with fleet.blob_lock:
-                if not fleet.blobs.exists(blob_key(sha256)):
-                    fleet.blobs.copy(upload["key"], blob_key(sha256))
+                _copy_if_missing(fleet, upload["key"], sha256)
                 row, created = fleet.store.add_resource(
                     req.name, req.kind, sha256, size, req.note, req.author, signature
                 )
@@ -115,6 +126,18 @@ def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
         size,
     )
     return api.CommitResult(resource=fleet.resource_view(row), created=created)
+
+
+def _copy_if_missing(fleet: Fleet, staged: str, sha256: str) -> None:
+    if not fleet.blobs.exists(blob_key(sha256)):
+        fleet.blobs.copy(staged, blob_key(sha256))
+
+
+def _drop_unused(fleet: Fleet, sha256: str) -> None:
+    """A refused upload's early copy goes, unless a present version has the same bytes."""
+    with fleet.blob_lock:
+        if not fleet.store.has_blob(sha256):
+            fleet.blobs.remove(blob_key(sha256))
 
 
 def _verify(req: api.CommitRequest, size: int, sha256: str) -> None:

@@ -216,6 +216,14 @@ class Store:
         with self._connection() as db:
             return [r["name"] for r in db.query(sql + " ORDER BY name", params)]
 
+    def has_blob(self, sha256: str) -> bool:
+        """Whether a present version holds these bytes."""
+        with self._connection() as db:
+            row = _one(
+                db, "SELECT id FROM resources WHERE sha256 = ? AND deleted_ns IS NULL", [sha256]
+            )
+        return row is not None
+
     def users(self, resource_id: int) -> list[str]:
         """The flow versions that pin this resource, as `flow@N`."""
         with self._connection() as db:
