@@ -30,6 +30,8 @@ from rich.progress import (
 from rich.table import Table
 
 from edgefleet.fleet.client import ENV_ADDRESS, FleetClient, author, connect
+from edgefleet.fleet.diff import FlowDiff
+from edgefleet.fleet.diff import render as render_diff
 from edgefleet.fleet.errors import FleetError
 from shared.errors import EdgefleetError
 from shared.topics import DEFAULT_PREFIX
@@ -89,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     fshow.add_argument("ref", help="NAME (the latest) or NAME@N")
     fhist = fv.add_parser("history", help="the versions of a flow: when, who, note, model")
     fhist.add_argument("name")
-    for sp in (fpush, fls, fshow, fhist):
+    fdiff = fv.add_parser(
+        "diff", help="what changed between two flow versions: file, model, scripts"
+    )
+    fdiff.add_argument("a", help="NAME@A")
+    fdiff.add_argument("b", help="NAME@B (or NAME for the latest)")
+    for sp in (fpush, fls, fshow, fhist, fdiff):
         _common(sp)
     return p
 
@@ -239,6 +246,7 @@ async def library_show(fleet: FleetClient, args: argparse.Namespace) -> dict[str
         _print_signature(r["signature"])
     else:
         out.print(f"defines:   {', '.join(r['signature'].get('functions', []))}")
+        out.print(f"imports:   {', '.join(r['signature'].get('imports', [])) or '-'}")
     t = table("version", "created", "author", "size", "sha256", "note")
     for v in result["versions"]:
         note = v["note"] + (" (archived)" if v["archived"] else "")
@@ -338,6 +346,20 @@ async def flow_history(fleet: FleetClient, args: argparse.Namespace) -> dict[str
     return result
 
 
+async def flow_diff(fleet: FleetClient, args: argparse.Namespace) -> dict[str, Any]:
+    a, b = args.a, args.b
+    if "@" not in b:  # NAME alone: its latest version
+        b = (await fleet.call("flow.show", {"ref": b}))["flow"]["ref"]
+    result = await fleet.call("flow.diff", {"a": a, "b": b})
+    if not args.json:
+        diff = FlowDiff.model_validate(result["diff"])
+        if not diff.changed:
+            out.print(f"{result['a']} and {result['b']} are the same")
+        else:
+            out.print(render_diff(diff))
+    return result
+
+
 VERBS: dict[tuple[str, str], Callable[[FleetClient, argparse.Namespace], Awaitable[Any]]] = {
     ("library", "push"): library_push,
     ("library", "list"): library_list,
@@ -349,6 +371,7 @@ VERBS: dict[tuple[str, str], Callable[[FleetClient, argparse.Namespace], Awaitab
     ("flow", "list"): flow_list,
     ("flow", "show"): flow_show,
     ("flow", "history"): flow_history,
+    ("flow", "diff"): flow_diff,
 }
 
 

@@ -141,6 +141,16 @@ COMMANDS: dict[str, Command] = {
             "The versions of one flow: when, who, note, model.",
             {"name": "pump-anomaly"},
         ),
+        Command(
+            "flow.diff",
+            api.FlowDiffRequest,
+            api.FlowDiffResult,
+            flows.diff,
+            "Everything that changed between two flow versions: the flow file and the scripts "
+            "as unified diffs, the pins, the model (digest, signature, features added, removed "
+            "or reordered, train stats and threshold deltas); `text` renders it for a terminal.",
+            {"a": "pump-anomaly@3", "b": "pump-anomaly@4"},
+        ),
     )
 }
 

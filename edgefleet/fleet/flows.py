@@ -27,12 +27,14 @@ import yaml
 
 from edgefleet.fleet import api
 from edgefleet.fleet.blobs import blob_key
+from edgefleet.fleet.diff import FlowVersion, diff_flows, render_text
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
-from edgefleet.fleet.standin import ModelSignature, check_fits, run_isolated
 from edgefleet.fleet.store import Row
 from edgefleet.flow import FlowSpec, parse_flow
 from services.inference.config import InferenceSettings
+from services.inference.isolated import run_isolated
+from services.inference.signature import ModelSignature, check_fits
 from shared.errors import EdgefleetError
 from shared.messages import iso
 
@@ -280,3 +282,30 @@ def history(fleet: Fleet, req: api.FlowHistoryRequest) -> api.FlowHistoryResult:
             )
         )
     return api.FlowHistoryResult(name=req.name, versions=entries)
+
+
+def _version_for_diff(fleet: Fleet, ref: str) -> FlowVersion:
+    name, version = api.split_ref(ref)
+    row = fleet.store.flow(name, version)
+    pinned = fleet.store.flow_refs(row["id"])
+    model = pinned.get("model")
+    scripts = {
+        r["name"]: fleet.blobs.read(blob_key(r["sha256"])).decode(errors="replace")
+        for role, r in pinned.items()
+        if r["kind"] == "script"
+    }
+    return FlowVersion(
+        ref=f"{row['name']}@{row['version']}",
+        text=row["text"],
+        pins={_ref(r): r["sha256"] for r in pinned.values()},
+        model=ModelSignature.model_validate(json.loads(model["signature"])) if model else None,
+        scripts=scripts,
+    )
+
+
+def diff(fleet: Fleet, req: api.FlowDiffRequest) -> api.FlowDiffResult:
+    old, new = _version_for_diff(fleet, req.a), _version_for_diff(fleet, req.b)
+    result = diff_flows(old, new)
+    return api.FlowDiffResult(
+        a=old.ref, b=new.ref, diff=result.model_dump(mode="json"), text=render_text(result)
+    )

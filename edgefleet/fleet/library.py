@@ -18,8 +18,9 @@ from edgefleet.fleet import api
 from edgefleet.fleet.blobs import BlobStore, blob_key, upload_key
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
-from edgefleet.fleet.standin import inspect_model, inspect_script
 from edgefleet.fleet.store import Row, Store
+from services.inference.scripts import inspect_script
+from services.inference.signature import inspect_model
 from shared.errors import EdgefleetError, ModelError
 from shared.messages import iso, now_ns
 
@@ -166,7 +167,7 @@ def _inspect(fleet: Fleet, req: api.CommitRequest, local: Path) -> dict[str, Any
             raise FleetError("invalid_model", str(exc)) from None
         return signature.model_dump(mode="json")
     try:
-        return inspect_script(local).model_dump(mode="json")
+        return inspect_script(local, origin=origin).model_dump(mode="json")
     except EdgefleetError as exc:
         raise FleetError("invalid_script", str(exc).replace(str(local), origin)) from None
 

@@ -19,6 +19,7 @@ def flow_text(
     features: list[str] = models.FEATURES,
     window: int = 1,
     name: str = "pump-anomaly",
+    outputs: dict[str, str] | None = None,
 ) -> str:
     flow: dict[str, Any] = {
         "name": name,
@@ -33,7 +34,7 @@ def flow_text(
         },
     }
     if model is not None:
-        flow["model"] = model
+        flow["model"] = {**model, **({"outputs": outputs} if outputs else {})}
     return "# written by hand\n" + yaml.safe_dump(flow, sort_keys=False)
 
 
@@ -153,6 +154,34 @@ async def test_exported_shapes_accepted_when_they_fit(fleet: FleetClient, tmp_pa
             {"features": FOUR, "window": 5},
             {"features": FOUR, "window": 3},
             "windows of 5",
+        ),
+        (
+            "random-forest",  # ZipMap probabilities: a flow selects a class the model has
+            models.random_forest(tmp_path / "rf.onnx"),
+            {"features": FOUR, "outputs": {"p_fault": "output_probability[2]"}},
+            {"features": FOUR, "outputs": {"p_fault": "output_probability[7]"}},
+            "7",
+        ),
+        (
+            "pca",
+            models.pca_pipeline(tmp_path / "pca.onnx"),
+            {"features": FOUR},
+            {"features": ["flow", "temp", "vib_rms", "pressure"]},
+            "trained on features",
+        ),
+        (
+            "autoencoder-batch1",
+            models.autoencoder(tmp_path / "ae.onnx", batch=1),
+            {"features": FOUR},
+            {"features": THREE},
+            "the flow feeds 3",
+        ),
+        (
+            "torch",
+            models.torch_export(tmp_path / "torch.onnx"),
+            {"features": FOUR},
+            {"features": FOUR, "window": 4},
+            "shape",
         ),
         (
             "fixed-batch-8",
