@@ -44,6 +44,7 @@ logging.getLogger("gmqtt").setLevel(logging.WARNING)  # INFO per connect and sub
 
 NO_MATCHING_SUBSCRIBERS = 0x10
 DISCONNECT_TIMEOUT_S = 2.0
+INBOX_HIGH = 5_000  # received messages waiting for the handler: stop reading the socket there
 BURST_YIELD = 64  # QoS 0 publishes between two yields to the loop (the receive side runs then)
 _BAD_CREDENTIALS = {0x86, 0x87, 4, 5}  # v5 bad user name or password / not authorized; v3 codes
 _NO_RECONNECT = -2  # gmqtt reconnects while failures <= retries: never, so we supervise alone
@@ -236,6 +237,16 @@ class _Session:
         if self.up:
             self.client._connection.send_command_with_mid(MQTTCommands.PUBACK, mid, False)
 
+    def reading(self, on: bool) -> None:
+        """Pause or resume reading the socket: the broker holds what the handler cannot take."""
+        connection = self.client._connection
+        transport = getattr(connection, "_transport", None)
+        if transport is not None and not transport.is_closing():
+            if on:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
     async def close(self) -> None:
         try:
             async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
@@ -291,6 +302,7 @@ class MqttConnection:
         self._inbox: list[Received] = []
         self._inbox_ready = asyncio.Event()
         self._since_yield = 0
+        self._paused: _Session | None = None
         self.stats = ConnectionStats()
 
     # ------------------------------------------------------------------ configuration
@@ -501,15 +513,22 @@ class MqttConnection:
             received = Received(
                 topic, payload, None, qos, bool(props["retain"]), mid, None, None, number
             )
-        self._inbox.append(received)
-        if len(self._inbox) == 1:
+        inbox = self._inbox
+        inbox.append(received)
+        if len(inbox) == 1:
             self._inbox_ready.set()
+        elif len(inbox) == INBOX_HIGH and self._session is not None:
+            self._paused = self._session
+            self._session.reading(False)
 
     async def _dispatch_loop(self) -> None:
         while True:
             await self._inbox_ready.wait()
             self._inbox_ready.clear()
             burst, self._inbox = self._inbox, []
+            if self._paused is not None:  # the burst is ours now: let the next one come in
+                self._paused.reading(True)
+                self._paused = None
             self.stats.received += len(burst)
             if self._handler is None:
                 continue
