@@ -221,7 +221,7 @@ def main() -> None:
                 f"{'offered msg/s':>13} {'readings/s':>11} {'ratio':>6} {'batches/s':>10} "
                 f"{'CPU µs/msg':>10} {'CPU %':>6} {'p50 ms':>7} {'p99 ms':>7}"
             )
-            for rate, t0, t1, sent, elapsed, cpu in windows:
+            for _rate, t0, t1, sent, elapsed, cpu in windows:
                 mine = [r for r in rows if t0 <= r[0] < t1]
                 readings = sum(r[1] for r in mine)
                 lat = np.concatenate([r[2] for r in mine]) * 1e3 if mine else np.zeros(1)
