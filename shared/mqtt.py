@@ -322,8 +322,7 @@ class MqttConnection:
         return self._ready.is_set()
 
     @property
-    def outbox_size(self) -> int:
-        """Publishes waiting in the outage buffer."""
+    def buffered(self) -> int:  # publishes waiting in the outbox for the broker
         return len(self._outbox)
 
     async def wait_connected(self) -> None:

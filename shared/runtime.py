@@ -267,7 +267,7 @@ class Runtime:
             "errors": h.errors,
             "revision": self.revision,
             "reconnects": stats.reconnects,
-            "buffered": len(self.mqtt._outbox),
+            "buffered": self.mqtt.buffered,
             "dropped": stats.dropped,
             "clock_skew_ms": h.clock_skew_ms(),
             "pid": self._process.pid,
@@ -366,4 +366,3 @@ def setup_logging(level: str = "INFO") -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("mqtt").setLevel(logging.WARNING)  # aiomqtt's own logger is chatty

@@ -110,7 +110,7 @@ class Lane:
         return {**self.queue.status(), **self.sink.status(), "last_error": self.last_error}
 
 
-class Forwarder:
+class ForwarderService:
     def __init__(self, rt: Runtime, config: ForwarderConfig) -> None:
         self.rt = rt
         self.config = config
@@ -176,7 +176,7 @@ class Forwarder:
 
 async def main(config: ForwarderConfig) -> None:
     async with Runtime(NAME, config, manual_ack=True) as rt:
-        forwarder = Forwarder(rt, config)
+        forwarder = ForwarderService(rt, config)
         await forwarder.start()
         try:
             await rt.serve(*forwarder.loops())

@@ -13,14 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from shared.errors import ConfigError, ModelError
+from shared.errors import ModelError
 from shared.messages import ResultBatch, result_id
 
 from .batching import Rows
-from .model import Expected, LoadedModel, ModelSource, check_model, open_model, resolve_model
-from .outputs import Selector, map_outputs, parse_selectors
-from .scripts import Script, ScriptError, load_script, run_postprocess, run_preprocess
-from .settings import InferenceSettings
+from .config import InferenceSettings
+from .model import LoadedModel, ModelSource, open_model, resolve_model
+from .outputs import Selector, map_outputs
+from .scripts import Script, ScriptError, load_script, probe_width, run_postprocess, run_preprocess
+from .signature import check_fits, flow_features
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Stats:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RunOutcome:
     result: ResultBatch | None  # None when every sample was skipped or the batch failed
     error: str | None = None  # why the batch failed, for the errors topic
     run_us: float | None = None  # the model run's own time, when it ran
@@ -68,7 +69,7 @@ class Engine:
         self.postprocess = postprocess
         self.stats = Stats()
 
-    def infer(self, rows: Rows) -> Outcome:
+    def infer(self, rows: Rows) -> RunOutcome:
         """Results for one batch. Never raises for a bad batch: the outcome says what failed."""
         n = len(rows)
         self.stats.samples += n
@@ -78,11 +79,11 @@ class Engine:
             self.stats.failed_batches += 1
             self.stats.failed_samples += n
             self.stats.script_errors += isinstance(exc, ScriptError)
-            return Outcome(None, f"batch of {n} samples at t={int(rows.t[0])} lost: {exc}")
+            return RunOutcome(None, f"batch of {n} samples at t={int(rows.t[0])} lost: {exc}")
         if result is None:
-            return Outcome(None)
+            return RunOutcome(None)
         self.stats.results += len(result)
-        return Outcome(result, run_us=self.stats.last_run_us)
+        return RunOutcome(result, run_us=self.stats.last_run_us)
 
     def _infer(self, rows: Rows) -> ResultBatch | None:
         x = rows.x
@@ -114,45 +115,22 @@ class Engine:
 def build_engine(settings: InferenceSettings, source: ModelSource = resolve_model) -> Engine:
     """Load scripts and model, check them against the flow; raise ModelError/ConfigError if unfit.
 
-    Paths in `settings` must already be resolved (see `InferenceSettings.resolve_paths`).
+    Paths in `settings` must already be resolved (`shared.config.load_config` does it).
     """
     pre = load_script(settings.preprocess, "preprocess") if settings.preprocess else None
     post = load_script(settings.postprocess, "postprocess") if settings.postprocess else None
     model = open_model(source(settings.model), settings.intra_op_threads)
-    features = settings.features if settings.features is not None else model.features
-    if not features:
-        raise ConfigError(
-            f"flow {settings.flow!r} names no features and model {model.origin} carries no "
-            "edgefleet.features metadata: list the features in the config"
-        )
-    width = len(features)
-    if pre is not None:
-        width = _probe_width(pre, len(features), settings.window)
-    check_model(model, Expected(list(features), width, settings.window, settings.model.input))
-    return Engine(
-        settings,
-        model,
-        parse_selectors(settings.outputs, model.output_types),
-        list(features),
-        pre,
-        post,
-    )
+    features = flow_features(model.signature, settings, model.origin)
+    width = None if pre is None else probe_width(pre, len(features), settings.window)
+    fit = check_fits(model.signature, settings, width=width or len(features), origin=model.origin)
+    model.use(fit)
+    return Engine(settings, model, fit.selectors, fit.features, pre, post)
 
 
-def model_inputs(settings: InferenceSettings, features: list[str], x: Any) -> tuple[Expected, Any]:
-    """What a model for `settings` must take, and `x` (samples as the flow sends them) turned
-    into its input: for trying a candidate model before it is loaded."""
+def model_inputs(settings: InferenceSettings, features: list[str], x: Any) -> tuple[int, Any]:
+    """The features per sample a model for `settings` must take, and `x` (samples as the flow
+    sends them) turned into its input: for trying a candidate model before it is loaded."""
     pre = load_script(settings.preprocess, "preprocess") if settings.preprocess else None
     if pre is not None:
         x = run_preprocess(pre, x)
-    expected = Expected(list(features), int(x.shape[-1]), settings.window, settings.model.input)
-    return expected, np.ascontiguousarray(x, np.float32)
-
-
-def _probe_width(pre: Script, n_features: int, window: int) -> int:
-    """The feature count preprocess() hands the model, from one all-zero sample."""
-    shape = (1, n_features) if window == 1 else (1, window, n_features)
-    try:
-        return int(run_preprocess(pre, np.zeros(shape, np.float32)).shape[-1])
-    except ScriptError as exc:
-        raise ConfigError(f"preprocess script fails on an all-zero sample {shape}: {exc}") from None
+    return int(x.shape[-1]), np.ascontiguousarray(x, np.float32)

@@ -35,7 +35,7 @@ def decode(payload: bytes, content_type: str | None, forced: str | None) -> Any:
     return codec.decode(payload, forced or content_type)
 
 
-class Ingest:
+class MqttIngestService:
     def __init__(self, rt: Runtime, config: IngestConfig) -> None:
         self.rt = rt
         self.config = config
@@ -112,6 +112,6 @@ class Ingest:
 
 async def main(config: IngestConfig) -> None:
     async with Runtime(NAME, config) as rt:
-        ingest = Ingest(rt, config)
+        ingest = MqttIngestService(rt, config)
         await ingest.start()
         await rt.serve(ingest.coalesce_loop)

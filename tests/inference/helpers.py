@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 
 from services.inference.batching import Pending, Rows, rows_of
+from services.inference.config import InferenceSettings, ModelSpec
 from services.inference.engine import Engine, build_engine
-from services.inference.settings import InferenceSettings, ModelSpec
 from shared.messages import SampleBatch
 from tests.inference.models import FEATURES
 
@@ -46,3 +47,8 @@ def direct(path: Path, x: np.ndarray[Any, Any]) -> dict[str, Any]:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x}), strict=True))
+
+
+def segfault(_: object) -> None:
+    """Crash the process for real, as a fault inside onnxruntime would: read address 0."""
+    ctypes.string_at(0)

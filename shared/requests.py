@@ -1,0 +1,214 @@
+"""MQTT v5 request/response, both sides, in one place.
+
+A request carries the MQTT v5 response topic and correlation data; the answer goes to that topic
+with the same correlation data and in the request's own encoding (a JSON request gets JSON back,
+so `mosquitto_pub`/`mosquitto_sub` users and other systems can speak it).
+
+Server: `RequestServer(rt, topic_filter, parse, handler, refuse)` subscribes through the service
+runtime; `parse` turns the decoded body into a typed request (raising `PayloadError`), `handler`
+answers it, `refuse` builds the answer for what could not be served. What is malformed is also
+reported on the errors topic (it is rejected input); a handler's `EdgefleetError` is an answer
+("refused"), anything else an internal error, logged with its traceback. Counters for the status.
+
+Client: `Requester` sends requests and routes answers back by correlation data, on any
+`MqttConnection` (a service's runtime or a command-line tool's own connection); `requester()`
+opens such a connection for a command-line tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from shared import codec
+from shared.codec import Encoding
+from shared.errors import EdgefleetError, PayloadError, ProtocolError
+from shared.messages import Message
+from shared.mqtt import BrokerSettings, MqttConnection, NotConnected, Received
+from shared.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+
+
+def encoding_of(message: Received) -> Encoding:
+    """The encoding an answer to `message` is written in: the request's own."""
+    return Encoding.JSON if message.content_type == codec.JSON else Encoding.MSGPACK
+
+
+@dataclass
+class RequestStats:
+    served: int = 0  # answered with the handler's result
+    refused: int = 0  # the handler said no (an EdgefleetError): answered with the reason
+    malformed: int = 0  # could not be decoded or parsed: answered when possible, reported
+    failed: int = 0  # the handler raised something unexpected: answered "internal error"
+    unanswerable: int = 0  # no response topic: nobody to tell
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class RequestServer(Generic[Req]):
+    def __init__(
+        self,
+        rt: Runtime,
+        topic_filter: str,
+        parse: Callable[[Any], Req],
+        handler: Callable[[Req, Received], Awaitable[Message]],
+        refuse: Callable[[Exception, Req | None], Message],
+    ) -> None:
+        self.rt, self.topic_filter = rt, topic_filter
+        self.parse, self.handler, self.refuse = parse, handler, refuse
+        self.stats = RequestStats()
+
+    async def start(self) -> None:
+        await self.rt.subscribe(self.topic_filter, self.on_request)
+
+    async def on_request(self, message: Received) -> None:
+        request: Req | None = None
+        try:
+            request = self.parse(codec.decode(message.payload, message.content_type))
+            answer = await self.handler(request, message)
+            self.stats.served += 1
+        except PayloadError as exc:
+            self.stats.malformed += 1
+            self.rt.reject(str(exc), message)
+            answer = self.refuse(exc, request)
+        except EdgefleetError as exc:
+            self.stats.refused += 1
+            log.warning("request on %s refused: %s", message.topic, exc)
+            answer = self.refuse(exc, request)
+        except Exception as exc:
+            self.stats.failed += 1
+            self.rt.health.errors += 1
+            log.exception("request handler for %s failed on %s", self.topic_filter, message.topic)
+            answer = self.refuse(exc, request)
+        await self.answer(message, answer)
+
+    async def answer(self, message: Received, answer: Message) -> None:
+        if not message.response_topic:
+            self.stats.unanswerable += 1
+            return
+        await self.rt.publish(
+            message.response_topic,
+            answer,
+            encoding=encoding_of(message),
+            qos=1,
+            correlation_data=message.correlation_data,
+        )
+
+
+async def serve_requests(
+    rt: Runtime,
+    topic_filter: str,
+    parse: Callable[[Any], Req],
+    handler: Callable[[Req, Received], Awaitable[Message]],
+    refuse: Callable[[Exception, Req | None], Message],
+) -> RequestServer[Req]:
+    """Answer every request on `topic_filter`; returns the server (its `stats` for the status)."""
+    server = RequestServer(rt, topic_filter, parse, handler, refuse)
+    await server.start()
+    return server
+
+
+class RequestTimeout(ProtocolError):
+    """No answer came within the timeout."""
+
+
+class Requester:
+    """Sends requests on one connection and hands each answer to the request that waits for it.
+
+    Route the reply topic's messages to `on_reply` (a runtime subscription, or the connection's
+    own handler). Requests are never buffered while the broker is away: a request that goes out
+    late is worse than one that fails now and says so."""
+
+    def __init__(self, connection: MqttConnection, reply_topic: str, name: str = "") -> None:
+        self.connection, self.reply_topic = connection, reply_topic
+        self._pending: dict[bytes, asyncio.Future[Received]] = {}
+        self._ids = itertools.count(1)
+        self._run = f"{name + '-' if name else ''}{uuid.uuid4().hex[:8]}"  # unique across runs
+        self.late = 0  # answers that came after their request gave up
+
+    def new_id(self) -> str:
+        return f"{self._run}-{next(self._ids)}"
+
+    async def on_reply(self, message: Received) -> None:
+        future = self._pending.pop(message.correlation_data or b"", None)
+        if future is None or future.done():
+            self.late += 1
+            return
+        future.set_result(message)
+
+    async def request(
+        self,
+        topic: str,
+        body: Message | dict[str, Any],
+        *,
+        timeout: float,
+        encoding: Encoding = Encoding.MSGPACK,
+        request_id: str | None = None,
+    ) -> Any:
+        """Publish `body` on `topic` and return the decoded answer (a plain dict or list).
+
+        Raises `NotConnected`, `ProtocolError` (the broker refused the publish) or
+        `RequestTimeout`."""
+        key = (request_id or self.new_id()).encode()
+        wire = body.to_wire(encoding) if isinstance(body, Message) else body
+        payload, content_type = codec.encode(wire, encoding)
+        future: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            result = await self.connection.publish(
+                topic,
+                payload,
+                content_type=content_type,
+                qos=1,
+                response_topic=self.reply_topic,
+                correlation_data=key,
+                buffer=False,
+            )
+            if not result.ok:
+                raise ProtocolError(f"the broker refused the request on {topic}: {result.reason}")
+            try:
+                message = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise RequestTimeout(f"no answer on {topic} within {timeout:g} s") from None
+        finally:
+            self._pending.pop(key, None)
+        return codec.decode(message.payload, message.content_type)
+
+
+@contextlib.asynccontextmanager
+async def requester(
+    settings: BrokerSettings, reply_topic: str, *, connect_timeout: float = 10.0
+) -> AsyncIterator[Requester]:
+    """A connection of its own with a `Requester` on it, for a command-line tool.
+
+    Raises `NotConnected` when the broker cannot be reached within `connect_timeout`."""
+    holder: list[Requester] = []
+
+    async def route(message: Received) -> None:
+        await holder[0].on_reply(message)
+
+    connection = MqttConnection(settings, route)
+    holder.append(Requester(connection, reply_topic, settings.client_id))
+    await connection.subscribe(reply_topic)
+    task = asyncio.create_task(connection.run(), name="requester_mqtt_loop")
+    try:
+        try:
+            await asyncio.wait_for(connection.wait_connected(), connect_timeout)
+        except TimeoutError:
+            raise NotConnected(
+                f"broker {settings.host}:{settings.port} not reachable within {connect_timeout:g} s"
+            ) from None
+        yield holder[0]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
