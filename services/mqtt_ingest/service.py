@@ -26,6 +26,7 @@ NAME = "mqtt-ingest"
 Config = IngestConfig
 
 _FORCED = {"json": JSON, "msgpack": MSGPACK}
+MAX_PUBLISHING = 100  # batches published and not yet acknowledged
 
 
 def decode(payload: bytes, content_type: str | None, forced: str | None) -> Any:
@@ -43,6 +44,7 @@ class MqttIngestService:
         self.batches = 0
         self.buffers: dict[str, SourceBuffer] = {}
         self._dirty = asyncio.Event()
+        self._publishing: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         for spec in self.config.inputs:
@@ -50,7 +52,7 @@ class MqttIngestService:
             handler = self._per_topic(spec) if not spec.signals else self._fields(spec)
             await self.rt.subscribe(spec.topic, handler)
         self.rt.add_health("ingest", lambda: {"readings": self.readings, "batches": self.batches})
-        self.rt.on_stop(self.flush)
+        self.rt.on_stop(self.drain)
 
     def _fields(self, spec: Input) -> Callable[[Received], Awaitable[None]]:
         extractor = Extractor(spec)
@@ -98,16 +100,29 @@ class MqttIngestService:
             await self.flush()
 
     async def flush(self) -> None:
+        """Publish what the buffers hold. The PUBACK is not awaited here: on a busy connection
+        it comes behind the incoming stream, and the next tick must not wait for it."""
         self._dirty.clear()
         for source, buffer in self.buffers.items():
             if not buffer:
                 continue
             batch = buffer.take()
-            await self.rt.publish(
+            publish = self.rt.publish(
                 self.rt.topics.raw(source), batch.to_wire(), qos=self.config.publish_qos
             )
+            task = asyncio.get_running_loop().create_task(publish)
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
             self.readings += len(batch)
             self.batches += 1
+        if len(self._publishing) > MAX_PUBLISHING:  # the broker is slow: slow down with it
+            await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+
+    async def drain(self) -> None:
+        """On stop: what was read goes out before the connection closes."""
+        await self.flush()
+        if self._publishing:
+            await asyncio.wait(self._publishing, timeout=2.0)
 
 
 async def main(config: IngestConfig) -> None:
