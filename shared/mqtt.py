@@ -190,7 +190,7 @@ class _Session:
         if s.username is not None:
             client.set_auth_credentials(s.username, s.password)
         client.on_message = self._on_qos0
-        client.on_disconnect = lambda *_: self.lost.set()
+        client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_suback
         handler = client._package_handler
         handler._handle_puback_packet = self._on_puback
@@ -255,6 +255,12 @@ class _Session:
             log.debug("MQTT disconnect: %s", exc)
 
     # ---------------------------------------------------------------- gmqtt callbacks
+
+    def _on_disconnect(self, *_: Any) -> None:
+        # one client per connection: mark it done, so the reconnect gmqtt has just scheduled
+        # returns at once (instead of logging that it may not retry)
+        self.client._is_active = False
+        self.lost.set()
 
     def _on_suback(self, _client: Any, mid: int, codes: tuple[int, ...], _props: Any) -> None:
         future = self.suback.get(mid)
