@@ -9,7 +9,6 @@ counted and reported on the errors topic, and the rest still published.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ from services.mqtt_ingest.coalesce import SourceBuffer
 from services.mqtt_ingest.config import IngestConfig, Input
 from services.mqtt_ingest.mapping import Extractor
 from services.mqtt_ingest.per_topic import TopicNamer, ValueReader
-from shared import codec
+from shared import clock, codec
 from shared.codec import JSON, MSGPACK
 from shared.mqtt import Received
 from shared.runtime import Runtime
@@ -60,7 +59,7 @@ class MqttIngestService:
         buffer = self.buffers[spec.source]
 
         async def handle(message: Received) -> None:
-            arrival = time.time_ns()
+            arrival = clock.now_ns()
             data = decode(message.payload, message.content_type, forced)
             batch, problems = extractor.extract(data, arrival)
             for problem in problems:
@@ -79,7 +78,7 @@ class MqttIngestService:
         device_clock = spec.timestamp.path is not None
 
         async def handle(message: Received) -> None:
-            arrival = time.time_ns()
+            arrival = clock.now_ns()
             name = namer.name(message.topic)
             t, value, q = reader.read(
                 decode(message.payload, message.content_type, forced), arrival
@@ -96,7 +95,7 @@ class MqttIngestService:
         tick = self.config.coalesce_ms / 1000
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(tick)
+            await clock.sleep(tick)
             await self.flush()
 
     async def flush(self) -> None:
