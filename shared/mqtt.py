@@ -179,6 +179,8 @@ class _Session:
         self.owner, self.number = owner, number
         self.lost = asyncio.Event()
         self.suback: dict[int, asyncio.Future[tuple[int, ...]]] = {}
+        # QoS 1 publishes awaiting their PUBACK on this connection (packet ids are per client)
+        self.pending: dict[int, asyncio.Future[int]] = {}
         client = gmqtt.Client(
             s.client_id or None,
             clean_session=s.clean_start,
@@ -201,22 +203,55 @@ class _Session:
         s = self.owner.settings
         # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancel that races completion
         async with asyncio.timeout(max(5.0, float(s.keepalive_s))):
-            await self.client.connect(
-                s.host, s.port, ssl=s.tls or False, keepalive=s.keepalive_s, version=MQTTv50
+            connecting = asyncio.ensure_future(
+                self.client.connect(
+                    s.host, s.port, ssl=s.tls or False, keepalive=s.keepalive_s, version=MQTTv50
+                )
             )
+            # gmqtt waits for the CONNACK without watching the socket: a broker that closes
+            # it first (one shutting down) would hold us here until the timeout
+            lost = asyncio.ensure_future(self.lost.wait())
+            try:
+                await asyncio.wait({connecting, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                lost.cancel()
+                if not connecting.done():
+                    connecting.cancel()
+                    await asyncio.gather(connecting, return_exceptions=True)
+            if connecting.cancelled():
+                if self._handler.has_error:  # a refused CONNACK, then the close: say why
+                    raise self._handler.propagate_error()
+                raise NotConnected("the broker closed the connection before its CONNACK")
+            connecting.result()
         sock = self.client._connection._transport.get_extra_info("socket")
         if sock is not None:  # asyncio sets it too; say so here, where it matters
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @property
     def up(self) -> bool:
-        return not self.lost.is_set() and bool(self.client.is_connected)
+        if self.lost.is_set() or self.client._connection is None:  # lost, or not yet connected
+            return False
+        return bool(self.client.is_connected)
 
     def publish(self, msg: Outgoing) -> int:
         if not self.up:
             raise NotConnected(f"publish to {msg.topic} failed: not connected")
         mid, _ = self.client._connection.publish(_message(msg))
         return int(mid or 0)
+
+    async def publish_acked(self, msg: Outgoing) -> int:
+        """Publish at QoS 1 and return the PUBACK reason code; `NotConnected` if the
+        connection drops first (the PUBACK will never come on a new one)."""
+        mid = self.publish(msg)
+        future = self.pending.get(mid)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self.pending[mid] = future
+        try:
+            return await future
+        finally:
+            if self.pending.get(mid) is future:
+                del self.pending[mid]
 
     async def subscribe(self, topic_filter: str, qos: int) -> tuple[int, ...]:
         mid = self.client.subscribe(topic_filter, qos)
@@ -261,6 +296,11 @@ class _Session:
         # returns at once (instead of logging that it may not retry)
         self.client._is_active = False
         self.lost.set()
+        # fail the PUBACK waits here, not when the supervisor notices: the supervisor itself
+        # waits on them while it drains the outbox or runs on-connect hooks
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(NotConnected("connection lost before the PUBACK"))
 
     def _on_suback(self, _client: Any, mid: int, codes: tuple[int, ...], _props: Any) -> None:
         future = self.suback.get(mid)
@@ -271,7 +311,12 @@ class _Session:
         (mid,) = struct.unpack("!H", packet[:2])
         code = packet[2] if len(packet) > 2 else 0  # v5: absent means success
         self._handler.id_generator.free_id(mid)
-        self.owner._acked(mid, code)
+        future = self.pending.get(mid)
+        if future is None:  # acked before the publisher registered: keep the verdict for it
+            future = asyncio.get_running_loop().create_future()
+            self.pending[mid] = future
+        if not future.done():
+            future.set_result(code)
 
     def _on_qos0(self, _c: Any, topic: str, payload: bytes, qos: int, props: Any) -> None:
         self.owner._arrived(self.number, topic, payload, qos, 0, props)
@@ -302,7 +347,6 @@ class MqttConnection:
         self._session: _Session | None = None
         self._ready = asyncio.Event()
         self._outbox: deque[Outgoing] = deque()
-        self._pending: dict[int, asyncio.Future[int]] = {}
         self._inflight = asyncio.Semaphore(settings.max_inflight)
         self._backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
         self._inbox: list[Received] = []
@@ -384,15 +428,7 @@ class MqttConnection:
                 await asyncio.sleep(0)
             return _SUCCESS
         async with self._inflight:
-            mid = session.publish(msg)
-            future = self._pending.get(mid)
-            if future is None:
-                future = asyncio.get_running_loop().create_future()
-                self._pending[mid] = future
-            try:
-                code = await future
-            finally:
-                self._pending.pop(mid, None)
+            code = await session.publish_acked(msg)
         if code < 0x80:
             self.stats.published += 1
             return _SUCCESS if code == 0 else PublishResult(code, _REASONS.get(code, "Success"))
@@ -400,14 +436,6 @@ class MqttConnection:
         self.stats.publish_failures += 1
         log.warning("broker refused publish to %s: %s (0x%02x)", msg.topic, result.reason, code)
         return result
-
-    def _acked(self, mid: int, code: int) -> None:
-        future = self._pending.get(mid)
-        if future is None:  # acked before the publisher registered: keep the verdict for it
-            future = asyncio.get_running_loop().create_future()
-            self._pending[mid] = future
-        if not future.done():
-            future.set_result(code)
 
     def ack(self, message: Received) -> None:
         """Acknowledge a QoS 1 message received with `manual_ack`; a stale one is ignored."""
@@ -451,16 +479,15 @@ class MqttConnection:
             )
         self._ready.clear()
         self._session = None
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(NotConnected(f"connection lost: {exc}"))
 
     async def _serve_once(self) -> None:
         number = self.stats.connects + 1
         session = _Session(self, number)
+        # before the CONNACK: a persistent session's queued messages may reach the handler (and
+        # its acks come back here) before connect() returns
+        self._session = session
         try:
             await session.connect()
-            self._session = session
             self.stats.connects = number
             if number > 1:
                 self.stats.reconnects += 1

@@ -72,6 +72,38 @@ async def test_outage_buffer_is_bounded_and_counts_drops(broker: LocalBroker) ->
             await asyncio.gather(runner, return_exceptions=True)
 
 
+async def test_a_broker_lost_while_the_outbox_drains_is_reconnected(broker: LocalBroker) -> None:
+    """The drain awaits PUBACKs on a connection that has just died: the wait must end with the
+    connection, or the supervisor (the one waiting) never reconnects."""
+    connection = MqttConnection(
+        BrokerSettings(port=broker.port, reconnect_initial_s=0.05, reconnect_max_s=0.5)
+    )
+    restarts = 0
+
+    async def restart_the_broker() -> None:
+        nonlocal restarts
+        if restarts == 0:  # blocking: the loop sees the close only once the drain has begun
+            restarts += 1
+            broker.restart()
+
+    connection.on_connect(restart_the_broker)
+    for i in range(3):
+        assert (await connection.publish("t/x", str(i).encode(), qos=1)).queued
+    durable = {"client_id": "drain-probe", "clean_start": False, "session_expiry_s": 600}
+    async with Probe(broker.host, broker.port, **durable) as probe:
+        await probe.subscribe("t/#")
+        runner = asyncio.create_task(connection.run())
+        try:
+            await asyncio.wait_for(connection.wait_connected(), 10)
+            assert connection.stats.reconnects == 1 and connection.buffered == 0
+            await probe.wait_until(
+                lambda: {b"0", b"1", b"2"} <= {m.payload for m in probe.messages}
+            )
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+
 async def test_a_message_not_acked_is_delivered_again(broker: LocalBroker) -> None:
     """manual_ack: a consumer that dies before committing gets the message again."""
     settings = BrokerSettings(
