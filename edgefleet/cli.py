@@ -73,6 +73,12 @@ def cmd_actuator(argv: list[str]) -> int:
     return int(actuator_main(argv))
 
 
+def cmd_forwarder(argv: list[str]) -> int:
+    from edgefleet.forwarder_cli import main as forwarder_main
+
+    return int(forwarder_main(argv))
+
+
 def cmd_shadow(argv: list[str]) -> int:
     from edgefleet.shadow_cli import main as shadow_main
 
@@ -121,6 +127,11 @@ def parser() -> argparse.ArgumentParser:
         "actuator", help="hold or release an action (edgefleet actuator --help)", add_help=False
     )
     sub.add_parser(
+        "forwarder",
+        help="list, retry or drop refused messages (edgefleet forwarder dead-letters --help)",
+        add_help=False,
+    )
+    sub.add_parser(
         "shadow",
         help="promote or drop an inference shadow model (edgefleet shadow --help)",
         add_help=False,
@@ -134,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sim(argv[1:])
     if argv[:1] == ["actuator"]:
         return cmd_actuator(argv[1:])
+    if argv[:1] == ["forwarder"]:
+        return cmd_forwarder(argv[1:])
     if argv[:1] == ["shadow"]:
         return cmd_shadow(argv[1:])
     if argv[:2] == ["opcua", "browse"]:
