@@ -79,6 +79,12 @@ def cmd_forwarder(argv: list[str]) -> int:
     return int(forwarder_main(argv))
 
 
+def cmd_keys(argv: list[str]) -> int:
+    from edgefleet.keys_cli import main as keys_main
+
+    return int(keys_main(argv))
+
+
 def cmd_shadow(argv: list[str]) -> int:
     from edgefleet.shadow_cli import main as shadow_main
 
@@ -126,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "actuator", help="hold or release an action (edgefleet actuator --help)", add_help=False
     )
+    sub.add_parser("keys", help="the fleet's signing key (edgefleet keys --help)", add_help=False)
     sub.add_parser(
         "forwarder",
         help="list, retry or drop refused messages (edgefleet forwarder dead-letters --help)",
@@ -149,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_forwarder(argv[1:])
     if argv[:1] == ["shadow"]:
         return cmd_shadow(argv[1:])
+    if argv[:1] == ["keys"]:
+        return cmd_keys(argv[1:])
     if argv[:2] == ["opcua", "browse"]:
         from edgefleet.opcua_browse import main as browse_main
 
