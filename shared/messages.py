@@ -438,13 +438,16 @@ class Event(Message):
 
 class ActuatorCommand(Message):
     """On `cmd/{actuator instance}` with a response topic: hold one action's output (at `value`,
-    or as it is) and suspend its rule, or release it. Answered with a `write_result`."""
+    or as it is) and suspend its rule, or release it. Answered with a `write_result`. `by` and
+    `reason` are kept with the hold (it survives restarts) and shown in the status."""
 
     kind: Literal["actuator_command"] = "actuator_command"
     request_id: str
     op: Literal["hold", "release"]
     action: str
     value: float | int | bool | None = None
+    by: str | None = None  # who asked (a person's user name); "unknown" when not given
+    reason: str | None = None
     t: int = Field(default_factory=now_ns)
 
 
