@@ -91,6 +91,7 @@ class ModelHealth:
         self.latency_us = Ring(window)  # one value per sample: arrival to result
         self.inputs = Ring(window, (len(features),))
         self.outputs: dict[str, Ring] = {}
+        self.labels: dict[str, Ring] = {}  # string labels: how often each was given, recently
         self.train = train_mean_std(train_stats, features)
 
     def observe(self, rows: Rows, result: ResultBatch | None, run_us: float | None) -> None:
@@ -106,6 +107,12 @@ class ModelHealth:
             if ring is None:
                 ring = self.outputs[name] = Ring(self.window)
             ring.extend(column)
+        for name, value in result.outputs.items():
+            if np.asarray(value).dtype.kind == "U":
+                ring = self.labels.get(name)
+                if ring is None:
+                    ring = self.labels[name] = Ring(self.window, dtype=object)
+                ring.extend(np.asarray(value, dtype=object))
 
     def report(self) -> dict[str, Any]:
         x = self.inputs.values()
@@ -130,6 +137,9 @@ class ModelHealth:
                 "mean": _num(np.mean(v)) if len(v) else None,
                 **percentiles(v, (50, 95)),
             }
+        for name, ring in self.labels.items():
+            labels, counts = np.unique(ring.values().astype(np.str_), return_counts=True)
+            outputs[name] = {"counts": dict(zip(labels.tolist(), counts.tolist(), strict=True))}
         return {
             "window_samples": int(self.inputs.count),
             "run_us": percentiles(self.run_us.values()),
@@ -194,10 +204,11 @@ def pick_fields(
     live: Mapping[str, str], shadow: Mapping[str, str], label: str | None, score: str | None
 ) -> tuple[str | None, str | None]:
     """The label and score fields to compare: as configured, else the first integer field and
-    the first float field both models produce (`live`/`shadow` map field → dtype kind)."""
+    the first float field both models produce (`live`/`shadow` map field → dtype kind); a
+    string label counts as a label."""
     common = [f for f in live if f in shadow]
     if label is None:
-        label = next((f for f in common if live[f] in "biu" and shadow[f] in "biu"), None)
+        label = next((f for f in common if live[f] in "biuU" and shadow[f] in "biuU"), None)
     if score is None:
         score = next((f for f in common if live[f] == "f" and shadow[f] == "f"), None)
     return label, score

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from shared.errors import ModelError
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 FEATURES_KEY = "edgefleet.features"
 TRAIN_STATS_KEY = "edgefleet.train_stats"
+CLASSES_KEY = "edgefleet.classes"  # JSON list of class labels, in the model's order
 
 _INPUT_DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
@@ -83,6 +85,7 @@ class LoadedModel:
     features: list[str] | None  # from `edgefleet.features`
     train_stats: dict[str, Any] | None  # from `edgefleet.train_stats`, kept for drift checks
     metadata: dict[str, str] = field(default_factory=dict)
+    classes: list[str] | list[int] | None = None  # a classifier's classes, in the model's order
     origin: str = ""
 
     def run(self, x: np.ndarray[Any, Any]) -> dict[str, Any]:
@@ -171,7 +174,31 @@ def open_model(blob: ModelBlob, intra_op_threads: int = 1) -> LoadedModel:
         metadata=props,
     )
     model.origin = blob.origin
+    model.classes = read_classes(blob, props, model.output_types)
     return model
+
+
+def read_classes(
+    blob: ModelBlob, props: dict[str, str], output_types: dict[str, str]
+) -> list[str] | list[int] | None:
+    """A classifier's class list: `edgefleet.classes` when the exporter wrote it, else the
+    `classlabels_*` attribute of the graph's ai.onnx.ml classifier or ZipMap node (what skl2onnx
+    writes); None for a model that is not a classifier."""
+    given = _json(props, CLASSES_KEY, blob.origin)
+    if given is not None:
+        if not isinstance(given, list) or not all(isinstance(c, (str, int)) for c in given):
+            raise ModelError(f"model {blob.origin}: {CLASSES_KEY} must be a JSON list of labels")
+        return given
+    if not any(t.startswith("seq(map(") or t == "tensor(string)" for t in output_types.values()):
+        return None  # only classifiers' graphs are worth parsing (a large model costs)
+    graph = onnx.load_from_string(blob.data).graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.name == "classlabels_strings" and attr.strings:
+                return [c.decode() for c in attr.strings]
+            if attr.name == "classlabels_int64s" and attr.ints:
+                return [int(c) for c in attr.ints]
+    return None
 
 
 def check_model(model: LoadedModel, exp: Expected) -> None:
