@@ -50,7 +50,13 @@ def isolation_forest(path: Path, features: list[str] | None = FEATURES, seed: in
     x = training_data()
     est = IsolationForest(n_estimators=20, random_state=seed).fit(x)
     model = to_onnx(est, x[:1], target_opset=OPSET)
-    stats = {"mean": x.mean(0).tolist(), "std": x.std(0).tolist()}
+    deciles = [0.1 * i for i in range(1, 10)]
+    stats = {
+        "mean": x.mean(0).tolist(),
+        "std": x.std(0).tolist(),
+        "quantile_p": deciles,
+        "quantiles": np.quantile(x, deciles, axis=0).T.tolist(),
+    }
     return save(add_metadata(model, features, stats), path)
 
 
