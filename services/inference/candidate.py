@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import pickle
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +96,21 @@ async def try_candidate(trial: Trial, timeout_s: float) -> dict[str, Any]:
         tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
         raise ModelError(
             f"candidate {trial.blob.origin} crashed the process that tried it "
-            f"(exit code {proc.returncode}: {tail[0][:200]})"
+            f"({_how(proc.returncode)}: {tail[0][:200]})"
         )
     if not verdict.get("ok"):
         raise ModelError(str(verdict.get("error")))
     return dict(verdict.get("outputs") or {})
+
+
+def _how(returncode: int | None) -> str:
+    """`killed by SIGSEGV` for a process a signal ended (a negative return code), else the code."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
 
 
 if __name__ == "__main__":
