@@ -20,6 +20,9 @@ class AlignerConfig(ServiceConfig):
     encoding: Literal["msgpack", "json"] = "msgpack"  # of the samples published
     publish_qos: int = Field(1, ge=0, le=1)
     subscribe_qos: int = Field(1, ge=0, le=1)
+    # Readings stamped further ahead of the local clock are dropped, counted and reported per
+    # source, so a source whose clock runs far ahead cannot fill the memory.
+    max_ahead_ms: float = Field(60_000.0, gt=0)
 
     @model_validator(mode="after")
     def _one_flow(self) -> AlignerConfig:

@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 class AlignerService:
     def __init__(self, rt: Runtime, config: AlignerConfig, flow: FlowSpec) -> None:
         self.rt, self.config, self.flow = rt, config, flow
-        self.engine = Aligner(flow.name, flow.align)
+        self.engine = Aligner(
+            flow.name, flow.align, max_ahead_ns=int(config.max_ahead_ms * 1_000_000)
+        )
         self.topic = rt.topics.samples(flow.name)
         self.encoding = Encoding(config.encoding)
         self._wake = asyncio.Event()
@@ -65,6 +67,9 @@ class AlignerService:
             "readings": st.readings,
             "late": st.late,
             "late_by_source": dict(st.late_by_source),
+            "ahead": st.ahead,
+            "ahead_by_source": dict(st.ahead_by_source),
+            "ahead_skew_ms": dict(st.ahead_skew_ms),
             "duplicate": st.duplicate,
             "unusable": st.unusable,
             "grid_points": st.samples,
@@ -102,6 +107,14 @@ class AlignerService:
             self.rt.reject(
                 f"late readings dropped: {counts.late} from {source} at or before the last "
                 f"sample time already emitted ({self.engine.emitted_until_ns} ns)",
+                message,
+                count=False,
+            )
+        if counts.ahead:
+            self.rt.reject(
+                f"readings from {source} dropped: {counts.ahead} stamped up to "
+                f"{counts.ahead_ms / 1000:.1f} s ahead of the local clock (max_ahead_ms "
+                f"{self.config.max_ahead_ms:g}); its clock runs ahead, set it right",
                 message,
                 count=False,
             )
