@@ -68,7 +68,10 @@ HOT_PATH_NOTES = {
 Topic `raw/{source}`, from adapters. Column-wise: reading *i* is signal `signals[sig[i]]` at
 `t[i]` with `value[i]` (float64) and quality `q[i]` (0 good, 1 uncertain, 2 bad). The full
 signal name a flow uses is `{source}/{signal}`. `received` is the adapter's local clock when
-the batch was read, for clock-skew figures.""",
+the batch was read, for clock-skew figures. `complete` (optional, ns, the readings' clock): no
+reading of any of `signals` stamped at or before it will follow this batch (a Modbus poll, an
+OPC UA publish covers them all). The aligner then knows an unchanged signal is unchanged up to
+that time and emits without waiting for `max_delay`.""",
     "samples": """\
 Topic `samples/{flow}`, from the aligner. `x` is float32 `[N, F]`, or `[N, W, F]` for windows
 of W samples; features in `features` order. `state` (uint8) and `age_ms` (float32) have the
@@ -102,6 +105,7 @@ def hot_path_examples() -> list[tuple[str, dict[str, Any]]]:
         [4.2, 31.5, 4.3],
         [0, 0, 0],
         received_ns=T + 2_000_000,
+        complete_ns=T + 100_000_000,
     )
     x = np.array([[4.25, 31.5], [np.nan, 31.75]], np.float32)
     samples = SampleBatch(

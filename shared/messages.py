@@ -97,6 +97,9 @@ class ReadingBatch:
 
     `t` is integer nanoseconds since the Unix epoch (the device's clock where the protocol gives
     one), `value` float64, `q` a `Quality`. The full signal name a flow uses is `source/signal`.
+    `complete_ns`, when an adapter knows it: no reading of any of `signals` stamped at or before
+    it will follow this batch (a poll or a subscription publish covers them all), so a signal
+    that did not change is known unchanged up to then.
     """
 
     KIND: ClassVar[str] = "readings"
@@ -107,6 +110,7 @@ class ReadingBatch:
     value: F64
     q: U8
     received_ns: int | None = None  # local clock when the adapter got it, for clock skew
+    complete_ns: int | None = None  # every reading of `signals` up to this time has been sent
 
     @classmethod
     def from_columns(
@@ -118,6 +122,7 @@ class ReadingBatch:
         value: Any,
         q: Any = None,
         received_ns: int | None = None,
+        complete_ns: int | None = None,
     ) -> ReadingBatch:
         value_arr = np.asarray(value, dtype=np.float64)
         q_arr = np.zeros(value_arr.shape, np.uint8) if q is None else np.asarray(q, dtype=np.uint8)
@@ -129,6 +134,7 @@ class ReadingBatch:
             value_arr,
             q_arr,
             received_ns,
+            complete_ns,
         )
         batch.check()
         return batch
@@ -165,6 +171,8 @@ class ReadingBatch:
         }
         if self.received_ns is not None:
             d["received"] = self.received_ns
+        if self.complete_ns is not None:
+            d["complete"] = self.complete_ns
         if encoding is Encoding.JSON:
             d["time"] = [iso(int(x)) for x in self.t]
         return d
@@ -173,6 +181,9 @@ class ReadingBatch:
     def from_wire(cls, d: dict[str, Any]) -> ReadingBatch:
         _check_version(d, cls.KIND)
         received = d.get("received")
+        complete = d.get("complete")
+        if complete is not None and (not isinstance(complete, int) or isinstance(complete, bool)):
+            raise PayloadError(f"field 'complete' must be integer ns, got {complete!r}")
         batch = cls(
             _str(d, "source"),
             _str_list(d, "signals"),
@@ -181,6 +192,7 @@ class ReadingBatch:
             _array(d, "value", np.float64),
             _array(d, "q", np.uint8),
             int(received) if isinstance(received, int) else None,
+            complete,
         )
         batch.check()
         return batch

@@ -150,6 +150,8 @@ class Aligner:
         st = self.stats
         st.batches += 1
         st.readings += n
+        if batch.complete_ns is not None:
+            self._complete(batch, now_ns)
         if n == 0:
             return counts
         m = self._lut(batch.source, batch.signals)[batch.sig]
@@ -184,6 +186,16 @@ class Aligner:
         self._store.add(m, t, v, good)
         self._count(batch.source, counts)
         return counts
+
+    def _complete(self, batch: ReadingBatch, now_ns: int) -> None:
+        """The adapter says every reading of the batch's signals up to `complete_ns` has been
+        sent: their progress moves there, so an unchanged signal no longer holds samples back.
+        Never past the local clock: samples are not decided ahead of time."""
+        lut = self._lut(batch.source, batch.signals)
+        sig = lut[lut >= 0]
+        if sig.shape[0]:
+            upto = min(int(batch.complete_ns or NEVER), now_ns)
+            np.maximum.at(self._progress, sig, upto)
 
     def _count(self, source: str, counts: IngestCounts) -> None:
         st = self.stats

@@ -102,6 +102,8 @@ class AlignerService:
             raise PayloadError(
                 f"batch names source {batch.source!r} but came on the raw topic of {source!r}"
             )
+        if not self.config.use_complete:
+            batch.complete_ns = None
         counts = self.engine.ingest(batch, arrival)
         if counts.late:
             self.rt.reject(

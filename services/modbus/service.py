@@ -41,6 +41,9 @@ class Poller:
         self.exceptions: Counter[str] = Counter()
         self.strings: dict[str, str] = {}
         self.writer = Writer(rt, config, self.device)
+        # Per poll group (period): the earliest time a reading it has not yet sent can carry
+        # (a reading is stamped within its read, and a read starts no earlier than scheduled).
+        self._next_reading: dict[int, int] = {}
 
     def health(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,12 @@ class Poller:
                 self.strings[p.name] = decode_string(p, regs, req.address)
         return t, decode_registers(req, regs), Quality.GOOD
 
+    def complete_ns(self) -> int:
+        """No reading of this source stamped at or before this time is still to come: every
+        group's next reading starts later (the aligner emits without waiting for a signal that
+        did not change)."""
+        return min(time.time_ns(), *self._next_reading.values()) - 1
+
     async def poll_once(self, requests: list[Request]) -> ReadingBatch:
         ts, sigs, values, qs = [], [], [], []
         for req in requests:
@@ -98,6 +107,10 @@ class Poller:
         for r in self.requests:
             periods.setdefault(r.poll_ms, []).append(r)
         out = []
+        started = time.time_ns()
+        for period in periods:
+            self._next_reading[period] = started
+
         for period, reqs in sorted(periods.items()):
 
             async def poll_loop(period: int = period, reqs: list[Request] = reqs) -> None:
@@ -105,9 +118,13 @@ class Poller:
                 start = time.monotonic()
                 k = 0
                 while True:
+                    self._next_reading[period] = time.time_ns()  # this poll's reads start now
                     batch = await self.poll_once(reqs)
-                    await self.rt.publish(topic, batch.to_wire(), qos=self.config.publish_qos)
                     k = max(k + 1, int((time.monotonic() - start) * 1000 / period))
+                    wait = max(start + k * period / 1000 - time.monotonic(), 0)
+                    self._next_reading[period] = time.time_ns() + int(wait * 1e9)
+                    batch.complete_ns = self.complete_ns()
+                    await self.rt.publish(topic, batch.to_wire(), qos=self.config.publish_qos)
                     await asyncio.sleep(max(start + k * period / 1000 - time.monotonic(), 0))
 
             poll_loop.__name__ = f"poll_{period}ms_loop"

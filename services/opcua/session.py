@@ -26,7 +26,7 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError
 
-from services.opcua.batch import Gatherer
+from services.opcua.batch import Gatherer, to_ns
 from services.opcua.config import OpcUaConfig
 from services.opcua.security import TrustList, apply
 from shared.errors import ConfigError
@@ -280,14 +280,28 @@ class Session:
         self.health.last_reason = f"connection lost: {_describe(exc)}"
         self._lost.set()
 
+    def _complete_ns(self, message: ua.NotificationMessage) -> int | None:
+        """What a publish says beyond its values: the server sent every change it sampled
+        before its PublishTime, so no change stamped before PublishTime − sampling interval
+        is still to come (assumes source timestamps on the server's clock)."""
+        published = message.PublishTime
+        if published is None:
+            return None
+        slowest = max((self.config.sampling(s) for s in self.config.signals), default=0.0)
+        return to_ns(published) - int(slowest * 1_000_000)
+
     async def _on_publish(self, result: ua.PublishResult) -> None:
         self._last_publish = time.monotonic()
-        data = result.NotificationMessage.NotificationData
+        message = result.NotificationMessage
+        data = message.NotificationData
+        arrival = now_ns()
+        complete = self._complete_ns(message)
         if not data:
+            # a keep-alive: nothing changed, but a batch without readings would surprise
+            # consumers that read batches as readings; the next data publish says it
             self.health.keepalives += 1
             return
         self.health.publishes += 1
-        arrival = now_ns()
         for notification in data:
             if isinstance(notification, ua.DataChangeNotification):
                 batch = self.gatherer.gather(notification.MonitoredItems, arrival)
@@ -295,6 +309,7 @@ class Session:
                     self._last_data = self._last_publish
                     self._reported = ""
                     self.health.state = "connected"
+                    batch.complete_ns = complete
                     await self._emit(batch)
             elif isinstance(notification, ua.StatusChangeNotification):
                 status = notification.Status
