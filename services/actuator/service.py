@@ -24,7 +24,7 @@ from services.actuator.config import ActionSpec, ActuatorConfig, Value
 from services.actuator.expr import EvalError
 from services.actuator.holds import Hold, HoldStore
 from services.actuator.interlocks import Interlocks
-from services.actuator.rule import Kind, Rule
+from services.actuator.rule import Rule, Transition
 from services.actuator.writes import Outcome, Requester, same
 from shared import codec
 from shared.errors import PayloadError
@@ -58,7 +58,7 @@ class _Repeat:
     count: int = 0
 
 
-class Actuator:
+class ActuatorService:
     def __init__(self, rt: Runtime, config: ActuatorConfig) -> None:
         self.rt, self.config = rt, config
         self.actions = {str(a.name): a for a in config.actions}
@@ -228,7 +228,7 @@ class Actuator:
         self,
         action: ActionSpec,
         rule: Rule,
-        kind: Kind,
+        kind: Transition,
         batch: ResultBatch,
         i: int,
         columns: dict[str, Any],
@@ -417,6 +417,6 @@ class Actuator:
 
 async def main(config: ActuatorConfig) -> None:
     async with Runtime(NAME, config) as rt:
-        actuator = Actuator(rt, config)
+        actuator = ActuatorService(rt, config)
         await actuator.start()
         await rt.serve(actuator.act_loop, actuator.watchdog_loop)

@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from services.aligner.config import AlignerConfig
-from services.aligner.core import Aligner
+from services.aligner.alignment import Aligner
+from services.aligner.config import AlignerConfig, FlowAlign
 from shared import codec
 from shared.codec import Encoding
 from shared.errors import PayloadError, TopicError
-from shared.flow import FlowSpec
 from shared.messages import ReadingBatch, now_ns
 from shared.mqtt import Received
 from shared.runtime import Runtime
@@ -32,13 +31,13 @@ log = logging.getLogger(__name__)
 
 
 class AlignerService:
-    def __init__(self, rt: Runtime, config: AlignerConfig, flow: FlowSpec) -> None:
+    def __init__(self, rt: Runtime, config: AlignerConfig, flow: FlowAlign) -> None:
         self.rt, self.config, self.flow = rt, config, flow
         self.engine = Aligner(
             flow.name, flow.align, max_ahead_ns=int(config.max_ahead_ms * 1_000_000)
         )
         self.topic = rt.topics.samples(flow.name)
-        self.encoding = Encoding(config.encoding)
+        self.encoding = Encoding(flow.align.encoding)
         self._wake = asyncio.Event()
         self._timer_armed = False  # the emitter sleeps until the next deadline, not forever
         self._cause_ns: int | None = None  # when what made samples due happened

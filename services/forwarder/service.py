@@ -150,7 +150,7 @@ class Lane:
 DeadReport = Callable[[Lane, Row, str, int], None]
 
 
-class Forwarder:
+class ForwarderService:
     def __init__(self, rt: Runtime, config: ForwarderConfig) -> None:
         self.rt = rt
         self.config = config
@@ -226,7 +226,7 @@ class Forwarder:
 
 async def main(config: ForwarderConfig) -> None:
     async with Runtime(NAME, config, manual_ack=True) as rt:
-        forwarder = Forwarder(rt, config)
+        forwarder = ForwarderService(rt, config)
         await forwarder.start()
         try:
             await rt.serve(*forwarder.loops())

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from services.modbus.config import ModbusConfig, PointConfig
-from services.modbus.decode import Request, decode_bits, decode_registers, decode_string, plan
+from services.modbus.decode import ReadRequest, decode_bits, decode_registers, decode_string, plan
 from services.modbus.device import Device, DeviceError
 from services.modbus.writes import Writer
 from shared.messages import Quality, ReadingBatch
@@ -29,7 +29,7 @@ Config = ModbusConfig
 log = logging.getLogger(__name__)
 
 
-class Poller:
+class ModbusService:
     def __init__(self, rt: Runtime, config: ModbusConfig) -> None:
         self.rt, self.config = rt, config
         self.device = Device(config)
@@ -56,7 +56,7 @@ class Poller:
             "writes": self.writer.count,
         }
 
-    async def read(self, req: Request) -> tuple[int, np.ndarray, Quality]:
+    async def read(self, req: ReadRequest) -> tuple[int, np.ndarray, Quality]:
         """One request: stamp (midpoint of the round trip), values per point, quality."""
         t0 = time.time_ns()
         fn = {
@@ -86,7 +86,7 @@ class Poller:
         did not change)."""
         return min(time.time_ns(), *self._next_reading.values()) - 1
 
-    async def poll_once(self, requests: list[Request]) -> ReadingBatch:
+    async def poll_once(self, requests: list[ReadRequest]) -> ReadingBatch:
         ts, sigs, values, qs = [], [], [], []
         for req in requests:
             t, vals, q = await self.read(req)
@@ -103,7 +103,7 @@ class Poller:
         return batch
 
     def loops(self) -> list[Any]:
-        periods: dict[int, list[Request]] = {}
+        periods: dict[int, list[ReadRequest]] = {}
         for r in self.requests:
             periods.setdefault(r.poll_ms, []).append(r)
         out = []
@@ -113,7 +113,7 @@ class Poller:
 
         for period, reqs in sorted(periods.items()):
 
-            async def poll_loop(period: int = period, reqs: list[Request] = reqs) -> None:
+            async def poll_loop(period: int = period, reqs: list[ReadRequest] = reqs) -> None:
                 topic = self.rt.topics.raw(self.config.source)
                 start = time.monotonic()
                 k = 0
@@ -138,7 +138,7 @@ def point_by_name(config: ModbusConfig) -> dict[str, tuple[int, str, PointConfig
 
 async def main(config: ModbusConfig) -> None:
     async with Runtime(NAME, config) as rt:
-        poller = Poller(rt, config)
+        poller = ModbusService(rt, config)
         rt.add_health("modbus", poller.health)
         await rt.subscribe(rt.topics.cmd(config.source), poller.writer.handle)
         try:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from services.modbus.config import ModbusConfig, PointConfig
-from services.modbus.decode import CODES, Request, decode_registers, encode_value
+from services.modbus.decode import CODES, ReadRequest, decode_registers, encode_value
 from services.modbus.device import Device, DeviceError
 from shared import codec
 from shared.errors import PayloadError
@@ -62,7 +62,7 @@ class Writer:
         rr = await self.device.call(
             "read_holding_registers", p.address, count=p.width, device_id=unit
         )
-        req = Request(unit, table, p.address, p.width, 0, [p])
+        req = ReadRequest(unit, table, p.address, p.width, 0, [p])
         return float(decode_registers(req, np.asarray(rr.registers, dtype=np.uint16))[0])
 
     async def handle(self, message: Received) -> None:

@@ -20,7 +20,7 @@ Config = IngestConfig
 _FORCED = {"json": JSON, "msgpack": MSGPACK}
 
 
-class Ingest:
+class MqttIngestService:
     def __init__(self, rt: Runtime, config: IngestConfig) -> None:
         self.rt = rt
         self.config = config
@@ -52,5 +52,5 @@ class Ingest:
 
 async def main(config: IngestConfig) -> None:
     async with Runtime(NAME, config) as rt:
-        await Ingest(rt, config).start()
+        await MqttIngestService(rt, config).start()
         await rt.serve()

@@ -21,7 +21,7 @@ NAME = "opcua"
 Config = OpcUaConfig
 
 
-class Adapter:
+class OpcuaService:
     def __init__(self, rt: Runtime, config: OpcUaConfig) -> None:
         self.rt, self.config = rt, config
         self.topic = rt.topics.raw(config.source)
@@ -70,7 +70,7 @@ class Adapter:
 
 async def main(config: OpcUaConfig) -> None:
     async with Runtime(NAME, config) as rt:
-        adapter = Adapter(rt, config)
+        adapter = OpcuaService(rt, config)
         rt.add_health("opcua", adapter.health)
         await rt.subscribe(rt.topics.cmd(config.source), adapter.writer.handle)
         await rt.serve(adapter.session_loop)
