@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.sim.plant import PlantSimulator
-from services.aligner.service import AlignerConfig
+from services.aligner.config import AlignerConfig
 from services.aligner.service import main as aligner_main
 from services.modbus.config import ModbusConfig
 from services.modbus.service import main as modbus_main

@@ -13,8 +13,9 @@ import pytest
 import sqlite_utils
 
 from services.actuator.expr import Condition
-from services.actuator.service import Actuator
+from services.actuator.service import ActuatorService
 from services.forwarder.service import main as forwarder_main
+from services.inference.service import main as inference_main
 from shared.messages import ResultBatch
 from shared.topics import Topics
 from tests.forwarder.test_delivery import forwarder_config, sink_health
@@ -22,7 +23,6 @@ from tests.helpers import Probe, running
 from tests.inference import models
 from tests.inference.helpers import direct, engine, rows, samples
 from tests.inference.test_inference_service import config
-from tests.inference.test_inference_service import main as inference_main
 
 X = models.training_data(40, seed=5)
 CLASSES = sorted(models.STRING_CLASSES)  # scikit-learn orders its classes
@@ -86,7 +86,7 @@ async def test_string_labels_reach_conditions_and_the_history(
     assert sum(counts.values()) == len(X) and set(counts) <= set(CLASSES)
 
     cavitation = Condition.compile('label == "cavitation" and p_cavitation > 0.5')
-    columns = Actuator.columns(batches[0])
+    columns = ActuatorService.columns(batches[0])
     fired = cavitation(columns, len(batches[0]))
     want = (batches[0].outputs["label"] == "cavitation") & (
         batches[0].outputs["p_cavitation"] > 0.5
