@@ -117,7 +117,7 @@ PATH = [os.environ.get("PYTHONPATH", "")]
 # process is untouched: it imported onnxruntime long before.
 SEGFAULT_HOOK = """
 import os, signal, sys
-if "services.inference.candidate" in sys.orig_argv:
+if "services.inference.isolated" in sys.orig_argv:
     import onnxruntime
     _init = onnxruntime.InferenceSession.__init__
     def _crash(self, model, *args, **kwargs):

@@ -31,7 +31,7 @@ CLASSES = sorted(models.STRING_CLASSES)  # scikit-learn orders its classes
 def test_engine_carries_string_labels_and_reads_the_class_list(tmp_path: Path) -> None:
     path = models.zipmap_classifier(tmp_path / "clf.onnx", strings=True)
     eng = engine(path)
-    assert eng.model.classes == CLASSES  # from the ZipMap / LinearClassifier node
+    assert eng.model.signature.classes == CLASSES  # from the ZipMap / LinearClassifier node
     result = eng.infer(rows(X)).result
     assert result is not None
     ref = direct(path, X)
