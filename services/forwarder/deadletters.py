@@ -10,7 +10,6 @@ change at its next read of the file. `drop` deletes them for good.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from services.forwarder.queue import Transaction, connect
+from shared import clock
 from shared.messages import iso
 
 
@@ -70,7 +70,7 @@ def retry(path: Path, ids: list[int] | None) -> list[int]:
     """Put dead letters back in the queue; return the ids moved."""
     with opened(path) as db, Transaction(db):
         chosen = _chosen(db, ids)
-        now = time.time_ns()
+        now = clock.now_ns()
         for seq in chosen:
             db.execute(
                 "INSERT INTO q (seq, prio, topic, payload, content_type, n, enq_ns)"

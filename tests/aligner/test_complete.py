@@ -4,7 +4,6 @@ raw stream, one taking the marks and one not, give the latency before and after 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -72,7 +71,10 @@ async def test_complete_marks_let_samples_out_without_waiting_for_the_slow_signa
             await probe.wait_for(topics.status(f"aligner-{flow}"), lambda s: s["state"] == "online")
         async with running(modbus_main(modbus(base_config, sim.modbus_port or 0))):
             await probe.wait_for(topics.samples("before"), timeout=15)
-            await asyncio.sleep(6)  # three slow polls
+            # three slow polls: batches that carry the 2 s group's register (signal 1)
+            await probe.wait_for(
+                topics.raw("plc1"), lambda b: 1 in b["sig"].tolist(), count=4, timeout=15
+            )
     raw = [ReadingBatch.from_wire(d) for d in probe.decoded(topics.raw("plc1"))]
     raw_arrivals = [
         at

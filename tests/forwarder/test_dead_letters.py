@@ -19,6 +19,7 @@ import yaml
 
 from edgefleet.broker import LocalBroker
 from services.forwarder.service import main
+from shared.messages import ResultBatch
 from shared.topics import Kind, Topics
 from tests.forwarder.conftest import Endpoint, result_ids, results, unique, wait_all
 from tests.forwarder.test_delivery import FAST, forwarder_config, sink_health
@@ -77,7 +78,8 @@ async def test_refused_topic_is_dead_lettered_at_once_and_the_rest_flows(
             await probe.publish(topics.results("pump"), results("pump", i * 5, 5), qos=1)
 
         def remote_ids() -> list[str]:
-            return [i for batch in remote.decoded(topics.results("pump")) for i in batch["id"]]
+            batches = remote.decoded(topics.results("pump"))
+            return [i for b in batches for i in ResultBatch.from_wire(b).ids]  # derived
 
         ids = await wait_all(remote_ids, result_ids("pump", 0, 50), timeout=20)
         assert unique(ids) == result_ids("pump", 0, 50)  # nothing blocked, order kept
