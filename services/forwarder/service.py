@@ -87,12 +87,14 @@ class Lane:
         queue, sink = self.queue, self.sink
         while True:
             queue.wake.clear()
+            # Ready first, then read: rows read before a long outage may be dropped from a full
+            # queue meanwhile, and sending them after it would deliver what was counted dropped.
+            await sink.ready()
             rows = await queue.peek(1 if self._isolate_until is not None else self.cfg.batch_size)
             if not rows:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(queue.wake.wait(), self.idle_s)
                 continue
-            await sink.ready()
             try:
                 await sink.send(rows)
             except SinkError as exc:
