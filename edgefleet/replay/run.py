@@ -1,7 +1,7 @@
 """Replay: the site's own aligner and inference code over a recording, as fast as it goes.
 
-No second implementation: the aligner engine (`services.aligner.alignment.Aligner`) takes each
-batch at the local time it arrived live, and emits at the same moments the live service does — every
+No second implementation: the aligner engine (`services.aligner.alignment.Aligner`) takes each batch
+at the local time it arrived live, and emits at the same moments the live service does — every
 sample whose deadline passed before the next batch arrived, then whatever that batch made
 decidable (early emission). Each emitted message goes to the inference engine
 (`services.inference.engine.build_engine`, the one the service runs, with the same checks) as
