@@ -57,6 +57,39 @@ def _pack_default(obj: Any) -> Any:
     raise PayloadError(f"cannot encode a {type(obj).__name__}")
 
 
+def _ext_header(n: int) -> bytes:
+    """msgpack ext 8/16/32 header of `n` data bytes (valid for every length, fixext or not)."""
+    if n <= 0xFF:
+        return struct.pack(">BBb", 0xC7, n, _ND_EXT)
+    if n <= 0xFFFF:
+        return struct.pack(">BHb", 0xC8, n, _ND_EXT)
+    return struct.pack(">BIb", 0xC9, n, _ND_EXT)
+
+
+def _pack_parts(obj: Any, parts: list[bytes | memoryview], packer: msgpack.Packer) -> None:
+    """Pack `obj` into `packer`'s buffer, cut into `parts` around each numeric array of a map:
+    the array's piece views its own memory, so the final join is the only copy of its bytes
+    (packb with an ExtType made three: tobytes, the header concatenation, the packer's buffer)."""
+    if type(obj) is dict:
+        packer.pack_map_header(len(obj))
+        for key, value in obj.items():
+            packer.pack(key)
+            _pack_parts(value, parts, packer)
+    elif isinstance(obj, np.ndarray) and obj.dtype.kind in "biuf":
+        arr = obj.astype(obj.dtype.newbyteorder("<")) if obj.dtype.byteorder == ">" else obj
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)  # a copy only for a strided view
+        header = msgpack.packb([arr.dtype.str, list(arr.shape)])
+        parts.append(packer.bytes())
+        packer.reset()
+        parts.append(
+            _ext_header(2 + len(header) + arr.nbytes) + _HEADER_LEN.pack(len(header)) + header
+        )
+        parts.append(arr.reshape(-1).data)
+    else:
+        packer.pack(obj)
+
+
 def _unpack_ext(code: int, data: bytes) -> Any:
     if code != _ND_EXT:
         raise PayloadError(f"unknown msgpack extension type {code}")
@@ -99,7 +132,11 @@ def encode(obj: Any, encoding: Encoding | str = Encoding.MSGPACK) -> tuple[bytes
     """Encode `obj`; return the payload and its content type."""
     enc = Encoding(encoding)
     if enc is Encoding.MSGPACK:
-        return msgpack.packb(obj, default=_pack_default, use_bin_type=True), MSGPACK
+        parts: list[bytes | memoryview] = []
+        packer = msgpack.Packer(default=_pack_default, use_bin_type=True, autoreset=False)
+        _pack_parts(obj, parts, packer)
+        parts.append(packer.bytes())
+        return b"".join(parts), MSGPACK
     text = json.dumps(to_jsonable(obj), allow_nan=False, separators=(",", ":"))
     return text.encode(), JSON
 

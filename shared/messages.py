@@ -7,16 +7,17 @@ plain dicts that `shared.codec` encodes, so one decoder reads msgpack and JSON a
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.clock import iso as iso  # re-exported: time lives in shared.clock
+from shared.clock import now_ns as now_ns
 from shared.codec import Encoding
 from shared.errors import PayloadError
 
@@ -45,15 +46,6 @@ class FeatureState(IntEnum):
     INTERPOLATED = 2  # linear between the two good readings around the sample time
     MISSING = 3  # nothing usable within max_age: the value is NaN
     DEFAULT = 4  # missing, filled with the flow's default value
-
-
-def now_ns() -> int:
-    return time.time_ns()
-
-
-def iso(t_ns: int) -> str:
-    """ISO-8601 UTC time with microseconds, for JSON readers that lose precision past 2^53."""
-    return datetime.fromtimestamp(t_ns / 1e9, UTC).isoformat(timespec="microseconds")
 
 
 def _check_version(d: dict[str, Any], kind: str) -> None:
@@ -285,11 +277,11 @@ class ResultBatch:
     t: I64
     outputs: dict[str, Any]
     latency_us: F32
-    ids: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        if not self.ids:
-            self.ids = [f"{self.flow}:{x}" for x in self.t.tolist()]  # result_id, vectorised
+    @cached_property
+    def ids(self) -> list[str]:
+        """Each row's `result_id`, derived from flow and time when first asked for."""
+        return [f"{self.flow}:{x}" for x in self.t.tolist()]  # plain ints: faster than numpy's
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
@@ -302,8 +294,8 @@ class ResultBatch:
                     f"results of {self.flow!r}: output {name!r} has shape {np.shape(arr)}, "
                     f"expected {n} rows"
                 )
-        if self.latency_us.shape != (n,) or len(self.ids) != n:
-            raise PayloadError(f"results of {self.flow!r}: ids or latency_us do not have {n} rows")
+        if self.latency_us.shape != (n,):
+            raise PayloadError(f"results of {self.flow!r}: latency_us does not have {n} rows")
 
     def to_wire(self, encoding: Encoding = Encoding.MSGPACK) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -311,14 +303,28 @@ class ResultBatch:
             "kind": self.KIND,
             "flow": self.flow,
             "model": self.model.to_wire(),
-            "id": self.ids,
             "t": self.t,
             "outputs": self.outputs,
             "latency_us": self.latency_us,
         }
-        if encoding is Encoding.JSON:
+        if encoding is Encoding.JSON:  # for readers that do not derive the id
+            d["id"] = self.ids
             d["time"] = [iso(int(x)) for x in self.t]
         return d
+
+    @classmethod
+    def rows(cls, d: dict[str, Any]) -> int:
+        """The number of results in a decoded message, with its shapes checked but nothing
+        built: for a relay (the forwarder) that passes the payload on as it came."""
+        _check_version(d, cls.KIND)
+        n = int(_array(d, "t", np.int64).shape[0])
+        outputs = d.get("outputs")
+        if not isinstance(outputs, dict):
+            raise PayloadError("field 'outputs' must be a map of output name to array")
+        for name, column in (*outputs.items(), ("latency_us", d.get("latency_us"))):
+            if np.shape(column)[:1] != (n,):
+                raise PayloadError(f"results: {name!r} does not have {n} rows like 't'")
+        return n
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> ResultBatch:
@@ -335,8 +341,7 @@ class ResultBatch:
             _array(d, "t", np.int64),
             {str(k): _output(v) for k, v in outputs.items()},
             _array(d, "latency_us", np.float32),
-            _str_list(d, "id"),
-        )
+        )  # an `id` column is ignored: the ids are derived from flow and t
         batch.check()
         return batch
 

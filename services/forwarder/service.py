@@ -55,7 +55,7 @@ def to_item(message: Received) -> Item:
         Event.from_wire(data)
         prio, n = EVENT, 1
     else:
-        prio, n = RESULT, len(ResultBatch.from_wire(data))
+        prio, n = RESULT, ResultBatch.rows(data)
     key = hashlib.blake2b(message.payload, digest_size=16).digest()
     return Item(key, prio, message.topic, message.payload, message.content_type, n)
 

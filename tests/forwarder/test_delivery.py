@@ -11,6 +11,7 @@ import sqlite_utils
 from edgefleet.broker import LocalBroker
 from services.forwarder.service import ForwarderConfig, main
 from shared.config import validate
+from shared.messages import ResultBatch
 from shared.topics import Kind, Topics
 from tests.forwarder.conftest import Endpoint, event, result_ids, results, unique, wait_all
 from tests.helpers import Probe, running
@@ -60,7 +61,8 @@ async def test_cloud_broker_down_then_back_every_result_arrives_in_order(
         cloud.start()
 
         def remote_ids() -> list[str]:
-            return [i for batch in remote.decoded(topics.results("pump")) for i in batch["id"]]
+            batches = remote.decoded(topics.results("pump"))
+            return [i for b in batches for i in ResultBatch.from_wire(b).ids]  # derived
 
         ids = await wait_all(remote_ids, result_ids("pump", 0, 500), timeout=20)
         assert unique(ids) == result_ids("pump", 0, 500)  # all of them, in order
