@@ -11,4 +11,5 @@ SERVICES: dict[str, str] = {
     "inference": "services.inference.service",
     "actuator": "services.actuator.service",
     "forwarder": "services.forwarder.service",
+    "fleet": "edgefleet.fleet.service",  # control plane: composes flows, so it lives in edgefleet/
 }

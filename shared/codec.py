@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from enum import Enum, StrEnum
 from typing import Any
@@ -22,6 +23,7 @@ JSON = "application/json"
 
 _ND_EXT = 1  # msgpack extension code of a numpy array
 _HEADER_LEN = struct.Struct("<H")
+_NUMERIC_DTYPE = re.compile(r"[<>|=]?(b1|[iu][1248]|f[248])")
 
 
 class Encoding(StrEnum):
@@ -96,9 +98,11 @@ def _unpack_ext(code: int, data: bytes) -> Any:
     try:
         (n,) = _HEADER_LEN.unpack_from(data)
         dtype_text, shape = msgpack.unpackb(data[2 : 2 + n])
-        dtype = np.dtype(dtype_text)
-        if dtype.kind not in "biuf":
+        # Only plain numeric dtypes: numpy parses other dtype strings with a grammar of its
+        # own (structured types, deprecated aliases), which a payload must never reach.
+        if not isinstance(dtype_text, str) or not _NUMERIC_DTYPE.fullmatch(dtype_text):
             raise PayloadError(f"array dtype {dtype_text!r} is not numeric")
+        dtype = np.dtype(dtype_text)
         arr = np.frombuffer(data, dtype=dtype, offset=2 + n)
         return arr.reshape(shape)
     except PayloadError:

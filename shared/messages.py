@@ -51,18 +51,29 @@ class FeatureState(IntEnum):
 def _check_version(d: dict[str, Any], kind: str) -> None:
     if not isinstance(d, dict):
         raise PayloadError(f"expected a {kind} message (a map), got {type(d).__name__}")
-    if d.get("kind") != kind:
-        raise PayloadError(f"expected kind {kind!r}, got {d.get('kind')!r}")
-    if d.get("v") != SCHEMA_VERSION:
+    # type checks first: an array compared with `!=` is an array, not a bool
+    got = d.get("kind")
+    if not isinstance(got, str) or got != kind:
+        raise PayloadError(f"expected kind {kind!r}, got {got!r}")
+    v = d.get("v")
+    if type(v) is not int or v != SCHEMA_VERSION:
         raise PayloadError(f"unsupported {kind} schema version {d.get('v')!r}")
 
 
 def _array(d: dict[str, Any], key: str, dtype: type[np.generic], ndim: int | None = 1) -> Any:
     if key not in d:
         raise PayloadError(f"missing field {key!r}")
+    value = d[key]
     try:
-        arr = np.asarray(d[key], dtype=dtype)
-    except (ValueError, TypeError) as exc:
+        if np.dtype(dtype).kind in "iu" and not (
+            isinstance(value, np.ndarray) and value.dtype.kind in "iu"
+        ):
+            # a float cast to an integer column would wrap or truncate silently
+            raw = np.asarray(value)
+            if raw.size and raw.dtype.kind not in "iub":  # an empty list reads as float
+                raise TypeError("its values are not integers")
+        arr = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise PayloadError(f"field {key!r} is not an array of {np.dtype(dtype)}: {exc}") from None
     if ndim is not None and arr.ndim != ndim:
         raise PayloadError(f"field {key!r} must have {ndim} dimension(s), got shape {arr.shape}")
@@ -243,7 +254,10 @@ class SampleBatch:
 
 def _output(value: Any) -> Any:
     """An output column as an array; JSON's nulls become NaN in numeric columns."""
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists
+        raise PayloadError(f"an output column is not an array: {str(exc)[:80]}") from None
     if arr.dtype == object:
         try:
             return np.array(value, dtype=np.float64)
@@ -538,12 +552,31 @@ class ReportedState(Message):
 
 
 class FleetCommand(Message):
-    """On `fleet/commands` (MQTT v5 request/response): one operation for the fleet service."""
+    """On `fleet/commands` (MQTT v5 request/response): one command for the fleet service.
+
+    `cmd` names the command (`library.list`, `flow.push`, ...), `args` its arguments; the
+    answer (`FleetAnswer`) goes to the response topic with the request's correlation data.
+    `kind` may be omitted by senders."""
 
     kind: Literal["command"] = "command"
-    request_id: str
-    op: str
+    cmd: str
     args: dict[str, Any] = Field(default_factory=dict)
+
+
+class FleetErrorBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str  # not_found, conflict, invalid, archived, in_use, digest_mismatch, ...
+    message: str  # what went wrong and what to do next
+
+
+class FleetAnswer(Message):
+    """The fleet's answer to a `FleetCommand`: `ok` with the command's `result`, or `error`
+    with a code a program can branch on and a message a person can act on."""
+
+    kind: Literal["answer"] = "answer"
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: FleetErrorBody | None = None
 
 
 HOT_PATH = {c.KIND: c for c in (ReadingBatch, SampleBatch, ResultBatch)}
@@ -560,5 +593,6 @@ CONTROL_PLANE: dict[str, type[Message]] = {
         DesiredState,
         ReportedState,
         FleetCommand,
+        FleetAnswer,
     )
 }

@@ -79,11 +79,13 @@ class Lane:
         queue, sink = self.queue, self.sink
         while True:
             queue.wake.clear()
+            # Ready first, then read: rows read before a long outage may be dropped from a full
+            # queue meanwhile, and sending them after it would deliver what was counted dropped.
+            await sink.ready()
             rows = await queue.peek(self.cfg.batch_size)
             if not rows:
                 await queue.wake.wait()
                 continue
-            await sink.ready()
             try:
                 await sink.send(rows)
             except SinkError as exc:
