@@ -26,10 +26,13 @@ from services.actuator.interlocks import Interlocks
 from services.actuator.rule import Kind, Rule
 from services.actuator.writes import Outcome, Requester, same
 from shared import codec
+from shared.error_channel import RateLimit
 from shared.errors import PayloadError
+from shared.health import HealthModel
 from shared.messages import ActuatorCommand, Event, ResultBatch, Status, WriteResponse, now_ns
 from shared.mqtt import Received
-from shared.runtime import Runtime
+from shared.runtime import Loop, Runtime
+from shared.service import Service, ServiceSpec, run
 
 NAME = "actuator"
 Config = ActuatorConfig
@@ -51,15 +54,27 @@ class Command:
     message: Received
 
 
-@dataclass
-class _Repeat:
-    last: float = float("-inf")
-    count: int = 0
+class ActionHealth(HealthModel):
+    active: bool
+    held: bool
 
 
-class Actuator:
+class ActuatorHealth(HealthModel):
+    enabled: bool
+    dry_run: bool
+    inference: str | None  # the inference instance's state: online, stopped, offline
+    deployed_sha256: str | None
+    suppressed_rows: dict[str, int]
+    decisions: dict[str, int]
+    late_answers: int
+    actions: dict[str, ActionHealth]
+
+
+class Actuator(Service[ActuatorConfig]):
+    health_section = "actuator"
+
     def __init__(self, rt: Runtime, config: ActuatorConfig) -> None:
-        self.rt, self.config = rt, config
+        super().__init__(rt, config)
         self.actions = {str(a.name): a for a in config.actions}
         self.rules = {
             str(a.name): Rule(
@@ -76,7 +91,8 @@ class Actuator:
         self.fed = asyncio.Event()  # trusted results arrived: feeds the watchdog
         self.events_topic = rt.topics.events(config.flow)
         self.counts: Counter[str] = Counter()
-        self._repeats: dict[tuple[str, str], _Repeat] = {}
+        # a suppression is reported again only after `repeat_event_s`, with its count
+        self._repeats: RateLimit[tuple[str, str]] = RateLimit(config.repeat_event_s)
 
     # ------------------------------------------------------------------ wiring
 
@@ -86,22 +102,24 @@ class Actuator:
         await rt.subscribe(rt.topics.status(str(cfg.inference_instance)), self.on_status)
         await rt.subscribe(rt.topics.results(cfg.flow), self.on_results)
         await rt.subscribe(rt.topics.cmd(rt.instance), self.on_command)
-        rt.add_health("actuator", self.health)
         rt.on_stop(self.on_stop)
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "enabled": self.config.enabled,
-            "dry_run": self.config.dry_run,
-            "inference": self.interlocks.inference_state,
-            "deployed_sha256": self.interlocks.deployed_sha256,
-            "suppressed_rows": dict(self.interlocks.suppressed),
-            "decisions": dict(self.counts),
-            "late_answers": self.requester.late,
-            "actions": {
-                name: {"active": r.active, "held": r.held} for name, r in self.rules.items()
+    def loops(self) -> dict[str, Loop]:
+        return {"act_loop": self.act_loop, "watchdog_loop": self.watchdog_loop}
+
+    def health(self) -> ActuatorHealth:
+        return ActuatorHealth(
+            enabled=self.config.enabled,
+            dry_run=self.config.dry_run,
+            inference=self.interlocks.inference_state,
+            deployed_sha256=self.interlocks.deployed_sha256,
+            suppressed_rows=dict(self.interlocks.suppressed),
+            decisions=dict(self.counts),
+            late_answers=self.requester.late,
+            actions={
+                name: ActionHealth(active=r.active, held=r.held) for name, r in self.rules.items()
             },
-        }
+        )
 
     async def on_status(self, message: Received) -> None:
         self.interlocks.on_status(
@@ -170,7 +188,7 @@ class Actuator:
         for key, (count, reason, rid) in blocked.items():
             await self.event("*", "suppressed", f"{reason} ({count} row(s))", rid, repeat_key=key)
         if not blocked:  # interlocks clear: the next suppression is reported at once
-            self._repeats = {k: v for k, v in self._repeats.items() if k[0] != "*"}
+            self._repeats.forget(lambda key: key[0] == "*")
         rows = np.flatnonzero(trusted)
         if rows.size == 0:
             return
@@ -366,16 +384,13 @@ class Actuator:
         """Publish one decision. A suppression with `repeat_key` is reported again only after
         `repeat_event_s`, with the count of those not reported in between."""
         if repeat_key is not None:
-            rep = self._repeats.setdefault((action, repeat_key), _Repeat())
-            rep.count += 1
-            now = time.monotonic()
-            if now - rep.last < self.config.repeat_event_s:
+            times = self._repeats.hit((action, repeat_key))
+            if not times:
                 return
-            if rep.count > 1:
-                reason = f"{reason} [{rep.count} times since last reported]"
-            rep.last, rep.count = now, 0
+            if times > 1:
+                reason = f"{reason} [{times} times since last reported]"
         else:
-            self._repeats = {k: v for k, v in self._repeats.items() if k[0] != action}
+            self._repeats.forget(lambda key: key[0] == action)
         self.counts[decision] += 1
         body = Event(
             flow=self.config.flow,
@@ -390,7 +405,7 @@ class Actuator:
 
 
 async def main(config: ActuatorConfig) -> None:
-    async with Runtime(NAME, config) as rt:
-        actuator = Actuator(rt, config)
-        await actuator.start()
-        await rt.serve(actuator.act_loop, actuator.watchdog_loop)
+    await run(NAME, config, lambda rt: Actuator(rt, config))
+
+
+SPEC = ServiceSpec(NAME, ActuatorConfig, main)

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any
 
 import numpy as np
 
@@ -21,17 +20,31 @@ from services.modbus.config import ModbusConfig, PointConfig
 from services.modbus.decode import Request, decode_bits, decode_registers, decode_string, plan
 from services.modbus.device import Device, DeviceError
 from services.modbus.writes import Writer
+from shared.health import HealthModel
 from shared.messages import Quality, ReadingBatch
-from shared.runtime import Runtime
+from shared.runtime import Loop, Runtime
+from shared.service import Service, ServiceSpec, run
 
 NAME = "modbus"
 Config = ModbusConfig
 log = logging.getLogger(__name__)
 
 
-class Poller:
+class ModbusHealth(HealthModel):
+    readings: int
+    bad: int
+    device_down: bool
+    errors: dict[str, int]  # exception codes (0x02) and timeouts, by count
+    requests: int
+    strings: dict[str, str]
+    writes: int
+
+
+class Poller(Service[ModbusConfig]):
+    health_section = "modbus"
+
     def __init__(self, rt: Runtime, config: ModbusConfig) -> None:
-        self.rt, self.config = rt, config
+        super().__init__(rt, config)
         self.device = Device(config)
         self.requests = plan(config)
         self.signals = [p.name for r in self.requests for p in r.points if p.type != "string"]
@@ -42,16 +55,22 @@ class Poller:
         self.strings: dict[str, str] = {}
         self.writer = Writer(rt, config, self.device)
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "readings": self.readings,
-            "bad": self.bad,
-            "device_down": self.device.down,
-            "errors": dict(self.exceptions),
-            "requests": len(self.requests),
-            "strings": self.strings,
-            "writes": self.writer.count,
-        }
+    async def start(self) -> None:
+        await self.rt.subscribe(self.rt.topics.cmd(self.config.source), self.writer.handle)
+
+    async def close(self) -> None:
+        await self.device.close()
+
+    def health(self) -> ModbusHealth:
+        return ModbusHealth(
+            readings=self.readings,
+            bad=self.bad,
+            device_down=self.device.down,
+            errors=dict(self.exceptions),
+            requests=len(self.requests),
+            strings=dict(self.strings),
+            writes=self.writer.count,
+        )
 
     async def read(self, req: Request) -> tuple[int, np.ndarray, Quality]:
         """One request: stamp (midpoint of the round trip), values per point, quality."""
@@ -93,11 +112,11 @@ class Poller:
         self.bad += int(np.count_nonzero(batch.q))
         return batch
 
-    def loops(self) -> list[Any]:
+    def loops(self) -> dict[str, Loop]:
         periods: dict[int, list[Request]] = {}
         for r in self.requests:
             periods.setdefault(r.poll_ms, []).append(r)
-        out = []
+        out: dict[str, Loop] = {}
         for period, reqs in sorted(periods.items()):
 
             async def poll_loop(period: int = period, reqs: list[Request] = reqs) -> None:
@@ -110,8 +129,7 @@ class Poller:
                     k = max(k + 1, int((time.monotonic() - start) * 1000 / period))
                     await asyncio.sleep(max(start + k * period / 1000 - time.monotonic(), 0))
 
-            poll_loop.__name__ = f"poll_{period}ms_loop"
-            out.append(poll_loop)
+            out[f"poll_{period}ms_loop"] = poll_loop
         return out
 
 
@@ -120,11 +138,7 @@ def point_by_name(config: ModbusConfig) -> dict[str, tuple[int, str, PointConfig
 
 
 async def main(config: ModbusConfig) -> None:
-    async with Runtime(NAME, config) as rt:
-        poller = Poller(rt, config)
-        rt.add_health("modbus", poller.health)
-        await rt.subscribe(rt.topics.cmd(config.source), poller.writer.handle)
-        try:
-            await rt.serve(*poller.loops())
-        finally:
-            await poller.device.close()
+    await run(NAME, config, lambda rt: Poller(rt, config))
+
+
+SPEC = ServiceSpec(NAME, ModbusConfig, main)

@@ -10,9 +10,10 @@ from services.mqtt_ingest.config import IngestConfig, Input
 from services.mqtt_ingest.mapping import Extractor
 from shared import codec
 from shared.codec import JSON, MSGPACK
+from shared.health import HealthModel
 from shared.messages import now_ns
-from shared.mqtt import Received
-from shared.runtime import Runtime
+from shared.mqtt import Handler, Received
+from shared.service import Service, ServiceSpec, run
 
 NAME = "mqtt-ingest"
 Config = IngestConfig
@@ -20,18 +21,22 @@ Config = IngestConfig
 _FORCED = {"json": JSON, "msgpack": MSGPACK}
 
 
-class Ingest:
-    def __init__(self, rt: Runtime, config: IngestConfig) -> None:
-        self.rt = rt
-        self.config = config
-        self.readings = 0
+class IngestHealth(HealthModel):
+    readings: int
+
+
+class Ingest(Service[IngestConfig]):
+    health_section = "ingest"
+    readings = 0
 
     async def start(self) -> None:
         for spec in self.config.inputs:
             await self.rt.subscribe(spec.topic, self._handler(spec))
-        self.rt.add_health("ingest", lambda: {"readings": self.readings})
 
-    def _handler(self, spec: Input):  # type: ignore[no-untyped-def]
+    def health(self) -> IngestHealth:
+        return IngestHealth(readings=self.readings)
+
+    def _handler(self, spec: Input) -> Handler:
         extractor = Extractor(spec)
         topic = self.rt.topics.raw(spec.source)
         forced = _FORCED.get(spec.format)
@@ -51,6 +56,7 @@ class Ingest:
 
 
 async def main(config: IngestConfig) -> None:
-    async with Runtime(NAME, config) as rt:
-        await Ingest(rt, config).start()
-        await rt.serve()
+    await run(NAME, config, lambda rt: Ingest(rt, config))
+
+
+SPEC = ServiceSpec(NAME, IngestConfig, main)
