@@ -64,6 +64,12 @@ def cmd_actuator(argv: list[str]) -> int:
     return int(actuator_main(argv))
 
 
+def cmd_keys(argv: list[str]) -> int:
+    from edgefleet.keys_cli import main as keys_main
+
+    return int(keys_main(argv))
+
+
 def cmd_shadow(argv: list[str]) -> int:
     from edgefleet.shadow_cli import main as shadow_main
 
@@ -111,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "actuator", help="hold or release an action (edgefleet actuator --help)", add_help=False
     )
+    sub.add_parser("keys", help="the fleet's signing key (edgefleet keys --help)", add_help=False)
     sub.add_parser(
         "shadow",
         help="promote or drop an inference shadow model (edgefleet shadow --help)",
@@ -127,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_actuator(argv[1:])
     if argv[:1] == ["shadow"]:
         return cmd_shadow(argv[1:])
+    if argv[:1] == ["keys"]:
+        return cmd_keys(argv[1:])
     if argv[:2] == ["opcua", "browse"]:
         from edgefleet.opcua_browse import main as browse_main
 

@@ -23,12 +23,15 @@ from shared.messages import (
     ErrorReport,
     Event,
     FleetCommand,
+    FlowReport,
     Message,
     ModelRef,
+    PinnedResource,
     ReadingBatch,
     ReportedState,
     ResultBatch,
     SampleBatch,
+    Signature,
     Status,
     WriteRequest,
     WriteResponse,
@@ -119,7 +122,12 @@ def hot_path_examples() -> list[tuple[str, dict[str, Any]]]:
 
 def control_plane_examples() -> list[Message]:
     flow = DeployedFlow(
-        name="pump-anomaly", version=4, model_ref="pump-ae@3", model_sha256="9f86d081884c7d65" * 4
+        name="pump-anomaly",
+        version=4,
+        flow="name: pump-anomaly\nmodel: {ref: pump-ae@3}\n...",
+        resources=[
+            PinnedResource(kind="model", ref="pump-ae@3", sha256="9f86d081884c7d65" * 4, size=48213)
+        ],
     )
     return [
         Status(
@@ -165,8 +173,31 @@ def control_plane_examples() -> list[Message]:
             t=T,
         ),
         ActuatorCommand(request_id="h1", op="hold", action="alarm-lamp", value=False, t=T),
-        DesiredState(site="plant1", revision=12, flows=[flow]),
-        ReportedState(site="plant1", revision=12, state="applied", flows=[flow], t=T),
+        DesiredState(
+            site="plant1",
+            revision=12,
+            deployment="d-20261201-0007",
+            flows=[flow],
+            issued=T,
+            signature=Signature(alg="ed25519", key_id="5d41402abc4b2a76", sig="MEUCIQ...=="),
+        ),
+        ReportedState(
+            site="plant1",
+            revision=12,
+            deployment="d-20261201-0007",
+            state="applied",
+            flows=[
+                FlowReport(
+                    name="pump-anomaly",
+                    version=4,
+                    state="running",
+                    model_sha256="9f86d081884c7d65" * 4,
+                )
+            ],
+            last_good=11,
+            timings_ms={"downloading": 412.0, "verifying": 38.5, "activating": 2210.0},
+            t=T,
+        ),
         FleetCommand(
             request_id="c9",
             op="deploy",

@@ -448,32 +448,87 @@ class ActuatorCommand(Message):
     t: int = Field(default_factory=now_ns)
 
 
-class DeployedFlow(Message):
+class _Part(BaseModel):
+    """A part of a control-plane message: unknown keys refused, no version of its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+SHA256 = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class PinnedResource(_Part):
+    """A library resource a flow version uses, pinned to its version and content."""
+
+    kind: Literal["model", "script"]
+    ref: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*@[0-9]+$")  # name@N
+    sha256: str = SHA256
+    size: int = Field(ge=0)
+
+
+class DeployedFlow(_Part):
+    """One flow version a node runs: the flow file as pushed (every reference pinned) and the
+    blobs it needs; `shadow` runs its model beside the live one, acting on nothing."""
+
     name: str
-    version: int
-    model_ref: str | None = None
-    model_sha256: str | None = None
-    model_url: str | None = None
+    version: int = Field(ge=1)
+    flow: str = ""  # the flow file text of this version
+    resources: list[PinnedResource] = Field(default_factory=list)
+    shadow: bool = False
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class Signature(_Part):
+    alg: Literal["ed25519"]
+    key_id: str
+    sig: str
 
 
 class DesiredState(Message):
-    """Retained on `{site}/desired`, written by the fleet service."""
+    """Retained on `{site}/desired`, written by the fleet service: everything the node should
+    run. `revision` only grows per site; `signature` (shared/signing.py) covers every other
+    member, and the agent refuses what is unsigned, signed by an untrusted key, or older than
+    what it took in already."""
 
     kind: Literal["desired"] = "desired"
     site: str
-    revision: int
+    revision: int = Field(ge=1)
+    deployment: str | None = None
     flows: list[DeployedFlow] = Field(default_factory=list)
+    issued: int = Field(default_factory=now_ns)
+    signature: Signature | None = None
+
+
+ReportedStep = Literal[
+    "received", "downloading", "verifying", "activating", "applied", "failed", "rolled_back"
+]
+
+
+class FlowReport(_Part):
+    name: str
+    version: int
+    state: Literal["running", "starting", "failed", "stopped"]
+    model_sha256: str | None = None
+    error: str | None = None
 
 
 class ReportedState(Message):
-    """Retained on `{site}/reported`, written by the site's agent."""
+    """Retained on `{site}/reported`, written by the site's agent at every step of applying a
+    desired state: which revision, how far, the last good revision it would go back to, the
+    error, and how long each step took (ms)."""
 
     kind: Literal["reported"] = "reported"
     site: str
-    revision: int
-    state: Literal["applying", "applied", "failed"]
-    flows: list[DeployedFlow] = Field(default_factory=list)
+    revision: int = Field(ge=0)
+    deployment: str | None = None
+    state: ReportedStep
+    flows: list[FlowReport] = Field(default_factory=list)
+    last_good: int | None = None
     error: str | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
     t: int = Field(default_factory=now_ns)
 
 
