@@ -31,6 +31,7 @@ from shared.errors import PayloadError
 from shared.health import HealthModel
 from shared.messages import ActuatorCommand, Event, ResultBatch, Status, WriteResponse, now_ns
 from shared.mqtt import Received
+from shared.requests import refuse_write, serve_requests
 from shared.runtime import Loop, Runtime
 from shared.service import Service, ServiceSpec, run
 
@@ -51,7 +52,9 @@ class SafeState:
 @dataclass
 class Command:
     command: ActuatorCommand
-    message: Received
+    answered: asyncio.Future[WriteResponse] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class ActionHealth(HealthModel):
@@ -101,7 +104,16 @@ class Actuator(Service[ActuatorConfig]):
         await self.requester.start()
         await rt.subscribe(rt.topics.status(str(cfg.inference_instance)), self.on_status)
         await rt.subscribe(rt.topics.results(cfg.flow), self.on_results)
-        await rt.subscribe(rt.topics.cmd(rt.instance), self.on_command)
+        # Answered once act_loop carried the command out: in a task of its own, so the dispatch
+        # loop stays free for the adapter's answer to the write a hold makes.
+        self.commands = await serve_requests(
+            rt,
+            rt.topics.cmd(rt.instance),
+            ActuatorCommand.from_wire,
+            self.on_command,
+            refuse_write,
+            concurrent=True,
+        )
         rt.on_stop(self.on_stop)
 
     def loops(self) -> dict[str, Loop]:
@@ -133,25 +145,34 @@ class Actuator(Service[ActuatorConfig]):
                 f"results of flow {batch.flow!r} on the topic of {self.config.flow!r}"
             )
         if self.queue.full():  # the oldest batch would be stale by the time it is read anyway
-            self.queue.get_nowait()
+            self._drop(self.queue.get_nowait(), "dropped: the actuator is behind")
             self.counts["dropped_batches"] += 1
         self.queue.put_nowait(batch)
 
-    async def on_command(self, message: Received) -> None:
-        command = ActuatorCommand.from_wire(codec.decode(message.payload, message.content_type))
-        await self.queue.put(Command(command, message))
+    async def on_command(self, command: ActuatorCommand, message: Received) -> WriteResponse:
+        item = Command(command)
+        await self.queue.put(item)
+        return await item.answered
 
     async def on_stop(self) -> None:
         """The actuator is stopping: take the safe state while the adapters can still be asked."""
         state = SafeState("the actuator is stopping")
         while not self.queue.empty():  # the safe state goes first; results would be stale
-            self.queue.get_nowait()
+            self._drop(self.queue.get_nowait(), "not carried out: the actuator is stopping")
         self.queue.put_nowait(state)
         try:
             await asyncio.wait_for(asyncio.shield(state.done), self.config.stop_timeout_s)
         except TimeoutError:
             log.warning(
                 "safe state on stop not confirmed within %.1f s", self.config.stop_timeout_s
+            )
+
+    @staticmethod
+    def _drop(item: ResultBatch | Command | SafeState, why: str) -> None:
+        """An item leaves the queue unhandled: a command still gets its answer."""
+        if isinstance(item, Command) and not item.answered.done():
+            item.answered.set_result(
+                WriteResponse(request_id=item.command.request_id, ok=False, error=why)
             )
 
     # ------------------------------------------------------------------ loops
@@ -263,7 +284,7 @@ class Actuator(Service[ActuatorConfig]):
             rule.done(kind)
             await self.simulated(name, why, rid, write)
             return
-        outcome = await self.requester.write(action.write.source, action.write.target, value)
+        outcome = await self.requester.write(action.write.source, action.write.write_target, value)
         if outcome.ok:
             rule.done(kind)
         await self.report(name, why, rid, write, outcome)
@@ -317,7 +338,9 @@ class Actuator(Service[ActuatorConfig]):
             if not self.config.enabled or self.config.dry_run:
                 await self.simulated(name, why, None, write)
                 continue
-            outcome = await self.requester.write(action.write.source, action.write.target, value)
+            outcome = await self.requester.write(
+                action.write.source, action.write.write_target, value
+            )
             await self.report(name, why, None, write, outcome, decision="safe_state")
 
     async def on_hold_or_release(self, item: Command) -> None:
@@ -351,22 +374,20 @@ class Actuator(Service[ActuatorConfig]):
             await self.event(name, "hold", f"{why}; {mode}: not written", None, write)
             await self.answer(item, True, error=f"rule suspended; not written ({mode})")
             return
-        outcome = await self.requester.write(action.write.source, action.write.target, cmd.value)
+        outcome = await self.requester.write(
+            action.write.source, action.write.write_target, cmd.value
+        )
         await self.report(name, why, None, write, outcome, decision="hold")
         await self.answer(item, outcome.ok, outcome.readback, outcome.error)
 
     async def answer(
         self, item: Command, ok: bool, readback: Any = None, error: str | None = None
     ) -> None:
-        if item.message.response_topic:
-            response = WriteResponse(
-                request_id=item.command.request_id, ok=ok, readback=readback, error=error
-            )
-            await self.rt.publish(
-                item.message.response_topic,
-                response,
-                qos=1,
-                correlation_data=item.message.correlation_data,
+        if not item.answered.done():
+            item.answered.set_result(
+                WriteResponse(
+                    request_id=item.command.request_id, ok=ok, readback=readback, error=error
+                )
             )
 
     # ------------------------------------------------------------------ the audit trail

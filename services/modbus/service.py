@@ -56,7 +56,7 @@ class Poller(Service[ModbusConfig]):
         self.writer = Writer(rt, config, self.device)
 
     async def start(self) -> None:
-        await self.rt.subscribe(self.rt.topics.cmd(self.config.source), self.writer.handle)
+        await self.writer.start()
 
     async def close(self) -> None:
         await self.device.close()

@@ -64,7 +64,7 @@ class Adapter(Service[OpcUaConfig]):
         self.rt.errors.report(reason, key=reason)
 
     async def start(self) -> None:
-        await self.rt.subscribe(self.rt.topics.cmd(self.config.source), self.writer.handle)
+        await self.writer.start()
 
     def loops(self) -> dict[str, Loop]:
         return {"session_loop": self.session_loop}
