@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import yaml
 
@@ -48,6 +48,7 @@ from edgefleet.site.derive import Instance
 from edgefleet.site.load import LoadedSite, load_site
 from shared import codec
 from shared.errors import ConfigError
+from shared.messages import Status
 from shared.mqtt import BrokerSettings, MqttConnection, Received
 from shared.retry import Backoff
 from shared.topics import Kind, Topics, parse
@@ -319,16 +320,15 @@ class SiteSupervisor:
     async def _on_message(self, message: Received) -> None:
         try:
             name = parse(message.topic).name
-            body: dict[str, Any] = codec.decode(message.payload, message.content_type)
+            status = Status.from_wire(codec.decode(message.payload, message.content_type))
         except Exception:  # a foreign message on our status topic: not ours to judge
             return
         state = self.instances.get(name or "")
-        if state is None or not isinstance(body, dict) or state.pid is None:
+        if state is None or state.pid is None:
             return
-        t_ns = body.get("t") or 0
-        if t_ns and t_ns / 1e9 < state.started - 1.0:
+        if status.t / 1e9 < state.started - 1.0:
             return  # retained from an earlier run
-        new = str(body.get("state", "?"))
+        new = status.state
         if new != state.state:
             self._set(state, new, f"pid {state.pid}")
 
