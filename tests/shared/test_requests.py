@@ -9,10 +9,10 @@ import pytest
 
 from edgefleet.broker import LocalBroker
 from shared.config import ServiceConfig, validate
-from shared.errors import EdgefleetError, PayloadError
-from shared.messages import Message
+from shared.errors import EdgefleetError, PayloadError, Refused
+from shared.messages import Message, PointTarget, RegisterTarget, WriteRequest, WriteTarget
 from shared.mqtt import BrokerSettings, Received
-from shared.requests import RequestTimeout, requester, serve_requests
+from shared.requests import RequestTimeout, requester, serve_requests, serve_writes
 from shared.runtime import Runtime
 from shared.topics import Topics
 from tests.helpers import Probe
@@ -104,3 +104,61 @@ async def test_no_answer_times_out(broker: LocalBroker, site: str) -> None:
 def test_parse_error_is_a_payload_error() -> None:
     with pytest.raises(PayloadError, match="invalid Ask"):
         Ask.from_wire({"v": 1})
+
+
+async def test_write_server_answers_typed_targets_and_refusals(
+    base_config: dict[str, Any], site: str, broker: LocalBroker
+) -> None:
+    config = validate(ServiceConfig, {**base_config, "instance": "plc"}, "test")
+    rt = Runtime("test", config)
+    topics = Topics(site)
+    seen: list[WriteTarget] = []
+
+    async def write(request: WriteRequest) -> float:
+        seen.append(request.target)
+        if isinstance(request.target, PointTarget) and request.target.point == "locked":
+            raise Refused("point 'locked' is not writable")
+        return float(request.value)
+
+    server = await serve_writes(rt, topics.cmd("plc"), write)
+    task = asyncio.create_task(rt.serve())
+    settings = BrokerSettings(host=broker.host, port=broker.port, client_id="cli-w")
+    try:
+        async with (
+            requester(settings, topics.reply("cli-w")) as req,
+            Probe(broker.host, broker.port) as probe,
+        ):
+            await probe.subscribe(topics.errors("plc"))
+            cmd = topics.cmd("plc")
+
+            async def ask(target: dict[str, Any], value: Any = 3) -> Any:
+                body = {
+                    "v": 1,
+                    "kind": "write",
+                    "request_id": "r",
+                    "target": target,
+                    "value": value,
+                }
+                return await req.request(cmd, body, timeout=10)
+
+            assert (await ask({"table": "holding", "address": 4}))["readback"] == 3.0
+            assert (await ask({"point": "speed"}))["ok"] is True
+            locked = await ask({"point": "locked"})
+            assert locked["ok"] is False and "not writable" in locked["error"]
+            bogus = await ask({"register": 4})  # no kind of target: answered and reported
+            assert bogus["ok"] is False and "target" in bogus["error"]
+            [report] = await probe.wait_for(topics.errors("plc"))
+            assert "target" in report["reason"]
+    finally:
+        rt.stop.set()
+        await asyncio.wait_for(task, 10)
+    assert seen == [
+        RegisterTarget(table="holding", address=4),
+        PointTarget(point="speed"),
+        PointTarget(point="locked"),
+    ]
+    assert WriteRequest(request_id="r", target=seen[0], value=1).to_wire()["target"] == {
+        "table": "holding",
+        "address": 4,
+    }  # wire unchanged: the unit is only there when it was given
+    assert (server.stats.served, server.stats.refused, server.stats.malformed) == (2, 1, 1)
