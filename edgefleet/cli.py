@@ -46,6 +46,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
+    if args.raw:
+        from edgefleet.replay.record_raw import main as raw_main
+
+        setup_logging("WARNING")
+        return raw_main(
+            args.flow_file,
+            args.out,
+            args.broker,
+            args.site,
+            args.duration,
+            args.labels,
+            args.max_mb,
+        )
     from edgefleet.record import main as record_main
 
     setup_logging("WARNING")
@@ -62,6 +75,18 @@ def cmd_actuator(argv: list[str]) -> int:
     from edgefleet.actuator_cli import main as actuator_main
 
     return int(actuator_main(argv))
+
+
+def cmd_replay(argv: list[str]) -> int:
+    from edgefleet.replay.cli import main as replay_main
+
+    return int(replay_main(argv))
+
+
+def cmd_recording(argv: list[str]) -> int:
+    from edgefleet.replay.cli import recording_main
+
+    return int(recording_main(argv))
 
 
 def cmd_keys(argv: list[str]) -> int:
@@ -109,6 +134,12 @@ def parser() -> argparse.ArgumentParser:
     rec.add_argument("--site", default="plant1", help="site id of the raw topics (plant1)")
     rec.add_argument("--duration", type=float, help="stop after this many seconds")
     rec.add_argument("--labels", type=Path, help="labels CSV (edgefleet sim --labels-out)")
+    rec.add_argument(
+        "--raw",
+        action="store_true",
+        help="record the flow's raw reading batches as they travelled (Parquet), for replay",
+    )
+    rec.add_argument("--max-mb", type=float, help="--raw: stop at about this many MB of readings")
     rec.set_defaults(fn=cmd_record)
 
     add_site_commands(sub)  # up, check, schema
@@ -116,6 +147,14 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("sim", help="run the plant simulator (edgefleet sim --help)", add_help=False)
     sub.add_parser(
         "actuator", help="hold or release an action (edgefleet actuator --help)", add_help=False
+    )
+    sub.add_parser(
+        "replay", help="replay a flow over a recording (edgefleet replay --help)", add_help=False
+    )
+    sub.add_parser(
+        "recording",
+        help="convert a CSV to a recording, show one (edgefleet recording --help)",
+        add_help=False,
     )
     sub.add_parser("keys", help="the fleet's signing key (edgefleet keys --help)", add_help=False)
     sub.add_parser(
@@ -136,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_shadow(argv[1:])
     if argv[:1] == ["keys"]:
         return cmd_keys(argv[1:])
+    if argv[:1] == ["replay"]:
+        return cmd_replay(argv[1:])
+    if argv[:1] == ["recording"]:
+        return cmd_recording(argv[1:])
     if argv[:2] == ["opcua", "browse"]:
         from edgefleet.opcua_browse import main as browse_main
 
