@@ -14,7 +14,7 @@ lint: setup
 	.venv/bin/ruff format --check .
 
 typecheck: setup
-	.venv/bin/mypy shared services edgefleet
+	.venv/bin/mypy shared services edgefleet tests
 
 check: lint typecheck test
 

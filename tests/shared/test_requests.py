@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from edgefleet.broker import LocalBroker
+from shared.codec import Encoding
 from shared.config import ServiceConfig, validate
 from shared.errors import EdgefleetError, PayloadError, Refused
 from shared.messages import Message, PointTarget, RegisterTarget, WriteRequest, WriteTarget
@@ -63,7 +64,7 @@ async def test_answers_by_correlation_in_the_requests_encoding(
             *(req.request(topics.cmd("svc"), Ask(n=i), timeout=10) for i in range(12))
         )
         assert [a["n"] for a in answers] == [2 * i for i in range(12)]  # each to its own caller
-        as_json = await req.request(topics.cmd("svc"), Ask(n=4), timeout=10, encoding="json")
+        as_json = await req.request(topics.cmd("svc"), Ask(n=4), timeout=10, encoding=Encoding.JSON)
         assert as_json == {"v": 1, "ok": True, "n": 8}
         refused = await req.request(topics.cmd("svc"), Ask(n=-1), timeout=10)
         assert refused["ok"] is False and "negative" in refused["error"]

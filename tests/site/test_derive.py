@@ -15,6 +15,7 @@ from services.forwarder.config import ForwarderConfig
 from services.inference.service import InferenceConfig
 from services.modbus.config import ModbusConfig
 from services.mqtt_ingest.config import IngestConfig
+from shared.config import ServiceConfig
 from shared.errors import ConfigError
 from shared.flow import parse_flow
 from tests.site.helpers import FEATURES, flow_data, site_data, write_site
@@ -47,7 +48,7 @@ def test_one_instance_per_source_and_per_flow_role(tmp_path: Path) -> None:
         "actuator-pump": "actuator",
         "forwarder": "forwarder",
     }
-    models = {
+    models: dict[str, type[ServiceConfig]] = {
         "modbus-plc1": ModbusConfig,
         "ingest-gw": IngestConfig,
         "aligner-pump": AlignerConfig,
