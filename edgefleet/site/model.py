@@ -35,7 +35,8 @@ SOURCE_SET = frozenset({"source"})  # the adapter's `source` is the source's `na
 
 
 def service_config_model(service: str) -> type[ServiceConfig] | None:
-    """A service's `Config` model, or None when that service is not part of this build."""
+    """A service's config model (its `SPEC.config`), or None when that service is not part of
+    this build."""
     try:
         config: type[ServiceConfig] = service_spec(service).config
     except (ConfigError, ImportError):

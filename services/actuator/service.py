@@ -36,7 +36,6 @@ from shared.runtime import Loop, Runtime
 from shared.service import Service, ServiceSpec, run
 
 NAME = "actuator"
-Config = ActuatorConfig
 log = logging.getLogger(__name__)
 QUEUE_MAX = 256
 

@@ -28,7 +28,6 @@ from shared.service import Service, ServiceSpec, run
 from shared.topics import parse
 
 NAME = "aligner"
-Config = AlignerConfig
 log = logging.getLogger(__name__)
 
 

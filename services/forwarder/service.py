@@ -33,7 +33,6 @@ from shared.service import Service, ServiceSpec, run
 from shared.topics import Kind
 
 NAME = "forwarder"
-Config = ForwarderConfig
 
 log = logging.getLogger(__name__)
 

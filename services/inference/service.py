@@ -51,9 +51,6 @@ class InferenceConfig(ServiceConfig, InferenceSettings):
     publish_qos: int = 1
 
 
-Config = InferenceConfig
-
-
 @dataclass
 class Serving:
     """One model in service (live or shadow) and what it did recently."""

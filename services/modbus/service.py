@@ -26,7 +26,6 @@ from shared.runtime import Loop, Runtime
 from shared.service import Service, ServiceSpec, run
 
 NAME = "modbus"
-Config = ModbusConfig
 log = logging.getLogger(__name__)
 
 

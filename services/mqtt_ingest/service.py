@@ -16,7 +16,6 @@ from shared.mqtt import Handler, Received
 from shared.service import Service, ServiceSpec, run
 
 NAME = "mqtt-ingest"
-Config = IngestConfig
 
 _FORCED = {"json": JSON, "msgpack": MSGPACK}
 

@@ -19,7 +19,6 @@ from shared.runtime import Loop, Runtime
 from shared.service import Service, ServiceSpec, run
 
 NAME = "opcua"
-Config = OpcUaConfig
 
 
 class OpcUaHealth(HealthModel):
