@@ -12,6 +12,7 @@ test: setup
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports
 
 typecheck: setup
 	.venv/bin/mypy shared services edgefleet tests
@@ -28,4 +29,4 @@ contract: setup
 	$(PY) -m shared.contract > docs/wire-contract.md
 
 clean:
-	rm -rf .venv var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

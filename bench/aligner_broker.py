@@ -36,10 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.aligner_inprocess import make_batches, make_spec
 from edgefleet.broker import LocalBroker
-from services.aligner.config import AlignerConfig
-from services.aligner.core import Aligner
+from services.aligner.alignment import Aligner
+from services.aligner.config import AlignerConfig, AlignSpec
 from shared import codec
-from shared.flow import AlignSpec
 from shared.messages import ReadingBatch, SampleBatch
 from shared.topics import Topics
 

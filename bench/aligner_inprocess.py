@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from services.aligner.core import Aligner
-from shared.flow import AlignSpec
+from services.aligner.alignment import Aligner
+from services.aligner.config import AlignSpec
 from shared.messages import ReadingBatch
 
 MS = 1_000_000

@@ -30,8 +30,8 @@ import onnxruntime as ort
 
 from edgefleet.broker import LocalBroker
 from services.inference.batching import Pending, rows_of
+from services.inference.config import InferenceSettings, ModelSpec
 from services.inference.engine import build_engine
-from services.inference.settings import InferenceSettings, ModelSpec
 from shared import codec
 from shared.messages import SampleBatch
 from shared.mqtt import BrokerSettings, MqttConnection, Received

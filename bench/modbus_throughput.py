@@ -22,7 +22,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from edgefleet.broker import LocalBroker
 from edgefleet.sim.plant import free_port
 from services.modbus.config import ModbusConfig
-from services.modbus.service import Poller
+from services.modbus.service import ModbusService
 from shared.config import validate
 from shared.runtime import Runtime
 
@@ -72,7 +72,7 @@ async def adapter(port: int, broker: LocalBroker, seconds: float) -> tuple[float
         "bench",
     )
     rt = Runtime("modbus", cfg)
-    poller = Poller(rt, cfg)
+    poller = ModbusService(rt, cfg)
     mqtt = asyncio.create_task(rt.mqtt.run())
     await asyncio.wait_for(rt.mqtt.wait_connected(), 10)
     topic = rt.topics.raw("plc")

@@ -30,7 +30,7 @@ from asyncua.server.server import Server
 from edgefleet.broker import LocalBroker
 from edgefleet.sim.plant import free_port
 from services.opcua.config import OpcUaConfig
-from services.opcua.service import Adapter
+from services.opcua.service import OpcuaService
 from shared.config import validate
 from shared.messages import ReadingBatch
 from shared.runtime import Runtime
@@ -144,7 +144,7 @@ async def adapter(
 ) -> tuple[float, float, float | None, int]:
     cfg = adapter_config(server, broker)
     rt = Runtime("opcua", cfg)
-    a = Adapter(rt, cfg)
+    a = OpcuaService(rt, cfg)
     good_after: list[float] = []
     restarted_at: list[float] = []
     good_again = asyncio.Event()

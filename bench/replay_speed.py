@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from edgefleet.flow import load_flow
 from edgefleet.replay.recording import Meta, RecordingWriter, read_recording
 from edgefleet.replay.run import replay
-from services.aligner.core import Aligner
-from shared.flow import load_flow
+from services.aligner.alignment import Aligner
 from shared.messages import ReadingBatch
 from tests.inference import models
 

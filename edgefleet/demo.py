@@ -32,12 +32,12 @@ import numpy as np
 import yaml
 
 from edgefleet.broker import LocalBroker, free_port
+from edgefleet.flow import load_flow
 from edgefleet.record import record
 from edgefleet.sim import PlantSimulator
 from edgefleet.site.load import load_site
 from edgefleet.site.supervisor import SiteSupervisor, StatusChange
 from shared import codec
-from shared.flow import load_flow
 from shared.messages import ResultBatch
 from shared.mqtt import BrokerSettings, MqttConnection, Received
 from shared.topics import Kind, Topics, every_site

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import ValidationError
 
+from edgefleet.flow import FlowSpec
 from services.aligner.config import AlignerConfig
 from services.aligner.service import AlignerService
-from shared.config import validate
+from shared.config import BrokerConfig, validate
 from shared.errors import ConfigError
-from shared.flow import FlowSpec
 from shared.messages import FeatureState, SampleBatch, iso
 from shared.runtime import Runtime
 
@@ -280,13 +281,12 @@ async def record(
 
 
 def parse_broker(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host:
-        return text, 1883
+    """`host:port` (or `host`) as config files write a broker (`BrokerConfig`)."""
     try:
-        return host, int(port)
-    except ValueError:
+        broker = BrokerConfig.model_validate(text)
+    except ValidationError:
         raise ConfigError(f"--broker must be host:port, got {text!r}") from None
+    return broker.host, broker.port
 
 
 def main(
@@ -297,7 +297,7 @@ def main(
     duration_s: float | None,
     labels: Path | None,
 ) -> int:
-    from shared.flow import load_flow
+    from edgefleet.flow import load_flow
 
     flow = load_flow(flow_file)
     host, port = parse_broker(broker)

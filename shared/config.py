@@ -1,7 +1,9 @@
 """Service configuration: YAML files validated by pydantic, with environment overrides.
 
 Unknown keys are refused; every error names the file, the line and the dotted key. Secrets are
-never written in the file: `password_env` / `password_file` say where to read them.
+never written in the file: `*_env` / `*_file` keys say where to read them (`secret`). A broker
+is `{host, port, ...}` or the short form `"host:port"`; `BrokerConfig.settings` turns it into
+the MQTT client's settings, for every connection any service or tool opens.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    model_validator,
 )
 
 from shared.errors import ConfigError, TopicError
@@ -45,7 +48,50 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def secret(what: str, env: str | None, file: Path | None = None) -> str | None:
+    """A secret from the environment variable `env`, else from `file` (stripped), else None;
+    `what` is the key without its `_env`/`_file` suffix, for the error (e.g. `broker.password`)."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{what}_env: variable {env} is not set")
+        return value
+    if file:
+        try:
+            return file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{what}_file: cannot read it: {exc}") from None
+    return None
+
+
+HOST_PORT = r"^[^\s:/]+(:[0-9]{1,5})?$"  # "host" or "host:port" (IPv6: use {host, port})
+
+
+def _host_port(data: Any) -> Any:
+    """`"host:port"` (or `"host"`) as `{host, port}`; anything else as it came."""
+    if not isinstance(data, str):
+        return data
+    host, sep, port = data.rpartition(":")
+    if not sep:
+        return {"host": data}
+    if not host or not port.isdigit():
+        raise ValueError(f"expected 'host:port' or a mapping of broker keys, got {data!r}")
+    return {"host": host, "port": int(port)}
+
+
+def _or_host_port(schema: dict[str, Any]) -> None:
+    """The JSON Schema of a broker: the mapping, or the `host:port` string."""
+    mapping = dict(schema)
+    schema.clear()
+    schema["anyOf"] = [{"type": "string", "pattern": HOST_PORT, "title": "host:port"}, mapping]
+    schema["title"] = mapping.pop("title", "Broker")
+
+
 class BrokerConfig(StrictModel):
+    """An MQTT broker: `{host, port, username, ...}`, or `"host:port"` when nothing else is set."""
+
+    model_config = ConfigDict(json_schema_extra=_or_host_port)
+
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     username: str | None = None
@@ -57,18 +103,13 @@ class BrokerConfig(StrictModel):
     key_file: Path | None = None
     keepalive_s: int = Field(30, ge=5)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        return _host_port(data)
+
     def password(self) -> str | None:
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(f"broker.password_env: variable {self.password_env} is not set")
-            return value
-        if self.password_file:
-            try:
-                return self.password_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"broker.password_file: cannot read it: {exc}") from None
-        return None
+        return secret("broker.password", self.password_env, self.password_file)
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -79,6 +120,28 @@ class BrokerConfig(StrictModel):
                 str(self.cert_file), str(self.key_file) if self.key_file else None
             )
         return context
+
+    def settings(
+        self, client_id: str, timings: Timings | None = None, **overrides: Any
+    ) -> BrokerSettings:
+        """The MQTT client's settings for this broker: credentials and TLS read now, the
+        reconnect and buffer limits from `timings` (the defaults without), then `overrides`."""
+        t = timings or Timings.model_validate({})
+        values: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "client_id": client_id,
+            "username": self.username,
+            "password": self.password(),
+            "tls": self.tls_context(),
+            "keepalive_s": self.keepalive_s,
+            "max_inflight": t.max_inflight,
+            "outbox_max": t.outbox_max,
+            "reconnect_initial_s": t.reconnect_initial_s,
+            "reconnect_max_s": t.reconnect_max_s,
+        }
+        values.update(overrides)
+        return BrokerSettings(**values)
 
 
 class Timings(StrictModel):
@@ -109,23 +172,14 @@ class ServiceConfig(StrictModel):
         """The folder of the file this config came from: relative paths in it start there."""
         return self._source_dir or Path.cwd()
 
+    def set_source_dir(self, base: Path) -> None:
+        """Make every relative path of this config start at `base`, and remember it (a later
+        update of the config, e.g. a retained revision, resolves its paths there too)."""
+        resolve_paths(self, base)
+        self._source_dir = base
+
     def broker_settings(self, **overrides: Any) -> BrokerSettings:
-        b, t = self.broker, self.timings
-        values: dict[str, Any] = {
-            "host": b.host,
-            "port": b.port,
-            "client_id": f"{self.site}-{self.instance}",
-            "username": b.username,
-            "password": b.password(),
-            "tls": b.tls_context(),
-            "keepalive_s": b.keepalive_s,
-            "max_inflight": t.max_inflight,
-            "outbox_max": t.outbox_max,
-            "reconnect_initial_s": t.reconnect_initial_s,
-            "reconnect_max_s": t.reconnect_max_s,
-        }
-        values.update(overrides)
-        return BrokerSettings(**values)
+        return self.broker.settings(f"{self.site}-{self.instance}", self.timings, **overrides)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -173,6 +227,8 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         target = data
         for key in keys[:-1]:
             nested = target.setdefault(key, {})
+            if key == "broker" and isinstance(nested, str):  # the short form, "host:port"
+                nested = target[key] = _host_port(nested)
             if not isinstance(nested, dict):
                 raise ConfigError(f"environment {name}: {key} is not a section")
             target = nested
@@ -226,14 +282,16 @@ def load_config(path: Path | str, model: type[M], env: Mapping[str, str] | None 
     data = apply_env(data, os.environ if env is None else env)
     config = validate(model, data, str(path), lines)
     base = path.resolve().parent
-    _resolve_paths(config, base)
     if isinstance(config, ServiceConfig):
-        config._source_dir = base
+        config.set_source_dir(base)
+    else:
+        resolve_paths(config, base)
     return config
 
 
-def _resolve_paths(node: Any, base: Path) -> None:
-    """Make every relative Path in a loaded config start at the config file's folder."""
+def resolve_paths(node: Any, base: Path) -> None:
+    """Make every relative Path in a loaded config start at `base` (the one place this is done:
+    configs, flow files and site-derived configs all come through here)."""
     if isinstance(node, BaseModel):
         for name in type(node).model_fields:
             value = getattr(node, name)
@@ -241,10 +299,10 @@ def _resolve_paths(node: Any, base: Path) -> None:
                 if not value.is_absolute():
                     object.__setattr__(node, name, base / value)
             else:
-                _resolve_paths(value, base)
+                resolve_paths(value, base)
     elif isinstance(node, (list, tuple)):
         for item in node:
-            _resolve_paths(item, base)
+            resolve_paths(item, base)
     elif isinstance(node, dict):
         for item in node.values():
-            _resolve_paths(item, base)
+            resolve_paths(item, base)

@@ -195,6 +195,10 @@ class MqttConnection:
     def connected(self) -> bool:
         return self._ready.is_set()
 
+    @property
+    def buffered(self) -> int:  # publishes waiting in the outbox for the broker
+        return len(self._outbox)
+
     async def wait_connected(self) -> None:
         await self._ready.wait()
 

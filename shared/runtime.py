@@ -237,7 +237,7 @@ class Runtime:
             errors=h.errors,
             revision=self.revision,
             reconnects=stats.reconnects,
-            buffered=len(self.mqtt._outbox),
+            buffered=self.mqtt.buffered,
             dropped=stats.dropped,
             clock_skew_ms=h.clock_skew_ms(),
             pid=self._process.pid,

@@ -1,4 +1,4 @@
-"""The one module that builds and parses edgefleet topics (DESIGN.md, "Topic tree (v1)").
+"""The one module that builds and parses edgefleet topics (the README's "Topics" table).
 
 No other code writes topic strings by hand: services ask a `Topics` for them.
 """

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from edgefleet.flow import FlowSpec, load_flow
 from edgefleet.replay.compare import Scored, compare, render
 from edgefleet.replay.from_csv import convert
 from edgefleet.replay.plot import plot
@@ -34,7 +35,6 @@ from edgefleet.replay.recording import Recording, read_recording
 from edgefleet.replay.run import Replayed, engine_for, replay
 from services.inference.engine import Engine
 from shared.errors import ConfigError, EdgefleetError, ModelError
-from shared.flow import FlowSpec, load_flow
 from shared.messages import iso
 
 

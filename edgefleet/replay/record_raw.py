@@ -116,8 +116,8 @@ def main(
     labels: Path | None,
     max_mb: float | None,
 ) -> int:
+    from edgefleet.flow import load_flow
     from edgefleet.record import parse_broker
-    from shared.flow import load_flow
 
     flow = load_flow(flow_file)
     host, port = parse_broker(broker)

@@ -1,6 +1,6 @@
 """Replay: the site's own aligner and inference code over a recording, as fast as it goes.
 
-No second implementation: the aligner engine (`services.aligner.core.Aligner`) takes each batch
+No second implementation: the aligner engine (`services.aligner.alignment.Aligner`) takes each batch
 at the local time it arrived live, and emits at the same moments the live service does — every
 sample whose deadline passed before the next batch arrived, then whatever that batch made
 decidable (early emission). Each emitted message goes to the inference engine
@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.flow import FlowSpec
 from edgefleet.replay.recording import Recording
-from services.aligner.core import Aligner
+from services.aligner.alignment import Aligner
 from services.inference.batching import Rows
 from services.inference.engine import Engine, build_engine
-from shared.flow import FlowSpec
 from shared.messages import ResultBatch, SampleBatch
 
 
@@ -55,7 +55,7 @@ def engine_for(flow: FlowSpec) -> Engine | None:
     settings = flow.inference_settings()
     if not settings:
         return None
-    from services.inference.settings import InferenceSettings
+    from services.inference.config import InferenceSettings
 
     return build_engine(InferenceSettings.model_validate(settings))
 

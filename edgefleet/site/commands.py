@@ -82,7 +82,7 @@ def site_schema() -> dict[str, Any]:
 
 
 def flow_schema() -> dict[str, Any]:
-    from shared.flow import FlowSpec
+    from edgefleet.flow import FlowSpec
 
     schema = FlowSpec.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -3,7 +3,7 @@
 | instance | service | from |
 |---|---|---|
 | `modbus-{source}` / `opcua-{source}` / `ingest-{source}` | the adapter | a source of site.yaml |
-| `aligner-{flow}` | aligner | the flow (inline, `flow:`) |
+| `aligner-{flow}` | aligner | the flow's `name` and `align` (inline, `flow:`) |
 | `inference-{flow}` | inference | the flow's `model` (only if it has one) |
 | `actuator-{flow}` | actuator | the flow's `actions` (only if it has some) + site `actuator` |
 | `forwarder` | forwarder | every flow's `sinks` (only if one has some) + site `forwarder` |
@@ -21,10 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from edgefleet.flow import FlowSpec
 from edgefleet.site.model import ADAPTERS, SiteSpec, SourceSpec, service_config_model
-from shared.config import _resolve_paths
+from services.aligner.config import FLOW_KEYS
+from shared.config import resolve_paths
 from shared.errors import ConfigError
-from shared.flow import FlowSpec
 
 Loc = tuple[str, ...]
 # A key of an instance config -> (the file it came from, the key in that file).
@@ -146,8 +147,8 @@ def _flow_instances(site: SiteSpec, flow: FlowSpec, origin: Origin) -> list[Inst
 
 
 def _flow_dict(flow: FlowSpec) -> dict[str, Any]:
-    """The flow as the aligner takes it inline."""
-    return flow.model_dump(mode="json", exclude_unset=True)
+    """The part of the flow the aligner takes inline: its name and align section."""
+    return flow.model_dump(mode="json", exclude_unset=True, include=set(FLOW_KEYS))
 
 
 def _forwarder(site: SiteSpec, flows: Sequence[FlowSpec], origin: Origin) -> Instance | None:
@@ -222,7 +223,7 @@ def validate_instance(inst: Instance, origin: Origin) -> tuple[BaseModel | None,
         config = model.model_validate(inst.config)
     except ValidationError as exc:
         return None, [_mapped(err, inst, origin) for err in exc.errors()]
-    _resolve_paths(config, origin.site_dir)
+    resolve_paths(config, origin.site_dir)
     return config, []
 
 

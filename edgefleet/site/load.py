@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.flow import FlowSpec, load_flow
 from edgefleet.site.derive import Instance, Origin, build, derive, validate_instance
 from edgefleet.site.model import SiteSpec
 from shared.config import read_yaml, validate
 from shared.errors import ConfigError
-from shared.flow import FlowSpec, load_flow
 
 
 @dataclass

@@ -20,7 +20,7 @@ from shared.config import BrokerConfig, ServiceConfig, StrictModel, Timings, Top
 from shared.errors import ConfigError
 from shared.topics import DEFAULT_PREFIX
 
-Kind = Literal["modbus", "opcua", "mqtt"]
+SourceKind = Literal["modbus", "opcua", "mqtt"]
 
 # Source kind -> (service name, instance name prefix).
 ADAPTERS: dict[str, tuple[str, str]] = {
@@ -93,7 +93,9 @@ class SupervisorSettings(StrictModel):
     """How `edgefleet up` restarts an instance that dies and stops the site."""
 
     restart_initial_s: float = Field(0.5, gt=0, description="first restart delay")
-    restart_max_s: float = Field(30.0, gt=0, description="restart delay cap (doubling)")
+    restart_max_s: float = Field(
+        30.0, gt=0, description="restart delay cap (doubling; each wait drawn from [d/2, d])"
+    )
     stable_after_s: float = Field(
         30.0, gt=0, description="an instance up this long has its restart delay reset"
     )
@@ -106,7 +108,7 @@ class SourceSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: TopicId = Field(description="the source id: raw/{name}; flows read `{name}/{signal}`")
-    kind: Kind
+    kind: SourceKind
     log_level: str | None = None
 
     @property

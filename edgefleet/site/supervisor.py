@@ -49,7 +49,7 @@ from edgefleet.site.load import LoadedSite, load_site
 from shared import codec
 from shared.errors import ConfigError
 from shared.messages import Status
-from shared.mqtt import BrokerSettings, MqttConnection, Received
+from shared.mqtt import MqttConnection, Received
 from shared.retry import Backoff
 from shared.topics import Kind, Topics, parse
 
@@ -302,16 +302,8 @@ class SiteSupervisor:
     _status_task: asyncio.Task[None] | None = None
 
     async def _watch_status(self) -> None:
-        b = self.site.spec.broker
-        settings = BrokerSettings(
-            host=b.host,
-            port=b.port,
-            client_id=f"{self.site.spec.site}-up-{os.getpid()}",
-            username=b.username,
-            password=b.password(),
-            tls=b.tls_context(),
-            reconnect_initial_s=0.1,
-            reconnect_max_s=2.0,
+        settings = self.site.spec.broker.settings(
+            f"{self.site.spec.site}-up-{os.getpid()}", reconnect_initial_s=0.1, reconnect_max_s=2.0
         )
         self._status = MqttConnection(settings, self._on_message)
         await self._status.subscribe(self.topics.all_of(Kind.STATUS), qos=1)

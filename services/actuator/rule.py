@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-Kind = Literal["set", "reset"]
+Transition = Literal["set", "reset"]
 WINDOW_S = 60.0
 
 
@@ -35,7 +35,7 @@ class Rule:
     last_write: float = float("-inf")
     writes: deque[float] = field(default_factory=deque)
 
-    def observe(self, when: bool, reset: bool) -> Kind | None:
+    def observe(self, when: bool, reset: bool) -> Transition | None:
         """Count one sample; return the transition that is due, if any."""
         if self.held:
             return None
@@ -63,7 +63,7 @@ class Rule:
         self.last_write = now
         self.writes.append(now)
 
-    def done(self, kind: Kind) -> None:
+    def done(self, kind: Transition) -> None:
         """The transition took effect (written and read back, or simulated)."""
         self.active = kind == "set"
         self.set_streak = self.reset_streak = 0

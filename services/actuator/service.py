@@ -23,7 +23,7 @@ import numpy as np
 from services.actuator.config import ActionSpec, ActuatorConfig, Value
 from services.actuator.expr import EvalError
 from services.actuator.interlocks import Interlocks
-from services.actuator.rule import Kind, Rule
+from services.actuator.rule import Rule, Transition
 from services.actuator.writes import Outcome, Requester, same
 from shared import codec
 from shared.error_channel import RateLimit
@@ -72,7 +72,7 @@ class ActuatorHealth(HealthModel):
     actions: dict[str, ActionHealth]
 
 
-class Actuator(Service[ActuatorConfig]):
+class ActuatorService(Service[ActuatorConfig]):
     health_section = "actuator"
 
     def __init__(self, rt: Runtime, config: ActuatorConfig) -> None:
@@ -245,7 +245,7 @@ class Actuator(Service[ActuatorConfig]):
         self,
         action: ActionSpec,
         rule: Rule,
-        kind: Kind,
+        kind: Transition,
         batch: ResultBatch,
         i: int,
         columns: dict[str, Any],
@@ -425,7 +425,7 @@ class Actuator(Service[ActuatorConfig]):
 
 
 async def main(config: ActuatorConfig) -> None:
-    await run(NAME, config, lambda rt: Actuator(rt, config))
+    await run(NAME, config, lambda rt: ActuatorService(rt, config))
 
 
 SPEC = ServiceSpec(NAME, ActuatorConfig, main)

@@ -14,12 +14,11 @@ from collections import deque
 
 import numpy as np
 
-from services.aligner.config import AlignerConfig
-from services.aligner.core import Aligner
+from services.aligner.alignment import Aligner
+from services.aligner.config import AlignerConfig, FlowAlign
 from shared import codec
 from shared.codec import Encoding
 from shared.errors import PayloadError, TopicError
-from shared.flow import FlowSpec
 from shared.health import HealthModel
 from shared.messages import ReadingBatch, now_ns
 from shared.mqtt import Received
@@ -51,12 +50,12 @@ class AlignerHealth(HealthModel):
 class AlignerService(Service[AlignerConfig]):
     health_section = "aligner"
 
-    def __init__(self, rt: Runtime, config: AlignerConfig, flow: FlowSpec) -> None:
+    def __init__(self, rt: Runtime, config: AlignerConfig, flow: FlowAlign) -> None:
         super().__init__(rt, config)
         self.flow = flow
         self.engine = Aligner(flow.name, flow.align)
         self.topic = rt.topics.samples(flow.name)
-        self.encoding = Encoding(config.encoding)
+        self.encoding = Encoding(flow.align.encoding)
         self._wake = asyncio.Event()
         self._timer_armed = False  # the emitter sleeps until the next deadline, not forever
         self._cause_ns: int | None = None  # when what made samples due happened

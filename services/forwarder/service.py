@@ -124,7 +124,7 @@ class Lane:
         )
 
 
-class Forwarder(Service[ForwarderConfig]):
+class ForwarderService(Service[ForwarderConfig]):
     def __init__(self, rt: Runtime, config: ForwarderConfig) -> None:
         super().__init__(rt, config)
         self.lanes = [Lane(cfg, config) for cfg in config.sinks]
@@ -182,7 +182,7 @@ class Forwarder(Service[ForwarderConfig]):
 
 
 async def main(config: ForwarderConfig) -> None:
-    await run(NAME, config, lambda rt: Forwarder(rt, config), manual_ack=True)
+    await run(NAME, config, lambda rt: ForwarderService(rt, config), manual_ack=True)
 
 
 SPEC = ServiceSpec(NAME, ForwarderConfig, main)

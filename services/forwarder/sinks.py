@@ -7,7 +7,6 @@ HTTP 2xx, a commit), or raises `SinkError` saying how many of the first rows wer
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import urllib.error
 import urllib.request
@@ -20,10 +19,10 @@ from services.forwarder.config import MqttSink as MqttConfig
 from services.forwarder.queue import Row
 from shared import codec
 from shared.codec import Encoding
-from shared.config import ServiceConfig
-from shared.errors import ConfigError, EdgefleetError
+from shared.config import ServiceConfig, secret
+from shared.errors import EdgefleetError
 from shared.messages import SCHEMA_VERSION
-from shared.mqtt import BrokerSettings, MqttConnection, NotConnected
+from shared.mqtt import MqttConnection, NotConnected
 
 Loop = Callable[[], Coroutine[Any, Any, None]]
 
@@ -50,19 +49,11 @@ class MqttSink:
 
     def __init__(self, cfg: MqttConfig, service: ServiceConfig) -> None:
         self.name = cfg.name
-        b, t = cfg.broker, service.timings
         self.connection = MqttConnection(
-            BrokerSettings(
-                host=b.host,
-                port=b.port,
-                client_id=cfg.client_id or f"{service.site}-{service.instance}-{cfg.name}",
-                username=b.username,
-                password=b.password(),
-                tls=b.tls_context(),
-                keepalive_s=b.keepalive_s,
+            cfg.broker.settings(
+                cfg.client_id or f"{service.site}-{service.instance}-{cfg.name}",
+                service.timings,
                 max_inflight=cfg.batch_size,  # a whole batch in flight: publishes keep their order
-                reconnect_initial_s=t.reconnect_initial_s,
-                reconnect_max_s=t.reconnect_max_s,
             )
         )
 
@@ -113,12 +104,8 @@ class HttpSink:
         self.cfg = cfg
         self.site, self.instance = service.site, service.instance
         self.headers = {"Content-Type": "application/json", **cfg.headers}
-        if cfg.token_env:
-            token = os.environ.get(cfg.token_env)
-            if token is None:
-                raise ConfigError(
-                    f"sinks.{cfg.name}.token_env: variable {cfg.token_env} is not set"
-                )
+        token = secret(f"sinks.{cfg.name}.token", cfg.token_env)
+        if token is not None:
             self.headers["Authorization"] = f"Bearer {token}"
         self.context = (
             ssl.create_default_context(cafile=str(cfg.ca_file))

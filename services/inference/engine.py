@@ -17,10 +17,10 @@ from shared.errors import ConfigError, ModelError
 from shared.messages import ResultBatch, result_id
 
 from .batching import Rows
+from .config import InferenceSettings
 from .model import Expected, LoadedModel, ModelSource, check_model, open_model, resolve_model
 from .outputs import Selector, map_outputs, parse_selectors
 from .scripts import Script, ScriptError, load_script, run_postprocess, run_preprocess
-from .settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Stats:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RunOutcome:
     result: ResultBatch | None  # None when every sample was skipped or the batch failed
     error: str | None = None  # why the batch failed, for the errors topic
     run_us: float | None = None  # the model run's own time, when it ran
@@ -68,7 +68,7 @@ class Engine:
         self.postprocess = postprocess
         self.stats = Stats()
 
-    def infer(self, rows: Rows) -> Outcome:
+    def infer(self, rows: Rows) -> RunOutcome:
         """Results for one batch. Never raises for a bad batch: the outcome says what failed."""
         n = len(rows)
         self.stats.samples += n
@@ -78,11 +78,11 @@ class Engine:
             self.stats.failed_batches += 1
             self.stats.failed_samples += n
             self.stats.script_errors += isinstance(exc, ScriptError)
-            return Outcome(None, f"batch of {n} samples at t={int(rows.t[0])} lost: {exc}")
+            return RunOutcome(None, f"batch of {n} samples at t={int(rows.t[0])} lost: {exc}")
         if result is None:
-            return Outcome(None)
+            return RunOutcome(None)
         self.stats.results += len(result)
-        return Outcome(result, run_us=self.stats.last_run_us)
+        return RunOutcome(result, run_us=self.stats.last_run_us)
 
     def _infer(self, rows: Rows) -> ResultBatch | None:
         x = rows.x
@@ -114,7 +114,7 @@ class Engine:
 def build_engine(settings: InferenceSettings, source: ModelSource = resolve_model) -> Engine:
     """Load scripts and model, check them against the flow; raise ModelError/ConfigError if unfit.
 
-    Paths in `settings` must already be resolved (see `InferenceSettings.resolve_paths`).
+    Paths in `settings` must already be resolved (`shared.config.load_config` does it).
     """
     pre = load_script(settings.preprocess, "preprocess") if settings.preprocess else None
     post = load_script(settings.postprocess, "postprocess") if settings.postprocess else None

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from shared.errors import ModelError
 from shared.messages import ModelRef
 
-from .settings import ModelSpec
+from .config import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from services.inference.batching import MicroBatcher, Pending, Rows
-from services.inference.engine import Engine, Outcome, build_engine
+from services.inference.config import InferenceConfig, InferenceSettings, ShadowSpec
+from services.inference.engine import Engine, RunOutcome, build_engine
 from services.inference.health import Agreement, ModelHealth, pick_fields
-from services.inference.settings import InferenceSettings, ShadowSpec
 from services.inference.swap import (
-    Request,
+    SwapRequest,
     file_signature,
     live_key,
     merge_config,
@@ -32,7 +32,6 @@ from services.inference.swap import (
     shadow_settings,
 )
 from shared import codec
-from shared.config import ServiceConfig
 from shared.errors import ConfigError, ModelError, PayloadError
 from shared.health import InferenceHealth, ServedModel, ShadowModel, SwapHealth
 from shared.messages import ResultBatch, SampleBatch, now_ns
@@ -43,12 +42,6 @@ from shared.service import Service, ServiceSpec, run
 log = logging.getLogger(__name__)
 
 NAME = "inference"
-
-
-class InferenceConfig(ServiceConfig, InferenceSettings):
-    """The shared service keys (site, instance, broker, timings) plus the flow's settings."""
-
-    publish_qos: int = 1
 
 
 @dataclass
@@ -82,7 +75,7 @@ class SwapStats:
     last_error: str | None = None
 
 
-class Inference(Service[InferenceConfig]):
+class InferenceService(Service[InferenceConfig]):
     health_section = "inference"
 
     def __init__(self, rt: Runtime, config: InferenceConfig, engine: Engine) -> None:
@@ -95,11 +88,11 @@ class Inference(Service[InferenceConfig]):
         self.shadow_topic = rt.topics.shadow(config.flow)
         self.offloaded = 0
         self.swaps = SwapStats()
-        self.requests: asyncio.Queue[Request] = asyncio.Queue()
+        self.requests: asyncio.Queue[SwapRequest] = asyncio.Queue()
         self.recent_x: Any = None  # the last samples seen, to try candidates on live data
         self._files: dict[str, tuple[int, int] | None] = {}
         if config.shadow is not None:  # tried and loaded like any candidate, once serving
-            self.requests.put_nowait(Request(config, "shadow in the startup config"))
+            self.requests.put_nowait(SwapRequest(config, "shadow in the startup config"))
 
     @property
     def engine(self) -> Engine:
@@ -186,7 +179,7 @@ class Inference(Service[InferenceConfig]):
             if shadow is not None:
                 await self.run_shadow(shadow, rows, outcome.result)
 
-    async def run(self, engine: Engine, rows: Rows) -> Outcome:
+    async def run(self, engine: Engine, rows: Rows) -> RunOutcome:
         # Inline, a run costs the event loop nothing extra (the thread hop costs ~50-100 µs);
         # a slow model goes to a thread so reading and publishing continue while it runs
         # (onnxruntime releases the GIL). The last run's time decides, so no guess is needed.
@@ -195,7 +188,7 @@ class Inference(Service[InferenceConfig]):
             return await asyncio.to_thread(engine.infer, rows)
         return engine.infer(rows)
 
-    async def publish(self, outcome: Outcome, topic: str | None = None) -> None:
+    async def publish(self, outcome: RunOutcome, topic: str | None = None) -> None:
         if outcome.error is not None:
             self.rt.errors.error(outcome.error if topic is None else f"shadow: {outcome.error}")
         if outcome.result is not None:
@@ -235,7 +228,7 @@ class Inference(Service[InferenceConfig]):
         except ConfigError as exc:
             self.refuse(str(exc))
             return
-        await self.requests.put(Request(new, f"config revision {revision}"))
+        await self.requests.put(SwapRequest(new, f"config revision {revision}"))
 
     async def swap_loop(self) -> None:
         while True:
@@ -245,15 +238,15 @@ class Inference(Service[InferenceConfig]):
             await self.apply(request)
 
     @staticmethod
-    def merge_requests(old: Request, new: Request) -> Request:
-        return Request(
+    def merge_requests(old: SwapRequest, new: SwapRequest) -> SwapRequest:
+        return SwapRequest(
             new.config,
             new.reason,
             old.reload_live or new.reload_live,
             old.reload_shadow or new.reload_shadow,
         )
 
-    async def apply(self, request: Request) -> None:
+    async def apply(self, request: SwapRequest) -> None:
         new, current = request.config, self.config
         applied = current.model_copy(update={"revision": new.revision})
         if request.reload_live or live_key(new) != live_key(current):
@@ -370,7 +363,7 @@ class Inference(Service[InferenceConfig]):
             if settled is None:
                 continue  # the first look at the file: it is what was loaded
             self.requests.put_nowait(
-                Request(
+                SwapRequest(
                     self.config,
                     f"{role} model file {path} changed",
                     reload_live=role == "live",
@@ -386,9 +379,8 @@ _NOW_KEYS = ("encoding", "publish_qos", "offload_above_us")
 async def main(config: InferenceConfig) -> None:
     # The model is loaded and checked before connecting: a model that does not fit the flow
     # stops the instance with the reason, and never announces itself online.
-    config = config.resolve_paths(config.source_dir)
     engine = await asyncio.to_thread(build_engine, config)
-    await run(NAME, config, lambda rt: Inference(rt, config, engine))
+    await run(NAME, config, lambda rt: InferenceService(rt, config, engine))
 
 
 SPEC = ServiceSpec(NAME, InferenceConfig, main)

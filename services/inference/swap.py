@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -19,12 +19,9 @@ from shared.config import validate
 from shared.errors import ConfigError, ModelError
 
 from .candidate import Trial, try_candidate
+from .config import InferenceConfig, InferenceSettings, ModelSpec, ShadowSpec
 from .engine import Engine, build_engine, model_inputs
 from .model import ModelBlob, resolve_model
-from .settings import InferenceSettings, ModelSpec, ShadowSpec
-
-if TYPE_CHECKING:
-    from .service import InferenceConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +34,7 @@ WARM_RUNS = 3
 
 
 @dataclass(frozen=True)
-class Request:
+class SwapRequest:
     """Something to apply: a config (new revision, or the running one) and what to reload."""
 
     config: InferenceConfig
@@ -66,8 +63,8 @@ def merge_config(
             f"config revision {revision} changes {changed}: the samples would no longer fit; "
             "restart the instance with the new config"
         )
-    new._source_dir = current.source_dir
-    return new.resolve_paths(current.source_dir)
+    new.set_source_dir(current.source_dir)
+    return new
 
 
 def live_key(settings: InferenceSettings) -> tuple[Any, ...]:

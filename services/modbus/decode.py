@@ -1,4 +1,4 @@
-"""Request planning and block decoding (pure: no I/O).
+"""Read request planning and block decoding (pure: no I/O).
 
 Points of a block are sorted and contiguous ones merged into as few requests as the protocol
 allows (125 registers / 2000 bits). A request's registers are decoded at once: points of the
@@ -42,7 +42,7 @@ class Group:
 
 
 @dataclass
-class Request:
+class ReadRequest:
     unit: int
     table: str
     address: int
@@ -79,9 +79,9 @@ class Request:
 
 def plan_block(
     block: BlockConfig, poll_ms: int, max_registers: int, max_bits: int
-) -> list[Request]:
+) -> list[ReadRequest]:
     limit = max_bits if block.table in ("coil", "discrete") else max_registers
-    requests: list[Request] = []
+    requests: list[ReadRequest] = []
     current: list[PointConfig] = []
     start = end = 0
     for p in sorted(block.points, key=lambda p: p.address):
@@ -91,14 +91,16 @@ def plan_block(
             end = max(end, p_end)
             continue
         if current:
-            requests.append(Request(block.unit, block.table, start, end - start, poll_ms, current))
+            requests.append(
+                ReadRequest(block.unit, block.table, start, end - start, poll_ms, current)
+            )
         current, start, end = [p], p.address, p_end
-    requests.append(Request(block.unit, block.table, start, end - start, poll_ms, current))
+    requests.append(ReadRequest(block.unit, block.table, start, end - start, poll_ms, current))
     return requests
 
 
-def plan(config: ModbusConfig) -> list[Request]:
-    out: list[Request] = []
+def plan(config: ModbusConfig) -> list[ReadRequest]:
+    out: list[ReadRequest] = []
     for block in config.blocks:
         out += plan_block(
             block, block.poll_ms or config.poll_ms, config.max_registers, config.max_bits
@@ -117,7 +119,7 @@ def reorder(
     return words
 
 
-def decode_registers(req: Request, regs: npt.NDArray[np.uint16]) -> F64:
+def decode_registers(req: ReadRequest, regs: npt.NDArray[np.uint16]) -> F64:
     """Values (float64) of every point of a register request; strings come out NaN."""
     values = np.full(len(req.points), np.nan)
     for g in req.groups:
@@ -130,7 +132,7 @@ def decode_registers(req: Request, regs: npt.NDArray[np.uint16]) -> F64:
     return values
 
 
-def decode_bits(req: Request, bits: list[bool]) -> F64:
+def decode_bits(req: ReadRequest, bits: list[bool]) -> F64:
     arr = np.asarray(bits[: req.count], dtype=np.float64)
     return np.array([arr[p.address - req.address] for p in req.points])
 

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 
 from services.modbus.config import ModbusConfig, PointConfig
-from services.modbus.decode import Request, decode_bits, decode_registers, decode_string, plan
+from services.modbus.decode import ReadRequest, decode_bits, decode_registers, decode_string, plan
 from services.modbus.device import Device, DeviceError
 from services.modbus.writes import Writer
 from shared.health import HealthModel
@@ -39,7 +39,7 @@ class ModbusHealth(HealthModel):
     writes: int
 
 
-class Poller(Service[ModbusConfig]):
+class ModbusService(Service[ModbusConfig]):
     health_section = "modbus"
 
     def __init__(self, rt: Runtime, config: ModbusConfig) -> None:
@@ -71,7 +71,7 @@ class Poller(Service[ModbusConfig]):
             writes=self.writer.count,
         )
 
-    async def read(self, req: Request) -> tuple[int, np.ndarray, Quality]:
+    async def read(self, req: ReadRequest) -> tuple[int, np.ndarray, Quality]:
         """One request: stamp (midpoint of the round trip), values per point, quality."""
         t0 = time.time_ns()
         fn = {
@@ -95,7 +95,7 @@ class Poller(Service[ModbusConfig]):
                 self.strings[p.name] = decode_string(p, regs, req.address)
         return t, decode_registers(req, regs), Quality.GOOD
 
-    async def poll_once(self, requests: list[Request]) -> ReadingBatch:
+    async def poll_once(self, requests: list[ReadRequest]) -> ReadingBatch:
         ts, sigs, values, qs = [], [], [], []
         for req in requests:
             t, vals, q = await self.read(req)
@@ -112,13 +112,13 @@ class Poller(Service[ModbusConfig]):
         return batch
 
     def loops(self) -> dict[str, Loop]:
-        periods: dict[int, list[Request]] = {}
+        periods: dict[int, list[ReadRequest]] = {}
         for r in self.requests:
             periods.setdefault(r.poll_ms, []).append(r)
         out: dict[str, Loop] = {}
         for period, reqs in sorted(periods.items()):
 
-            async def poll_loop(period: int = period, reqs: list[Request] = reqs) -> None:
+            async def poll_loop(period: int = period, reqs: list[ReadRequest] = reqs) -> None:
                 topic = self.rt.topics.raw(self.config.source)
                 start = time.monotonic()
                 k = 0
@@ -137,7 +137,7 @@ def point_by_name(config: ModbusConfig) -> dict[str, tuple[int, str, PointConfig
 
 
 async def main(config: ModbusConfig) -> None:
-    await run(NAME, config, lambda rt: Poller(rt, config))
+    await run(NAME, config, lambda rt: ModbusService(rt, config))
 
 
 SPEC = ServiceSpec(NAME, ModbusConfig, main)

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from services.modbus.config import ModbusConfig, PointConfig
-from services.modbus.decode import CODES, Request, decode_registers, encode_value
+from services.modbus.decode import CODES, ReadRequest, decode_registers, encode_value
 from services.modbus.device import Device, DeviceError
 from shared.errors import Refused
 from shared.messages import PointTarget, RegisterTarget, WriteRequest, WriteTarget
@@ -64,7 +64,7 @@ class Writer:
         rr = await self.device.call(
             "read_holding_registers", p.address, count=p.width, device_id=unit
         )
-        req = Request(unit, table, p.address, p.width, 0, [p])
+        req = ReadRequest(unit, table, p.address, p.width, 0, [p])
         return float(decode_registers(req, np.asarray(rr.registers, dtype=np.uint16))[0])
 
     async def handle(self, request: WriteRequest) -> float:

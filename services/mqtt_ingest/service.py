@@ -24,7 +24,7 @@ class IngestHealth(HealthModel):
     readings: int
 
 
-class Ingest(Service[IngestConfig]):
+class MqttIngestService(Service[IngestConfig]):
     health_section = "ingest"
     readings = 0
 
@@ -55,7 +55,7 @@ class Ingest(Service[IngestConfig]):
 
 
 async def main(config: IngestConfig) -> None:
-    await run(NAME, config, lambda rt: Ingest(rt, config))
+    await run(NAME, config, lambda rt: MqttIngestService(rt, config))
 
 
 SPEC = ServiceSpec(NAME, IngestConfig, main)

@@ -7,31 +7,15 @@ Secrets (the user's password, the private key's password) come from the environm
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config import ServiceConfig, StrictModel, TopicId
-from shared.errors import ConfigError
+from shared.config import ServiceConfig, StrictModel, TopicId, secret
 
 Policy = Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"]
 Mode = Literal["None", "Sign", "SignAndEncrypt"]
-
-
-def _secret(what: str, env: str | None, file: Path | None) -> str | None:
-    if env:
-        value = os.environ.get(env)
-        if value is None:
-            raise ConfigError(f"{what}_env: variable {env} is not set")
-        return value
-    if file:
-        try:
-            return file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{what}_file: cannot read it: {exc}") from None
-    return None
 
 
 class SecurityConfig(StrictModel):
@@ -64,7 +48,7 @@ class AuthConfig(StrictModel):
     password_file: Path | None = None
 
     def password(self) -> str | None:
-        return _secret("auth.password", self.password_env, self.password_file)
+        return secret("auth.password", self.password_env, self.password_file)
 
 
 class SignalConfig(StrictModel):

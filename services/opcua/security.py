@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from services.opcua.config import SecurityConfig
+from shared.config import secret
 from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -104,13 +105,7 @@ async def apply(client: Client, sec: SecurityConfig, trust: TrustList | None) ->
             raise ConfigError("security mode None is refused by security.allow_none: false")
         return
     await ensure_certificate(sec)
-    password = None
-    if sec.key_password_env:
-        password = os.environ.get(sec.key_password_env)
-        if password is None:
-            raise ConfigError(
-                f"security.key_password_env: variable {sec.key_password_env} is not set"
-            )
+    password = secret("security.key_password", sec.key_password_env)
     policy = getattr(security_policies, f"SecurityPolicy{sec.policy}")
     mode = getattr(ua.MessageSecurityMode, sec.mode)
     client.certificate_validator = trust

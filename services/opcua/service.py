@@ -40,7 +40,7 @@ class OpcUaHealth(HealthModel):
     writes: int
 
 
-class Adapter(Service[OpcUaConfig]):
+class OpcuaService(Service[OpcUaConfig]):
     health_section = "opcua"
 
     def __init__(self, rt: Runtime, config: OpcUaConfig) -> None:
@@ -97,7 +97,7 @@ class Adapter(Service[OpcUaConfig]):
 
 
 async def main(config: OpcUaConfig) -> None:
-    await run(NAME, config, lambda rt: Adapter(rt, config))
+    await run(NAME, config, lambda rt: OpcuaService(rt, config))
 
 
 SPEC = ServiceSpec(NAME, OpcUaConfig, main)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.aligner.core import Aligner
-from shared.flow import AlignSpec
+from services.aligner.alignment import Aligner
+from services.aligner.config import AlignSpec
 from shared.messages import Quality, ReadingBatch, SampleBatch
 from tests.aligner.reference import MS, R
 

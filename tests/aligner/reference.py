@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.flow import AlignSpec, FeatureSpec
+from services.aligner.config import AlignSpec, FeatureSpec
 from shared.messages import FeatureState
 
 MS = 1_000_000

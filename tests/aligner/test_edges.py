@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.aligner.core import MAX_EMIT, Aligner
+from services.aligner.alignment import MAX_EMIT, Aligner
 from shared.messages import FeatureState, Quality, ReadingBatch
 from tests.aligner.helpers import MS, Collected, R, batches_of, drain, spec_of
 

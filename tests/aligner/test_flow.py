@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from edgefleet.flow import FlowSpec, load_flow, parse_flow
 from shared.errors import ConfigError
-from shared.flow import FlowSpec, load_flow, parse_flow
 
 ALIGN: dict[str, Any] = {
     "period_ms": 100,

@@ -10,8 +10,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.aligner.core import Aligner
-from shared.flow import AlignSpec
+from services.aligner.alignment import Aligner
+from services.aligner.config import AlignSpec
 from shared.messages import FeatureState
 from tests.aligner.helpers import MS, Collected, R, batches_of, drain, spec_of
 from tests.aligner.reference import reference

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import yaml
 from edgefleet.cli import main as cli_main
 from services.aligner.config import AlignerConfig
 from services.aligner.service import main
+from shared.codec import Encoding
 from shared.config import load_config, validate
 from shared.errors import ConfigError
 from shared.messages import FeatureState, ReadingBatch, SampleBatch, now_ns
@@ -222,6 +224,27 @@ async def test_malformed_and_mismatched_batches_go_to_errors(
         "schema version 9",
     ):
         assert expected in reasons
+    out = samples(probe, topics)
+    assert out.x[0, 0] == 1.0 and out.x[-1, 0] == 3.0
+
+
+async def test_samples_in_json_when_the_flow_says_so(
+    base_config: dict[str, Any], probe: Probe, site: str
+) -> None:
+    """`align.encoding: json`: samples carry the JSON content type and decode like msgpack ones."""
+    topics = Topics(site)
+    feature = [{"signal": "plc/a", "agg": "mean"}]
+    cfg = config(base_config, feature, max_delay_ms=60_000, encoding="json")
+    t0 = (now_ns() // S - 20) * S
+    async with running(main(cfg)):
+        await start(probe, topics)
+        await probe.publish(
+            topics.raw("plc"), batch("plc", ["a"], [t0, t0 + S], [0, 0], [1.0, 3.0]), qos=1
+        )
+        await wait_until_t(probe, topics, t0 + S)
+    messages = probe.received(topics.samples("f"))
+    assert {m.content_type for m in messages} == {Encoding.JSON.content_type}
+    json.loads(messages[0].payload)  # plain JSON, readable without the msgpack extension
     out = samples(probe, topics)
     assert out.x[0, 0] == 1.0 and out.x[-1, 0] == 3.0
 

@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 
 from services.inference.batching import Pending, Rows, rows_of
+from services.inference.config import InferenceSettings, ModelSpec
 from services.inference.engine import Engine, build_engine
-from services.inference.settings import InferenceSettings, ModelSpec
 from shared.messages import SampleBatch
 from tests.inference.models import FEATURES
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from services.inference.service import InferenceConfig, main
+from services.inference.config import InferenceConfig
+from services.inference.service import main
 from shared.config import validate
 from shared.messages import ConfigUpdate, ResultBatch
 from shared.topics import Topics

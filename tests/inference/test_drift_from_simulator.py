@@ -15,7 +15,7 @@ from edgefleet.sim import registers as regmap
 from edgefleet.sim.plant import PlantSimulator
 from services.aligner.config import AlignerConfig
 from services.aligner.service import main as aligner_main
-from services.inference.service import InferenceConfig
+from services.inference.config import InferenceConfig
 from services.inference.service import main as inference_main
 from services.modbus.config import ModbusConfig
 from services.modbus.service import main as modbus_main

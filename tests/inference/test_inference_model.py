@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
+from services.inference.config import InferenceSettings, ModelSpec
 from services.inference.engine import build_engine
 from services.inference.model import ModelBlob, resolve_model
-from services.inference.settings import InferenceSettings, ModelSpec
 from shared.errors import ConfigError, ModelError
 from tests.inference import models
 from tests.inference.helpers import T0, direct, engine, rows

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from edgefleet import cli
-from services.inference.service import InferenceConfig, main
+from services.inference.config import InferenceConfig
+from services.inference.service import main
 from shared import codec
 from shared.config import validate
 from shared.messages import ResultBatch

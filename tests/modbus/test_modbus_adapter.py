@@ -12,7 +12,7 @@ from edgefleet.sim import registers as regmap
 from edgefleet.sim.plant import PlantSimulator
 from services.modbus.config import ModbusConfig
 from services.modbus.decode import plan
-from services.modbus.service import Poller, main
+from services.modbus.service import ModbusService, main
 from shared.config import validate
 from shared.errors import ConfigError
 from shared.messages import Quality
@@ -62,7 +62,7 @@ async def test_every_type_and_order_decodes_to_what_the_simulator_served(table: 
     async with PlantSimulator(opcua=False) as sim:
         cfg = config(sim.modbus_port or 0, [{"table": table, "points": static_points(table)}])
         assert len(plan(cfg)) == 1  # contiguous: one request
-        poller = Poller(cast(Runtime, None), cfg)
+        poller = ModbusService(cast(Runtime, None), cfg)
         batch = await poller.poll_once(poller.requests)
         await poller.device.close()
     got = dict(zip(batch.signals, batch.value.tolist(), strict=True))

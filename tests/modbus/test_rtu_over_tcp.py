@@ -12,7 +12,7 @@ from edgefleet.sim.cli import build_parser
 from edgefleet.sim.modbus_server import Framer, ModbusSimServer
 from edgefleet.sim.plant import PlantSimulator
 from services.modbus.config import ModbusConfig
-from services.modbus.service import Poller
+from services.modbus.service import ModbusService
 from shared.config import validate
 from shared.messages import Quality
 from shared.runtime import Runtime
@@ -63,7 +63,7 @@ async def test_rtu_framed_adapter_reads_every_type_of_two_units_and_writes() -> 
                 {"unit": 2, "table": "holding", "points": [{"name": "unmapped", "address": 5}]},
             ],
         )
-        poller = Poller(cast(Runtime, None), cfg)
+        poller = ModbusService(cast(Runtime, None), cfg)
         try:
             sim.pause()  # the live unit-2 values stay put between the snapshot and the poll
             tank_raw = int(sim.modbus.images[2].input[0])
@@ -105,7 +105,7 @@ async def test_rtu_framed_writes_to_a_second_unit_and_a_coil() -> None:
                 {"table": "coil", "points": [{"name": "lamp", "address": 0, "type": "bool"}]},
             ],
         )
-        poller = Poller(cast(Runtime, None), cfg)
+        poller = ModbusService(cast(Runtime, None), cfg)
         try:
             thr = await poller.writer.write(2, "holding", poller.writer.points["thr"][2], 3500)
             lamp = await poller.writer.write(1, "coil", poller.writer.points["lamp"][2], 1)
@@ -132,7 +132,7 @@ async def test_a_framing_mismatch_is_bad_quality_never_wrong_values(
                 {"unit": 2, "table": "input", "points": TANK},
             ],
         )
-        poller = Poller(cast(Runtime, None), cfg)
+        poller = ModbusService(cast(Runtime, None), cfg)
         try:
             first = await poller.poll_once(poller.requests)
             second = await poller.poll_once(poller.requests)

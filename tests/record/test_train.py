@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.flow import load_flow
 from edgefleet.record import columns
 from edgefleet.sim.pump import Fault, PumpModel, simulate
 from services.inference.model import Expected, ModelBlob, load_model
-from shared.flow import load_flow
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOW = ROOT / "examples" / "pump-anomaly.yaml"

@@ -13,15 +13,15 @@ import numpy as np
 import onnx
 import yaml
 
+from edgefleet.flow import load_flow
 from edgefleet.replay.record_raw import record_raw
 from edgefleet.replay.recording import read_recording
 from edgefleet.replay.run import replay
 from services.aligner.config import AlignerConfig
 from services.aligner.service import main as aligner_main
-from services.inference.service import InferenceConfig
+from services.inference.config import InferenceConfig
 from services.inference.service import main as inference_main
 from shared.config import validate
-from shared.flow import load_flow
 from shared.messages import ReadingBatch, ResultBatch, SampleBatch, now_ns
 from shared.mqtt import BrokerSettings
 from shared.topics import Kind, Topics

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from services.mqtt_ingest.config import IngestConfig
-from shared.config import ServiceConfig, load_config
+from shared.config import ServiceConfig, load_config, secret
 from shared.errors import ConfigError
 
 GOOD = """\
@@ -91,3 +92,44 @@ def test_relative_paths_start_at_the_config_files_folder(tmp_path: Path) -> None
     config = load_config(write(tmp_path, text), IngestConfig, env={})
     assert config.broker.password_file == tmp_path / "secrets" / "pw"
     assert config.source_dir == tmp_path
+
+
+def test_a_broker_may_be_written_host_colon_port(tmp_path: Path) -> None:
+    """The short form the README shows as the default, `broker: host:port`, loads."""
+    text = GOOD.replace("broker:\n  host: 127.0.0.1\n  port: 1883", "broker: 10.1.2.3:1884")
+    config = load_config(write(tmp_path, text), IngestConfig, env={})
+    assert (config.broker.host, config.broker.port) == ("10.1.2.3", 1884)
+    settings = config.broker_settings()
+    assert (settings.host, settings.port, settings.client_id) == (
+        "10.1.2.3",
+        1884,
+        "plant1-ingest1",
+    )
+    host_only = load_config(write(tmp_path, text.replace(":1884", "")), IngestConfig, env={})
+    assert (host_only.broker.host, host_only.broker.port) == ("10.1.2.3", 1883)
+    with pytest.raises(ConfigError, match=re.escape("ingest.yaml:3: broker: expected 'host:port'")):
+        load_config(write(tmp_path, text.replace(":1884", ":mqtt")), IngestConfig, env={})
+
+
+def test_every_secret_comes_from_one_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Environment first, else a file (stripped); a missing variable or file names its key."""
+    (tmp_path / "pw").write_text("from-file\n")
+    monkeypatch.setenv("EF_TEST_SECRET", "from-env")
+    assert secret("x.password", "EF_TEST_SECRET", tmp_path / "pw") == "from-env"
+    assert secret("x.password", None, tmp_path / "pw") == "from-file"
+    assert secret("x.password", None, None) is None
+    with pytest.raises(ConfigError, match=re.escape("x.password_file: cannot read it")):
+        secret("x.password", None, tmp_path / "absent")
+    with pytest.raises(
+        ConfigError, match=re.escape("sinks.mes.token_env: variable EF_ABSENT is not set")
+    ):
+        secret("sinks.mes.token", "EF_ABSENT")
+
+
+def test_an_environment_override_applies_on_top_of_the_short_form(tmp_path: Path) -> None:
+    text = GOOD.replace("broker:\n  host: 127.0.0.1\n  port: 1883", "broker: 10.1.2.3:1884")
+    env = {"EDGEFLEET_BROKER__PORT": "1999"}
+    config = load_config(write(tmp_path, text), IngestConfig, env=env)
+    assert (config.broker.host, config.broker.port) == ("10.1.2.3", 1999)

@@ -119,3 +119,36 @@ def test_schema_lists_each_source_kinds_keys() -> None:
     assert {"$ref": "#/$defs/ModbusSource"} in kinds
     assert {"name", "kind", "device", "blocks", "poll_ms"} <= set(modbus["properties"])
     assert "site" not in modbus["properties"] and "source" not in modbus["properties"]
+
+
+def test_the_published_schemas_accept_what_the_loader_accepts() -> None:
+    """A sink without a name and a `host:port` broker load, so the schemas (what a YAML
+    language server checks against) must accept them too; a wrong key stays refused."""
+    import json
+
+    import jsonschema
+
+    from edgefleet.flow import parse_flow
+    from edgefleet.site.model import SiteSpec
+
+    flow = {
+        "name": "pump",
+        "align": {
+            "period_ms": 100,
+            "max_delay_ms": 200,
+            "encoding": "json",
+            "features": [{"signal": "plc1/p", "fill": "hold", "max_age_ms": 500}],
+        },
+        "sinks": [{"kind": "sqlite", "path": "history.db"}],
+    }
+    site = {"site": "s1", "broker": "10.0.0.5:1884", "flows": ["flows/pump.yaml"]}
+    assert parse_flow(flow).sinks[0].name == "sqlite"
+    assert SiteSpec.model_validate(site).broker.port == 1884
+    published = {n: json.loads(t) for n, t in schemas().items()}
+    jsonschema.validate(flow, published["flow.schema.json"])
+    jsonschema.validate(site, published["site.schema.json"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**site, "broker": "10.0.0.5:port"}, published["site.schema.json"])
+    with pytest.raises(jsonschema.ValidationError):
+        bad = {**flow, "sinks": [{"kind": "sqlite", "path": "h.db", "nmae": "x"}]}
+        jsonschema.validate(bad, published["flow.schema.json"])

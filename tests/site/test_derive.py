@@ -6,18 +6,19 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.flow import parse_flow
 from edgefleet.site.derive import derive
 from edgefleet.site.load import load_site
 from edgefleet.site.model import SiteSpec
 from services.actuator.config import ActuatorConfig
 from services.aligner.config import AlignerConfig
 from services.forwarder.config import ForwarderConfig
-from services.inference.service import InferenceConfig
+from services.inference.config import InferenceConfig
 from services.modbus.config import ModbusConfig
 from services.mqtt_ingest.config import IngestConfig
+from shared.codec import Encoding
 from shared.config import ServiceConfig
 from shared.errors import ConfigError
-from shared.flow import parse_flow
 from tests.site.helpers import FEATURES, flow_data, site_data, write_site
 
 ACTION = {
@@ -81,6 +82,20 @@ def test_no_model_no_actions_no_sinks_means_only_adapters_and_aligner() -> None:
     site = SiteSpec.model_validate(site_data("s1", 1883))
     instances = derive(site, [parse_flow(flow_data(model=None))])
     assert sorted(instances) == ["aligner-pump", "modbus-plc1"]
+
+
+def test_the_aligner_gets_the_flows_name_and_align_only_with_its_encoding() -> None:
+    """`align.encoding: json` in a flow reaches the aligner; model and actions stay out of it."""
+    site = SiteSpec.model_validate(site_data("s1", 1883))
+    data = flow_data(actions=[ACTION])
+    data["align"] = {**data["align"], "encoding": "json"}
+    config = derive(site, [parse_flow(data)])["aligner-pump"].config
+    assert sorted(config["flow"]) == ["align", "name"]
+    assert config["flow"]["align"]["encoding"] == "json"
+    aligner = AlignerConfig.model_validate(config)
+    assert aligner.flow_spec().align.encoding == Encoding.JSON
+    plain = derive(site, [parse_flow(flow_data())])["aligner-pump"].config
+    assert AlignerConfig.model_validate(plain).flow_spec().align.encoding == Encoding.MSGPACK
 
 
 def test_a_sink_declared_differently_by_two_flows_is_refused() -> None:

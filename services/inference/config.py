@@ -1,20 +1,21 @@
-"""What one inference instance needs to know about its flow and model.
+"""Configuration of one inference instance: its flow and model settings, and the service keys.
 
-These are the flow-derived settings only (no broker, no site): the service config adds them to
-the shared service config base, and a flow file maps onto them one key for one key
+`InferenceSettings` are the flow-derived settings only (no broker, no site); `InferenceConfig`
+adds them to the shared service config base. A flow file maps onto them one key for one key
 (`model`, `align.features` → `features`, `align.window` → `window`, ...), so deriving an instance
-config from a flow stays a plain dict copy.
+config from a flow stays a plain dict copy. Relative paths (model, scripts) start at the config
+file's folder: `shared.config.load_config` resolves them, like every path of every config.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.codec import Encoding
-from shared.config import TopicId
+from shared.config import ServiceConfig, TopicId
 
 
 class ModelSpec(BaseModel):
@@ -82,22 +83,8 @@ class InferenceSettings(BaseModel):
     # A candidate model is tried in a separate process first: how long it may take.
     candidate_timeout_s: float = Field(default=60.0, gt=0)
 
-    def resolve_paths(self, base: Path) -> Self:
-        """Paths relative to the config file's folder, as a user writing the file expects."""
 
-        def rel(p: Path | None) -> Path | None:
-            return None if p is None or p.is_absolute() else base / p
+class InferenceConfig(ServiceConfig, InferenceSettings):
+    """The shared service keys (site, instance, broker, timings) plus the flow's settings."""
 
-        model, shadow = self.model, self.shadow
-        if model.path is not None and not model.path.is_absolute():
-            model = model.model_copy(update={"path": base / model.path})
-        if shadow is not None and shadow.path is not None and not shadow.path.is_absolute():
-            shadow = shadow.model_copy(update={"path": base / shadow.path})
-        return self.model_copy(
-            update={
-                "model": model,
-                "shadow": shadow,
-                "preprocess": rel(self.preprocess) or self.preprocess,
-                "postprocess": rel(self.postprocess) or self.postprocess,
-            }
-        )
+    publish_qos: int = 1

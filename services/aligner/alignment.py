@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from services.aligner.config import AlignSpec
 from services.aligner.kernels import MISSING, Block, Periods, fill
 from services.aligner.store import Packed, ReadingStore
 from services.aligner.windows import Windower
 from shared.errors import ConfigError
-from shared.flow import AlignSpec
 from shared.messages import FeatureState, Quality, ReadingBatch, SampleBatch
 
 I64 = npt.NDArray[np.int64]
