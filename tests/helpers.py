@@ -92,6 +92,11 @@ class Probe:
             await self._arrived.wait_for(lambda: len(found()) >= count)
         return found()[:count]
 
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait until `condition()` holds, checked once per message that arrives (and now)."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(condition)
+
 
 @contextlib.asynccontextmanager
 async def running(main: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:

@@ -13,14 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from shared.errors import ConfigError, ModelError
+from shared.errors import ModelError
 from shared.messages import ResultBatch, result_id
 
 from .batching import Rows
 from .config import InferenceSettings
-from .model import Expected, LoadedModel, ModelSource, check_model, open_model, resolve_model
-from .outputs import Selector, map_outputs, parse_selectors
-from .scripts import Script, ScriptError, load_script, run_postprocess, run_preprocess
+from .model import LoadedModel, ModelSource, open_model, resolve_model
+from .outputs import Selector, map_outputs
+from .scripts import Script, ScriptError, load_script, probe_width, run_postprocess, run_preprocess
+from .signature import check_fits, flow_features
 
 log = logging.getLogger(__name__)
 
@@ -119,40 +120,17 @@ def build_engine(settings: InferenceSettings, source: ModelSource = resolve_mode
     pre = load_script(settings.preprocess, "preprocess") if settings.preprocess else None
     post = load_script(settings.postprocess, "postprocess") if settings.postprocess else None
     model = open_model(source(settings.model), settings.intra_op_threads)
-    features = settings.features if settings.features is not None else model.features
-    if not features:
-        raise ConfigError(
-            f"flow {settings.flow!r} names no features and model {model.origin} carries no "
-            "edgefleet.features metadata: list the features in the config"
-        )
-    width = len(features)
-    if pre is not None:
-        width = _probe_width(pre, len(features), settings.window)
-    check_model(model, Expected(list(features), width, settings.window, settings.model.input))
-    return Engine(
-        settings,
-        model,
-        parse_selectors(settings.outputs, model.output_types),
-        list(features),
-        pre,
-        post,
-    )
+    features = flow_features(model.signature, settings, model.origin)
+    width = None if pre is None else probe_width(pre, len(features), settings.window)
+    fit = check_fits(model.signature, settings, width=width or len(features), origin=model.origin)
+    model.use(fit)
+    return Engine(settings, model, fit.selectors, fit.features, pre, post)
 
 
-def model_inputs(settings: InferenceSettings, features: list[str], x: Any) -> tuple[Expected, Any]:
-    """What a model for `settings` must take, and `x` (samples as the flow sends them) turned
-    into its input: for trying a candidate model before it is loaded."""
+def model_inputs(settings: InferenceSettings, features: list[str], x: Any) -> tuple[int, Any]:
+    """The features per sample a model for `settings` must take, and `x` (samples as the flow
+    sends them) turned into its input: for trying a candidate model before it is loaded."""
     pre = load_script(settings.preprocess, "preprocess") if settings.preprocess else None
     if pre is not None:
         x = run_preprocess(pre, x)
-    expected = Expected(list(features), int(x.shape[-1]), settings.window, settings.model.input)
-    return expected, np.ascontiguousarray(x, np.float32)
-
-
-def _probe_width(pre: Script, n_features: int, window: int) -> int:
-    """The feature count preprocess() hands the model, from one all-zero sample."""
-    shape = (1, n_features) if window == 1 else (1, window, n_features)
-    try:
-        return int(run_preprocess(pre, np.zeros(shape, np.float32)).shape[-1])
-    except ScriptError as exc:
-        raise ConfigError(f"preprocess script fails on an all-zero sample {shape}: {exc}") from None
+    return int(x.shape[-1]), np.ascontiguousarray(x, np.float32)

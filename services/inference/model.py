@@ -1,16 +1,16 @@
 """Load an ONNX model, check it against the flow, and run it.
 
 A model is refused before it serves a single sample when its input does not fit what the flow
-delivers: every message names both sides, so a data scientist can fix the export or the flow.
+delivers (`signature.check_fits`, the check the fleet also runs at `flow push`): every message
+names both sides, so a data scientist can fix the export or the flow.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,17 +19,12 @@ import onnxruntime as ort
 from shared.errors import ModelError
 from shared.messages import ModelRef
 
-from .config import ModelSpec
+from .config import InferenceSettings, ModelSpec
+from .signature import TRAIN_STATS_KEY, Fit, ModelSignature, check_fits, open_session, signature_of
 
 log = logging.getLogger(__name__)
 
-FEATURES_KEY = "edgefleet.features"
-TRAIN_STATS_KEY = "edgefleet.train_stats"
-
-_INPUT_DTYPES: dict[str, np.dtype[Any]] = {
-    "tensor(float)": np.dtype(np.float32),
-    "tensor(double)": np.dtype(np.float64),
-}
+_FLOAT32: np.dtype[Any] = np.dtype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -60,30 +55,55 @@ def resolve_model(spec: ModelSpec) -> ModelBlob:
     return ModelBlob(data, spec.name or spec.path.stem, spec.version, str(spec.path))
 
 
-@dataclass(frozen=True)
-class Expected:
-    """What the flow delivers to the model (after the preprocess script, when there is one)."""
-
-    features: list[str]  # names as the flow sends them
-    width: int  # features per sample the model gets: len(features) without a preprocess script
-    window: int
-    input_name: str | None = None
-
-
 @dataclass
 class LoadedModel:
     session: ort.InferenceSession
     ref: ModelRef
-    input_name: str
-    dtype: np.dtype[Any]
-    rank: int  # 2: [N, F]; 3: [N, W, F]
-    fixed_batch: bool  # the model's batch dimension is 1: feed one sample per run
-    output_names: list[str]
-    output_types: dict[str, str]
-    features: list[str] | None  # from `edgefleet.features`
-    train_stats: dict[str, Any] | None  # from `edgefleet.train_stats`, kept for drift checks
-    metadata: dict[str, str] = field(default_factory=dict)
-    origin: str = ""
+    signature: ModelSignature
+    origin: str
+    # How the flow feeds it: set by `use` once `check_fits` has passed.
+    input_name: str = ""
+    dtype: np.dtype[Any] = _FLOAT32
+    rank: int = 2  # 2: [N, F]; 3: [N, W, F]
+    fixed_batch: bool = False  # the model's batch dimension is 1: feed one sample per run
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.signature.outputs]
+
+    @property
+    def output_types(self) -> dict[str, str]:
+        return self.signature.output_types()
+
+    @property
+    def features(self) -> list[str] | None:  # from `edgefleet.features`
+        return self.signature.features
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.signature.metadata
+
+    @property
+    def train_stats(self) -> dict[str, Any] | None:
+        """`edgefleet.train_stats` as written, for drift checks (validated in the signature)."""
+        raw = self.signature.metadata.get(TRAIN_STATS_KEY)
+        return json.loads(raw) if raw is not None else None
+
+    def use(self, fit: Fit) -> None:
+        """Feed the model as `fit` (from `check_fits`) says."""
+        self.input_name, self.dtype = fit.input_name, fit.dtype
+        self.rank, self.fixed_batch = fit.rank, fit.fixed_batch
+        log.info(
+            "model %s version %s sha256 %s: input %s %s rank %d%s, outputs %s",
+            self.ref.name,
+            self.ref.version,
+            self.ref.sha256[:12],
+            fit.input_name,
+            fit.dtype,
+            fit.rank,
+            " (one sample per run)" if fit.fixed_batch else "",
+            self.output_names,
+        )
 
     def run(self, x: np.ndarray[Any, Any]) -> dict[str, Any]:
         """Run on x ([N, F] or [N, W, F] float32); return the raw outputs by name."""
@@ -118,159 +138,25 @@ class LoadedModel:
         return out
 
 
-def session_options(intra_op_threads: int) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = intra_op_threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if intra_op_threads > 1:
-        # Spinning workers burn the cores the MQTT client and the other services need.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
-
-
-def load_model(blob: ModelBlob, expected: Expected, intra_op_threads: int = 1) -> LoadedModel:
-    """Open the model, check it against `expected`, and return it ready to run."""
+def load_model(
+    blob: ModelBlob, settings: InferenceSettings, intra_op_threads: int = 1
+) -> LoadedModel:
+    """Open the model, check it against the flow's `settings`, and return it ready to run."""
     model = open_model(blob, intra_op_threads)
-    check_model(model, expected)
+    model.use(check_fits(model.signature, settings, origin=blob.origin))
     return model
 
 
 def open_model(blob: ModelBlob, intra_op_threads: int = 1) -> LoadedModel:
-    """Open the model and read its metadata; `check_model` must pass before it runs."""
-    sha = hashlib.sha256(blob.data).hexdigest()
-    if not blob.data:
-        raise ModelError(f"model {blob.origin} is an empty file")
-    try:
-        session = ort.InferenceSession(
-            blob.data, session_options(intra_op_threads), providers=["CPUExecutionProvider"]
-        )
-    except (
-        Exception
-    ) as exc:  # InvalidProtobuf, Fail, InvalidGraph...: all mean "not a usable model"
-        raise ModelError(
-            f"{blob.origin} is not a valid ONNX model (truncated, corrupt or another format): "
-            f"{_first_line(exc)}"
-        ) from None
-    meta = session.get_modelmeta()
-    props: dict[str, str] = dict(meta.custom_metadata_map)
-    # onnxruntime reports an unset model_version as 0 or as INT64_MAX: name it by content then
-    unset = meta.version <= 0 or meta.version == 2**63 - 1
-    version = blob.version or (f"sha-{sha[:12]}" if unset else str(meta.version))
-    model = LoadedModel(
-        session=session,
-        ref=ModelRef(blob.name, version, sha),
-        input_name="",
-        dtype=np.dtype(np.float32),
-        rank=2,
-        fixed_batch=False,
-        output_names=[o.name for o in session.get_outputs()],
-        output_types={o.name: o.type for o in session.get_outputs()},
-        features=_json_list(props, FEATURES_KEY, blob.origin),
-        train_stats=_json_dict(props, TRAIN_STATS_KEY, blob.origin),
-        metadata=props,
+    """Open the model and read its signature; `check_fits` must pass before it runs."""
+    session, proto = open_session(blob.data, blob.origin, intra_op_threads)
+    signature = signature_of(blob.data, session, proto, blob.origin)
+    # An unset ONNX model_version: name the version by content
+    version = blob.version or (
+        str(signature.model_version)
+        if signature.model_version is not None
+        else f"sha-{signature.sha256[:12]}"
     )
-    model.origin = blob.origin
-    return model
-
-
-def check_model(model: LoadedModel, exp: Expected) -> None:
-    """Refuse a model whose input does not fit what the flow delivers; naming both sides."""
-    origin = model.origin
-    inputs = model.session.get_inputs()
-    names = [i.name for i in inputs]
-    if len(inputs) != 1:
-        raise ModelError(
-            f"model {origin} has {len(inputs)} inputs {names}; the flow feeds one input "
-            f"of {exp.width} features"
-        )
-    inp = inputs[0]
-    if exp.input_name is not None and inp.name != exp.input_name:
-        raise ModelError(
-            f"model {origin} input is named {inp.name!r}; the flow names {exp.input_name!r}"
-        )
-    dtype = _INPUT_DTYPES.get(inp.type)
-    if dtype is None:
-        raise ModelError(
-            f"model {origin} input {inp.name!r} is {inp.type}; the flow feeds float32 or float64"
-        )
-    shape = list(inp.shape)
-    want = f"[N, {exp.width}]" if exp.window == 1 else f"[N, {exp.window}, {exp.width}]"
-    if len(shape) not in (2, 3) or (len(shape) == 2 and exp.window > 1):
-        raise ModelError(
-            f"model {origin} input {inp.name!r} has shape {shape}; the flow feeds {want}"
-        )
-    if _static(shape[-1]) not in (None, exp.width):
-        raise ModelError(
-            f"model {origin} input {inp.name!r} takes {shape[-1]} features (shape {shape}); "
-            f"the flow feeds {exp.width}: {want}"
-        )
-    if len(shape) == 3 and _static(shape[1]) not in (None, exp.window):
-        raise ModelError(
-            f"model {origin} input {inp.name!r} takes windows of {shape[1]} samples (shape "
-            f"{shape}); the flow feeds windows of {exp.window}: {want}"
-        )
-    batch = _static(shape[0])
-    if batch not in (None, 1):
-        raise ModelError(
-            f"model {origin} input {inp.name!r} has a fixed batch of {batch}; edgefleet feeds a "
-            "dynamic batch or one sample at a time (export with a dynamic or size-1 first axis)"
-        )
-    if (
-        model.features is not None
-        and exp.width == len(exp.features)
-        and model.features != exp.features
-    ):
-        raise ModelError(
-            f"model {origin} was trained on features {model.features}; "
-            f"the flow sends {exp.features}"
-        )
-    model.input_name = inp.name
-    model.dtype = dtype
-    model.rank = len(shape)
-    model.fixed_batch = batch == 1
-    log.info(
-        "model %s version %s sha256 %s: input %s %s %s%s, outputs %s",
-        model.ref.name,
-        model.ref.version,
-        model.ref.sha256[:12],
-        inp.name,
-        dtype,
-        shape,
-        " (one sample per run)" if model.fixed_batch else "",
-        model.output_names,
+    return LoadedModel(
+        session, ModelRef(blob.name, version, signature.sha256), signature, blob.origin
     )
-
-
-def _static(dim: Any) -> int | None:
-    """A fixed dimension as an int; symbolic (str) or unknown (None) dimensions are dynamic."""
-    return dim if isinstance(dim, int) and dim > 0 else None
-
-
-def _json_list(props: dict[str, str], key: str, origin: str) -> list[str] | None:
-    value = _json(props, key, origin)
-    if value is not None and not (
-        isinstance(value, list) and all(isinstance(v, str) for v in value)
-    ):
-        raise ModelError(f"model {origin} metadata {key} must be a JSON list of feature names")
-    return value
-
-
-def _json_dict(props: dict[str, str], key: str, origin: str) -> dict[str, Any] | None:
-    value = _json(props, key, origin)
-    if value is not None and not isinstance(value, dict):
-        raise ModelError(f"model {origin} metadata {key} must be a JSON object")
-    return value
-
-
-def _json(props: dict[str, str], key: str, origin: str) -> Any:
-    if key not in props:
-        return None
-    try:
-        return json.loads(props[key])
-    except ValueError as exc:
-        raise ModelError(f"model {origin} metadata {key} is not valid JSON: {exc}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

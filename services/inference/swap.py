@@ -122,9 +122,9 @@ async def prepare(
         shape = (1, len(features)) if settings.window == 1 else (1, settings.window, len(features))
         recent_x = np.zeros(shape, np.float32)
     x = recent_x[:TRIAL_SAMPLES]
-    expected, model_x = model_inputs(settings, features, x)
-    await try_candidate(Trial(blob, expected, model_x, settings.intra_op_threads), timeout_s)
+    width, model_x = model_inputs(settings, features, x)
     pinned = settings.model_copy(update={"features": list(features)})
+    await try_candidate(Trial(blob, pinned, width, model_x, settings.intra_op_threads), timeout_s)
 
     def load() -> Engine:
         engine = build_engine(pinned, lambda _spec: blob)

@@ -12,6 +12,7 @@ import numpy as np
 
 from services.inference.config import InferenceConfig
 from services.inference.service import main
+from shared import codec
 from shared.config import validate
 from shared.messages import ConfigUpdate, ResultBatch
 from shared.topics import Topics
@@ -114,12 +115,18 @@ def results(probe: Probe, topic: str) -> list[ResultBatch]:
 async def all_results(probe: Probe, topics: Topics, feed: Feed, timeout: float = 20) -> None:
     """Wait until every sample sent has a result (or as many as were sent)."""
     want = feed.sent
+    topic = topics.results("f1")
+    counted = [0, 0]  # messages decoded so far, results in them: each message decoded once
 
-    def done(_: Any) -> bool:
-        return sum(len(w["t"]) for w in probe.decoded(topics.results("f1"))) >= want
+    def done() -> bool:
+        messages = probe.received(topic)
+        for m in messages[counted[0] :]:
+            counted[1] += len(codec.decode(m.payload, m.content_type)["t"])
+        counted[0] = len(messages)
+        return counted[1] >= want
 
     try:
-        await probe.wait_for(topics.results("f1"), done, timeout=timeout)
+        await probe.wait_until(done, timeout=timeout)
     except TimeoutError:
-        got = sum(len(w["t"]) for w in probe.decoded(topics.results("f1")))
+        got = sum(len(w["t"]) for w in probe.decoded(topic))
         raise AssertionError(f"{got} results for {want} samples sent") from None

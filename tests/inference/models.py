@@ -27,14 +27,27 @@ def add_metadata(
     model: onnx.ModelProto,
     features: list[str] | None = None,
     train_stats: dict[str, Any] | None = None,
+    threshold: float | None = None,
 ) -> onnx.ModelProto:
     props = {}
     if features is not None:
         props["edgefleet.features"] = json.dumps(features)
     if train_stats is not None:
         props["edgefleet.train_stats"] = json.dumps(train_stats)
+    if threshold is not None:
+        props["edgefleet.threshold"] = f"{threshold:.4f}"
     onnx.helper.set_model_props(model, props)
     return model
+
+
+def column_stats(x: np.ndarray[Any, Any]) -> dict[str, list[float]]:
+    """`edgefleet.train_stats` as the example trainer writes it: lists in feature order."""
+    return {
+        "mean": x.mean(0).tolist(),
+        "std": x.std(0).tolist(),
+        "min": x.min(0).tolist(),
+        "max": x.max(0).tolist(),
+    }
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:
@@ -80,6 +93,127 @@ def float64_pipeline(path: Path) -> Path:
     return save(to_onnx(est, x[:1], target_opset=OPSET), path)
 
 
+def random_forest(path: Path, features: list[str] | None = FEATURES) -> Path:
+    """A RandomForestClassifier as skl2onnx exports it by default: `output_label` [N] and
+    `output_probability`, a ZipMap sequence of {class: p} for classes 0, 1, 2."""
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
+
+    x = training_data()
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)
+    est = RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0).fit(x, y)
+    model = to_onnx(est, x[:1], target_opset=OPSET)
+    return save(add_metadata(model, features, column_stats(x)), path)
+
+
+def pca_pipeline(path: Path, features: list[str] | None = FEATURES, k: int = 2) -> Path:
+    """StandardScaler + PCA fitted on float64 data: a double input [N, F], `variable` [N, k]."""
+    from skl2onnx import to_onnx
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = training_data().astype(np.float64)
+    est = make_pipeline(StandardScaler(), PCA(n_components=k, random_state=0)).fit(x)
+    model = to_onnx(est, x[:1], target_opset=OPSET)
+    return save(add_metadata(model, features, column_stats(x)), path)
+
+
+def autoencoder(
+    path: Path,
+    f: int = len(FEATURES),
+    batch: int | str = 1,
+    features: list[str] | None = FEATURES,
+    threshold: float = 0.8,
+    seed: int = 3,
+) -> Path:
+    """An MLP autoencoder exported with a fixed batch of 1 (as a tracer with a batch-1 example
+    input leaves it): `reconstruction` [1, F] and `score` [1, 1], the mean squared error."""
+    rng = np.random.default_rng(seed)
+    hidden = 2
+    w1 = rng.normal(size=(f, hidden)).astype(np.float32)
+    w2 = rng.normal(size=(hidden, f)).astype(np.float32)
+    inits = [
+        helper.make_tensor("enc", TensorProto.FLOAT, [f, hidden], w1.ravel().tolist()),
+        helper.make_tensor("dec", TensorProto.FLOAT, [hidden, f], w2.ravel().tolist()),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "enc"], ["code"]),
+        helper.make_node("Tanh", ["code"], ["act"]),
+        helper.make_node("MatMul", ["act", "dec"], ["reconstruction"]),
+        helper.make_node("Sub", ["x", "reconstruction"], ["err"]),
+        helper.make_node("Mul", ["err", "err"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq"], ["score"], axes=[1], keepdims=1),
+    ]
+    model = _graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, f])],
+        [
+            helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, [batch, f]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1]),
+        ],
+        inits,
+    )
+    x = training_data(f=f)
+    return save(add_metadata(model, features, column_stats(x), threshold), path)
+
+
+def torch_export(
+    path: Path,
+    f: int = len(FEATURES),
+    hidden: int = 8,
+    features: list[str] | None = FEATURES,
+    threshold: float = 0.5,
+    seed: int = 4,
+) -> Path:
+    """A model laid out the way `torch.onnx.export` writes an `nn.Sequential(Linear, ReLU,
+    Linear, Sigmoid)` with `dynamic_axes={"input.1": {0: "batch_size"}}` and opset 17: the
+    input `input.1` [batch_size, F], initializers named after the module's parameters
+    (`0.weight`, stored [out, in] and used through Gemm's transB), nodes named by module path,
+    producer `pytorch`. torch itself is not installed: its wheel alone is over 500 MB."""
+    rng = np.random.default_rng(seed)
+    w0 = rng.normal(size=(hidden, f)).astype(np.float32)
+    w2 = rng.normal(size=(1, hidden)).astype(np.float32)
+    inits = [
+        helper.make_tensor("0.weight", TensorProto.FLOAT, [hidden, f], w0.ravel().tolist()),
+        helper.make_tensor("0.bias", TensorProto.FLOAT, [hidden], [0.1] * hidden),
+        helper.make_tensor("2.weight", TensorProto.FLOAT, [1, hidden], w2.ravel().tolist()),
+        helper.make_tensor("2.bias", TensorProto.FLOAT, [1], [0.0]),
+    ]
+    gemm = {"alpha": 1.0, "beta": 1.0, "transB": 1}
+    nodes = [
+        helper.make_node(
+            "Gemm", ["input.1", "0.weight", "0.bias"], ["/0/Gemm_output_0"], name="/0/Gemm", **gemm
+        ),
+        helper.make_node("Relu", ["/0/Gemm_output_0"], ["/1/Relu_output_0"], name="/1/Relu"),
+        helper.make_node(
+            "Gemm",
+            ["/1/Relu_output_0", "2.weight", "2.bias"],
+            ["/2/Gemm_output_0"],
+            name="/2/Gemm",
+            **gemm,
+        ),
+        helper.make_node("Sigmoid", ["/2/Gemm_output_0"], ["9"], name="/3/Sigmoid"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "main_graph",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["batch_size", f])],
+        [helper.make_tensor_value_info("9", TensorProto.FLOAT, ["batch_size", 1])],
+        inits,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="pytorch",
+        producer_version="2.5.1",
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    x = training_data(f=f)
+    return save(add_metadata(model, features, column_stats(x), threshold), path)
+
+
 def _graph_model(
     nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any] | None = None
 ) -> onnx.ModelProto:
@@ -96,6 +230,7 @@ def linear(
     batch: int | str = "N",
     dtype: int = TensorProto.FLOAT,
     seed: int = 1,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """y = x @ w + b with y [batch, 2]; batch=1 makes a fixed-batch model."""
     w = np.random.default_rng(seed).normal(size=(f, 2))
@@ -114,6 +249,8 @@ def linear(
         [helper.make_tensor_value_info("y", dtype, [batch, 2])],
         inits,
     )
+    if metadata:
+        helper.set_model_props(model, metadata)
     return save(model, path)
 
 
@@ -213,4 +350,19 @@ def hanging(path: Path, f: int = len(FEATURES)) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", f])],
         inits,
     )
+    return save(model, path)
+
+
+def unknown_operator(path: Path, f: int = len(FEATURES)) -> Path:
+    """A well-formed ONNX file onnxruntime cannot load: an operator of a domain it lacks."""
+    nodes = [helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example.ops")]
+    graph = helper.make_graph(
+        nodes,
+        "edgefleet_test",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", f])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", f])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example.ops", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
     return save(model, path)

@@ -17,7 +17,8 @@ import numpy as np
 from edgefleet.flow import load_flow
 from edgefleet.record import columns
 from edgefleet.sim.pump import Fault, PumpModel, simulate
-from services.inference.model import Expected, ModelBlob, load_model
+from services.inference.config import InferenceSettings, ModelSpec
+from services.inference.model import ModelBlob, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOW = ROOT / "examples" / "pump-anomaly.yaml"
@@ -76,7 +77,12 @@ def test_training_gives_a_servable_model_whose_score_rises_on_cavitation(tmp_pat
     flow = load_flow(FLOW)
     model = load_model(
         ModelBlob(out.read_bytes(), "pump-anomaly", None, str(out)),
-        Expected(flow.align.labels, len(flow.align.labels), flow.align.window),
+        InferenceSettings(
+            flow="pump-anomaly",
+            model=ModelSpec(path=out),
+            features=flow.align.labels,
+            window=flow.align.window,
+        ),
     )  # the inference service's own check against the flow: raises on any mismatch
     meta = model.metadata
     assert json.loads(meta["edgefleet.features"]) == flow.align.labels
