@@ -11,7 +11,8 @@ that loop waits for); `parse` turns the decoded body into a typed request (raisi
 `PayloadError`), `handler` answers it, `refuse` builds the answer for what could not be served.
 What is malformed is also reported on the errors topic (it is rejected input); a handler's
 `EdgefleetError` is an answer ("refused"), anything else an internal error, logged with its
-traceback. Counters for the status. `serve_writes` is the adapters' write server on top.
+traceback and reported on the errors topic. Counters for the status. `serve_writes` is the
+adapters' write server on top.
 
 Client: `Requester` sends requests and routes answers back by correlation data, on any
 `MqttConnection` (a service's runtime or a command-line tool's own connection); `requester()`
@@ -98,8 +99,8 @@ class RequestServer(Generic[Req]):
             answer = self.refuse(exc, request)
         except Exception as exc:
             self.stats.failed += 1
-            self.rt.health.errors += 1
             log.exception("request handler for %s failed on %s", self.topic_filter, message.topic)
+            self.rt.errors.error(f"internal error: {type(exc).__name__}: {exc}", message)
             answer = self.refuse(exc, request)
         await self.answer(message, answer)
 

@@ -57,7 +57,7 @@ async def served(base_config: dict[str, Any], site: str) -> Any:
 async def test_answers_by_correlation_in_the_requests_encoding(
     served: Any, broker: LocalBroker
 ) -> None:
-    _rt, server, topics = served
+    rt, server, topics = served
     settings = BrokerSettings(host=broker.host, port=broker.port, client_id="cli-test")
     async with requester(settings, topics.reply("cli-test")) as req:
         answers = await asyncio.gather(
@@ -79,6 +79,7 @@ async def test_answers_by_correlation_in_the_requests_encoding(
         "failed": 1,
         "unanswerable": 0,
     }
+    assert (rt.health.errors, rt.health.rejected) == (1, 1)  # the failure, the malformed one
 
 
 async def test_malformed_request_is_reported_on_the_errors_topic(
