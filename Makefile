@@ -1,7 +1,7 @@
 # The one way to set up, test, lint, run the demo and the benchmarks. CI calls these targets.
 PY := .venv/bin/python
 
-.PHONY: setup test lint typecheck check demo bench clean contract
+.PHONY: setup test lint typecheck check demo bench faults clean contract
 
 setup:
 	@scripts/bootstrap
@@ -24,6 +24,11 @@ demo: setup
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; PYTHONPATH=. $(PY) $$b || exit 1; done
+
+# The fault suite: long scenarios with real processes; on demand, never in `make test`.
+# FAULTS_SCALE=0.1 for a quick look; the table goes to var/faults/report.md (docs/reliability.md).
+faults: setup
+	$(PY) -m pytest faults -q -p no:cacheprovider $(PYTEST_ARGS)
 
 contract: setup
 	$(PY) -m shared.contract > docs/wire-contract.md

@@ -78,7 +78,7 @@ async def adapter(port: int, broker: LocalBroker, seconds: float) -> tuple[float
     topic = rt.topics.raw("plc")
     n, cpu0, t0 = 0, time.process_time(), time.monotonic()
     while time.monotonic() - t0 < seconds:  # back to back: the sustained ceiling
-        batch = await poller.poll_once(poller.requests)
+        batch = await poller.poll_once()
         await rt.publish(topic, batch.to_wire())
         n += len(batch)
     elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0

@@ -22,7 +22,6 @@ import shutil
 import signal
 import sqlite3
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from edgefleet.record import record
 from edgefleet.sim import PlantSimulator
 from edgefleet.site.load import load_site
 from edgefleet.site.supervisor import SiteSupervisor, StatusChange
-from shared import codec
+from shared import clock, codec
 from shared.messages import ResultBatch
 from shared.mqtt import BrokerSettings, MqttConnection, Received
 from shared.topics import Kind, Topics, every_site
@@ -220,7 +219,7 @@ class Demo:
         self.workdir, self.phases, self.duration = workdir, phases, duration
         self.keep_running = keep_running
         self.stop = asyncio.Event()
-        self.t0 = time.monotonic()
+        self.t0 = clock.monotonic()
         self.c = Colours(sys.stdout.isatty())
         self.live = Live()
         self.lamp_on_at: float | None = None
@@ -235,7 +234,7 @@ class Demo:
         print(f"{self.c(f'[{self.elapsed():5.1f}s]', '2')} {text}", flush=True)
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.t0
+        return clock.monotonic() - self.t0
 
     def _signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -292,7 +291,7 @@ class Demo:
         recording = self.workdir / "normal.csv"
         self.say(f"recording {ph.record:.0f} s of normal operation (edgefleet record) ...")
         async with running_site(rec_site, self.workdir / "record-site", self._status):
-            began = time.monotonic()
+            began = clock.monotonic()
             rec = await record(
                 load_flow(EXAMPLES / "pump-anomaly.yaml"),
                 recording,
@@ -301,19 +300,19 @@ class Demo:
                 duration_s=ph.record,
                 stop=self.stop,
             )
-            if time.monotonic() - began < ph.record - 0.5:
+            if clock.monotonic() - began < ph.record - 0.5:
                 self.stop.set()  # the recorder took the Ctrl-C
             self._signals()
         if self.stop.is_set():
             return
         self.say(f"recorded {rec.rows} samples to {recording}")
         model = self.workdir / "pump-anomaly.onnx"
-        t = time.monotonic()
+        t = clock.monotonic()
         trained = await asyncio.to_thread(train, recording, model)
         threshold = self.live.threshold = trained["threshold"]
         self.say(
             f"trained examples/train_pump_model.py on {trained['rows']} samples in "
-            f"{time.monotonic() - t:.1f} s: threshold {threshold:.3f} (held-out score: median "
+            f"{clock.monotonic() - t:.1f} s: threshold {threshold:.3f} (held-out score: median "
             f"{trained['held_out_score_p50']:.2f}, max {trained['held_out_score_max']:.2f})"
         )
         write_flow(self.workdir, model, threshold, cloud_port)
@@ -337,21 +336,21 @@ class Demo:
 
     async def _live(self, sim: PlantSimulator) -> None:
         ph = self.phases
-        start = time.monotonic()
+        start = clock.monotonic()
         inject_at = ph.normal
         end_at = ph.normal + ph.fault + ph.after
         next_line = start + 1.0
         while not self.stop.is_set():
-            now = time.monotonic() - start
+            now = clock.monotonic() - start
             if self.fault_at is None and now >= inject_at:
                 sim.inject("cavitation", ph.fault)
                 self.fault_at = self.elapsed()
-                t_ns = time.time_ns()
+                t_ns = clock.now_ns()
                 self.fault_ns = (t_ns, t_ns + int(ph.fault * 1e9))
                 self.say(self.c(f"injecting cavitation for {ph.fault:.0f} s", "1;33"))
             if now >= end_at and not self.keep_running:
                 return
-            if not await self.pause(max(0.0, next_line - time.monotonic())):
+            if not await self.pause(max(0.0, next_line - clock.monotonic())):
                 return
             next_line += 1.0
             print(self._line(sim), flush=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from enum import Enum, StrEnum
 from typing import Any
@@ -22,6 +23,7 @@ JSON = "application/json"
 
 _ND_EXT = 1  # msgpack extension code of a numpy array
 _HEADER_LEN = struct.Struct("<H")
+_NUMERIC_DTYPE = re.compile(r"[<>|=]?(b1|[iu][1248]|f[248])")
 
 
 class Encoding(StrEnum):
@@ -57,15 +59,50 @@ def _pack_default(obj: Any) -> Any:
     raise PayloadError(f"cannot encode a {type(obj).__name__}")
 
 
+def _ext_header(n: int) -> bytes:
+    """msgpack ext 8/16/32 header of `n` data bytes (valid for every length, fixext or not)."""
+    if n <= 0xFF:
+        return struct.pack(">BBb", 0xC7, n, _ND_EXT)
+    if n <= 0xFFFF:
+        return struct.pack(">BHb", 0xC8, n, _ND_EXT)
+    return struct.pack(">BIb", 0xC9, n, _ND_EXT)
+
+
+def _pack_parts(obj: Any, parts: list[bytes | memoryview], packer: msgpack.Packer) -> None:
+    """Pack `obj` into `packer`'s buffer, cut into `parts` around each numeric array of a map:
+    the array's piece views its own memory, so the final join is the only copy of its bytes
+    (packb with an ExtType made three: tobytes, the header concatenation, the packer's buffer)."""
+    if type(obj) is dict:
+        packer.pack_map_header(len(obj))
+        for key, value in obj.items():
+            packer.pack(key)
+            _pack_parts(value, parts, packer)
+    elif isinstance(obj, np.ndarray) and obj.dtype.kind in "biuf":
+        arr = obj.astype(obj.dtype.newbyteorder("<")) if obj.dtype.byteorder == ">" else obj
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)  # a copy only for a strided view
+        header = msgpack.packb([arr.dtype.str, list(arr.shape)])
+        parts.append(packer.bytes())
+        packer.reset()
+        parts.append(
+            _ext_header(2 + len(header) + arr.nbytes) + _HEADER_LEN.pack(len(header)) + header
+        )
+        parts.append(arr.reshape(-1).data)
+    else:
+        packer.pack(obj)
+
+
 def _unpack_ext(code: int, data: bytes) -> Any:
     if code != _ND_EXT:
         raise PayloadError(f"unknown msgpack extension type {code}")
     try:
         (n,) = _HEADER_LEN.unpack_from(data)
         dtype_text, shape = msgpack.unpackb(data[2 : 2 + n])
-        dtype = np.dtype(dtype_text)
-        if dtype.kind not in "biuf":
+        # Only plain numeric dtypes: numpy parses other dtype strings with a grammar of its
+        # own (structured types, deprecated aliases), which a payload must never reach.
+        if not isinstance(dtype_text, str) or not _NUMERIC_DTYPE.fullmatch(dtype_text):
             raise PayloadError(f"array dtype {dtype_text!r} is not numeric")
+        dtype = np.dtype(dtype_text)
         arr = np.frombuffer(data, dtype=dtype, offset=2 + n)
         return arr.reshape(shape)
     except PayloadError:
@@ -99,7 +136,11 @@ def encode(obj: Any, encoding: Encoding | str = Encoding.MSGPACK) -> tuple[bytes
     """Encode `obj`; return the payload and its content type."""
     enc = Encoding(encoding)
     if enc is Encoding.MSGPACK:
-        return msgpack.packb(obj, default=_pack_default, use_bin_type=True), MSGPACK
+        parts: list[bytes | memoryview] = []
+        packer = msgpack.Packer(default=_pack_default, use_bin_type=True, autoreset=False)
+        _pack_parts(obj, parts, packer)
+        parts.append(packer.bytes())
+        return b"".join(parts), MSGPACK
     text = json.dumps(to_jsonable(obj), allow_nan=False, separators=(",", ":"))
     return text.encode(), JSON
 

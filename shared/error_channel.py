@@ -14,11 +14,11 @@ actuator's suppressed-decision events).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from shared import clock as clocks
 from shared.messages import ErrorReport
 from shared.mqtt import Received
 
@@ -39,7 +39,7 @@ class RateLimit(Generic[K]):
     """Per key: the first occurrence passes, then at most one per `interval_s`; each that passes
     carries how many occurrences it stands for (itself and those held back since the last)."""
 
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, interval_s: float, clock: Callable[[], float] = clocks.monotonic) -> None:
         self.interval_s, self.clock = interval_s, clock
         self._keys: dict[K, _Count] = {}
 

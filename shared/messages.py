@@ -7,16 +7,17 @@ plain dicts that `shared.codec` encodes, so one decoder reads msgpack and JSON a
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.clock import iso as iso  # re-exported: time lives in shared.clock
+from shared.clock import now_ns as now_ns
 from shared.codec import Encoding
 from shared.errors import PayloadError
 
@@ -47,30 +48,32 @@ class FeatureState(IntEnum):
     DEFAULT = 4  # missing, filled with the flow's default value
 
 
-def now_ns() -> int:
-    return time.time_ns()
-
-
-def iso(t_ns: int) -> str:
-    """ISO-8601 UTC time with microseconds, for JSON readers that lose precision past 2^53."""
-    return datetime.fromtimestamp(t_ns / 1e9, UTC).isoformat(timespec="microseconds")
-
-
 def _check_version(d: dict[str, Any], kind: str) -> None:
     if not isinstance(d, dict):
         raise PayloadError(f"expected a {kind} message (a map), got {type(d).__name__}")
-    if d.get("kind") != kind:
-        raise PayloadError(f"expected kind {kind!r}, got {d.get('kind')!r}")
-    if d.get("v") != SCHEMA_VERSION:
+    # type checks first: an array compared with `!=` is an array, not a bool
+    got = d.get("kind")
+    if not isinstance(got, str) or got != kind:
+        raise PayloadError(f"expected kind {kind!r}, got {got!r}")
+    v = d.get("v")
+    if type(v) is not int or v != SCHEMA_VERSION:
         raise PayloadError(f"unsupported {kind} schema version {d.get('v')!r}")
 
 
 def _array(d: dict[str, Any], key: str, dtype: type[np.generic], ndim: int | None = 1) -> Any:
     if key not in d:
         raise PayloadError(f"missing field {key!r}")
+    value = d[key]
     try:
-        arr = np.asarray(d[key], dtype=dtype)
-    except (ValueError, TypeError) as exc:
+        if np.dtype(dtype).kind in "iu" and not (
+            isinstance(value, np.ndarray) and value.dtype.kind in "iu"
+        ):
+            # a float cast to an integer column would wrap or truncate silently
+            raw = np.asarray(value)
+            if raw.size and raw.dtype.kind not in "iub":  # an empty list reads as float
+                raise TypeError("its values are not integers")
+        arr = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise PayloadError(f"field {key!r} is not an array of {np.dtype(dtype)}: {exc}") from None
     if ndim is not None and arr.ndim != ndim:
         raise PayloadError(f"field {key!r} must have {ndim} dimension(s), got shape {arr.shape}")
@@ -251,7 +254,10 @@ class SampleBatch:
 
 def _output(value: Any) -> Any:
     """An output column as an array; JSON's nulls become NaN in numeric columns."""
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists
+        raise PayloadError(f"an output column is not an array: {str(exc)[:80]}") from None
     if arr.dtype == object:
         try:
             return np.array(value, dtype=np.float64)
@@ -285,11 +291,11 @@ class ResultBatch:
     t: I64
     outputs: dict[str, Any]
     latency_us: F32
-    ids: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        if not self.ids:
-            self.ids = [f"{self.flow}:{x}" for x in self.t.tolist()]  # result_id, vectorised
+    @cached_property
+    def ids(self) -> list[str]:
+        """Each row's `result_id`, derived from flow and time when first asked for."""
+        return [f"{self.flow}:{x}" for x in self.t.tolist()]  # plain ints: faster than numpy's
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
@@ -302,8 +308,8 @@ class ResultBatch:
                     f"results of {self.flow!r}: output {name!r} has shape {np.shape(arr)}, "
                     f"expected {n} rows"
                 )
-        if self.latency_us.shape != (n,) or len(self.ids) != n:
-            raise PayloadError(f"results of {self.flow!r}: ids or latency_us do not have {n} rows")
+        if self.latency_us.shape != (n,):
+            raise PayloadError(f"results of {self.flow!r}: latency_us does not have {n} rows")
 
     def to_wire(self, encoding: Encoding = Encoding.MSGPACK) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -311,14 +317,28 @@ class ResultBatch:
             "kind": self.KIND,
             "flow": self.flow,
             "model": self.model.to_wire(),
-            "id": self.ids,
             "t": self.t,
             "outputs": self.outputs,
             "latency_us": self.latency_us,
         }
-        if encoding is Encoding.JSON:
+        if encoding is Encoding.JSON:  # for readers that do not derive the id
+            d["id"] = self.ids
             d["time"] = [iso(int(x)) for x in self.t]
         return d
+
+    @classmethod
+    def rows(cls, d: dict[str, Any]) -> int:
+        """The number of results in a decoded message, with its shapes checked but nothing
+        built: for a relay (the forwarder) that passes the payload on as it came."""
+        _check_version(d, cls.KIND)
+        n = int(_array(d, "t", np.int64).shape[0])
+        outputs = d.get("outputs")
+        if not isinstance(outputs, dict):
+            raise PayloadError("field 'outputs' must be a map of output name to array")
+        for name, column in (*outputs.items(), ("latency_us", d.get("latency_us"))):
+            if np.shape(column)[:1] != (n,):
+                raise PayloadError(f"results: {name!r} does not have {n} rows like 't'")
+        return n
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> ResultBatch:
@@ -335,8 +355,7 @@ class ResultBatch:
             _array(d, "t", np.int64),
             {str(k): _output(v) for k, v in outputs.items()},
             _array(d, "latency_us", np.float32),
-            _str_list(d, "id"),
-        )
+        )  # an `id` column is ignored: the ids are derived from flow and t
         batch.check()
         return batch
 

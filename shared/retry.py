@@ -1,4 +1,4 @@
-"""The one place for retries: capped exponential backoff with full jitter."""
+"""The one place for retries: capped exponential backoff with equal jitter."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 class Backoff:
     """Delays of `initial`·2ⁿ capped at `maximum`, each drawn uniformly from [delay/2, delay].
 
-    Half-jitter keeps a fleet of clients from reconnecting in lockstep after a broker restart
-    while still growing the delay for a peer that stays down.
+    This is "equal jitter" (AWS's backoff-and-jitter article), not full jitter's [0, delay]:
+    the random half keeps a fleet of clients from reconnecting in lockstep after a broker
+    restart, and the fixed half keeps the delay growing for a peer that stays down.
     """
 
     initial: float = 0.2

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Self
 
 from shared import codec
+from shared.clock import Clock, ManualClock
 from shared.messages import WriteRequest
 from shared.mqtt import BrokerSettings, MqttConnection, PublishResult, Received
 from shared.topics import matches
@@ -96,6 +97,24 @@ class Probe:
         """Wait until `condition()` holds, checked once per message that arrives (and now)."""
         async with asyncio.timeout(timeout), self._arrived:
             await self._arrived.wait_for(condition)
+
+
+async def until(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """Wait until `predicate()` is true, checking every `interval` seconds; fail after `timeout`.
+
+    For state that announces no event (a simulator's values, a server's callbacks); where a
+    message on the broker tells the same, wait for it with `Probe.wait_for` instead."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 (no event to await: that is this helper's case)
+            await asyncio.sleep(interval)
+
+
+def manual(clock: Clock) -> ManualClock:
+    """`clock` as the ManualClock a test gave the simulator."""
+    assert isinstance(clock, ManualClock)
+    return clock
 
 
 @contextlib.asynccontextmanager

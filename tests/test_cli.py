@@ -49,6 +49,8 @@ def test_run_refuses_an_unknown_service(tmp_path: Path) -> None:
 
 
 async def test_tap_decodes_both_encodings(broker: LocalBroker) -> None:
+    async with Probe(broker.host, broker.port) as probe:  # retained: tap's first line on subscribe
+        await probe.publish_raw("demo/ready", b"ready", qos=1, retain=True)
     tap = await asyncio.create_subprocess_exec(
         *EDGEFLEET,
         "tap",
@@ -56,15 +58,16 @@ async def test_tap_decodes_both_encodings(broker: LocalBroker) -> None:
         "--port",
         str(broker.port),
         "--count",
-        "3",
+        "4",
         "--timeout",
         "20",
         stdout=asyncio.subprocess.PIPE,
     )
     try:
         async with Probe(broker.host, broker.port) as probe:
-            await probe.subscribe("demo/#")
-            await asyncio.sleep(1.0)  # let tap subscribe; then publish three kinds of payload
+            assert tap.stdout is not None
+            first = await asyncio.wait_for(tap.stdout.readline(), 20)  # tap has subscribed
+            assert json.loads(first)["topic"] == "demo/ready"
             await probe.publish("demo/a", {"x": np.array([1.5, np.nan], np.float32)}, qos=1)
             await probe.publish("demo/b", {"y": 2}, "json", qos=1)
             await probe.publish_raw("demo/c", b"plain text", qos=1)
@@ -73,7 +76,7 @@ async def test_tap_decodes_both_encodings(broker: LocalBroker) -> None:
         if tap.returncode is None:
             tap.kill()
             await tap.wait()
-    lines = [json.loads(line) for line in stdout.decode().splitlines()]
+    lines = [json.loads(first), *(json.loads(line) for line in stdout.decode().splitlines())]
     by_topic = {line["topic"]: line for line in lines}
     assert by_topic["demo/a"]["content_type"] == "application/msgpack"
     assert by_topic["demo/a"]["payload"] == {"x": [1.5, None]}

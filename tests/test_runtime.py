@@ -19,7 +19,7 @@ from shared.errors import PayloadError
 from shared.mqtt import Received
 from shared.runtime import Runtime
 from shared.topics import Topics
-from tests.helpers import Probe, running
+from tests.helpers import Probe, running, until
 
 
 def config(base: dict[str, Any], instance: str = "svc") -> ServiceConfig:
@@ -45,7 +45,7 @@ async def test_broker_restart_mid_stream(
         await probe.wait_for(topics.status("svc"), lambda s: s["state"] == "online")
 
         broker.stop()  # mid-stream: the service keeps publishing into its outage buffer
-        await asyncio.sleep(0.3)
+        await until(lambda: not rt.mqtt.connected)
         for i in range(50):
             assert (await rt.publish(f"{site}/out/x", {"i": i}, qos=1)).queued
         assert not server.done()
@@ -169,7 +169,7 @@ async def test_broker_killed_mid_stream_the_service_comes_back_by_itself(
             await probe.publish(f"{site}-ext/a", {"v": 1}, "json", qos=1)
             await probe.wait_for(topics.raw("gw"))
         broker.kill()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the scenario: an outage that outlasts a reconnect attempt
         broker.start()
         async with Probe(broker.host, broker.port) as probe:
             await probe.subscribe(topics.everything())

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from edgefleet.sim.pump import Fault
+from shared.clock import iso
 
 LABEL_COLUMNS = ("start", "end", "start_ns", "end_ns", "kind")
 
@@ -48,11 +48,6 @@ def load_schedule(path: str | Path) -> list[Fault]:
     return parse_schedule(data, str(p))
 
 
-def iso_ns(ns: int) -> str:
-    """ISO-8601 UTC time with microseconds (the ns column keeps full precision)."""
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
 def label_rows(faults: Iterable[Fault], start_ns: int) -> list[dict[str, str | int]]:
     """One row per fault: simulated seconds mapped onto wall time from `start_ns`."""
     rows: list[dict[str, str | int]] = []
@@ -61,8 +56,8 @@ def label_rows(faults: Iterable[Fault], start_ns: int) -> list[dict[str, str | i
         e_ns = start_ns + round(f.end_s * 1e9)
         rows.append(
             {
-                "start": iso_ns(s_ns),
-                "end": iso_ns(e_ns),
+                "start": iso(s_ns),  # the ns column keeps full precision
+                "end": iso(e_ns),
                 "start_ns": s_ns,
                 "end_ns": e_ns,
                 "kind": f.kind,

@@ -9,7 +9,6 @@ since the last value the simulator put there. `Pump.InjectFault(kind, duration_s
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +21,8 @@ from asyncua.crypto import uacrypto
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 from asyncua.ua.status_codes import StatusCodes
+
+from shared import clock as clocks
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,10 @@ class OpcUaSimServer:
         port: int = 4840,
         on_inject: InjectCallback | None = None,
         security: SimSecurity | None = None,
+        clock: clocks.Clock | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.clock = clock or clocks.current()
         self.security = security
         self.on_inject = on_inject
         self.ns = 2
@@ -203,7 +206,7 @@ class OpcUaSimServer:
         """Write measured values with the simulated time as SourceTimestamp."""
         if self._server is None:
             return
-        src, now = _dt(ts_ns), _dt(time.time_ns())
+        src, now = _dt(ts_ns), _dt(self.clock.now_ns())
         for key, value in values.items():
             node = self._nodes.get(key)
             if node is None or key not in MEASURED:
@@ -226,7 +229,7 @@ class OpcUaSimServer:
             dv = ua.DataValue(
                 ua.Variant(value, vtype),
                 SourceTimestamp=_dt(ts_ns),
-                ServerTimestamp=_dt(time.time_ns()),
+                ServerTimestamp=_dt(self.clock.now_ns()),
             )
             await self._server.write_attribute_value(self._nodes[key].nodeid, dv)
             self._pushed[key] = value

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from edgefleet.sim.modbus_server import Framer, ModbusSimServer
 from edgefleet.sim.opcua_server import OpcUaSimServer, SimSecurity
 from edgefleet.sim.pump import TICK_S, Fault, PumpModel, PumpState, due, tank_level
 from edgefleet.sim.replay import Replay
+from shared import clock as clocks
 
 log = logging.getLogger(__name__)
 TICK_NS = int(TICK_S * 1e9)
@@ -59,12 +59,15 @@ class PlantSimulator:
         replay: Replay | None = None,
         start_ns: int | None = None,
         opcua_security: SimSecurity | None = None,
+        clock: clocks.Clock | None = None,
     ) -> None:
+        self.clock = clock or clocks.current()  # a test passes a ManualClock to drive the ticks
         self.model = PumpModel(seed, tuple(faults))
         self.state: PumpState = self.model.initial_state()
         self.replay = replay
         self.host = host
-        self.start_ns = start_ns if start_ns is not None else time.time_ns() // TICK_NS * TICK_NS
+        now = self.clock.now_ns()
+        self.start_ns = start_ns if start_ns is not None else now // TICK_NS * TICK_NS
         self.values: dict[str, float] = {}
         self.tank_threshold_m = 3.8
         self.tick_hooks: list[TickHook] = []
@@ -76,7 +79,9 @@ class PlantSimulator:
             else None
         )
         self.opcua = (
-            OpcUaSimServer(host, opcua_port or free_port(host), self.inject, opcua_security)
+            OpcUaSimServer(
+                host, opcua_port or free_port(host), self.inject, opcua_security, self.clock
+            )
             if opcua
             else None
         )
@@ -173,12 +178,12 @@ class PlantSimulator:
     async def _tick_loop(self) -> None:
         while True:
             await self._resumed.wait()
-            wall_tick = (time.time_ns() - self.start_ns) // TICK_NS
+            wall_tick = (self.clock.now_ns() - self.start_ns) // TICK_NS
             if wall_tick > self.state.tick + 1:  # behind (paused, slow): skip to now
                 self.state = self.model.step(self.state, wall_tick - self.state.tick)
-            delay = (self.time_ns(self.state.t) - time.time_ns()) / 1e9
+            delay = (self.time_ns(self.state.t) - self.clock.now_ns()) / 1e9
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
             if self.paused:
                 continue
             await self._tick()

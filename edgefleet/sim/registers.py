@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The simulator's own table and encoder, on purpose not the adapter's (services/modbus/config.py):
+# a test server that shared the client's decoding would agree with a decoding bug. Unlike the
+# adapter's writes, this encoder clips to the type's range: an out-of-range value saturates.
 DTYPES: dict[str, str] = {
     "int16": "i2",
     "uint16": "u2",
@@ -23,7 +26,6 @@ DTYPES: dict[str, str] = {
     "float32": "f4",
     "float64": "f8",
 }
-TABLES = ("holding", "input", "coil", "discrete")
 
 
 def order_code(width_words: int, byte_order: str, word_order: str) -> str:

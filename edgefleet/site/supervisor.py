@@ -46,7 +46,7 @@ import yaml
 from edgefleet.broker import LocalBroker
 from edgefleet.site.derive import Instance
 from edgefleet.site.load import LoadedSite, load_site
-from shared import codec
+from shared import clock, codec
 from shared.errors import ConfigError
 from shared.messages import Status
 from shared.mqtt import MqttConnection, Received
@@ -88,7 +88,7 @@ class InstanceState:
     restarts: int = 0  # how many times it was started again after exiting
     state: str = "new"  # the last state reported (see StatusChange.state)
     exit_codes: list[int] = field(default_factory=list)  # of every run that ended
-    started: float = 0.0  # time.time() of the current run's start
+    started: float = 0.0  # clock.monotonic() at the current run's start
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
     @property
@@ -258,7 +258,7 @@ class SiteSupervisor:
                 env=self._env(),
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order
             )
-        state.process, state.pid, state.started = process, process.pid, time.time()
+        state.process, state.pid, state.started = process, process.pid, clock.monotonic()
         return process
 
     async def _keep_running(self, state: InstanceState) -> None:
@@ -272,7 +272,7 @@ class SiteSupervisor:
             state.exit_codes.append(code)
             if self._stopping:
                 return
-            if time.time() - state.started >= s.stable_after_s:
+            if clock.monotonic() - state.started >= s.stable_after_s:
                 backoff.reset()
             delay = backoff.next_delay()
             how = f"signal {-code}" if code < 0 else f"exit code {code}"

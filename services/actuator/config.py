@@ -186,6 +186,3 @@ class ActuatorConfig(ServiceConfig):
             self.inference_instance = f"inference-{self.flow}"
         topic_id(self.inference_instance, "inference_instance")
         return self
-
-    def action_names(self) -> list[str]:
-        return [str(a.name) for a in self.actions]

@@ -32,7 +32,6 @@ import numpy as np
 from shared.errors import ConfigError
 
 Columns = Mapping[str, Any]  # path -> array (one row per result) or scalar
-Evaluator = Callable[[Columns, int], np.ndarray]
 
 _TOKEN = re.compile(
     r"""\s*(?:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ from services.actuator.expr import EvalError
 from services.actuator.interlocks import Interlocks
 from services.actuator.rule import Rule, Transition
 from services.actuator.writes import Outcome, Requester, same
-from shared import codec
+from shared import clock, codec
 from shared.error_channel import RateLimit
 from shared.errors import PayloadError
 from shared.health import HealthModel
@@ -268,7 +267,7 @@ class ActuatorService(Service[ActuatorConfig]):
         if (bad := action.bounds.violation(value)) is not None:
             await self.event(name, "suppressed", f"{why}; {bad}", rid, write, repeat_key="bounds")
             return
-        if (gate := rule.gate(time.monotonic())) is not None:
+        if (gate := rule.gate(clock.monotonic())) is not None:
             await self.event(
                 name, "suppressed", f"{why}; {gate}", rid, write, repeat_key=gate.split(":")[0]
             )
@@ -278,7 +277,7 @@ class ActuatorService(Service[ActuatorConfig]):
                 name, "suppressed", f"{why}; the result went stale waiting", rid, write
             )
             return
-        rule.attempted(time.monotonic())
+        rule.attempted(clock.monotonic())
         if not self.config.enabled or self.config.dry_run:
             rule.done(kind)
             await self.simulated(name, why, rid, write)

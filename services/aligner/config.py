@@ -22,6 +22,7 @@ Agg = Literal["mean", "min", "max", "rms", "last", "count", "std"]
 OnMissing = Literal["skip", "nan", "default"]
 
 NS_PER_MS = 1_000_000
+MAX_SPAN_MS = 7 * 86_400_000  # a week: longer periods, delays and ages are typing errors
 
 
 FlowName = Annotated[str, AfterValidator(lambda v: topic_id(v, "flow name"))]
@@ -35,7 +36,7 @@ class FeatureSpec(BaseModel):
     signal: str = Field(description="'source/signal': the raw topic's source id, then the name")
     fill: Fill | None = None
     agg: Agg | None = None
-    max_age_ms: float | None = Field(default=None, gt=0)
+    max_age_ms: float | None = Field(default=None, gt=0, le=MAX_SPAN_MS)
     name: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
@@ -80,8 +81,12 @@ class AlignSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    period_ms: float = Field(gt=0, description="grid step: samples at k × period on the epoch")
-    max_delay_ms: float = Field(ge=0, description="lateness allowance after each sample time")
+    period_ms: float = Field(
+        gt=0, le=MAX_SPAN_MS, description="grid step: samples at k × period on the epoch"
+    )
+    max_delay_ms: float = Field(
+        ge=0, le=MAX_SPAN_MS, description="lateness allowance after each sample time"
+    )
     window: int = Field(default=1, ge=1, description="W samples per model input")
     stride: int = Field(default=1, ge=1, description="one window every `stride` samples")
     on_missing: OnMissing = "skip"

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from services.forwarder.config import QueueLimits
+from shared import clock
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class DurableQueue:
 
     async def put(self, items: list[Item]) -> int:
         """Commit `items` (one transaction); return how many were new (not redeliveries)."""
-        accepted: int = await self._run(self._put, items, time.time_ns())
+        accepted: int = await self._run(self._put, items, clock.now_ns())
         if accepted:
             self.wake.set()
         return accepted
@@ -252,7 +252,7 @@ class DurableQueue:
 
     async def peek(self, limit: int) -> list[Row]:
         """The next `limit` messages in delivery order, left in the queue."""
-        rows: list[Row] = await self._run(self._peek, limit, time.time_ns())
+        rows: list[Row] = await self._run(self._peek, limit, clock.now_ns())
         return rows
 
     def _peek(self, limit: int, now: int) -> list[Row]:
@@ -301,7 +301,7 @@ class DurableQueue:
     def oldest_age_s(self) -> float:
         if self.oldest_ns is None or not self.messages:
             return 0.0
-        return round(max(0.0, (time.time_ns() - self.oldest_ns) / 1e9), 3)
+        return round(max(0.0, (clock.now_ns() - self.oldest_ns) / 1e9), 3)
 
     def status(self) -> dict[str, Any]:
         return {

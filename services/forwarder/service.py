@@ -56,7 +56,7 @@ def to_item(message: Received) -> Item:
         Event.from_wire(data)
         prio, n = EVENT, 1
     else:
-        prio, n = RESULT, len(ResultBatch.from_wire(data))
+        prio, n = RESULT, ResultBatch.rows(data)
     key = hashlib.blake2b(message.payload, digest_size=16).digest()
     return Item(key, prio, message.topic, message.payload, message.content_type, n)
 
@@ -91,11 +91,13 @@ class Lane:
         queue, sink = self.queue, self.sink
         while True:
             queue.wake.clear()
+            # Ready first, then read: rows read before a long outage may be dropped from a full
+            # queue meanwhile, and sending them after it would deliver what was counted dropped.
+            await sink.ready()
             rows = await queue.peek(self.cfg.batch_size)
             if not rows:
                 await queue.wake.wait()
                 continue
-            await sink.ready()
             try:
                 await sink.send(rows)
             except SinkError as exc:

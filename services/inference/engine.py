@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from shared import clock
 from shared.errors import ModelError
-from shared.messages import ResultBatch, result_id
+from shared.messages import ResultBatch
 
 from .batching import Rows
 from .config import InferenceSettings
@@ -106,10 +107,8 @@ class Engine:
             outputs = run_postprocess(self.postprocess, outputs, n)
         # Latency from the message's arrival to its result: queueing, scripts and model together,
         # which is what an action waiting on the result sees.
-        latency = ((time.time_ns() - rows.received_ns) / 1000).astype(np.float32)
-        # Ids built from plain ints: iterating the numpy array costs ~45 % more at 512 samples.
-        ids = [result_id(self.flow, t) for t in rows.t.tolist()]
-        return ResultBatch(self.flow, self.model.ref, rows.t, outputs, latency, ids)
+        latency = ((clock.now_ns() - rows.received_ns) / 1000).astype(np.float32)
+        return ResultBatch(self.flow, self.model.ref, rows.t, outputs, latency)  # ids derived
 
 
 def build_engine(settings: InferenceSettings, source: ModelSource = resolve_model) -> Engine:

@@ -25,16 +25,17 @@ DataType = Literal[
     "string",
     "bool",
 ]
-WIDTH = {
-    "int16": 1,
-    "uint16": 1,
-    "int32": 2,
-    "uint32": 2,
-    "int64": 4,
-    "uint64": 4,
-    "float32": 2,
-    "float64": 4,
-    "bool": 1,
+# The adapter's one table of register types: the numpy code of the big-endian value (once its
+# words are in order) and the width in registers. Decoding, planning and writing all read it.
+NUMERIC: dict[str, tuple[str, int]] = {
+    "int16": ("i2", 1),
+    "uint16": ("u2", 1),
+    "int32": ("i4", 2),
+    "uint32": ("u4", 2),
+    "int64": ("i8", 4),
+    "uint64": ("u8", 4),
+    "float32": ("f4", 2),
+    "float64": ("f8", 4),
 }
 MODICON = {"holding": 40001, "input": 30001, "discrete": 10001}
 
@@ -62,7 +63,9 @@ class PointConfig(StrictModel):
 
     @property
     def width(self) -> int:
-        return self.length or 1 if self.type == "string" else WIDTH[self.type]
+        if self.type == "string":
+            return self.length or 1
+        return NUMERIC[self.type][1] if self.type in NUMERIC else 1  # bool: one register or bit
 
 
 class BlockConfig(StrictModel):
@@ -95,7 +98,10 @@ class DeviceConfig(StrictModel):
     framer: Literal["tcp", "rtu"] = "tcp"  # rtu: RTU frames over TCP (serial gateways)
     timeout_s: float = Field(1.0, gt=0)
     dead_after_s: float = Field(5.0, gt=0)  # no answer this long: the device is reported down
+    # after a failed connect, the next try waits a capped exponential backoff: reconnect_s,
+    # doubling up to reconnect_max_s (polls in between give bad readings at once)
     reconnect_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
 
 
 class ModbusConfig(ServiceConfig):

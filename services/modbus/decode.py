@@ -1,4 +1,4 @@
-"""Read request planning and block decoding (pure: no I/O).
+"""ReadRequest planning and block decoding (pure: no I/O).
 
 Points of a block are sorted and contiguous ones merged into as few requests as the protocol
 allows (125 registers / 2000 bits). A request's registers are decoded at once: points of the
@@ -8,41 +8,40 @@ and viewed as big-endian values.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from services.modbus.config import BlockConfig, ModbusConfig, PointConfig
+from services.modbus.config import NUMERIC, BlockConfig, ModbusConfig, PointConfig
+from shared.errors import PayloadError
 
-CODES = {
-    "int16": "i2",
-    "uint16": "u2",
-    "int32": "i4",
-    "uint32": "u4",
-    "int64": "i8",
-    "uint64": "u8",
-    "float32": "f4",
-    "float64": "f8",
-}
 F64 = npt.NDArray[np.float64]
+IDX = npt.NDArray[np.intp]
 
 
 @dataclass
 class Group:
     """Numeric points of one type and order inside a request."""
 
-    dtype: str
+    view: str  # numpy dtype of the big-endian value, e.g. ">i4"
     byte_order: str
     word_order: str
-    rows: npt.NDArray[np.intp]  # (n, width) word offsets into the request
-    index: npt.NDArray[np.intp]  # position of each point in the request's value array
+    rows: IDX  # (n, width) word offsets into the request
+    index: IDX  # position of each point in the request's value array
     scale: F64
     offset: F64
 
 
+def _idx(values: list[int]) -> IDX:
+    return np.array(values, dtype=np.intp)
+
+
 @dataclass
 class ReadRequest:
+    """One read request and everything its decoding needs, computed once from the config."""
+
     unit: int
     table: str
     address: int
@@ -50,27 +49,38 @@ class ReadRequest:
     poll_ms: int
     points: list[PointConfig]
     groups: list[Group] = field(default_factory=list)
+    strings: list[PointConfig] = field(default_factory=list)
+    readings: IDX = field(default_factory=lambda: _idx([]))  # points that give readings
+    offsets: IDX = field(default_factory=lambda: _idx([]))  # each point's word or bit offset
+    bit_index: IDX = field(default_factory=lambda: _idx([]))  # points that are register bits
+    bit_shift: npt.NDArray[np.uint16] = field(default_factory=lambda: np.zeros(0, np.uint16))
 
     def __post_init__(self) -> None:
         keyed: dict[tuple[str, str, str], list[int]] = {}
         for i, p in enumerate(self.points):
-            if p.type in CODES and p.bit is None:
+            if p.type in NUMERIC and p.bit is None:
                 keyed.setdefault((p.type, p.byte_order, p.word_order), []).append(i)
         for (dtype, bo, wo), idx in keyed.items():
             pts = [self.points[i] for i in idx]
             width = pts[0].width
-            starts = np.array([p.address - self.address for p in pts], dtype=np.intp)
+            starts = _idx([p.address - self.address for p in pts])
             self.groups.append(
                 Group(
-                    dtype,
+                    ">" + NUMERIC[dtype][0],
                     bo,
                     wo,
                     starts[:, None] + np.arange(width, dtype=np.intp)[None, :],
-                    np.array(idx, dtype=np.intp),
+                    _idx(idx),
                     np.array([p.scale for p in pts]),
                     np.array([p.offset for p in pts]),
                 )
             )
+        self.strings = [p for p in self.points if p.type == "string"]
+        self.readings = _idx([i for i, p in enumerate(self.points) if p.type != "string"])
+        self.offsets = _idx([p.address - self.address for p in self.points])
+        bits = [i for i, p in enumerate(self.points) if p.bit is not None]
+        self.bit_index = _idx(bits)
+        self.bit_shift = np.array([self.points[i].bit for i in bits], dtype=np.uint16)
 
     @property
     def is_bits(self) -> bool:
@@ -99,6 +109,32 @@ def plan_block(
     return requests
 
 
+@dataclass
+class Columns:
+    """The reading columns of requests polled together, fixed at config time: the signal index
+    of each reading, and the slice of the columns each request fills."""
+
+    requests: list[ReadRequest]
+    sig: npt.NDArray[np.uint16]
+    spans: list[tuple[int, int]]
+
+    @classmethod
+    def of(cls, requests: list[ReadRequest], signals: list[str]) -> Columns:
+        index = {name: i for i, name in enumerate(signals)}
+        sig: list[int] = []
+        spans = []
+        for r in requests:
+            start = len(sig)
+            sig += [index[r.points[i].name] for i in r.readings]
+            spans.append((start, len(sig)))
+        arr = np.array(sig, dtype=np.uint16)
+        arr.flags.writeable = False  # shared by every batch of these requests
+        return cls(requests, arr, spans)
+
+    def __len__(self) -> int:
+        return int(self.sig.shape[0])
+
+
 def plan(config: ModbusConfig) -> list[ReadRequest]:
     out: list[ReadRequest] = []
     for block in config.blocks:
@@ -124,17 +160,16 @@ def decode_registers(req: ReadRequest, regs: npt.NDArray[np.uint16]) -> F64:
     values = np.full(len(req.points), np.nan)
     for g in req.groups:
         words = reorder(regs[g.rows], g.byte_order, g.word_order)
-        raw = np.ascontiguousarray(words.astype(">u2")).view(">" + CODES[g.dtype]).ravel()
+        raw = np.ascontiguousarray(words.astype(">u2")).view(g.view).ravel()
         values[g.index] = raw.astype(np.float64) * g.scale + g.offset
-    for i, p in enumerate(req.points):
-        if p.bit is not None:
-            values[i] = float((int(regs[p.address - req.address]) >> p.bit) & 1)
+    if req.bit_index.size:
+        words = regs[req.offsets[req.bit_index]]
+        values[req.bit_index] = (words >> req.bit_shift) & 1
     return values
 
 
 def decode_bits(req: ReadRequest, bits: list[bool]) -> F64:
-    arr = np.asarray(bits[: req.count], dtype=np.float64)
-    return np.array([arr[p.address - req.address] for p in req.points])
+    return np.asarray(bits[: req.count], dtype=np.float64)[req.offsets]
 
 
 def decode_string(p: PointConfig, regs: npt.NDArray[np.uint16], base: int) -> str:
@@ -144,9 +179,24 @@ def decode_string(p: PointConfig, regs: npt.NDArray[np.uint16], base: int) -> st
 
 
 def encode_value(p: PointConfig, value: float) -> list[int]:
-    """Registers to write for `value` (the inverse of decoding)."""
+    """Registers to write for `value` (the inverse of decoding); a value the point's type cannot
+    hold is refused, never clipped, so a write never lands as a different number."""
+    code = NUMERIC[p.type][0]
     raw = (value - p.offset) / p.scale
-    code = CODES[p.type]
-    arr = np.array([round(raw) if code[0] in "iu" else raw], dtype=">" + code)
+    if not math.isfinite(raw):
+        raise PayloadError(f"point {p.name!r}: cannot write {value!r}")
+    if code[0] in "iu":
+        info = np.iinfo(np.dtype(code))
+        whole = round(raw)
+        if not int(info.min) <= whole <= int(info.max):
+            raise PayloadError(
+                f"point {p.name!r}: {value!r} is {whole} in registers, outside {p.type} "
+                f"[{info.min}, {info.max}]"
+            )
+        arr = np.array([whole], dtype=">" + code)
+    else:
+        if abs(raw) > float(np.finfo(np.dtype(code)).max):
+            raise PayloadError(f"point {p.name!r}: {value!r} does not fit a {p.type}")
+        arr = np.array([raw], dtype=">" + code)
     words = arr.view(">u2").astype(np.uint16)
     return [int(w) for w in reorder(words, p.byte_order, p.word_order)]

@@ -1,12 +1,13 @@
 """The adapter's one session to the device: requests serialised, failures raised as DeviceError,
-a fresh session when the device stays silent longer than `dead_after_s`."""
+a fresh session when the device stays silent longer than `dead_after_s`, and after a failed
+connect no new try before a capped backoff (`reconnect_s` doubling to `reconnect_max_s`), so a
+device that is off costs one connect timeout per backoff step, not one per poll."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -14,6 +15,8 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
 from services.modbus.config import ModbusConfig
+from shared import clock
+from shared.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +36,11 @@ class Device:
         self.config = config.device
         self.lock = asyncio.Lock()
         self.client: AsyncModbusTcpClient | None = None
-        self.last_ok = time.monotonic()
+        self.last_ok = clock.monotonic()
         self.down = False
+        self.connects = 0  # connect attempts, for the health
+        self.backoff = Backoff(self.config.reconnect_s, self.config.reconnect_max_s)
+        self._next_connect = 0.0  # clock.monotonic() before which no connect is tried
 
     def _new_client(self) -> AsyncModbusTcpClient:
         c = self.config
@@ -58,13 +64,7 @@ class Device:
         """Run one client request under the lock; raise DeviceError on any failure."""
         async with self.lock:
             if self.client is None or not self.client.connected:
-                await self.close()
-                self.client = self._new_client()
-                with contextlib.suppress(asyncio.TimeoutError, OSError):
-                    await asyncio.wait_for(self.client.connect(), self.config.timeout_s)
-                if not self.client.connected:
-                    self._silent()
-                    raise DeviceError(0, f"cannot connect to {self.config.host}:{self.config.port}")
+                await self._connect()
             try:
                 rr = await asyncio.wait_for(
                     getattr(self.client, name)(*args, **kw), self.config.timeout_s * 1.5
@@ -72,14 +72,30 @@ class Device:
             except (TimeoutError, ModbusException, OSError) as exc:
                 self._silent()
                 raise DeviceError(0, f"no answer: {exc}") from None
-            self.last_ok, self.down = time.monotonic(), False
+            self.last_ok, self.down = clock.monotonic(), False
             if rr.isError():
                 code = int(getattr(rr, "exception_code", 4))
                 raise DeviceError(code, f"exception code 0x{code:02X}")
             return rr
 
+    async def _connect(self) -> None:
+        where = f"{self.config.host}:{self.config.port}"
+        wait = self._next_connect - clock.monotonic()
+        if wait > 0:
+            raise DeviceError(0, f"cannot connect to {where}: next try in {wait:.1f} s")
+        await self.close()
+        self.client = self._new_client()
+        self.connects += 1
+        with contextlib.suppress(asyncio.TimeoutError, OSError):
+            await asyncio.wait_for(self.client.connect(), self.config.timeout_s)
+        if not self.client.connected:
+            self._next_connect = clock.monotonic() + self.backoff.next_delay()
+            self._silent()
+            raise DeviceError(0, f"cannot connect to {where}")
+        self.backoff.reset()
+
     def _silent(self) -> None:
-        if time.monotonic() - self.last_ok > self.config.dead_after_s:
+        if clock.monotonic() - self.last_ok > self.config.dead_after_s:
             if not self.down:
                 log.warning(
                     "modbus device %s:%d down: no answer for %.1f s",

@@ -11,8 +11,8 @@ import logging
 
 import numpy as np
 
-from services.modbus.config import ModbusConfig, PointConfig
-from services.modbus.decode import CODES, ReadRequest, decode_registers, encode_value
+from services.modbus.config import NUMERIC, ModbusConfig, PointConfig
+from services.modbus.decode import ReadRequest, decode_registers, encode_value
 from services.modbus.device import Device, DeviceError
 from shared.errors import Refused
 from shared.messages import PointTarget, RegisterTarget, WriteRequest, WriteTarget
@@ -57,7 +57,7 @@ class Writer:
             await self.device.call("write_coil", p.address, bool(value), device_id=unit)
             rr = await self.device.call("read_coils", p.address, count=1, device_id=unit)
             return float(bool(rr.bits[0]))
-        if table != "holding" or p.type not in CODES or p.bit is not None:
+        if table != "holding" or p.type not in NUMERIC or p.bit is not None:
             raise DeviceError(0, f"point {p.name!r} is not writable as a register")
         regs = encode_value(p, value)
         await self.device.call("write_registers", p.address, regs, device_id=unit)

@@ -13,7 +13,7 @@ from pathlib import Path
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.utils import ServiceError
-from asyncua.crypto import cert_gen, security_policies, uacrypto
+from asyncua.crypto import cert_gen, security_policies
 from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -112,8 +112,3 @@ async def apply(client: Client, sec: SecurityConfig, trust: TrustList | None) ->
     await client.set_security(
         policy, str(sec.cert_file), str(sec.key_file), password, server_certificate=None, mode=mode
     )
-
-
-async def read_certificate(path: Path) -> x509.Certificate:
-    cert: x509.Certificate = await uacrypto.load_certificate(path)
-    return cert

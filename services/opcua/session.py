@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from asyncua.ua.uaerrors import UaError
 from services.opcua.batch import Gatherer
 from services.opcua.config import OpcUaConfig
 from services.opcua.security import TrustList, apply
+from shared import clock
 from shared.errors import ConfigError
 from shared.messages import ReadingBatch, now_ns
 from shared.retry import Backoff
@@ -142,7 +142,7 @@ class Session:
         unresolved = self._resolve(namespaces)
         await self._monitor(client, [i for i in range(len(self.signals)) if i in self.node_ids])
         await self._report_failed(unresolved)
-        now = time.monotonic()
+        now = clock.monotonic()
         self._last_publish = self._last_data = now
         self.health.connected = True
         if self.health.state != "stalled":  # stays stalled until new data comes
@@ -249,7 +249,7 @@ class Session:
 
     async def _watch(self) -> str:
         """Return why the session must be rebuilt."""
-        next_retry = time.monotonic() + self.w.retry_nodes_s
+        next_retry = clock.monotonic() + self.w.retry_nodes_s
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), self.w.check_s)
@@ -258,7 +258,7 @@ class Session:
                 return self.health.last_reason or "connection lost"
             if client.uaclient.state is not UaClientState.CONNECTED:
                 return f"transport {client.uaclient.state.value}"
-            now = time.monotonic()
+            now = clock.monotonic()
             if now - self._last_publish > self._keepalive_deadline_s:
                 return f"no publish or keep-alive for {now - self._last_publish:.1f} s"
             stall = self.w.stall_after_s
@@ -281,7 +281,7 @@ class Session:
         self._lost.set()
 
     async def _on_publish(self, result: ua.PublishResult) -> None:
-        self._last_publish = time.monotonic()
+        self._last_publish = clock.monotonic()
         data = result.NotificationMessage.NotificationData
         if not data:
             self.health.keepalives += 1

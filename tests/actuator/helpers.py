@@ -3,9 +3,7 @@ probe that plays the inference instance (its retained status and its results).""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +19,9 @@ from services.modbus.service import main as modbus_main
 from services.opcua.config import OpcUaConfig
 from services.opcua.service import main as opcua_main
 from shared.config import validate
-from shared.messages import ModelRef, ResultBatch, Status, now_ns
+from shared.messages import ActuatorCommand, ModelRef, ResultBatch, Status, now_ns
 from shared.topics import Topics
-from tests.helpers import Probe, running
+from tests.helpers import Probe, running, until
 
 FLOW = "pump"
 SHA = "ab" * 32
@@ -129,6 +127,7 @@ class Plant:
     probe: Probe
     topics: Topics
     results: Results
+    barriers: int = 0
 
     async def status(self, state: str = "online", sha: str = SHA) -> None:
         body = Status(
@@ -148,6 +147,23 @@ class Plant:
 
     async def publish(self, batch: ResultBatch) -> None:
         await self.probe.publish(self.topics.results(FLOW), batch.to_wire(), qos=1)
+
+    async def settled(self) -> None:
+        """Until the actuator has decided every result sent so far: a command queued behind
+        them (for no action, so refused without effect) has been answered."""
+        self.barriers += 1
+        rid = f"settled-{self.barriers}"
+        reply = self.topics.reply("test")
+        body = ActuatorCommand(request_id=rid, op="release", action="(none)")
+        await self.probe.publish(
+            self.topics.cmd("actuator-pump"),
+            body.to_wire(),
+            qos=1,
+            response_topic=reply,
+            correlation_data=rid.encode(),
+        )
+        [answer] = await self.probe.wait_for(reply, lambda r: r["request_id"] == rid)
+        assert not answer["ok"] and "no action '(none)'" in answer["error"]
 
     async def event(
         self,
@@ -174,10 +190,7 @@ class Plant:
 
     async def wait_lamp(self, on: bool, timeout: float = 2) -> None:
         """Until the simulator's lamp is `on` (it takes OPC UA writes at its next tick)."""
-        end = time.monotonic() + timeout
-        while self.lamp != on:
-            assert time.monotonic() < end, f"the lamp is still {'off' if on else 'on'}"
-            await asyncio.sleep(0.02)
+        await until(lambda: self.lamp == on, timeout)
 
 
 @contextlib.asynccontextmanager

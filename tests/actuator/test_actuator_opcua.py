@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from edgefleet.sim.opcua_server import node_id
@@ -24,7 +23,7 @@ async def test_the_alarm_lamp_is_lit_and_reset_through_the_opcua_adapter(
         assert write["source"] == "opc1" and write["signal"] == "alarm_lamp"
         assert write["value"] is True and write["readback"] is True  # a Boolean node
         await p.send(0.7)  # between the thresholds: hold on
-        await asyncio.sleep(0.3)
+        await p.settled()
         assert p.lamp and len(p.events()) == 1
         await p.send(0.4)
         [reset] = await p.event("acted", text="reset: score < 0.6")

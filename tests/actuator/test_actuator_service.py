@@ -27,7 +27,7 @@ async def test_debounce_and_hysteresis_light_then_reset_the_alarm_lamp(
     )
     async with plant(base_config, site, probe, actions=[action]) as p:
         await p.send(0.9, 0.9, 0.5, 0.9, 0.9)  # never 3 in a row
-        await asyncio.sleep(0.3)
+        await p.settled()
         assert not p.lamp and not p.events()
         batch = await p.send(0.95)  # the third consecutive one
         [acted] = await p.event("acted")
@@ -36,7 +36,7 @@ async def test_debounce_and_hysteresis_light_then_reset_the_alarm_lamp(
         assert acted["write"]["readback"] == 1.0 and acted["write"]["source"] == "plc1"
         assert "score > 0.8 for 3 sample(s)" in acted["reason"]
         await p.send(0.7, 0.7, 0.5, 0.7, 0.95)  # between the thresholds, one low: hold on
-        await asyncio.sleep(0.3)
+        await p.settled()
         assert p.lamp and len(p.events()) == 1
         await p.send(0.5, 0.4)
         await p.event("acted", text="reset: score < 0.6")
@@ -55,7 +55,7 @@ async def test_cooldown_and_rate_limit_suppress_with_the_reason(
     async with plant(base_config, site, probe, actions=[cool, rate]) as p:
         for score in (0.9, 0.5, 0.9):
             await p.send(score)
-            await asyncio.sleep(0.15)
+            await p.settled()
         [c] = await p.event("suppressed", "lamp", "cooldown")
         assert c["write"]["value"] is False  # the reset was the suppressed one
         [r] = await p.event("suppressed", "stop", "rate limit: 2 writes in the last minute")
@@ -109,7 +109,7 @@ async def test_actions_are_disabled_by_default(
     async with plant(base_config, site, probe, enabled=None) as p:  # the key left out
         await p.send(0.9)
         await p.event("suppressed", text="actions are disabled for this site")
-        await asyncio.sleep(0.2)
+        await p.settled()
         assert not p.lamp and not p.events("acted")
 
 
@@ -127,17 +127,17 @@ async def test_stale_wrong_model_offline_and_replayed_results_never_write(
         await p.status("offline")
         await p.send(0.9)
         await p.event("suppressed", "*", "inference-pump is offline")
-        await asyncio.sleep(0.2)
+        await p.settled()
         assert not p.lamp and not p.events("acted")
         await p.status("online")
-        await asyncio.sleep(0.1)
+        await p.settled()
         high = await p.send(0.9)
         await p.event("acted")
         await p.send(0.5)
         await p.event("acted", text="reset")
         await p.publish(high)  # replayed: same id, must not light the lamp again
         await p.event("suppressed", "*", "duplicate or replayed")
-        await asyncio.sleep(0.2)
+        await p.settled()
         assert not p.lamp and len(p.events("acted")) == 2
 
 
@@ -180,7 +180,7 @@ async def test_hold_and_release_from_the_command_line(
         await p.event("hold", text="held at True")
         assert p.lamp
         await p.send(0.1, 0.1)  # the rule is suspended: no reset
-        await asyncio.sleep(0.3)
+        await p.settled()
         assert p.lamp and not p.events("acted")
         assert await asyncio.to_thread(actuator_cli.main, ["release", *argv]) == 0
         await p.event("release")

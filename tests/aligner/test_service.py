@@ -184,7 +184,7 @@ async def test_signal_that_stops_goes_missing_and_returns(
             await probe.publish(topics.raw("a"), batch("a", ["x"], [t], [0], [1.0]))
             if not 600 * MS <= elapsed < 1_600 * MS:
                 await probe.publish(topics.raw("b"), batch("b", ["y"], [t], [0], [2.0]))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the scenario: readings at 20 Hz, on the local clock
         await wait_until_t(probe, topics, t - 150 * MS)
     out = samples(probe, topics)
     rel = out.t - begin

@@ -54,7 +54,7 @@ async def wait_all(got: Callable[[], list[str]], expected: list[str], timeout: f
     deadline = time.monotonic() + timeout
     while set(got()) != set(expected):
         assert time.monotonic() < deadline, f"{len(set(got()))} of {len(expected)} arrived"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # poll interval: ids arrive on several paths, with no one event
     return got()
 
 

@@ -12,6 +12,7 @@ from edgefleet.broker import LocalBroker
 from services.forwarder.config import ForwarderConfig
 from services.forwarder.service import main
 from shared.config import validate
+from shared.messages import ResultBatch
 from shared.topics import Kind, Topics
 from tests.forwarder.conftest import Endpoint, event, result_ids, results, unique, wait_all
 from tests.helpers import Probe, running
@@ -61,7 +62,8 @@ async def test_cloud_broker_down_then_back_every_result_arrives_in_order(
         cloud.start()
 
         def remote_ids() -> list[str]:
-            return [i for batch in remote.decoded(topics.results("pump")) for i in batch["id"]]
+            batches = remote.decoded(topics.results("pump"))
+            return [i for b in batches for i in ResultBatch.from_wire(b).ids]  # derived
 
         ids = await wait_all(remote_ids, result_ids("pump", 0, 500), timeout=20)
         assert unique(ids) == result_ids("pump", 0, 500)  # all of them, in order

@@ -16,10 +16,11 @@ import yaml
 
 from edgefleet.broker import LocalBroker
 from services.forwarder.service import main
+from shared.messages import ResultBatch
 from shared.topics import Kind, Topics
 from tests.forwarder.conftest import result_ids, results, unique, wait_all
 from tests.forwarder.test_delivery import FAST, forwarder_config
-from tests.helpers import Probe, running
+from tests.helpers import Probe, running, until
 
 BATCHES, PER_BATCH = 300, 4
 
@@ -36,7 +37,7 @@ def start_forwarder(path: Path) -> subprocess.Popen[bytes]:
 async def publish_results(probe: Probe, topic: str, batches: int, pause_s: float) -> None:
     for i in range(batches):
         await probe.publish(topic, results("pump", i * PER_BATCH, PER_BATCH), qos=1)
-        await asyncio.sleep(pause_s)
+        await asyncio.sleep(pause_s)  # the scenario: a stream, not one burst
 
 
 def counters(queue: Path) -> dict[str, int]:
@@ -79,7 +80,8 @@ async def test_forwarder_sigkilled_again_and_again_loses_nothing(
             await flow
 
             def remote_ids() -> list[str]:
-                return [i for batch in remote.decoded(topics.results("pump")) for i in batch["id"]]
+                batches = remote.decoded(topics.results("pump"))
+                return [i for b in batches for i in ResultBatch.from_wire(b).ids]  # derived
 
             ids = await wait_all(remote_ids, expected, timeout=40)
             assert unique(ids) == expected  # in order, after dropping duplicates by id
@@ -116,7 +118,7 @@ async def test_site_broker_restarted_while_results_flow(
     async with running(main(config)):
         await probe.wait_for(topics.status("fwd"), lambda s: s["state"] == "online")
         flow = asyncio.create_task(publish_results(probe, topics.results("pump"), 100, 0.01))
-        await asyncio.sleep(0.4)
+        await until(lambda: out.exists() and out.stat().st_size > 0)  # results are flowing
         broker.restart()  # the forwarder's session and what was queued for it survive
         await flow
 

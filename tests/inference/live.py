@@ -65,7 +65,7 @@ class Feed:
     async def run(self) -> None:
         while True:
             await self.send()
-            await asyncio.sleep(self.every_s)
+            await asyncio.sleep(self.every_s)  # the scenario: a steady stream of samples
 
     def times(self) -> np.ndarray[Any, Any]:
         return T0 + np.arange(self.sent, dtype=np.int64) * PERIOD_NS

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.topics import Topics
 from tests.helpers import Probe
 from tests.inference import models
 from tests.inference.live import (
@@ -33,6 +34,12 @@ def accounted(batches: list[Any], feed: Feed) -> tuple[np.ndarray[Any, Any], lis
     return arrival, list(shas)
 
 
+async def new_results(probe: Probe, topics: Topics, state: dict[str, Any]) -> None:
+    """Wait for a few results of the model the status says is live (the feed goes on)."""
+    sha = state["model"]["sha256"]
+    await probe.wait_for(topics.results("f1"), lambda b: b["model"]["sha256"] == sha, count=3)
+
+
 async def test_config_swap_under_load_loses_nothing(
     base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
 ) -> None:
@@ -41,10 +48,10 @@ async def test_config_swap_under_load_loses_nothing(
     async with serving(base_config, probe, site, old) as topics:
         feed = Feed(probe, topics)
         async with feeding(feed):
-            await asyncio.sleep(0.3)
+            await probe.wait_for(topics.results("f1"), count=3)  # results of the old model
             await publish_config(probe, topics, 1, model={"path": str(new)})
             state = await status_where(probe, topics, lambda s: s["swaps"]["done"] == 1)
-            await asyncio.sleep(0.3)
+            await new_results(probe, topics, state)
         await all_results(probe, topics, feed)
     batches = results(probe, topics.results("f1"))
     _, shas = accounted(batches, feed)
@@ -62,11 +69,14 @@ async def test_file_replaced_on_disk_is_swapped(
     async with serving(base_config, probe, site, path, watch_s=0.1) as topics:
         feed = Feed(probe, topics)
         async with feeding(feed):
+            await probe.wait_for(topics.results("f1"), count=3)  # results of the old model
+            # the watcher takes the loaded file as its baseline in two looks (watch_s 0.1), a
+            # state nothing publishes: give it four
             await asyncio.sleep(0.4)
             staged = models.linear(tmp_path / "staged.onnx", seed=9)
             staged.replace(path)  # an atomic rename, as a deployment tool does it
             state = await status_where(probe, topics, lambda s: s["swaps"]["done"] == 1)
-            await asyncio.sleep(0.2)
+            await new_results(probe, topics, state)
         await all_results(probe, topics, feed)
     _, shas = accounted(results(probe, topics.results("f1")), feed)
     assert len(set(shas)) == 2 and "changed" in state["swaps"]["last"]["reason"]

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from edgefleet.sim import registers as regmap
-from edgefleet.sim.plant import PlantSimulator
-from services.modbus.config import ModbusConfig
-from services.modbus.decode import plan
+from edgefleet.sim.plant import PlantSimulator, free_port
+from services.modbus.config import ModbusConfig, PointConfig
+from services.modbus.decode import encode_value, plan
 from services.modbus.service import ModbusService, main
+from shared import clock
+from shared.clock import ManualClock
 from shared.config import validate
-from shared.errors import ConfigError
+from shared.errors import ConfigError, PayloadError
 from shared.messages import Quality
 from shared.runtime import Runtime
 from shared.topics import Topics
@@ -63,7 +64,7 @@ async def test_every_type_and_order_decodes_to_what_the_simulator_served(table: 
         cfg = config(sim.modbus_port or 0, [{"table": table, "points": static_points(table)}])
         assert len(plan(cfg)) == 1  # contiguous: one request
         poller = ModbusService(cast(Runtime, None), cfg)
-        batch = await poller.poll_once(poller.requests)
+        batch = await poller.poll_once()
         await poller.device.close()
     got = dict(zip(batch.signals, batch.value.tolist(), strict=True))
     assert (batch.q == Quality.GOOD).all()
@@ -132,8 +133,8 @@ async def test_bad_quality_on_silence_and_exceptions_then_recovery(
             )
             sim.modbus.unmute()
             n = len(probe.received(topics.raw("plc1")))
-            await asyncio.sleep(0.1)
-            await probe.wait_for(topics.raw("plc1"), good, count=2, timeout=10)
+            good_so_far = sum(1 for b in probe.decoded(topics.raw("plc1")) if good(b))
+            await probe.wait_for(topics.raw("plc1"), good, count=good_so_far + 1, timeout=10)
             assert len(probe.received(topics.raw("plc1"))) > n
             *_, status = await probe.wait_for(
                 topics.status("modbus-sim"),
@@ -185,3 +186,39 @@ async def test_write_request_is_answered_with_the_read_back(
     assert by_id["r2"]["ok"] and by_id["r2"]["readback"] == 1.0
     assert not by_id["r3"]["ok"] and "nope" in by_id["r3"]["error"]
     assert {m.correlation_data for m in probe.received(reply)} == {b"r1", b"r2", b"r3"}
+
+
+def test_a_write_the_register_type_cannot_hold_is_refused_not_clipped() -> None:
+    def point(kind: str, scale: float = 1.0) -> PointConfig:
+        return PointConfig.model_validate({"name": "p", "address": 0, "type": kind, "scale": scale})
+
+    assert encode_value(point("uint16"), 65535) == [65535]
+    assert encode_value(point("int16", 0.01), -12.34) == [(-1234) & 0xFFFF]
+    with pytest.raises(PayloadError, match=r"40000 in registers, outside int16 \[-32768, 32767\]"):
+        encode_value(point("int16", 0.01), 400)
+    with pytest.raises(PayloadError, match="outside uint16"):
+        encode_value(point("uint16"), -1)
+    with pytest.raises(PayloadError, match="does not fit a float32"):
+        encode_value(point("float32"), 1e39)
+    with pytest.raises(PayloadError, match="cannot write nan"):
+        encode_value(point("float64"), float("nan"))
+
+
+async def test_a_device_that_refuses_connections_is_retried_after_a_capped_backoff() -> None:
+    port = free_port()
+    cfg = config(port, [{"table": "input", "points": [{"name": "flow", "address": 2}]}])
+    cfg.device.reconnect_s, cfg.device.reconnect_max_s = 0.2, 0.4
+    poller = ModbusService(cast(Runtime, None), cfg)
+    with clock.use(ManualClock()) as c:
+        assert isinstance(c, ManualClock)
+        for _ in range(50):  # one simulated second of polls every 20 ms: nothing listens
+            batch = await poller.poll_once()
+            assert batch.q.tolist() == [Quality.BAD]
+            await c.advance(0.02)
+        # delays of 0.1-0.2, 0.2, 0.2-0.4, ... s: a handful of tries, not one per poll
+        assert 2 <= poller.device.connects <= 8, poller.device.connects
+        async with PlantSimulator(opcua=False, modbus_port=port):
+            await c.advance(0.4)  # past the longest delay
+            batch = await poller.poll_once()
+            assert batch.q.tolist() == [Quality.GOOD] and poller.device.backoff.attempts == 0
+    await poller.device.close()

@@ -67,7 +67,7 @@ async def test_rtu_framed_adapter_reads_every_type_of_two_units_and_writes() -> 
         try:
             sim.pause()  # the live unit-2 values stay put between the snapshot and the poll
             tank_raw = int(sim.modbus.images[2].input[0])
-            batch = await poller.poll_once(poller.requests)
+            batch = await poller.poll_once()
             sim.resume()
             speed = await poller.writer.write(1, "holding", poller.writer.points["sp"][2], 2100)
         finally:
@@ -109,7 +109,7 @@ async def test_rtu_framed_writes_to_a_second_unit_and_a_coil() -> None:
         try:
             thr = await poller.writer.write(2, "holding", poller.writer.points["thr"][2], 3500)
             lamp = await poller.writer.write(1, "coil", poller.writer.points["lamp"][2], 1)
-            batch = await poller.poll_once(poller.requests)
+            batch = await poller.poll_once()
         finally:
             await poller.device.close()
     assert (thr, lamp) == (3500, 1.0)
@@ -134,8 +134,8 @@ async def test_a_framing_mismatch_is_bad_quality_never_wrong_values(
         )
         poller = ModbusService(cast(Runtime, None), cfg)
         try:
-            first = await poller.poll_once(poller.requests)
-            second = await poller.poll_once(poller.requests)
+            first = await poller.poll_once()
+            second = await poller.poll_once()
         finally:
             await poller.device.close()
     for batch in (first, second):

@@ -14,7 +14,7 @@ from edgefleet.sim.plant import PlantSimulator
 from services.opcua.service import main
 from shared.messages import Quality
 from shared.topics import Topics
-from tests.helpers import Probe, running
+from tests.helpers import Probe, running, until
 from tests.opcua.conftest import Served, make_config
 
 SIGNALS: list[dict[str, Any]] = [
@@ -97,7 +97,7 @@ async def test_server_restart_data_resumes_by_itself(
             await probe.wait_for(topics.raw("opc1"), count=5, timeout=15)
             await sim.opcua.stop()
             await probe.wait_for(topics.raw("opc1"), lambda b: bool((b["q"] == 2).all()))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the scenario: the server stays down a while
             n = len(probe.received(topics.raw("opc1")))
             await sim.opcua.start()
             restarted = time.monotonic()  # the server listens again
@@ -213,7 +213,11 @@ async def test_write_request_is_answered_with_the_read_back(
             ]:
                 await probe.write_request(topics.cmd("opc1"), rid, target, value, reply)
             answers = await probe.wait_for(reply, count=3)
-            await asyncio.sleep(0.3)  # the simulator takes writes at its next tick
+            await until(  # the simulator takes writes at its next tick
+                lambda: (
+                    sim.state.commands.speed_setpoint_rpm == 2100 and sim.state.commands.alarm_lamp
+                )
+            )
         assert sim.state.commands.speed_setpoint_rpm == 2100
         assert sim.state.commands.alarm_lamp is True
     by_id = {a["request_id"]: a for a in answers}

@@ -188,7 +188,8 @@ async def test_node_that_appears_later_is_subscribed_by_the_retry(
                 topics.status("opcua-sim"),
                 lambda s: "late" in s["health"]["opcua"]["failed_nodes"],
             )
-            await asyncio.sleep(2.0)  # several retries (retry_nodes_s 0.5) of the missing node
+            # the scenario: the node stays missing over several retries (retry_nodes_s 0.5)
+            await asyncio.sleep(2.0)
             # the node is created on the running server, with a value of a known source time
             server = sim.opcua._server
             assert server is not None

@@ -19,7 +19,7 @@ from services.aligner.service import main
 from shared.config import validate
 from shared.messages import FeatureState, ReadingBatch, SampleBatch, now_ns
 from shared.topics import Topics
-from tests.helpers import Probe, running
+from tests.helpers import Probe, running, until
 
 MS = 1_000_000
 FLOW = {
@@ -60,7 +60,7 @@ async def feed(probe: Probe, topics: Topics, seconds: float) -> int:
             plc = ReadingBatch.from_columns("plc", names, [t0 + 30 * MS] * len(sig), sig, val)
             await probe.publish(topics.raw("plc"), plc.to_wire())
         last = int(vt[-1])
-        await asyncio.sleep(max(0.0, (t0 + 50 * MS - now_ns()) / 1e9))
+        await asyncio.sleep(max(0.0, (t0 + 50 * MS - now_ns()) / 1e9))  # the scenario: real time
     return last
 
 
@@ -97,10 +97,12 @@ async def test_recording_equals_what_the_aligner_service_publishes(
                 f"start,end,start_ns,end_ns,kind\nx,y,{fault[0]},{fault[1]},cavitation\n"
             )
             last = await feed(probe, topics, 3.0)
-            await probe.wait_for(
+            [final] = await probe.wait_for(
                 topics.samples("pump"), lambda d: int(d["t"][-1]) >= last // (100 * MS) * 100 * MS
             )
-            await asyncio.sleep(0.3)  # the recorder decides the same samples at the same moments
+            # the recorder decides the same samples at the same moments: wait for its row
+            needle = f",{int(final['t'][-1])},"
+            await until(lambda: out.exists() and needle in out.read_text())
     finally:
         recorder.terminate()
         _, stderr = await asyncio.wait_for(recorder.communicate(), 20)

@@ -64,8 +64,10 @@ async def test_outage_buffer_is_bounded_and_counts_drops(broker: LocalBroker) ->
         runner = asyncio.create_task(connection.run())
         try:
             await probe.wait_for("t/#", count=3)
-            await asyncio.sleep(0.2)
-            assert [m.payload for m in probe.received("t/#")] == [b"2", b"3", b"4"]
+            await connection.wait_connected()  # the buffer drained
+            await connection.publish("t/x", b"5", qos=1)  # a marker: nothing else came before it
+            await probe.wait_for("t/#", count=4)
+            assert [m.payload for m in probe.received("t/#")] == [b"2", b"3", b"4", b"5"]
         finally:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
@@ -96,7 +98,8 @@ async def test_a_message_not_acked_is_delivered_again(broker: LocalBroker) -> No
             await asyncio.wait_for(arrived.wait(), wait_s)
             if ack:
                 connection.ack(got[-1])
-                await asyncio.sleep(0.2)  # let the PUBACK leave before disconnecting
+                # no event tells that the PUBACK left the socket: give it time to
+                await asyncio.sleep(0.2)
         finally:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)

@@ -23,7 +23,7 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll interval of a wait for the port, not a fixed wait
     raise TimeoutError(f"port {port} not open after {timeout}s")
 
 

@@ -51,8 +51,8 @@ def test_labels_csv(tmp_path: Path) -> None:
     assert rows[0]["kind"] == "blocked_valve"
     assert int(rows[0]["start_ns"]) == start_ns + 5_000_000_000
     assert int(rows[1]["end_ns"]) == start_ns + 60_500_000_000
-    assert rows[0]["start"] == "2023-11-14T22:13:25Z"
-    assert rows[1]["end"] == "2023-11-14T22:14:20.500000Z"
+    assert rows[0]["start"] == "2023-11-14T22:13:25.000000+00:00"
+    assert rows[1]["end"] == "2023-11-14T22:14:20.500000+00:00"
 
 
 def test_replay_holds_last_row_loops_and_scales_time(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import AsyncIterator
 
@@ -13,6 +12,8 @@ from pymodbus.exceptions import ModbusIOException
 
 from edgefleet.sim import registers as regmap
 from edgefleet.sim.plant import PlantSimulator
+from shared.clock import ManualClock
+from tests.helpers import manual
 
 FORMATS = {
     "int16": "h",
@@ -45,7 +46,8 @@ def decode_string(regs: list[int], byte_order: str) -> str:
 
 @pytest_asyncio.fixture
 async def sim() -> AsyncIterator[PlantSimulator]:
-    async with PlantSimulator(seed=5, opcua=False) as s:
+    # a manual clock: the simulator ticks only when a test advances it
+    async with PlantSimulator(seed=5, opcua=False, clock=ManualClock()) as s:
         yield s
 
 
@@ -90,9 +92,7 @@ async def test_static_block_every_type_and_order(client: AsyncModbusTcpClient, t
 async def test_live_values_decode_to_what_the_physics_gave(
     sim: PlantSimulator, client: AsyncModbusTcpClient
 ) -> None:
-    await asyncio.sleep(0.3)
-    sim.pause()
-    await asyncio.sleep(0.15)
+    await manual(sim.clock).advance(0.3)  # three ticks; nothing changes until the next advance
     for p in regmap.points(1, "input"):
         if p.signal not in sim.values:
             continue
@@ -120,7 +120,7 @@ async def test_stop_coil_stops_the_pump_and_alarm_lamp_reads_back(
     assert (await client.read_coils(0, count=2, device_id=1)).bits[:2] == [True, False]
     assert sim.state.commands.alarm_lamp is True
     await client.write_coil(1, True, device_id=1)
-    await asyncio.sleep(4.0)
+    await manual(sim.clock).advance(4.0)  # the pump runs down in simulated time
     flow = (await client.read_input_registers(2, count=2, device_id=1)).registers
     assert flow[0] < 5 and flow[1] < 10  # flow ×10, current ×10
     di = await client.read_discrete_inputs(0, count=2, device_id=1)
@@ -163,7 +163,6 @@ async def test_mute_times_out_then_recovers_and_restart_on_same_port(
     with pytest.raises(ModbusIOException):
         await client.read_input_registers(0, count=1, device_id=1)
     sim.modbus.unmute()
-    await asyncio.sleep(0.1)
     await sim.modbus.stop()
     await sim.modbus.start()
     c2 = AsyncModbusTcpClient("127.0.0.1", port=sim.modbus.port, timeout=0.5, retries=0)
