@@ -31,7 +31,7 @@ faults: setup
 	$(PY) -m pytest faults -q -p no:cacheprovider $(PYTEST_ARGS)
 
 contract: setup
-	$(PY) -m shared.contract > docs/wire-contract.md
+	$(PY) -m edgefleet.contract > docs/wire-contract.md
 
 clean:
 	rm -rf .venv var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -47,7 +47,15 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
 
 
 def config_text(port: int, data_dir: Path, extra: str = "") -> str:
-    """The shipped site settings on `port`; `extra` adds lines (auth, ACLs, bridges)."""
+    """The shipped site settings on `port`; `extra` adds lines (auth, ACLs, bridges).
+
+    Persistence: a save every 30 s (time-based, not `autosave_on_changes`: each save writes the
+    whole database with an fsync, and a backlog queued for an offline persistent session may
+    reach `max_queued_bytes`; a save per change would write it per message). A SIGKILL loses
+    what changed since the last save; `edgefleet up` narrows that for what must survive by
+    asking for a save (SIGUSR1) whenever a config, desired or reported message changes and
+    whenever an instance comes online (its session and subscriptions): see docs/site.md.
+    """
     if "allow_anonymous" not in extra:
         extra = "allow_anonymous true\n" + extra
     if os.geteuid() == 0:  # as root mosquitto drops to user `mosquitto`, who cannot read our files
@@ -80,12 +88,20 @@ class LocalBroker:
     extra_config: str = ""
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> LocalBroker:
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "mosquitto.log"
+
+    def command(self) -> list[str]:
+        """Write the config file and return the command line that runs mosquitto on it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(config_text(self.port, self.data_dir, self.extra_config))
+        return [find_mosquitto(), "-c", str(conf)]
+
+    def start(self) -> LocalBroker:
         self.process = subprocess.Popen(
-            [find_mosquitto(), "-c", str(conf)],
+            self.command(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -162,6 +162,12 @@ def parser() -> argparse.ArgumentParser:
         help="promote or drop an inference shadow model (edgefleet shadow --help)",
         add_help=False,
     )
+    for name, text in (
+        ("library", "models and scripts in the fleet (edgefleet library --help)"),
+        ("flow", "versioned flows in the fleet (edgefleet flow --help)"),
+        ("cloud", "the cloud side on this machine (edgefleet cloud up --help)"),
+    ):
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 
@@ -173,6 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_actuator(argv[1:])
     if argv[:1] == ["shadow"]:
         return cmd_shadow(argv[1:])
+    if argv[:1] in (["library"], ["flow"]):
+        from edgefleet.fleet.cli import main as fleet_main
+
+        return fleet_main(argv)
+    if argv[:1] == ["cloud"]:
+        from edgefleet.fleet.cloud import main as cloud_main
+
+        return cloud_main(argv[1:])
     if argv[:1] == ["keys"]:
         return cmd_keys(argv[1:])
     if argv[:1] == ["replay"]:

@@ -21,6 +21,7 @@ SERVICES: dict[str, str] = {
     "inference": "services.inference.service",
     "actuator": "services.actuator.service",
     "forwarder": "services.forwarder.service",
+    "fleet": "edgefleet.fleet.service",  # control plane: composes flows, so it lives in edgefleet/
 }
 
 

@@ -22,7 +22,9 @@ from shared.messages import (
     DesiredState,
     ErrorReport,
     Event,
+    FleetAnswer,
     FleetCommand,
+    FleetErrorBody,
     FlowReport,
     Message,
     ModelRef,
@@ -92,6 +94,8 @@ TOPIC_OF = {
     "desired": "`desired`, retained, bridged from the cloud",
     "reported": "`reported`, retained, bridged to the cloud",
     "command": "`ef/fleet/commands`, request/response",
+    "answer": "the command's response topic (the CLI's is `ef/fleet/reply/{client}`), with its"
+    " correlation data",
 }
 
 
@@ -205,10 +209,14 @@ def control_plane_examples() -> list[Message]:
             timings_ms={"downloading": 412.0, "verifying": 38.5, "activating": 2210.0},
             t=T,
         ),
-        FleetCommand(
-            request_id="c9",
-            op="deploy",
-            args={"flow": "pump-anomaly", "version": 4, "group": "north"},
+        FleetCommand(cmd="library.show", args={"ref": "pump-ae@3"}),
+        FleetAnswer(
+            ok=False,
+            error=FleetErrorBody(
+                code="not_found",
+                message="no pump-ae@9 in the library (edgefleet library show pump-ae lists "
+                "its versions)",
+            ),
         ),
     ]
 
@@ -243,4 +251,7 @@ def render() -> str:
 
 
 if __name__ == "__main__":
-    print(render(), end="")
+    # The whole document also lists the fleet's commands, which live above shared/.
+    raise SystemExit(
+        "the wire contract is written by `python -m edgefleet.contract` (make contract)"
+    )

@@ -586,12 +586,31 @@ class ReportedState(Message):
 
 
 class FleetCommand(Message):
-    """On `fleet/commands` (MQTT v5 request/response): one operation for the fleet service."""
+    """On `fleet/commands` (MQTT v5 request/response): one command for the fleet service.
+
+    `cmd` names the command (`library.list`, `flow.push`, ...), `args` its arguments; the
+    answer (`FleetAnswer`) goes to the response topic with the request's correlation data.
+    `kind` may be omitted by senders."""
 
     kind: Literal["command"] = "command"
-    request_id: str
-    op: str
+    cmd: str
     args: dict[str, Any] = Field(default_factory=dict)
+
+
+class FleetErrorBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str  # not_found, conflict, invalid, archived, in_use, digest_mismatch, ...
+    message: str  # what went wrong and what to do next
+
+
+class FleetAnswer(Message):
+    """The fleet's answer to a `FleetCommand`: `ok` with the command's `result`, or `error`
+    with a code a program can branch on and a message a person can act on."""
+
+    kind: Literal["answer"] = "answer"
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: FleetErrorBody | None = None
 
 
 HOT_PATH = {c.KIND: c for c in (ReadingBatch, SampleBatch, ResultBatch)}
@@ -608,5 +627,6 @@ CONTROL_PLANE: dict[str, type[Message]] = {
         DesiredState,
         ReportedState,
         FleetCommand,
+        FleetAnswer,
     )
 }

@@ -146,6 +146,13 @@ def fleet_commands(prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}/{FLEET_SITE}/commands"
 
 
+def fleet_replies(client: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Where one client of the fleet (a command-line run, a console) gets its answers."""
+    validate_id(prefix, "prefix")
+    validate_id(client, "client")
+    return f"{prefix}/{FLEET_SITE}/reply/{client}"
+
+
 def parse(topic: str) -> ParsedTopic:
     """Split an edgefleet topic into its parts; raise `TopicError` for anything else."""
     parts = topic.split("/")

@@ -35,3 +35,20 @@ def test_only_refuses_an_instance_the_site_does_not_have(tmp_path: Path) -> None
         SiteSupervisor(COMPOSE / "site" / "site.yaml", tmp_path, only=["modbus-nope"])
     supervisor = SiteSupervisor(COMPOSE / "site" / "site.yaml", tmp_path, only=["forwarder"])
     assert list(supervisor.instances) == ["forwarder"]
+
+
+def test_the_cloud_runs_the_fleet_service_with_a_valid_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgefleet.fleet.config import Config
+    from edgefleet.fleet.service import check
+    from shared.config import load_config
+
+    services = yaml.safe_load((COMPOSE / "cloud.yml").read_text())["services"]
+    assert services["fleet"]["command"] == ["run", "fleet", "--config", "/config/fleet.yaml"]
+    assert "./cloud:/config:ro" in services["fleet"]["volumes"]
+    for name in services["fleet"]["environment"]:
+        monkeypatch.setenv(name, "x")
+    config = load_config(COMPOSE / "cloud" / "fleet.yaml", Config)
+    check(config)
+    assert (config.broker.host, config.s3.endpoint) == ("broker", "minio:9000")

@@ -21,7 +21,9 @@ SCHEMA_BASE = "https://edgefleet.dev/schema"
 
 def cmd_up(args: argparse.Namespace) -> int:
     from edgefleet.site.load import check_site
+    from edgefleet.site.sitebroker import BrokerStartError
     from edgefleet.site.supervisor import run_site
+    from shared.errors import ConfigError
 
     errors = check_site(Path(args.site))
     if errors:
@@ -43,7 +45,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         await run_site(Path(args.site), Path(args.workdir), stop, on_status=show, only=only)
         print("edgefleet up: every instance stopped", flush=True)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except (ConfigError, BrokerStartError) as exc:  # e.g. the broker's port taken at start
+        print(f"edgefleet up: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

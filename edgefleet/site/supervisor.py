@@ -16,12 +16,15 @@ What it does:
   terminal reaches the supervisor only, which then stops the instances in order); output goes
   to `{workdir}/logs/{instance}.log`;
 - with `broker.start_local: true` starts a mosquitto first (persistence in `{workdir}/broker`)
-  and stops it last;
+  and stops it last, and supervises it (`sitebroker.py`): a death is a `broker exited` line
+  and every running instance is shown `waiting` for the broker until it reports `online` to
+  the new one; the broker is started again with the same backoff as an instance, on the same
+  port and persistence, and a start that fails is a `broker failed` line saying why, retried;
 - restarts an instance that exits, after a capped exponential delay (`supervisor:` in
   site.yaml) that is reset once the instance has stayed up `stable_after_s`;
 - follows `ef/{site}/status/+` and reports every change of an instance's state to `on_status`:
   the services' own states (`online`, `stopped`, `offline`) and the supervisor's (`starting`,
-  `exited`, `restarting`, `killed`, `terminated`);
+  `exited`, `restarting`, `killed`, `terminated`, `waiting`);
 - `stop()`: SIGTERM to the actuators first (they take their safe state through the adapters),
   then to the others; SIGKILL to any still running after `stop_timeout_s`; then the broker.
 """
@@ -33,7 +36,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -43,9 +45,9 @@ from typing import Self
 
 import yaml
 
-from edgefleet.broker import LocalBroker
 from edgefleet.site.derive import Instance
 from edgefleet.site.load import LoadedSite, load_site
+from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, port_free
 from shared import clock, codec
 from shared.errors import ConfigError
 from shared.messages import Status
@@ -63,7 +65,9 @@ class StatusChange:
     """One change of an instance's state, as `on_status` receives it."""
 
     instance: str
-    state: str  # starting | online | stopped | offline | exited | restarting | killed | terminated
+    # starting | online | stopped | offline | exited | restarting | killed | terminated | waiting
+    # (the broker: starting | online | exited | restarting | failed | stopped)
+    state: str
     detail: str = ""  # e.g. "pid 1234", "exit code 1, restart 2 in 0.8 s"
     t: float = field(default_factory=time.time)  # wall clock, seconds
 
@@ -89,21 +93,12 @@ class InstanceState:
     state: str = "new"  # the last state reported (see StatusChange.state)
     exit_codes: list[int] = field(default_factory=list)  # of every run that ended
     started: float = 0.0  # clock.monotonic() at the current run's start
+    started_ns: int = 0  # the same moment, wall clock (statuses carry wall-clock times)
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
     @property
     def online(self) -> bool:
         return self.state == "online"
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mosquitto binds it
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 class SiteSupervisor:
@@ -151,7 +146,9 @@ class SiteSupervisor:
             )
             for name, inst in self.specs.items()
         }
-        self.broker: LocalBroker | None = None
+        self.broker: BrokerState | None = None  # the local broker's state while it is ours
+        self._broker: SupervisedBroker | None = None
+        self._broker_since_ns = 0  # wall clock of the broker's latest start: older is stale
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._status: MqttConnection | None = None
@@ -172,13 +169,21 @@ class SiteSupervisor:
         self.write_configs()
         spec = self.site.spec
         if spec.broker.start_local and self.only is None:
-            if not _port_free("127.0.0.1", spec.broker.port):
+            if not port_free("127.0.0.1", spec.broker.port):
                 raise ConfigError(
                     f"broker.port: {spec.broker.port} is in use; start_local needs a free port"
                 )
-            self.broker = LocalBroker(self.workdir / "broker", port=spec.broker.port)
-            await asyncio.to_thread(self.broker.start)
-            self._emit("broker", "online", f"mosquitto on 127.0.0.1:{spec.broker.port}")
+            self._broker = SupervisedBroker(
+                self.workdir / "broker",
+                spec.broker.port,
+                self.settings,
+                lambda new, detail: self._emit("broker", new, detail),
+                on_down=self._broker_down,
+                on_up=self._broker_up,
+            )
+            self.broker = self._broker.state
+            await self._broker.start()
+            self._tasks.append(asyncio.create_task(self._broker.run(), name="broker"))
         await self._watch_status()
         for state in self.instances.values():
             self._tasks.append(asyncio.create_task(self._keep_running(state), name=state.name))
@@ -200,10 +205,9 @@ class SiteSupervisor:
             for task in stuck:
                 log.warning("site %s: task %s did not stop", self.site.spec.site, task.get_name())
         self._tasks.clear()
-        if self.broker is not None:
-            await asyncio.to_thread(self.broker.stop)
-            self._emit("broker", "stopped")
-            self.broker = None
+        if self._broker is not None:
+            await self._broker.stop()
+            self._broker = self.broker = None
 
     async def wait_online(self, timeout: float = 30.0, names: list[str] | None = None) -> None:
         """Wait until every instance (or those named) last reported `online`."""
@@ -215,6 +219,12 @@ class SiteSupervisor:
         """Wait until instance `name` reports `state` (e.g. `online` again after a restart)."""
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: self.instances[name].state == state)
+
+    async def wait_watching(self, timeout: float = 10.0) -> None:
+        """Wait until the supervisor follows the site's topics (status, and with a local broker
+        config, desired and reported) on the broker."""
+        assert self._status is not None, "start() first"
+        await asyncio.wait_for(self._status.wait_connected(), timeout)
 
     def write_configs(self) -> None:
         """Write every instance's config YAML into `{workdir}/config/`."""
@@ -258,7 +268,8 @@ class SiteSupervisor:
                 env=self._env(),
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order
             )
-        state.process, state.pid, state.started = process, process.pid, clock.monotonic()
+        state.process, state.pid = process, process.pid
+        state.started, state.started_ns = clock.monotonic(), clock.now_ns()
         return process
 
     async def _keep_running(self, state: InstanceState) -> None:
@@ -303,23 +314,55 @@ class SiteSupervisor:
 
     async def _watch_status(self) -> None:
         settings = self.site.spec.broker.settings(
-            f"{self.site.spec.site}-up-{os.getpid()}", reconnect_initial_s=0.1, reconnect_max_s=2.0
+            f"{self.site.spec.site}-up-{os.getpid()}",
+            reconnect_initial_s=0.1,
+            reconnect_max_s=2.0,
+            # the connect timeout is max(5 s, keepalive): a peer that is not our broker (another
+            # program on its port) holds a connect attempt that long before a retry
+            keepalive_s=min(self.site.spec.broker.keepalive_s, 5),
         )
         self._status = MqttConnection(settings, self._on_message)
         await self._status.subscribe(self.topics.all_of(Kind.STATUS), qos=1)
+        if self._broker is not None:  # what must survive a crash of our broker: see _on_message
+            for topic_filter in self._control_topics():
+                await self._status.subscribe(topic_filter, qos=1)
+            self._status.on_connect(self._save_on_connect)
         self._status_task = asyncio.create_task(self._status.run(), name="status_loop")
+
+    async def _save_on_connect(self) -> None:
+        # what was published while we were not subscribed (a broker just started, our
+        # reconnect still to come) we never see: have it saved now that we follow again
+        if self._broker is not None:
+            self._broker.save()
+
+    def _control_topics(self) -> list[str]:
+        t = self.topics
+        return [t.all_of(Kind.CONFIG), t.desired(), t.reported()]
 
     async def _on_message(self, message: Received) -> None:
         try:
-            name = parse(message.topic).name
+            parsed = parse(message.topic)
+        except Exception:  # a foreign topic: not ours to judge
+            return
+        if parsed.kind is not Kind.STATUS:
+            if self._broker is not None and not message.retain:
+                # a new config, desired or reported state: have the broker write it to disk now
+                # rather than at its next autosave, so a crash does not take it back
+                self._broker.save()
+            return
+        try:
             status = Status.from_wire(codec.decode(message.payload, message.content_type))
         except Exception:  # a foreign message on our status topic: not ours to judge
             return
-        state = self.instances.get(name or "")
+        state = self.instances.get(parsed.name or "")
         if state is None or state.pid is None:
             return
-        if status.t / 1e9 < state.started - 1.0:
+        if status.t < state.started_ns - 1_000_000_000:
             return  # retained from an earlier run
+        if message.retain and status.t < self._broker_since_ns:
+            # restored by a restarted broker: the instance has not spoken to this one yet (a
+            # last will comes live, with the time of the instance's start: it is not stale)
+            return
         new = status.state
         if new != state.state:
             self._set(state, new, f"pid {state.pid}")
@@ -327,7 +370,19 @@ class SiteSupervisor:
     def _set(self, state: InstanceState, new: str, detail: str = "") -> None:
         state.state = new
         self._emit(state.name, new, detail)
+        if new == "online" and self._broker is not None:
+            self._broker.save()  # its session and subscriptions now exist: keep them on disk
         asyncio.get_running_loop().create_task(self._notify())
+
+    def _broker_down(self, why: str) -> None:
+        """Every running instance has lost its broker: say so, rather than `online`."""
+        for state in self.instances.values():
+            if state.pid is not None and state.state != "waiting":
+                self._set(state, "waiting", f"for the broker ({why}); pid {state.pid}")
+
+    def _broker_up(self) -> None:
+        if self.broker is not None:
+            self._broker_since_ns = self.broker.started_ns
 
     async def _notify(self) -> None:
         async with self._changed:

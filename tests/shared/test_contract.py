@@ -4,8 +4,8 @@ import json
 import re
 from pathlib import Path
 
+from edgefleet.contract import render
 from shared import codec
-from shared.contract import render
 from shared.messages import CONTROL_PLANE, HOT_PATH
 
 DOC = Path(__file__).parents[2] / "docs" / "wire-contract.md"

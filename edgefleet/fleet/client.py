@@ -1,0 +1,214 @@
+"""A client of the fleet: commands over MQTT v5 request/response, blobs over presigned URLs.
+
+The command-line tools use it; so can any Python program. Transfers stream the file in 1 MB
+chunks (stdlib http.client) and compute the sha256 while they go, so a push reads its file once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import hashlib
+import http.client
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edgefleet.fleet.errors import FleetError
+from shared.codec import Encoding
+from shared.errors import ProtocolError
+from shared.messages import FleetCommand
+from shared.mqtt import BrokerSettings, NotConnected
+from shared.requests import Requester, RequestTimeout, requester
+from shared.topics import DEFAULT_PREFIX, fleet_commands, fleet_replies
+
+CHUNK = 1 << 20
+DEFAULT_ADDRESS = "127.0.0.1:1883"
+ENV_ADDRESS = "EDGEFLEET_FLEET"
+COMMAND_TIMEOUT_S = 30.0
+COMMIT_TIMEOUT_S = 600.0  # reads the whole blob and loads the model on the fleet's side
+
+Progress = Callable[[int], None]  # called with the bytes just moved
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"fleet address {address!r}: expected host:port (127.0.0.1:1883)")
+    return host or "127.0.0.1", int(port)
+
+
+def author() -> str:
+    with contextlib.suppress(Exception):
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    return ""
+
+
+class FleetClient:
+    def __init__(
+        self, requester: Requester, prefix: str = DEFAULT_PREFIX, timeout: float = COMMAND_TIMEOUT_S
+    ) -> None:
+        self.requester, self.topic = requester, fleet_commands(prefix)
+        self.timeout = timeout  # for an answer to a command
+
+    async def call(
+        self, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """The command's result; `FleetError` with the fleet's code when it refused."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            answer = await self.requester.request(
+                self.topic,
+                FleetCommand(cmd=cmd, args=args or {}),
+                timeout=timeout,
+                encoding=Encoding.JSON,  # readable with mosquitto_sub when debugging
+            )
+        except RequestTimeout:
+            raise FleetError(
+                "internal",
+                f"the fleet did not answer {cmd} within {timeout:g} s: is the fleet service "
+                "running on that broker? (edgefleet cloud up starts one)",
+            ) from None
+        if not isinstance(answer, dict) or "ok" not in answer:
+            raise FleetError("internal", f"unexpected answer to {cmd}: {str(answer)[:200]}")
+        if not answer["ok"]:
+            error = answer.get("error") or {}
+            raise FleetError(error.get("code", "internal"), error.get("message", "refused"))
+        result: dict[str, Any] = answer.get("result") or {}
+        return result
+
+    # ------------------------------------------------------------------ library transfers
+
+    async def push(
+        self,
+        path: Path,
+        name: str,
+        kind: str,
+        note: str = "",
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        size = (await asyncio.to_thread(path.stat)).st_size
+        upload = await self.call("library.upload_url", {"name": name, "size": size})
+        sha256 = await asyncio.to_thread(put_file, upload["url"], path, size, progress)
+        return await self.call(
+            "library.commit",
+            {
+                "upload_id": upload["upload_id"],
+                "name": name,
+                "kind": kind,
+                "sha256": sha256,
+                "size": size,
+                "note": note,
+                "author": author(),
+            },
+            timeout=max(self.timeout, COMMIT_TIMEOUT_S),
+        )
+
+    async def pull(self, ref: str, dest: Path, progress: Progress | None = None) -> dict[str, Any]:
+        """Download `ref` to `dest` (written aside, verified, then renamed)."""
+        where = await self.call("library.download_url", {"ref": ref})
+        await asyncio.to_thread(get_file, where["url"], dest, where["sha256"], progress)
+        return where
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    address: str | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    connect_timeout: float = 10.0,
+    timeout: float = COMMAND_TIMEOUT_S,
+) -> AsyncIterator[FleetClient]:
+    """A client on the fleet's broker (`address`, else $EDGEFLEET_FLEET, else 127.0.0.1:1883)."""
+    host, port = parse_address(address or os.environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS)
+    client_id = f"cli-{uuid.uuid4().hex[:12]}"
+    settings = BrokerSettings(host=host, port=port, client_id=client_id, reconnect_max_s=1.0)
+    try:
+        async with requester(
+            settings, fleet_replies(client_id, prefix), connect_timeout=connect_timeout
+        ) as req:
+            yield FleetClient(req, prefix, timeout)
+    except NotConnected as exc:
+        raise FleetError(
+            "internal",
+            f"cannot reach the fleet's broker at {host}:{port} ({exc}); give --fleet HOST:PORT "
+            f"or set {ENV_ADDRESS}",
+        ) from None
+
+
+# ---------------------------------------------------------------------------- HTTP transfers
+
+
+def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
+    parts = urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    return cls(parts.netloc, timeout=60), target
+
+
+def put_file(url: str, path: Path, size: int, progress: Progress | None = None) -> str:
+    """PUT the file to a presigned URL; return the sha256 of what was sent."""
+    digest = hashlib.sha256()
+    conn, target = _connection(url)
+    try:
+        conn.putrequest("PUT", target, skip_accept_encoding=True)
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        sent = 0
+        with path.open("rb") as f:
+            while sent < size:
+                chunk = f.read(min(CHUNK, size - sent))
+                if not chunk:
+                    break  # the file shrank: the fleet will see the size differ and refuse
+                digest.update(chunk)
+                conn.send(chunk)
+                sent += len(chunk)
+                if progress:
+                    progress(len(chunk))
+        response = conn.getresponse()
+        body = response.read()
+        if response.status >= 300:
+            raise ProtocolError(f"S3 refused the upload: HTTP {response.status}: {body[:300]!r}")
+    except OSError as exc:
+        raise ProtocolError(f"the upload to S3 failed: {exc}") from None
+    finally:
+        conn.close()
+    return digest.hexdigest()
+
+
+def get_file(url: str, dest: Path, sha256: str, progress: Progress | None = None) -> None:
+    """GET a presigned URL into `dest`, checking the digest before the file takes its name."""
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+    digest = hashlib.sha256()
+    conn, target = _connection(url)
+    try:
+        conn.request("GET", target)
+        response = conn.getresponse()
+        if response.status != 200:
+            raise ProtocolError(
+                f"S3 refused the download: HTTP {response.status}: {response.read()[:300]!r}"
+            )
+        with tmp.open("wb") as out:
+            while chunk := response.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                if progress:
+                    progress(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != sha256:
+            raise FleetError(
+                "digest_mismatch",
+                f"the downloaded bytes have sha256 {digest.hexdigest()}, the library says "
+                f"{sha256}: nothing was written; try again",
+            )
+        tmp.replace(dest)
+    except OSError as exc:
+        raise ProtocolError(f"the download from S3 failed: {exc}") from None
+    finally:
+        conn.close()
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,112 @@
+"""`edgefleet cloud up`: the cloud side on one machine, no containers.
+
+Starts a local mosquitto as the cloud broker, SeaweedFS as the S3 server and the fleet service
+(`edgefleet run fleet --config {workdir}/fleet.yaml`, a config it writes), restarts the fleet
+service if it dies, and stops all three on Ctrl-C or SIGTERM. State stays in the workdir
+(broker persistence, S3 data and its generated secret, fleet.db), so the next `cloud up`
+finds the library as it was. Production runs the same service from compose/cloud.yml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import yaml
+
+from edgefleet.broker import LocalBroker
+from edgefleet.locals3 import LocalS3
+
+RESTART_DELAY_S = 1.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgefleet cloud", description=__doc__)
+    sub = p.add_subparsers(dest="verb", required=True)
+    up = sub.add_parser("up", help="broker + S3 + fleet service until Ctrl-C")
+    up.add_argument("--workdir", type=Path, default=Path("var/cloud"))
+    up.add_argument("--port", type=int, default=1883, help="the cloud broker's port (1883)")
+    up.add_argument("--s3-port", type=int, default=8333, help="the S3 server's port (8333)")
+    return p
+
+
+def secret_of(path: Path) -> str:
+    """The S3 secret of this workdir: made once, kept across runs."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(16))
+        os.chmod(path, 0o600)
+    return path.read_text().strip()
+
+
+def fleet_config(workdir: Path, broker: LocalBroker, s3: LocalS3) -> Path:
+    config = {
+        "broker": {"host": broker.host, "port": broker.port},
+        "db": "fleet.db",
+        "work_dir": "work",
+        "s3": {
+            "endpoint": s3.endpoint,
+            "access_key": s3.access_key,
+            "secret_key_file": "s3/secret",
+        },
+    }
+    path = workdir / "fleet.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _stop(_sig: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def up(args: argparse.Namespace) -> int:
+    workdir: Path = args.workdir.resolve()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _stop)
+    broker = LocalBroker(workdir / "broker", port=args.port)
+    s3 = LocalS3(workdir / "s3", port=args.s3_port, secret_key=secret_of(workdir / "s3" / "secret"))
+    fleet: subprocess.Popen[bytes] | None = None
+    try:
+        broker.start()
+        print(f"cloud broker   mqtt://{broker.host}:{broker.port}", flush=True)
+        s3.start()
+        print(f"S3 (SeaweedFS) http://{s3.endpoint}  data in {s3.data_dir}", flush=True)
+        config = fleet_config(workdir, broker, s3)
+        command = [sys.executable, "-m", "edgefleet.cli", "run", "fleet", "--config", str(config)]
+        while True:
+            with (workdir / "logs" / "fleet.log").open("ab") as log:
+                fleet = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            print(
+                f"fleet service  pid {fleet.pid}, config {config}, log {workdir}/logs/fleet.log\n"
+                f"ready: edgefleet library list --fleet {broker.host}:{broker.port}; "
+                "Ctrl-C stops everything",
+                flush=True,
+            )
+            code = fleet.wait()
+            print(f"fleet service exited with code {code}; restarting", flush=True)
+            time.sleep(RESTART_DELAY_S)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        if fleet is not None and fleet.poll() is None:
+            fleet.terminate()
+            try:
+                fleet.wait(10)
+            except subprocess.TimeoutExpired:
+                fleet.kill()
+                fleet.wait()
+        s3.stop()
+        broker.stop()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return up(args)

@@ -1,0 +1,182 @@
+"""The one table of the fleet's commands, and `dispatch`: envelope in, envelope out.
+
+Each entry maps a command name to a typed handler (pydantic request → pydantic result). No
+transport here: service.py serves the table over MQTT v5 request/response, a web console can
+serve the same table over HTTP. Handlers block (SQLite, S3): call `dispatch` from a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from edgefleet.fleet import api, flows, library
+from edgefleet.fleet.errors import FleetError
+from edgefleet.fleet.library import Fleet
+from shared.config import format_errors
+from shared.messages import FleetAnswer, FleetCommand, FleetErrorBody
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    request: type[BaseModel]
+    result: type[BaseModel]
+    handler: Callable[[Fleet, Any], BaseModel]
+    doc: str
+    example: dict[str, Any]  # the args of an example request, for the wire contract
+
+
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command(
+            "library.upload_url",
+            api.UploadUrlRequest,
+            api.UploadUrlResult,
+            library.upload_url,
+            "A presigned PUT URL to upload one file to, before `library.commit`.",
+            {"name": "pump-ae", "size": 48213},
+        ),
+        Command(
+            "library.commit",
+            api.CommitRequest,
+            api.CommitResult,
+            library.commit,
+            "Verify the uploaded file (size, sha256), inspect it (a model is loaded in "
+            "onnxruntime in a separate process; a script is compiled and must define "
+            "preprocess or postprocess), and commit it as the next version of `name`; "
+            "identical bytes give back the existing version.",
+            {
+                "upload_id": "4f1c0d6e9a8b4c2d8e7f6a5b4c3d2e1f",
+                "name": "pump-ae",
+                "kind": "model",
+                "sha256": SHA,
+                "size": 48213,
+                "note": "retrained on March data",
+                "author": "ana@laptop",
+            },
+        ),
+        Command(
+            "library.list",
+            api.ListRequest,
+            api.ListResult,
+            library.list_resources,
+            "Every resource name: latest version, number of versions, kind, size, created.",
+            {"kind": "model"},
+        ),
+        Command(
+            "library.show",
+            api.RefRequest,
+            api.ShowResult,
+            library.show,
+            "One version (`name@N`, or `name` for the latest) with its signature, and the "
+            "name's versions.",
+            {"ref": "pump-ae@3"},
+        ),
+        Command(
+            "library.download_url",
+            api.RefRequest,
+            api.DownloadUrlResult,
+            library.download_url,
+            "A presigned GET URL of one version's blob, with the digest to verify.",
+            {"ref": "pump-ae@3"},
+        ),
+        Command(
+            "library.archive",
+            api.RefRequest,
+            api.ArchiveResult,
+            library.archive,
+            "No new flow version may pin it; flow versions that pin it keep it.",
+            {"ref": "pump-ae@2"},
+        ),
+        Command(
+            "library.delete",
+            api.RefRequest,
+            api.DeleteResult,
+            library.delete,
+            "Remove a version no flow version pins (its number is never given again).",
+            {"ref": "pump-ae@1"},
+        ),
+        Command(
+            "flow.push",
+            api.FlowPushRequest,
+            api.FlowPushResult,
+            flows.push,
+            "Store the flow file as the next version of its flow, every library reference "
+            "pinned; refused when it names local files or does not fit its model.",
+            {
+                "text": "name: pump-anomaly\nalign: {...}\nmodel: {ref: pump-ae}\n",
+                "filename": "pump-anomaly.yaml",
+                "note": "threshold 0.8",
+                "author": "ana@laptop",
+            },
+        ),
+        Command(
+            "flow.list",
+            api.FlowListRequest,
+            api.FlowListResult,
+            flows.list_flows,
+            "Every flow: latest version, number of versions, the model it pins, created.",
+            {},
+        ),
+        Command(
+            "flow.show",
+            api.RefRequest,
+            api.FlowShowResult,
+            flows.show,
+            "One flow version: text as written, pins with digests, the resolved flow.",
+            {"ref": "pump-anomaly@4"},
+        ),
+        Command(
+            "flow.history",
+            api.FlowHistoryRequest,
+            api.FlowHistoryResult,
+            flows.history,
+            "The versions of one flow: when, who, note, model.",
+            {"name": "pump-anomaly"},
+        ),
+        Command(
+            "flow.diff",
+            api.FlowDiffRequest,
+            api.FlowDiffResult,
+            flows.diff,
+            "Everything that changed between two flow versions: the flow file and the scripts "
+            "as unified diffs, the pins, the model (digest, signature, features added, removed "
+            "or reordered, train stats and threshold deltas); `text` renders it for a terminal.",
+            {"a": "pump-anomaly@3", "b": "pump-anomaly@4"},
+        ),
+    )
+}
+
+
+def run(fleet: Fleet, cmd: str, args: dict[str, Any]) -> BaseModel:
+    """Parse `args` for `cmd` and run its handler; `FleetError` for a refusal."""
+    command = COMMANDS.get(cmd)
+    if command is None:
+        raise FleetError(
+            "unknown_command", f"unknown command {cmd!r}; known: {', '.join(sorted(COMMANDS))}"
+        )
+    try:
+        request = command.request.model_validate(args)
+    except ValidationError as exc:
+        raise FleetError("invalid", format_errors(exc, cmd)) from None
+    return command.handler(fleet, request)
+
+
+def dispatch(fleet: Fleet, command: FleetCommand) -> FleetAnswer:
+    """One command envelope in, one answer envelope out; only a bug raises."""
+    try:
+        result = run(fleet, command.cmd, command.args)
+    except FleetError as exc:
+        return refusal(exc.code, exc.message)
+    return FleetAnswer(ok=True, result=result.model_dump(mode="json"))
+
+
+def refusal(code: str, message: str) -> FleetAnswer:
+    return FleetAnswer(ok=False, error=FleetErrorBody(code=code, message=message))

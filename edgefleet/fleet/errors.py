@@ -1,0 +1,33 @@
+"""The fleet's refusals: a code a program can branch on and a message a person can act on."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from shared.errors import EdgefleetError
+
+ErrorCode = Literal[
+    "invalid",  # the request or the file does not fit: the message says what and where
+    "unknown_command",
+    "not_found",  # no such resource, flow, version or upload
+    "conflict",  # a name already used by another kind
+    "archived",  # archived resources may not be pinned by a new flow version
+    "in_use",  # pinned by a flow version: archive instead of delete
+    "digest_mismatch",  # the uploaded bytes are not the ones declared
+    "size_mismatch",
+    "invalid_model",  # not ONNX, truncated, corrupt, or onnxruntime will not load it
+    "invalid_script",  # does not compile or defines neither preprocess nor postprocess
+    "does_not_fit",  # a flow the node's inference would refuse for this model
+    "local_path",  # a flow names a local file: push it to the library first
+    "storage",  # S3 refused or is unreachable
+    "internal",  # a bug: the fleet's log has the traceback
+]
+
+CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
+
+
+class FleetError(EdgefleetError):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message

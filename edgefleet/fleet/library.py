@@ -1,0 +1,245 @@
+"""The resource library's commands: upload, commit (verify, inspect, store), list, show, pull,
+archive, delete. Blocking functions: the transport runs them in worker threads."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import logging
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet.fleet import api
+from edgefleet.fleet.blobs import BlobStore, blob_key, upload_key
+from edgefleet.fleet.config import Config
+from edgefleet.fleet.errors import FleetError
+from edgefleet.fleet.store import Row, Store
+from services.inference.scripts import inspect_script
+from services.inference.signature import inspect_model
+from shared.errors import EdgefleetError, ModelError
+from shared.messages import iso, now_ns
+
+log = logging.getLogger(__name__)
+
+UPLOAD_GRACE_S = 60  # a PUT that started just before its URL expired may still be finishing
+
+
+@dataclass
+class Fleet:
+    """What every command handler works on."""
+
+    config: Config
+    store: Store
+    blobs: BlobStore
+    # Held from a blob's copy to its row's commit, and from a delete's tombstone to the blob's
+    # removal: a delete never removes bytes a concurrent commit has just pinned.
+    blob_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def open(cls, config: Config) -> Fleet:
+        blobs = BlobStore(config.s3)
+        blobs.ensure_bucket()
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+        return cls(config, Store(config.db), blobs)
+
+    def resource_view(self, row: Row, *, users: bool = True) -> api.ResourceView:
+        return api.ResourceView(
+            ref=f"{row['name']}@{row['version']}",
+            name=row["name"],
+            version=row["version"],
+            kind=row["kind"],
+            sha256=row["sha256"],
+            size=row["size"],
+            note=row["note"] or "",
+            author=row["author"] or "",
+            created=iso(row["created_ns"]),
+            archived=iso(row["archived_ns"]) if row["archived_ns"] else None,
+            signature=json.loads(row["signature"] or "{}"),
+            used_by=self.store.users(row["id"]) if users else [],
+        )
+
+    def sweep(self, now: int | None = None) -> int:
+        """Remove staged uploads that were never committed and whose URL expired."""
+        now = now_ns() if now is None else now
+        rows = self.store.expired_uploads(now - UPLOAD_GRACE_S * 10**9)
+        for row in rows:
+            self.blobs.remove(row["key"])
+        return len(rows)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def upload_url(fleet: Fleet, req: api.UploadUrlRequest) -> api.UploadUrlResult:
+    limit = fleet.config.max_upload_mb * 2**20
+    if req.size == 0:
+        raise FleetError("invalid", f"{req.name}: the file is empty; nothing to push")
+    if req.size > limit:
+        raise FleetError(
+            "invalid",
+            f"{req.name}: {req.size} bytes is more than this fleet takes "
+            f"({fleet.config.max_upload_mb} MB, max_upload_mb in its config)",
+        )
+    upload_id = uuid.uuid4().hex
+    key = upload_key(upload_id)
+    expiry = fleet.config.s3.url_expiry_s
+    fleet.store.add_upload(upload_id, key, req.size, now_ns() + expiry * 10**9)
+    return api.UploadUrlResult(upload_id=upload_id, url=fleet.blobs.put_url(key), expires_s=expiry)
+
+
+def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
+    upload = fleet.store.take_upload(req.upload_id)
+    try:
+        with tempfile.TemporaryDirectory(dir=fleet.config.work_dir) as tmp:
+            local = Path(tmp) / f"{req.name}.{'onnx' if req.kind == 'model' else 'py'}"
+            size, sha256 = fleet.blobs.fetch(upload["key"], local)
+            _verify(req, size, sha256)
+            # The server-side copy runs while the model loads (S3's work beside ours); the
+            # check under the lock below is what guarantees the blob of every committed row.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                early = pool.submit(_copy_if_missing, fleet, upload["key"], sha256)
+                try:
+                    signature = _inspect(fleet, req, local)
+                except FleetError:
+                    with contextlib.suppress(FleetError):
+                        early.result()
+                    _drop_unused(fleet, sha256)
+                    raise
+                early.result()
+            with fleet.blob_lock:
+                _copy_if_missing(fleet, upload["key"], sha256)
+                row, created = fleet.store.add_resource(
+                    req.name, req.kind, sha256, size, req.note, req.author, signature
+                )
+    finally:
+        fleet.blobs.remove(upload["key"])  # committed or refused: the staged copy goes
+    log.info(
+        "%s %s@%d sha256 %s (%d bytes)",
+        "committed" if created else "unchanged",
+        row["name"],
+        row["version"],
+        sha256[:12],
+        size,
+    )
+    return api.CommitResult(resource=fleet.resource_view(row), created=created)
+
+
+def _copy_if_missing(fleet: Fleet, staged: str, sha256: str) -> None:
+    if not fleet.blobs.exists(blob_key(sha256)):
+        fleet.blobs.copy(staged, blob_key(sha256))
+
+
+def _drop_unused(fleet: Fleet, sha256: str) -> None:
+    """A refused upload's early copy goes, unless a present version has the same bytes."""
+    with fleet.blob_lock:
+        if not fleet.store.has_blob(sha256):
+            fleet.blobs.remove(blob_key(sha256))
+
+
+def _verify(req: api.CommitRequest, size: int, sha256: str) -> None:
+    if size == 0:
+        raise FleetError("invalid", f"{req.name}: the file is empty; nothing to push")
+    if size != req.size:
+        raise FleetError(
+            "size_mismatch",
+            f"{req.name}: {size} bytes arrived, {req.size} were declared: the upload was cut "
+            "short or the file changed meanwhile; push again",
+        )
+    if sha256 != req.sha256:
+        raise FleetError(
+            "digest_mismatch",
+            f"{req.name}: the uploaded bytes have sha256 {sha256}, not the declared {req.sha256}: "
+            "the file changed during the push or the upload was altered; push again",
+        )
+
+
+def _inspect(fleet: Fleet, req: api.CommitRequest, local: Path) -> dict[str, Any]:
+    origin = f"{req.name} ({req.kind})"
+    if req.kind == "model":
+        try:
+            signature = inspect_model(local, fleet.config.inspect_timeout_s, origin=origin)
+        except ModelError as exc:
+            raise FleetError("invalid_model", str(exc)) from None
+        return signature.model_dump(mode="json")
+    try:
+        return inspect_script(local, origin=origin).model_dump(mode="json")
+    except EdgefleetError as exc:
+        raise FleetError("invalid_script", str(exc).replace(str(local), origin)) from None
+
+
+def list_resources(fleet: Fleet, req: api.ListRequest) -> api.ListResult:
+    out = []
+    for name in fleet.store.resource_names(req.kind):
+        versions = fleet.store.versions(name)
+        active = [r for r in versions if r["archived_ns"] is None]
+        latest = (active or versions)[-1]
+        out.append(
+            api.ResourceSummary(
+                name=name,
+                latest=latest["version"],
+                versions=len(versions),
+                kind=latest["kind"],
+                size=latest["size"],
+                created=iso(latest["created_ns"]),
+            )
+        )
+    return api.ListResult(resources=out)
+
+
+def show(fleet: Fleet, req: api.RefRequest) -> api.ShowResult:
+    name, version = api.split_ref(req.ref)
+    row = fleet.store.resource(name, version)
+    versions = [
+        api.VersionBrief(
+            version=r["version"],
+            sha256=r["sha256"],
+            size=r["size"],
+            created=iso(r["created_ns"]),
+            author=r["author"] or "",
+            note=r["note"] or "",
+            archived=iso(r["archived_ns"]) if r["archived_ns"] else None,
+        )
+        for r in fleet.store.versions(name)
+    ]
+    return api.ShowResult(resource=fleet.resource_view(row), versions=versions)
+
+
+def download_url(fleet: Fleet, req: api.RefRequest) -> api.DownloadUrlResult:
+    name, version = api.split_ref(req.ref)
+    row = fleet.store.resource(name, version)
+    return api.DownloadUrlResult(
+        ref=f"{row['name']}@{row['version']}",
+        url=fleet.blobs.get_url(blob_key(row["sha256"])),
+        sha256=row["sha256"],
+        size=row["size"],
+        expires_s=fleet.config.s3.url_expiry_s,
+    )
+
+
+def _exact(ref: str, verb: str) -> tuple[str, int]:
+    name, version = api.split_ref(ref)
+    if version is None:
+        raise FleetError(
+            "invalid", f"{verb} needs one version: {name}@N (edgefleet library show {name})"
+        )
+    return name, version
+
+
+def archive(fleet: Fleet, req: api.RefRequest) -> api.ArchiveResult:
+    name, version = _exact(req.ref, "archive")
+    return api.ArchiveResult(resource=fleet.resource_view(fleet.store.archive(name, version)))
+
+
+def delete(fleet: Fleet, req: api.RefRequest) -> api.DeleteResult:
+    name, version = _exact(req.ref, "delete")
+    with fleet.blob_lock:
+        row, last_copy = fleet.store.delete(name, version)
+        if last_copy:
+            with contextlib.suppress(FleetError):
+                fleet.blobs.remove(blob_key(row["sha256"]))
+    return api.DeleteResult(ref=f"{name}@{version}", blob_removed=last_copy)

