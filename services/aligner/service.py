@@ -36,6 +36,9 @@ class AlignerHealth(HealthModel):
     readings: int
     late: int
     late_by_source: dict[str, int]
+    ahead: int
+    ahead_by_source: dict[str, int]
+    ahead_skew_ms: dict[str, float]
     duplicate: int
     unusable: int
     grid_points: int
@@ -53,7 +56,9 @@ class AlignerService(Service[AlignerConfig]):
     def __init__(self, rt: Runtime, config: AlignerConfig, flow: FlowAlign) -> None:
         super().__init__(rt, config)
         self.flow = flow
-        self.engine = Aligner(flow.name, flow.align)
+        self.engine = Aligner(
+            flow.name, flow.align, max_ahead_ns=int(config.max_ahead_ms * 1_000_000)
+        )
         self.topic = rt.topics.samples(flow.name)
         self.encoding = Encoding(flow.align.encoding)
         self._wake = asyncio.Event()
@@ -86,6 +91,9 @@ class AlignerService(Service[AlignerConfig]):
             readings=st.readings,
             late=st.late,
             late_by_source=dict(st.late_by_source),
+            ahead=st.ahead,
+            ahead_by_source=dict(st.ahead_by_source),
+            ahead_skew_ms=dict(st.ahead_skew_ms),
             duplicate=st.duplicate,
             unusable=st.unusable,
             grid_points=st.samples,
@@ -118,11 +126,20 @@ class AlignerService(Service[AlignerConfig]):
             raise PayloadError(
                 f"batch names source {batch.source!r} but came on the raw topic of {source!r}"
             )
+        if not self.config.use_complete:
+            batch.complete_ns = None
         counts = self.engine.ingest(batch, arrival)
         if counts.late:  # counted in the aligner's health, reported here
             self.rt.errors.report(
                 f"late readings dropped: {counts.late} from {source} at or before the last "
                 f"sample time already emitted ({self.engine.emitted_until_ns} ns)",
+                message,
+            )
+        if counts.ahead:  # counted in the aligner's health, reported here
+            self.rt.errors.report(
+                f"readings from {source} dropped: {counts.ahead} stamped up to "
+                f"{counts.ahead_ms / 1000:.1f} s ahead of the local clock (max_ahead_ms "
+                f"{self.config.max_ahead_ms:g}); its clock runs ahead, set it right",
                 message,
             )
         if len(batch):
