@@ -5,37 +5,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import sys
 from pathlib import Path
-from typing import Any
 
+from edgefleet.registry import SERVICES, service_spec
 from edgefleet.site.commands import add_commands as add_site_commands
-from services import SERVICES
 from shared.config import load_config
-from shared.errors import ConfigError, EdgefleetError
+from shared.errors import EdgefleetError
 from shared.mqtt import BrokerSettings
 from shared.runtime import setup_logging
 
 
-def _service_module(name: str) -> Any:
-    if name not in SERVICES:
-        raise ConfigError(f"unknown service {name!r}; known: {', '.join(sorted(SERVICES))}")
-    return importlib.import_module(SERVICES[name])
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    module = _service_module(args.service)
-    config = load_config(args.config, module.Config)
-    check = getattr(module, "check", None)  # what a service checks beyond its config file
-    if check is not None:
-        check(config)
+    spec = service_spec(args.service)
+    config = load_config(args.config, spec.config)
+    if spec.check is not None:
+        spec.check(config)
     if args.check:
         print(f"{args.config}: valid {args.service} config for instance {config.instance!r}")
         return 0
     setup_logging(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(module.main(config))
+        asyncio.run(spec.main(config))
     return 0
 
 

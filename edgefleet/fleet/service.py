@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from edgefleet.fleet import commands
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from shared.errors import EdgefleetError, PayloadError
+from shared.health import HealthModel
 from shared.messages import FleetAnswer, FleetCommand, Message
 from shared.mqtt import Received
 from shared.requests import RequestServer
-from shared.runtime import Runtime
+from shared.runtime import Loop, Runtime
+from shared.service import Service, ServiceSpec, run
 from shared.topics import fleet_commands
 
 NAME = "fleet"
-__all__ = ["NAME", "Config", "check", "main"]
+__all__ = ["NAME", "SPEC", "Config", "FleetService", "check", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -47,43 +48,63 @@ def refuse(exc: Exception, request: FleetCommand | None) -> Message:
     return commands.refusal("internal", "internal error in the fleet service: see its log")
 
 
-async def main(config: Config) -> None:
-    fleet = await asyncio.to_thread(Fleet.open, config)
-    topic = fleet_commands(config.prefix)
-    queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=config.workers * 16)
+class FleetHealth(HealthModel):
+    commands: dict[str, int]  # served, refused, malformed, failed, unanswerable
+    queued: int
 
-    async def handle(request: FleetCommand, message: Received) -> Message:
-        result = await asyncio.to_thread(commands.run, fleet, request.cmd, request.args)
-        return FleetAnswer(ok=True, result=result.model_dump(mode="json"))
 
-    async with Runtime(NAME, config) as rt:
-        server = RequestServer(rt, topic, FleetCommand.from_wire, handle, refuse)
+class FleetService(Service[Config]):
+    health_section = "fleet"
 
-        async def enqueue(message: Received) -> None:
-            await queue.put(message)  # full: the dispatch loop waits (back-pressure)
+    def __init__(self, rt: Runtime, config: Config, fleet: Fleet) -> None:
+        super().__init__(rt, config)
+        self.fleet = fleet
+        self.topic = fleet_commands(config.prefix)
+        self.queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=config.workers * 16)
+        self.server = RequestServer(rt, self.topic, FleetCommand.from_wire, self.handle, refuse)
 
-        async def command_loop() -> None:
-            while True:
-                message = await queue.get()
-                await server.on_request(message)
-
-        async def sweep_loop() -> None:
-            while True:
-                removed = await asyncio.to_thread(fleet.sweep)
-                if removed:
-                    log.info("removed %d staged upload(s) never committed", removed)
-                await asyncio.sleep(config.sweep_interval_s)
-
-        def health() -> dict[str, Any]:
-            return {"commands": server.stats.as_dict(), "queued": queue.qsize()}
-
-        await rt.subscribe(topic, enqueue)
-        rt.add_health("fleet", health)
+    async def start(self) -> None:
+        await self.rt.subscribe(self.topic, self.enqueue)
         log.info(
             "fleet serving %s: db %s, S3 %s bucket %s",
-            topic,
-            config.db,
-            config.s3.endpoint,
-            config.s3.bucket,
+            self.topic,
+            self.config.db,
+            self.config.s3.endpoint,
+            self.config.s3.bucket,
         )
-        await rt.serve(*([command_loop] * config.workers), sweep_loop)
+
+    def loops(self) -> dict[str, Loop]:
+        workers: dict[str, Loop] = {
+            f"command_{i}_loop": self.command_loop for i in range(self.config.workers)
+        }
+        return {**workers, "sweep_loop": self.sweep_loop}
+
+    def health(self) -> FleetHealth:
+        return FleetHealth(commands=self.server.stats.as_dict(), queued=self.queue.qsize())
+
+    async def handle(self, request: FleetCommand, message: Received) -> Message:
+        result = await asyncio.to_thread(commands.run, self.fleet, request.cmd, request.args)
+        return FleetAnswer(ok=True, result=result.model_dump(mode="json"))
+
+    async def enqueue(self, message: Received) -> None:
+        await self.queue.put(message)  # full: the dispatch loop waits (back-pressure)
+
+    async def command_loop(self) -> None:
+        while True:
+            message = await self.queue.get()
+            await self.server.on_request(message)
+
+    async def sweep_loop(self) -> None:
+        while True:
+            removed = await asyncio.to_thread(self.fleet.sweep)
+            if removed:
+                log.info("removed %d staged upload(s) never committed", removed)
+            await asyncio.sleep(self.config.sweep_interval_s)
+
+
+async def main(config: Config) -> None:
+    fleet = await asyncio.to_thread(Fleet.open, config)
+    await run(NAME, config, lambda rt: FleetService(rt, config, fleet))
+
+
+SPEC = ServiceSpec(NAME, Config, main, check)

@@ -8,16 +8,16 @@ per kind all the same, from models built out of the adapters' config models (`so
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from services import SERVICES
+from edgefleet.registry import service_spec
 from services.actuator.config import ActuatorConfig
 from services.forwarder.config import ForwarderConfig
 from shared.config import BrokerConfig, ServiceConfig, StrictModel, Timings, TopicId
+from shared.errors import ConfigError
 from shared.topics import DEFAULT_PREFIX
 
 SourceKind = Literal["modbus", "opcua", "mqtt"]
@@ -35,12 +35,12 @@ SOURCE_SET = frozenset({"source"})  # the adapter's `source` is the source's `na
 
 
 def service_config_model(service: str) -> type[ServiceConfig] | None:
-    """A service's `Config` model, or None when that service is not part of this build."""
+    """A service's config model (its `SPEC.config`), or None when that service is not part of
+    this build."""
     try:
-        module = importlib.import_module(SERVICES[service])
-    except (KeyError, ImportError):
+        config: type[ServiceConfig] = service_spec(service).config
+    except (ConfigError, ImportError):
         return None
-    config: type[ServiceConfig] = module.Config
     return config
 
 

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import yaml
 
@@ -50,6 +50,7 @@ from edgefleet.site.load import LoadedSite, load_site
 from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, port_free
 from shared import clock, codec
 from shared.errors import ConfigError
+from shared.messages import Status
 from shared.mqtt import MqttConnection, Received
 from shared.retry import Backoff
 from shared.topics import Kind, Topics, parse
@@ -350,20 +351,19 @@ class SiteSupervisor:
                 self._broker.save()
             return
         try:
-            body: dict[str, Any] = codec.decode(message.payload, message.content_type)
+            status = Status.from_wire(codec.decode(message.payload, message.content_type))
         except Exception:  # a foreign message on our status topic: not ours to judge
             return
         state = self.instances.get(parsed.name or "")
-        if state is None or not isinstance(body, dict) or state.pid is None:
+        if state is None or state.pid is None:
             return
-        t_ns = body.get("t") or 0
-        if t_ns and t_ns < state.started_ns - 1_000_000_000:
+        if status.t < state.started_ns - 1_000_000_000:
             return  # retained from an earlier run
-        if message.retain and t_ns and t_ns < self._broker_since_ns:
+        if message.retain and status.t < self._broker_since_ns:
             # restored by a restarted broker: the instance has not spoken to this one yet (a
             # last will comes live, with the time of the instance's start: it is not stale)
             return
-        new = str(body.get("state", "?"))
+        new = status.state
         if new != state.state:
             self._set(state, new, f"pid {state.pid}")
 
