@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -52,6 +53,8 @@ from edgefleet.site.load import LoadedSite, load_site
 from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, port_free
 from shared import clock, codec
 from shared.errors import ConfigError
+from shared.files import write_atomic
+from shared.messages import ConfigUpdate
 from shared.mqtt import MqttConnection, Received
 from shared.retry import Backoff
 from shared.topics import Kind, Topics, parse
@@ -91,6 +94,7 @@ class Reconciled:
     started: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
+    swapped: list[str] = field(default_factory=list)  # hot swap through config/{instance}
     unchanged: list[str] = field(default_factory=list)
 
 
@@ -208,11 +212,14 @@ class SiteSupervisor:
         gone = [n for n in self.specs if n not in wanted]
         changed = [n for n, i in wanted.items() if n in self.specs and _differs(self.specs[n], i)]
         new = [n for n in wanted if n not in self.specs]
+        swapped = [n for n in changed if self._started and _hot(self.specs[n], wanted[n])]
+        changed = [n for n in changed if n not in swapped]
         result = Reconciled(
             started=new,
             stopped=gone,
             replaced=changed,
-            unchanged=[n for n in wanted if n in self.specs and n not in changed],
+            swapped=swapped,
+            unchanged=[n for n in wanted if n in self.specs and n not in (*changed, *swapped)],
         )
         self.deployed = list(deployed)
         old = self.specs
@@ -236,7 +243,40 @@ class SiteSupervisor:
             state = self.instances[name] = self._new_state(name, wanted[name])
             self._write_config(name)
             self._run(state)
+        for name in swapped:
+            await self._hot_swap(name)
         return result
+
+    async def _hot_swap(self, name: str) -> None:
+        """The instance takes its new config from the retained `config/{name}` without a
+        restart (the inference service swaps a model with no sample lost). The revision only
+        grows and is kept on disk: every config file written afterwards carries it, so the
+        retained config never overrides a config the instance was started with."""
+        revisions = self._revisions()
+        revision = revisions[name] = revisions.get(name, 0) + 1
+        write_atomic(self._revisions_file, json.dumps(revisions).encode())
+        self._write_config(name)
+        update = ConfigUpdate(instance=name, revision=revision, config=self.specs[name].config)
+        payload, content_type = codec.encode(update.to_wire())
+        assert self._status is not None, "start() first"
+        result = await self._status.publish(
+            self.topics.config(name), payload, content_type=content_type, qos=1, retain=True
+        )
+        if not result.ok:
+            raise ConfigError(f"{name}: the broker refused its new config: {result.reason}")
+        self._emit(name, "swapping", f"config revision {revision}")
+
+    @property
+    def _revisions_file(self) -> Path:
+        return self.workdir / "config" / "revisions.json"
+
+    def _revisions(self) -> dict[str, int]:
+        """Per instance, the revision of the last config published retained for it."""
+        try:
+            data = json.loads(self._revisions_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def _run(self, state: InstanceState) -> None:
         task = asyncio.create_task(self._keep_running(state), name=state.name)
@@ -324,7 +364,11 @@ class SiteSupervisor:
     def _write_config(self, name: str) -> None:
         path = self.instances[name].config_file
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.specs[name].config, sort_keys=False))
+        config = dict(self.specs[name].config)
+        revision = self._revisions().get(name)
+        if revision is not None:  # a retained config of that revision exists: not newer
+            config["revision"] = revision
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     async def __aenter__(self) -> Self:
         try:
@@ -494,8 +538,24 @@ class SiteSupervisor:
                 log.exception("on_status failed for %s", name)
 
 
+# Keys of an inference config the running service swaps in from a retained config
+# (services/inference/service.py: the live model's keys, the shadow, the per-batch keys).
+HOT_KEYS = frozenset(
+    {"model", "outputs", "preprocess", "postprocess", "on_nan", "intra_op_threads", "shadow",
+     "encoding", "publish_qos", "offload_above_us"}
+)  # fmt: skip
+
+
 def _differs(a: Instance, b: Instance) -> bool:
     return (a.service, a.config) != (b.service, b.config)
+
+
+def _hot(old: Instance, new: Instance) -> bool:
+    """Only keys the inference service swaps while running differ."""
+    if old.service != "inference" or new.service != "inference":
+        return False
+    keys = set(old.config) | set(new.config)
+    return all(old.config.get(k) == new.config.get(k) for k in keys - HOT_KEYS)
 
 
 async def run_site(

@@ -184,3 +184,42 @@ async def test_a_revision_that_fails_its_health_gate_is_rolled_back(
             assert state["current"]["revision"] == 1 and state["taken"] == 2
             sup_config = yaml.safe_load(sup.instances["inference-pump"].config_file.read_text())
             assert sup_config["model"]["path"].endswith(good_sha)
+
+
+async def test_a_new_model_only_is_swapped_in_without_a_restart(
+    tmp_path: Path, broker: LocalBroker, fleet: FleetClient, site: str, simulator: int
+) -> None:
+    first = await push(fleet, tmp_path, "pump-ae", seed=2)
+    second = await push(fleet, tmp_path, "pump-ae", seed=7)
+    new_sha = second["pins"]["model"]["sha256"]
+    assert second["version"] == first["version"] + 1
+    path = write_site(tmp_path / "site", site, broker, simulator)
+    async with Probe(broker.host, broker.port) as probe:
+        await probe.subscribe(f"{site}/{site}/#")
+        async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
+            await deploy(probe, site, desired(site, 1, first))
+            await reported(probe, site, 1, "applied")
+            pids = {n: s.pid for n, s in sup.instances.items()}
+            await deploy(probe, site, desired(site, 2, second))
+            report = await reported(probe, site, 2, "applied")
+            assert report["flows"][0]["model_sha256"] == new_sha
+            await result_from(probe, site, new_sha)
+            assert {n: s.pid for n, s in sup.instances.items()} == pids  # nothing restarted
+            config = await probe.wait_for(f"{site}/{site}/config/inference-pump")
+            assert config[0]["revision"] == 1 and config[0]["config"]["model"]["path"].endswith(
+                new_sha
+            )
+
+        # a restart of the site runs the applied revision again, from the agent's state
+        async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
+            n = len(probe.received(f"{site}/{site}/results/pump"))
+            await sup.wait_online(TIMEOUT, ["aligner-pump", "inference-pump"])
+            await probe.wait_until(
+                lambda: any(
+                    r["model"]["sha256"] == new_sha
+                    for r in probe.decoded(f"{site}/{site}/results/pump")[n:]
+                ),
+                timeout=TIMEOUT,
+            )
+            file = yaml.safe_load(sup.instances["inference-pump"].config_file.read_text())
+            assert file["revision"] == 1  # the retained config is not newer: not taken again
