@@ -150,6 +150,12 @@ async def test_applies_a_signed_desired_state_and_refuses_the_rest(
             state = json.loads((tmp_path / "w" / "agent" / "state.json").read_text())
             assert state["current"]["revision"] == 5 and state["pending"] is None
 
+            # a desired state without the flow: its instances are stopped
+            await deploy(probe, site, desired(site, 9))
+            await reported(probe, site, 9, "applied")
+            assert "inference-pump" not in sup.instances and "aligner-pump" not in sup.instances
+            assert "modbus-plc1" in sup.instances
+
 
 async def test_a_revision_that_fails_its_health_gate_is_rolled_back(
     tmp_path: Path, broker: LocalBroker, fleet: FleetClient, site: str, simulator: int
