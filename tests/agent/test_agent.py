@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from edgefleet.agent.state import Revision, StateFile
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet.client import FleetClient
 from edgefleet.site.load import load_site
@@ -229,3 +230,34 @@ async def test_a_new_model_only_is_swapped_in_without_a_restart(
             )
             file = yaml.safe_load(sup.instances["inference-pump"].config_file.read_text())
             assert file["revision"] == 1  # the retained config is not newer: not taken again
+
+
+async def test_a_revision_cut_short_is_applied_again_after_a_restart(
+    tmp_path: Path, broker: LocalBroker, fleet: FleetClient, site: str, simulator: int
+) -> None:
+    first = await push(fleet, tmp_path, "pump-ae", seed=2)
+    second = await push(fleet, tmp_path, "pump-ae", seed=7)
+    new_sha = second["pins"]["model"]["sha256"]
+    path = write_site(tmp_path / "site", site, broker, simulator)
+    work = tmp_path / "w"
+    async with Probe(broker.host, broker.port) as probe:
+        await probe.subscribe(f"{site}/{site}/#")
+        async with SiteSupervisor(load_site(path), work):
+            await deploy(probe, site, desired(site, 1, first))
+            await reported(probe, site, 1, "applied")
+        # what a SIGKILL in the middle of a download leaves: the state saved at `downloading`
+        # and a partial blob; the desired state of revision 2 is retained on the broker
+        state = StateFile(work / "agent" / "state.json")
+        wire = desired(site, 2, second)
+        cut = state.load().begin(Revision(revision=2, deployment="d2", desired=wire))
+        state.save(cut.step("downloading"))
+        partial = work / "agent" / "cache" / "sha256" / f".{new_sha}.1234.part"
+        partial.write_bytes(b"half a model")
+        await probe.publish(f"{site}/{site}/desired", wire, qos=1, retain=True)
+        async with SiteSupervisor(load_site(path), work):
+            await reported(probe, site, 2, "applied")
+            await result_from(probe, site, new_sha)
+            assert not partial.exists()
+            after = state.load()
+            assert after.current and after.current.revision == 2
+            assert after.last_good and after.last_good.revision == 1 and after.pending is None
