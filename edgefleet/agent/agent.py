@@ -50,7 +50,7 @@ from shared.config import BrokerConfig, ServiceConfig
 from shared.errors import EdgefleetError
 from shared.files import write_atomic
 from shared.messages import DeployedFlow, DesiredState, FlowReport, ReportedState, ResultBatch
-from shared.mqtt import MqttConnection, Received
+from shared.mqtt import MqttConnection, NotConnected, Received
 from shared.requests import Requester
 from shared.runtime import Runtime
 from shared.signing import PublicKey
@@ -349,9 +349,27 @@ class Agent:
             for resource in flow.resources:
                 if self.cache.has(resource.sha256):
                     continue
-                where = await client.call("library.download_url", {"ref": resource.ref})
+                where = await self._ask(client, "library.download_url", {"ref": resource.ref})
                 await self.cache.fetch(resource.sha256, resource.size, str(where["url"]))
                 log.info("agent: %s downloaded (%d bytes)", resource.ref, resource.size)
+
+    async def _ask(self, client: FleetClient, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A fleet command; the connection may still be coming up (the retained desired state
+        can arrive before it counts as connected, or between a drop and a reconnect)."""
+        deadline = time.monotonic() + self.fleet.command_timeout_s
+        while True:
+            try:
+                await asyncio.wait_for(
+                    client.requester.connection.wait_connected(), self.fleet.command_timeout_s
+                )
+                return await client.call(cmd, args)
+            except (NotConnected, TimeoutError):
+                if time.monotonic() >= deadline:
+                    raise EdgefleetError(
+                        f"{cmd}: the fleet's broker is not reachable within "
+                        f"{self.fleet.command_timeout_s:g} s"
+                    ) from None
+                await asyncio.sleep(0.2)
 
     def _write_flows(self, revision: Revision) -> tuple[list[FlowSpec], dict[str, str]]:
         """The revision's flow files in `{workdir}/deployed/{revision}/`, references made local."""
