@@ -4,10 +4,12 @@ the old model or the new; a candidate that cannot serve is refused and the live 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from shared.topics import Topics
 from tests.helpers import Probe
@@ -116,3 +118,51 @@ async def test_unfit_candidates_are_refused_and_the_live_model_serves(
     ):
         assert needle in text_of, needle
     assert sum("refused, the live model keeps serving" in r for r in reasons) == 6
+
+
+PATH = [os.environ.get("PYTHONPATH", "")]
+
+# Installed in the trial process only (through PYTHONPATH): onnxruntime there dies by SIGSEGV on
+# opening a model that carries the marker, as it has done on malformed files. The service's own
+# process is untouched: it imported onnxruntime long before.
+SEGFAULT_HOOK = """
+import os, signal, sys
+if "services.inference.isolated" in sys.orig_argv:
+    import onnxruntime
+    _init = onnxruntime.InferenceSession.__init__
+    def _crash(self, model, *args, **kwargs):
+        if isinstance(model, bytes) and b"segfault-in-onnxruntime" in model:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        _init(self, model, *args, **kwargs)
+    onnxruntime.InferenceSession.__init__ = _crash
+"""
+
+
+async def test_a_candidate_that_crashes_the_trial_process_is_refused_live_serves(
+    base_config: dict[str, Any],
+    probe: Probe,
+    site: str,
+    tmp_path: Path,
+    monkeypatch: Any,
+) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SEGFAULT_HOOK)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), *PATH])))
+    live = models.isolation_forest(tmp_path / "live.onnx")
+    crashing = models.linear(tmp_path / "crashing.onnx")
+    model = onnx.load(str(crashing))
+    onnx.helper.set_model_props(model, {"edgefleet.note": "segfault-in-onnxruntime"})
+    models.save(model, crashing)
+    async with serving(base_config, probe, site, live, candidate_timeout_s=20) as topics:
+        feed = Feed(probe, topics)
+        async with feeding(feed):
+            await publish_config(probe, topics, 1, model={"path": str(crashing)})
+            state = await status_where(probe, topics, lambda s: s["swaps"]["refused"] == 1)
+        await all_results(probe, topics, feed)
+    assert "killed by SIGSEGV" in state["swaps"]["last_error"]
+    assert state["swaps"]["done"] == 0 and state["revision"] == 1
+    _, shas = accounted(results(probe, topics.results("f1")), feed)
+    assert set(shas) == {state["model"]["sha256"]}  # every sample served by the live model
+    reasons = [e["reason"] for e in probe.decoded(topics.errors("inference-f1"))]
+    assert any("crashed the process that tried it" in r and "SIGSEGV" in r for r in reasons)
