@@ -84,6 +84,32 @@ async def test_file_replaced_on_disk_is_swapped(
     assert len(set(shas)) == 2 and "changed" in state["swaps"]["last"]["reason"]
 
 
+async def refused_while_live_serves(
+    base_config: dict[str, Any],
+    probe: Probe,
+    site: str,
+    live: Path,
+    candidates: list[Path],
+    timeout_s: float,
+) -> list[str]:
+    """Offer each candidate in turn; every one refused, every sample served by the live model.
+    Returns the reasons reported on the errors topic."""
+    async with serving(base_config, probe, site, live, candidate_timeout_s=timeout_s) as topics:
+        feed = Feed(probe, topics)
+        async with feeding(feed):
+            for revision, path in enumerate(candidates, start=1):
+                await publish_config(probe, topics, revision, model={"path": str(path)})
+                await status_where(probe, topics, lambda s, r=revision: s["revision"] == r)
+            n = len(candidates)
+            state = await status_where(probe, topics, lambda s: s["swaps"]["refused"] == n)
+        await all_results(probe, topics, feed)
+    _, shas = accounted(results(probe, topics.results("f1")), feed)
+    assert set(shas) == {state["model"]["sha256"]} and state["swaps"]["done"] == 0
+    reasons = [e["reason"] for e in probe.decoded(topics.errors("inference-f1"))]
+    assert sum("refused, the live model keeps serving" in r for r in reasons) == n
+    return reasons
+
+
 async def test_unfit_candidates_are_refused_and_the_live_model_serves(
     base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
 ) -> None:
@@ -96,28 +122,24 @@ async def test_unfit_candidates_are_refused_and_the_live_model_serves(
     text = tmp_path / "notes.onnx"
     text.write_text("this is not a model\n")
     wrong = models.linear(tmp_path / "three.onnx", f=3)  # takes 3 features, the flow sends 4
-    hangs = models.hanging(tmp_path / "hangs.onnx")
-    candidates = [truncated, corrupt, text, wrong, tmp_path / "missing.onnx", hangs]
-    async with serving(base_config, probe, site, live, candidate_timeout_s=3) as topics:
-        feed = Feed(probe, topics)
-        async with feeding(feed):
-            for revision, path in enumerate(candidates, start=1):
-                await publish_config(probe, topics, revision, model={"path": str(path)})
-                await status_where(probe, topics, lambda s, r=revision: s["revision"] == r)
-            state = await status_where(probe, topics, lambda s: s["swaps"]["refused"] == 6)
-        await all_results(probe, topics, feed)
-    _, shas = accounted(results(probe, topics.results("f1")), feed)
-    assert set(shas) == {state["model"]["sha256"]} and state["swaps"]["done"] == 0
-    reasons = [e["reason"] for e in probe.decoded(topics.errors("inference-f1"))]
+    candidates = [truncated, corrupt, text, wrong, tmp_path / "missing.onnx"]
+    # A generous trial timeout: on a loaded machine a trial process that must only say "unfit"
+    # can take seconds to start onnxruntime; the hanging candidate has a test of its own.
+    reasons = await refused_while_live_serves(
+        base_config, probe, site, live, candidates, timeout_s=60
+    )
     text_of = " | ".join(reasons)
-    for needle in (
-        "not a valid ONNX model",
-        "takes 3 features",
-        "cannot read model file",
-        "did not finish",
-    ):
+    for needle in ("not a valid ONNX model", "takes 3 features", "cannot read model file"):
         assert needle in text_of, needle
-    assert sum("refused, the live model keeps serving" in r for r in reasons) == 6
+
+
+async def test_a_candidate_that_hangs_is_refused_and_the_live_model_serves(
+    base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
+) -> None:
+    live = models.isolation_forest(tmp_path / "live.onnx")
+    hangs = models.hanging(tmp_path / "hangs.onnx")
+    reasons = await refused_while_live_serves(base_config, probe, site, live, [hangs], timeout_s=3)
+    assert any("did not finish" in r for r in reasons), reasons
 
 
 PATH = [os.environ.get("PYTHONPATH", "")]
