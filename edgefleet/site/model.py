@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from edgefleet.registry import service_spec
 from services.actuator.config import ActuatorConfig
 from services.forwarder.config import ForwarderConfig
 from shared.config import BrokerConfig, ServiceConfig, StrictModel, Timings, TopicId
 from shared.errors import ConfigError
+from shared.signing import PublicKey
 from shared.topics import DEFAULT_PREFIX
 
 SourceKind = Literal["modbus", "opcua", "mqtt"]
@@ -102,6 +103,43 @@ class SupervisorSettings(StrictModel):
     stop_timeout_s: float = Field(10.0, gt=0, description="SIGTERM, then SIGKILL after this")
 
 
+class FleetBroker(StrictModel):
+    """Where the fleet's commands go (`library.download_url`); default: the site broker."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+
+
+class FleetSection(StrictModel):
+    """The node's agent (docs/agent.md): `edgefleet up` runs it when site.yaml has this section."""
+
+    trusted_keys: list[str] = Field(
+        min_length=1,
+        description="public keys (`ed25519:...`) whose signed desired states this node runs",
+    )
+    broker: FleetBroker | None = Field(
+        None, description="the broker the fleet service answers on; default: the site broker"
+    )
+    cache_max_mb: float = Field(1024.0, gt=0, description="blob cache size before eviction")
+    health_timeout_s: float = Field(
+        60.0, gt=0, description="a deployed flow must be online with results within this"
+    )
+    inspect_timeout_s: float = Field(
+        30.0, gt=0, description="loading and one trial run of a model, in a separate process"
+    )
+    command_timeout_s: float = Field(30.0, gt=0, description="for an answer of the fleet")
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_parse(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            try:
+                PublicKey.parse(key)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return keys
+
+
 class SourceSpec(BaseModel):
     """One device, one adapter instance: `name`, `kind`, then the adapter's own keys."""
 
@@ -138,6 +176,12 @@ class SiteSpec(StrictModel):
     )
     supervisor: SupervisorSettings = Field(
         default_factory=lambda: SupervisorSettings.model_validate({})
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="the node's labels, for the fleet's groups"
+    )
+    fleet: FleetSection | None = Field(
+        None, description="run the agent: this node takes desired states from a fleet"
     )
 
 
