@@ -282,10 +282,16 @@ class Runtime:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def serve(self, loops: Mapping[str, Loop] | None = None) -> None:
-        """Run the MQTT and status loops and the service's named loops until stopped."""
+    async def serve(
+        self, loops: Mapping[str, Loop] | None = None, *, handle_signals: bool = True
+    ) -> None:
+        """Run the MQTT and status loops and the service's named loops until stopped.
+
+        `handle_signals=False` for a runtime inside a process that owns its signals (the agent
+        inside `edgefleet up`): it stops when `stop` is set."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop.set)
         try:
@@ -310,7 +316,7 @@ class Runtime:
                 mqtt_task.cancel()
         finally:
             self._group = None
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 

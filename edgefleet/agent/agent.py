@@ -136,7 +136,7 @@ class Agent:
         self.topics = self.rt.topics
         self._latest: Any = None  # the newest desired state's wire form, not yet looked at
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._serving: asyncio.Task[None] | None = None
         self._fleet_connection: MqttConnection | None = None
         self.requester: Requester | None = None
 
@@ -174,24 +174,29 @@ class Agent:
             self.requester = Requester(self._fleet_connection, reply_topic, client_id)
             holder.append(self.requester)
             await self._fleet_connection.subscribe(reply_topic)
-            self._spawn(self._fleet_connection.run(), "agent_fleet_mqtt")
         await self.rt.subscribe(self.topics.desired(), self._on_desired)
-        self._spawn(self.rt.mqtt.run(), "agent_mqtt")
-        self._spawn(self.rt.status_loop(), "agent_status")
-        self._spawn(self._work(), "agent_work")
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=name))
+        loops = {"agent_work": self._work}
+        if self._fleet_connection is not None:
+            loops["agent_fleet_mqtt"] = self._fleet_connection.run
+        # The runtime's own skeleton (status, error reports, `stopped` at the end); `up` owns
+        # the process's signals, so the runtime does not take them.
+        self._serving = asyncio.create_task(
+            self.rt.serve(loops, handle_signals=False), name="agent"
+        )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            if task.get_name() != "agent_mqtt":
-                task.cancel()
-        await self.rt._say_stopped()  # the runtime's own `stopped`, as a service says it
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        if self._serving is None:
+            return
+        self.rt.stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._serving), 15)
+        except TimeoutError:
+            log.warning("agent: did not stop within 15 s; cancelled")
+            self._serving.cancel()
+            await asyncio.gather(self._serving, return_exceptions=True)
+        except Exception:
+            log.exception("agent: failed while stopping")
+        self._serving = None
 
     def _health(self) -> dict[str, Any]:
         disk = shutil.disk_usage(self.cache.folder)

@@ -17,6 +17,7 @@ from edgefleet.site.load import load_site
 from edgefleet.site.supervisor import SiteSupervisor
 from shared.messages import DeployedFlow, DesiredState, PinnedResource
 from shared.signing import SigningKey
+from shared.topics import Topics
 from tests.helpers import Probe
 from tests.inference.models import mlp
 from tests.site.helpers import FEATURES, flow_data, site_data
@@ -80,12 +81,12 @@ def desired(
 
 
 async def deploy(probe: Probe, site: str, wire: dict[str, Any]) -> None:
-    await probe.publish(f"{site}/{site}/desired", wire, qos=1, retain=True)
+    await probe.publish(Topics(site, site).desired(), wire, qos=1, retain=True)
 
 
 async def reported(probe: Probe, site: str, revision: int, state: str) -> dict[str, Any]:
     found = await probe.wait_for(
-        f"{site}/{site}/reported",
+        Topics(site, site).reported(),
         lambda r: r["revision"] == revision and r["state"] == state,
         timeout=TIMEOUT,
     )
@@ -95,7 +96,9 @@ async def reported(probe: Probe, site: str, revision: int, state: str) -> dict[s
 
 async def result_from(probe: Probe, site: str, sha256: str) -> None:
     await probe.wait_for(
-        f"{site}/{site}/results/pump", lambda r: r["model"]["sha256"] == sha256, timeout=TIMEOUT
+        Topics(site, site).results("pump"),
+        lambda r: r["model"]["sha256"] == sha256,
+        timeout=TIMEOUT,
     )
 
 
@@ -106,10 +109,10 @@ async def test_applies_a_signed_desired_state_and_refuses_the_rest(
     sha = view["pins"]["model"]["sha256"]
     path = write_site(tmp_path / "site", site, broker, simulator)
     async with Probe(broker.host, broker.port) as probe:
-        await probe.subscribe(f"{site}/{site}/#")
+        await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
             status = await probe.wait_for(
-                f"{site}/{site}/status/agent", lambda s: "agent" in s.get("health", {})
+                Topics(site, site).status("agent"), lambda s: "agent" in s.get("health", {})
             )
             health = status[0]["health"]["agent"]
             assert health["labels"] == {"role": "pump"}
@@ -119,7 +122,7 @@ async def test_applies_a_signed_desired_state_and_refuses_the_rest(
 
             await deploy(probe, site, desired(site, 5, view))
             applied = await reported(probe, site, 5, "applied")
-            steps = [r["state"] for r in probe.decoded(f"{site}/{site}/reported")]
+            steps = [r["state"] for r in probe.decoded(Topics(site, site).reported())]
             assert steps == ["received", "downloading", "verifying", "activating", "applied"]
             assert applied["flows"][0]["model_sha256"] == sha
             assert {"download", "verify", "activate", "health", "total"} <= set(
@@ -143,10 +146,12 @@ async def test_applies_a_signed_desired_state_and_refuses_the_rest(
                 await deploy(probe, site, wire)
                 report = await reported(probe, site, wire["revision"], "failed")
                 assert f"refused ({reason})" in report["error"]
-                await probe.wait_for(
-                    f"{site}/{site}/errors/agent",
-                    lambda e, r=reason: f"refused ({r})" in e["reason"],
-                )
+                needle = f"refused ({reason})"
+
+                def names_it(e: dict[str, Any], needle: str = needle) -> bool:
+                    return needle in e["reason"]
+
+                await probe.wait_for(Topics(site, site).errors("agent"), names_it)
             assert sup.instances["inference-pump"].pid == pid  # nothing changed
             state = json.loads((tmp_path / "w" / "agent" / "state.json").read_text())
             assert state["current"]["revision"] == 5 and state["pending"] is None
@@ -169,7 +174,7 @@ async def test_a_revision_that_fails_its_health_gate_is_rolled_back(
     assert bad_sha != good_sha
     path = write_site(tmp_path / "site", site, broker, simulator, health_timeout_s=8)
     async with Probe(broker.host, broker.port) as probe:
-        await probe.subscribe(f"{site}/{site}/#")
+        await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
             await deploy(probe, site, desired(site, 1, good))
             await reported(probe, site, 1, "applied")
@@ -177,12 +182,12 @@ async def test_a_revision_that_fails_its_health_gate_is_rolled_back(
             report = await reported(probe, site, 2, "rolled_back")
             assert "no results from the new model on pump" in report["error"]
             assert report["last_good"] == 1 and "rollback" in report["timings_ms"]
-            n = len(probe.received(f"{site}/{site}/results/pump"))
+            n = len(probe.received(Topics(site, site).results("pump")))
             # the last good revision runs again: results from its model
             await probe.wait_until(
                 lambda: any(
                     r["model"]["sha256"] == good_sha
-                    for r in probe.decoded(f"{site}/{site}/results/pump")[n:]
+                    for r in probe.decoded(Topics(site, site).results("pump"))[n:]
                 ),
                 timeout=TIMEOUT,
             )
@@ -202,7 +207,7 @@ async def test_a_new_model_only_is_swapped_in_without_a_restart(
     assert second["version"] == first["version"] + 1
     path = write_site(tmp_path / "site", site, broker, simulator)
     async with Probe(broker.host, broker.port) as probe:
-        await probe.subscribe(f"{site}/{site}/#")
+        await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
             await deploy(probe, site, desired(site, 1, first))
             await reported(probe, site, 1, "applied")
@@ -212,19 +217,19 @@ async def test_a_new_model_only_is_swapped_in_without_a_restart(
             assert report["flows"][0]["model_sha256"] == new_sha
             await result_from(probe, site, new_sha)
             assert {n: s.pid for n, s in sup.instances.items()} == pids  # nothing restarted
-            config = await probe.wait_for(f"{site}/{site}/config/inference-pump")
+            config = await probe.wait_for(Topics(site, site).config("inference-pump"))
             assert config[0]["revision"] == 1 and config[0]["config"]["model"]["path"].endswith(
                 new_sha
             )
 
         # a restart of the site runs the applied revision again, from the agent's state
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
-            n = len(probe.received(f"{site}/{site}/results/pump"))
+            n = len(probe.received(Topics(site, site).results("pump")))
             await sup.wait_online(TIMEOUT, ["aligner-pump", "inference-pump"])
             await probe.wait_until(
                 lambda: any(
                     r["model"]["sha256"] == new_sha
-                    for r in probe.decoded(f"{site}/{site}/results/pump")[n:]
+                    for r in probe.decoded(Topics(site, site).results("pump"))[n:]
                 ),
                 timeout=TIMEOUT,
             )
@@ -241,7 +246,7 @@ async def test_a_revision_cut_short_is_applied_again_after_a_restart(
     path = write_site(tmp_path / "site", site, broker, simulator)
     work = tmp_path / "w"
     async with Probe(broker.host, broker.port) as probe:
-        await probe.subscribe(f"{site}/{site}/#")
+        await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), work):
             await deploy(probe, site, desired(site, 1, first))
             await reported(probe, site, 1, "applied")
@@ -253,7 +258,7 @@ async def test_a_revision_cut_short_is_applied_again_after_a_restart(
         state.save(cut.step("downloading"))
         partial = work / "agent" / "cache" / "sha256" / f".{new_sha}.1234.part"
         partial.write_bytes(b"half a model")
-        await probe.publish(f"{site}/{site}/desired", wire, qos=1, retain=True)
+        await probe.publish(Topics(site, site).desired(), wire, qos=1, retain=True)
         async with SiteSupervisor(load_site(path), work):
             await reported(probe, site, 2, "applied")
             await result_from(probe, site, new_sha)
