@@ -10,6 +10,7 @@ import logging
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from services.inference.scripts import inspect_script
 from services.inference.signature import inspect_model
 from shared.errors import EdgefleetError, ModelError
 from shared.messages import iso, now_ns
+from shared.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +41,20 @@ class Fleet:
     # Held from a blob's copy to its row's commit, and from a delete's tombstone to the blob's
     # removal: a delete never removes bytes a concurrent commit has just pinned.
     blob_lock: threading.Lock = field(default_factory=threading.Lock)
+    signing_key: SigningKey | None = None  # signs desired states; deploy refuses without one
+    # Publishes one retained QoS 1 message and waits for the broker's ack (set by the service:
+    # handlers run in threads, the MQTT client in the event loop).
+    publish: Callable[[str, dict[str, Any]], None] | None = None
+    # Held from a deployment's commit to its last publish: revisions reach the broker in order.
+    deploy_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, config: Config) -> Fleet:
         blobs = BlobStore(config.s3)
         blobs.ensure_bucket()
         config.work_dir.mkdir(parents=True, exist_ok=True)
-        return cls(config, Store(config.db), blobs)
+        key = SigningKey.load(config.signing_key) if config.signing_key else None
+        return cls(config, Store(config.db), blobs, signing_key=key)
 
     def resource_view(self, row: Row, *, users: bool = True) -> api.ResourceView:
         return api.ResourceView(

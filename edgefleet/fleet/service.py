@@ -4,6 +4,11 @@
 workers serve them at once (a commit reads a whole blob and loads a model, which must not hold
 up a `library list`); handlers run in threads, SQLite and S3 being blocking. Staged uploads that
 were never committed are swept once their URL has expired.
+
+It also watches every node: `ef/+/status/agent` (online, labels, versions) and `ef/+/reported`
+(how far a node got with its desired state) update the node table and the deployments; a loop
+fails the nodes of a deployment past their timeout. At start it publishes every node's latest
+desired state again, in case one was committed and the process died before its publish.
 """
 
 from __future__ import annotations
@@ -12,16 +17,19 @@ import asyncio
 import logging
 from typing import Any
 
-from edgefleet.fleet import commands
+from edgefleet.fleet import commands, deploy, nodes
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
+from shared import codec
 from shared.errors import EdgefleetError, PayloadError
-from shared.messages import FleetAnswer, FleetCommand, Message
+from shared.messages import FleetAnswer, FleetCommand, Message, ReportedState, Status
 from shared.mqtt import Received
 from shared.requests import RequestServer
 from shared.runtime import Runtime
-from shared.topics import fleet_commands
+from shared.topics import Kind, every_site, fleet_commands, parse
+
+PUBLISH_TIMEOUT_S = 30.0
 
 NAME = "fleet"
 __all__ = ["NAME", "Config", "check", "main"]
@@ -58,6 +66,41 @@ async def main(config: Config) -> None:
 
     async with Runtime(NAME, config) as rt:
         server = RequestServer(rt, topic, FleetCommand.from_wire, handle, refuse)
+        loop = asyncio.get_running_loop()
+
+        def publish(topic: str, wire: dict[str, Any]) -> None:
+            """From a handler's thread: one retained QoS 1 publish, acked (or buffered)."""
+            future = asyncio.run_coroutine_threadsafe(
+                rt.publish(topic, wire, qos=1, retain=True), loop
+            )
+            result = future.result(PUBLISH_TIMEOUT_S)
+            if not result.ok:
+                raise FleetError("publish_failed", f"{topic}: the broker refused: {result.reason}")
+
+        fleet.publish = publish
+
+        async def on_status(message: Received) -> None:
+            site = parse(message.topic).site
+            status = Status.from_wire(codec.decode(message.payload, message.content_type))
+            await asyncio.to_thread(nodes.observe_status, fleet, site, status)
+
+        async def on_reported(message: Received) -> None:
+            site = parse(message.topic).site
+            reported = ReportedState.from_wire(codec.decode(message.payload, message.content_type))
+            if reported.site != site:
+                raise PayloadError(f"a reported state for site {reported.site!r} on {site}'s topic")
+            await asyncio.to_thread(nodes.observe_reported, fleet, site, reported)
+
+        async def timeout_loop() -> None:
+            while True:
+                failed = await asyncio.to_thread(deploy.expire, fleet)
+                if failed:
+                    log.warning("%d node(s) timed out in their deployment", failed)
+                await asyncio.sleep(config.deploy_check_interval_s)
+
+        async def republish() -> None:
+            count = await asyncio.to_thread(deploy.republish, fleet)
+            log.info("published the latest desired state of %d node(s) again", count)
 
         async def enqueue(message: Received) -> None:
             await queue.put(message)  # full: the dispatch loop waits (back-pressure)
@@ -78,12 +121,15 @@ async def main(config: Config) -> None:
             return {"commands": server.stats.as_dict(), "queued": queue.qsize()}
 
         await rt.subscribe(topic, enqueue)
+        await rt.subscribe(every_site(Kind.STATUS, config.prefix, "agent"), on_status)
+        await rt.subscribe(every_site(Kind.REPORTED, config.prefix), on_reported)
         rt.add_health("fleet", health)
         log.info(
-            "fleet serving %s: db %s, S3 %s bucket %s",
+            "fleet serving %s: db %s, S3 %s bucket %s, signing key %s",
             topic,
             config.db,
             config.s3.endpoint,
             config.s3.bucket,
+            fleet.signing_key.public.key_id if fleet.signing_key else "none (no deploy)",
         )
-        await rt.serve(*([command_loop] * config.workers), sweep_loop)
+        await rt.serve(*([command_loop] * config.workers), sweep_loop, timeout_loop, republish)
