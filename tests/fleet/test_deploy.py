@@ -7,6 +7,8 @@ reported states, and reads the desired states the fleet publishes.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from edgefleet.fleet.errors import FleetError
 from shared.messages import ReportedState, Status
 from shared.signing import PublicKey, SignatureError, SigningKey, verify
 from shared.topics import Topics
+from tests.fleet.test_fleet_process import FleetProcess, cli, wait_ready
 from tests.fleet.test_flows import flow_text, push_flow
 from tests.helpers import Probe
 from tests.inference import models
@@ -272,3 +275,70 @@ async def test_timeout_supersede_cancel_and_dry_run(
     # the next deployment is not blocked by any of this
     again = await fleet.call("deploy", {"flows": ["pump-anomaly@2"], "nodes": ["a", "b"]})
     assert {(p["site"], p["revision"]) for p in again["plan"]} == {("a", 2), ("b", 4)}
+
+
+@pytest.fixture
+def fleet_proc(fleet_config: dict[str, Any], tmp_path: Path) -> Any:
+    process = FleetProcess(fleet_config, tmp_path)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def test_cli_nodes_groups_deploy(
+    fleet_proc: FleetProcess, broker: LocalBroker, probe: Probe, site: str, tmp_path: Path
+) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli(broker, site, *args)
+
+    async def arun(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(run, *args)
+
+    await asyncio.to_thread(wait_ready, broker, site)
+    model = models.isolation_forest(tmp_path / "m.onnx")
+    assert (await arun("library", "push", str(model), "--name", "pump-ae")).returncode == 0
+    flow = tmp_path / "pump-anomaly.yaml"
+    flow.write_text(flow_text({"ref": "pump-ae"}))
+    assert (await arun("flow", "push", str(flow))).returncode == 0
+    await announce(probe, site, "plant1", {"role": "pump", "plant": "p1"})
+    await announce(probe, site, "plant3", {"role": "fan"})
+
+    async def two_nodes() -> bool:
+        listed = await arun("node", "list", "--json")
+        return len(json.loads(listed.stdout)["nodes"]) == 2
+
+    await eventually(two_nodes, timeout=30)
+    table = (await arun("node", "list")).stdout.splitlines()
+    assert table[0].split()[:3] == ["SITE", "ONLINE", "LABELS"]
+    assert table[1].split()[:3] == ["plant1", "online", "plant=p1,role=pump"]
+
+    created = await arun("group", "create", "pumps", "role=pump,!retired")
+    assert created.returncode == 0 and "plant1" in created.stdout
+    why = await arun("group", "show", "pumps", "--node", "plant3")
+    assert "plant3 is not a member of pumps" in why.stdout and "role=fan, not pump" in why.stdout
+    bad = await arun("group", "create", "odd", "role in pump")
+    assert bad.returncode == 1 and "column 9" in bad.stderr
+    usage = await arun("deploy", "pump-anomaly@1")  # no target
+    assert usage.returncode == 2
+
+    dry = await arun("deploy", "pump-anomaly@1", "--to", "pumps", "--dry-run")
+    assert dry.returncode == 0 and "dry run: nothing published" in dry.stdout
+    done = await arun(
+        "deploy", "pump-anomaly@1", "--to", "pumps", "--health-timeout", "2m", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["deployment"]["timeout_s"] == 120 and result["plan"][0]["site"] == "plant1"
+    shown = json.loads(
+        (await arun("deployment", "show", result["deployment"]["id"], "--json")).stdout
+    )
+    assert [(n["site"], n["state"]) for n in shown["nodes"]] == [("plant1", "pending")]
+    history = await arun("node", "history", "plant1")
+    header = ["REVISION", "ISSUED", "DEPLOYMENT", "FLOWS", "CHANGES", "STATE"]
+    assert history.stdout.split()[:6] == header
+    revisions = json.loads((await arun("node", "history", "plant1", "--json")).stdout)["revisions"]
+    assert [(r["revision"], r["changes"], r["state"]) for r in revisions] == [
+        (1, "+pump-anomaly@1", "pending")
+    ]
