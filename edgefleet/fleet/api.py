@@ -108,7 +108,7 @@ class ResourceSummary(Api):
     kind: Kind
     size: int  # of the latest
     created: str  # of the latest
-    deployed: list[str] = []  # where it runs: filled by deployments
+    deployed: list[str] = []  # `name@N (nodes)` in nodes' latest desired states
 
 
 class ListResult(Api):
@@ -117,6 +117,12 @@ class ListResult(Api):
 
 class RefRequest(Api):
     ref: Ref  # name (the latest) or name@N
+
+
+class DownloadUrlRequest(Api):
+    ref: Ref
+    # The asking node: the URL is given only for a version one of its desired states pins.
+    site: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] | None = None
 
 
 class VersionBrief(Api):

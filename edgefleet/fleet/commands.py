@@ -81,11 +81,13 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "library.download_url",
-            api.RefRequest,
+            api.DownloadUrlRequest,
             api.DownloadUrlResult,
             library.download_url,
-            "A presigned GET URL of one version's blob, with the digest to verify.",
-            {"ref": "pump-ae@3"},
+            "A presigned GET URL of one version's blob, with the digest to verify; with "
+            "`site` (an agent asking), only for a version one of that site's desired states "
+            "pins.",
+            {"ref": "pump-ae@3", "site": "plant1"},
         ),
         Command(
             "library.archive",

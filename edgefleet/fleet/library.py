@@ -181,8 +181,16 @@ def _inspect(fleet: Fleet, req: api.CommitRequest, local: Path) -> dict[str, Any
         raise FleetError("invalid_script", str(exc).replace(str(local), origin)) from None
 
 
+def deployed_of(counts: dict[str, int], name: str) -> list[str]:
+    """`name@N (k)`: the versions of `name` in nodes' latest desired states, and on how many."""
+    refs = [(ref, n) for ref, n in counts.items() if ref.rpartition("@")[0] == name]
+    refs.sort(key=lambda item: int(item[0].rpartition("@")[2]))
+    return [f"{ref} ({n})" for ref, n in refs]
+
+
 def list_resources(fleet: Fleet, req: api.ListRequest) -> api.ListResult:
     out = []
+    counts = fleet.store.deployed()
     for name in fleet.store.resource_names(req.kind):
         versions = fleet.store.versions(name)
         active = [r for r in versions if r["archived_ns"] is None]
@@ -195,6 +203,7 @@ def list_resources(fleet: Fleet, req: api.ListRequest) -> api.ListResult:
                 kind=latest["kind"],
                 size=latest["size"],
                 created=iso(latest["created_ns"]),
+                deployed=deployed_of(counts, name),
             )
         )
     return api.ListResult(resources=out)
@@ -218,11 +227,16 @@ def show(fleet: Fleet, req: api.RefRequest) -> api.ShowResult:
     return api.ShowResult(resource=fleet.resource_view(row), versions=versions)
 
 
-def download_url(fleet: Fleet, req: api.RefRequest) -> api.DownloadUrlResult:
+def download_url(fleet: Fleet, req: api.DownloadUrlRequest) -> api.DownloadUrlResult:
     name, version = api.split_ref(req.ref)
     row = fleet.store.resource(name, version)
+    ref = f"{row['name']}@{row['version']}"
+    if req.site is not None and ref not in fleet.store.pinned_for(req.site):
+        raise FleetError(
+            "not_allowed", f"no desired state of site {req.site} names {ref}: not its to download"
+        )
     return api.DownloadUrlResult(
-        ref=f"{row['name']}@{row['version']}",
+        ref=ref,
         url=fleet.blobs.get_url(blob_key(row["sha256"])),
         sha256=row["sha256"],
         size=row["size"],

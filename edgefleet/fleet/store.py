@@ -417,6 +417,34 @@ class Store:
             )
             return {r.pop("role"): r for r in rows}
 
+    # ------------------------------------------------------------------ desired states
+
+    def pinned_for(self, site: str) -> set[str]:
+        """Every resource `name@N` any desired state of `site` ever named."""
+        with self._connection() as db:
+            rows = db.query("SELECT wire FROM desired WHERE site = ?", [site])
+            return {
+                r["ref"] for row in rows for f in json.loads(row["wire"])["flows"]
+                for r in f["resources"]
+            }  # fmt: skip
+
+    def deployed(self) -> dict[str, int]:
+        """`name@N` of every flow and resource in a node's latest desired state → nodes."""
+        counts: dict[str, int] = {}
+        with self._connection() as db:
+            rows = db.query(
+                "SELECT wire FROM desired d WHERE revision = "
+                "(SELECT max(revision) FROM desired WHERE site = d.site)"
+            )
+            for row in rows:
+                refs = set()
+                for f in json.loads(row["wire"])["flows"]:
+                    refs.add(f"{f['name']}@{f['version']}")
+                    refs.update(r["ref"] for r in f["resources"])
+                for ref in refs:
+                    counts[ref] = counts.get(ref, 0) + 1
+        return counts
+
     # ------------------------------------------------------------------ uploads
 
     def add_upload(self, upload_id: str, key: str, size: int, expires_ns: int) -> None:

@@ -148,6 +148,15 @@ async def test_deploy_to_a_group_reaches_only_its_members(
         with pytest.raises(SignatureError):
             verify({**d, "revision": 9}, [public_key])
     assert desired_of(probe, prefix, "n3") == []
+    # an agent gets a download URL only for what its desired states name
+    url = await fleet.call("library.download_url", {"ref": "pump-ae@1", "site": "n1"})
+    assert url["sha256"] == library["sha256"]
+    with pytest.raises(FleetError) as denied:
+        await fleet.call("library.download_url", {"ref": "pump-ae@1", "site": "n3"})
+    assert denied.value.code == "not_allowed"
+    listed_flows = (await fleet.call("flow.list"))["flows"]
+    assert listed_flows[0]["deployed"] == ["pump-anomaly@1 (2)"]
+    assert (await fleet.call("library.list"))["resources"][0]["deployed"] == ["pump-ae@1 (2)"]
 
     # per node the deployment follows what the node reports for that revision
     await report(probe, prefix, "n1", 1, "applied", timings_ms={"download": 12.5})
