@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlite_utils
 
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet.client import FleetClient
 from edgefleet.fleet.errors import FleetError
+from edgefleet.fleet.store import MIGRATIONS, Store
 from shared.messages import ReportedState, Status
 from shared.signing import PublicKey, SignatureError, SigningKey, verify
 from shared.topics import Topics
@@ -351,3 +354,67 @@ async def test_cli_nodes_groups_deploy(
     assert [(r["revision"], r["changes"], r["state"]) for r in revisions] == [
         (1, "+pump-anomaly@1", "pending")
     ]
+
+
+async def test_concurrent_deployments_leave_the_newest_retained(
+    fleet: FleetClient, broker: LocalBroker, probe: Probe, site: str, tmp_path: Path
+) -> None:
+    await flow_versions(fleet, tmp_path)
+    refs = ["pump-anomaly@1", "pump-anomaly@2"] * 4
+    results = await asyncio.gather(
+        *(fleet.call("deploy", {"flows": [ref], "nodes": ["c1"]}) for ref in refs)
+    )
+    revisions = sorted(r["plan"][0]["revision"] for r in results)
+    assert revisions == list(range(1, len(refs) + 1))  # each got its own, none twice
+    newest = max(results, key=lambda r: r["plan"][0]["revision"])
+    async with Probe(broker.host, broker.port) as later:
+        await later.subscribe(Topics("c1", site).desired())
+        (d,) = await later.wait_for(Topics("c1", site).desired())
+    assert d["revision"] == len(refs) and d["deployment"] == newest["deployment"]["id"]
+    states = [
+        (await fleet.call("deployment.show", {"id": r["deployment"]["id"]}))["deployment"]["state"]
+        for r in results
+    ]
+    assert sorted(states) == ["in_progress"] + ["superseded"] * (len(refs) - 1)
+
+
+async def test_malformed_reports_are_rejected_and_reported(
+    fleet: FleetClient, probe: Probe, site: str
+) -> None:
+    errors = Topics("cloud", site).errors("fleet")
+    await probe.subscribe(errors)
+    await probe.publish(Topics("m1", site).reported(), {"kind": "reported", "state": "odd"}, qos=1)
+    await probe.publish(Topics("m2", site).status("agent"), [1, 2, 3], qos=1)
+    await probe.publish(
+        Topics("m3", site).reported(),
+        ReportedState(site="other", revision=1, state="applied").to_wire(),
+        qos=1,
+    )
+    got = await probe.wait_for(errors, count=3)
+    reasons = " | ".join(e["reason"] for e in got)
+    assert "invalid ReportedState" in reasons and "invalid Status" in reasons
+    assert "for site 'other' on m3's topic" in reasons
+    await report(probe, site, "m4", 1, "applied")  # and the watch goes on
+
+    async def m4_known() -> bool:
+        listed = await fleet.call("node.list")
+        return [n["site"] for n in listed["nodes"]] == ["m4"]
+
+    await eventually(m4_known)
+
+
+def test_a_schema_1_database_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    db = sqlite_utils.Database(conn)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    MIGRATIONS[0](db)
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    assert store.schema_version() == len(MIGRATIONS) == 2
+    with store.read() as db2:
+        assert {"nodes", "groups", "deployments", "deployment_nodes", "desired"} <= set(
+            db2.table_names()
+        )
