@@ -18,15 +18,17 @@ import pytest
 import sqlite_utils
 
 from edgefleet.broker import LocalBroker
-from edgefleet.fleet.client import FleetClient
+from edgefleet.fleet.client import FleetClient, connect
 from edgefleet.fleet.errors import FleetError
+from edgefleet.fleet.service import main
 from edgefleet.fleet.store import MIGRATIONS, Store
 from shared.messages import ReportedState, Status
 from shared.signing import PublicKey, SignatureError, SigningKey, verify
 from shared.topics import Topics
+from tests.fleet.conftest import fleet_of, wait_serving
 from tests.fleet.test_fleet_process import FleetProcess, cli, wait_ready
 from tests.fleet.test_flows import flow_text, push_flow
-from tests.helpers import Probe
+from tests.helpers import Probe, running
 from tests.inference import models
 
 
@@ -418,3 +420,23 @@ def test_a_schema_1_database_is_migrated(tmp_path: Path) -> None:
         assert {"nodes", "groups", "deployments", "deployment_nodes", "desired"} <= set(
             db2.table_names()
         )
+
+
+async def test_a_restarted_fleet_publishes_the_latest_desired_states_again(
+    fleet_config: dict[str, Any], broker: LocalBroker, probe: Probe, site: str, tmp_path: Path
+) -> None:
+    topic = Topics("r1", site).desired()
+    async with (
+        running(main(fleet_of(fleet_config))),
+        connect(f"{broker.host}:{broker.port}", prefix=site) as client,
+    ):
+        await wait_serving(client)
+        await flow_versions(client, tmp_path)
+        await client.call("deploy", {"flows": ["pump-anomaly@1"], "nodes": ["r1"]})
+        await client.call("deploy", {"flows": ["pump-anomaly@2"], "nodes": ["r1"]})
+    # as if the publish had never reached the broker: no retained desired state there
+    assert (await probe.publish_raw(topic, b"", qos=1, retain=True)).ok
+    async with running(main(fleet_of(fleet_config))):
+        await probe.subscribe(topic)
+        (d,) = await probe.wait_for(topic, lambda d: isinstance(d, dict))
+    assert d["revision"] == 2 and [f["version"] for f in d["flows"]] == [2]
