@@ -366,4 +366,3 @@ def setup_logging(level: str = "INFO") -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("mqtt").setLevel(logging.WARNING)  # aiomqtt's own logger is chatty

@@ -1,16 +1,23 @@
 """mqtt-ingest: read other systems' topics (JSON or msgpack) and publish reading batches.
 
-`edgefleet run mqtt-ingest --config FILE`. One incoming message becomes one ReadingBatch on
-`ef/{site}/raw/{source}`; fields that cannot be read are reported, the rest still published.
+`edgefleet run mqtt-ingest --config FILE`. Readings of one source from many messages are
+coalesced into one ReadingBatch per `coalesce_ms` tick on `ef/{site}/raw/{source}`; what cannot
+be read (a topic without a rule, a payload that does not parse, a value that is not a number) is
+counted and reported on the errors topic, and the rest still published.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from services.mqtt_ingest.coalesce import SourceBuffer
 from services.mqtt_ingest.config import IngestConfig, Input
 from services.mqtt_ingest.mapping import Extractor
-from shared import codec
+from services.mqtt_ingest.per_topic import TopicNamer, ValueReader
+from shared import clock, codec
 from shared.codec import JSON, MSGPACK
-from shared.messages import now_ns
 from shared.mqtt import Received
 from shared.runtime import Runtime
 
@@ -18,6 +25,14 @@ NAME = "mqtt-ingest"
 Config = IngestConfig
 
 _FORCED = {"json": JSON, "msgpack": MSGPACK}
+MAX_PUBLISHING = 100  # batches published and not yet acknowledged
+
+
+def decode(payload: bytes, content_type: str | None, forced: str | None) -> Any:
+    """Gateways often send a bare `23.4` without a content type: ASCII text is JSON then."""
+    if forced is None and content_type is None and payload.isascii():
+        return codec.decode(payload, JSON)
+    return codec.decode(payload, forced or content_type)
 
 
 class MqttIngestService:
@@ -25,32 +40,92 @@ class MqttIngestService:
         self.rt = rt
         self.config = config
         self.readings = 0
+        self.batches = 0
+        self.buffers: dict[str, SourceBuffer] = {}
+        self._dirty = asyncio.Event()
+        self._publishing: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         for spec in self.config.inputs:
-            await self.rt.subscribe(spec.topic, self._handler(spec))
-        self.rt.add_health("ingest", lambda: {"readings": self.readings})
+            self.buffers.setdefault(spec.source, SourceBuffer(spec.source))
+            handler = self._per_topic(spec) if not spec.signals else self._fields(spec)
+            await self.rt.subscribe(spec.topic, handler)
+        self.rt.add_health("ingest", lambda: {"readings": self.readings, "batches": self.batches})
+        self.rt.on_stop(self.drain)
 
-    def _handler(self, spec: Input):  # type: ignore[no-untyped-def]
+    def _fields(self, spec: Input) -> Callable[[Received], Awaitable[None]]:
         extractor = Extractor(spec)
-        topic = self.rt.topics.raw(spec.source)
         forced = _FORCED.get(spec.format)
+        buffer = self.buffers[spec.source]
 
         async def handle(message: Received) -> None:
-            arrival = now_ns()
-            data = codec.decode(message.payload, forced or message.content_type)
+            arrival = clock.now_ns()
+            data = decode(message.payload, message.content_type, forced)
             batch, problems = extractor.extract(data, arrival)
             for problem in problems:
                 self.rt.reject(problem, message)
             if spec.timestamp.path is not None:
                 self.rt.health.note_clock(spec.source, int(batch.t.max()), arrival)
-            await self.rt.publish(topic, batch.to_wire(), qos=self.config.publish_qos)
-            self.readings += len(batch)
+            buffer.add_batch(batch)
+            self._dirty.set()
 
         return handle
+
+    def _per_topic(self, spec: Input) -> Callable[[Received], Awaitable[None]]:
+        namer, reader = TopicNamer(spec), ValueReader(spec)
+        forced = _FORCED.get(spec.format)
+        buffer = self.buffers[spec.source]
+        device_clock = spec.timestamp.path is not None
+
+        async def handle(message: Received) -> None:
+            arrival = clock.now_ns()
+            name = namer.name(message.topic)
+            t, value, q = reader.read(
+                decode(message.payload, message.content_type, forced), arrival
+            )
+            if device_clock and t != arrival:
+                self.rt.health.note_clock(spec.source, t, arrival)
+            buffer.add(name, t, value, q, arrival)
+            self._dirty.set()
+
+        return handle
+
+    async def coalesce_loop(self) -> None:
+        """Wait for a first reading, let the tick fill up, publish one batch per source."""
+        tick = self.config.coalesce_ms / 1000
+        while True:
+            await self._dirty.wait()
+            await clock.sleep(tick)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Publish what the buffers hold. The PUBACK is not awaited here: on a busy connection
+        it comes behind the incoming stream, and the next tick must not wait for it."""
+        self._dirty.clear()
+        for source, buffer in self.buffers.items():
+            if not buffer:
+                continue
+            batch = buffer.take()
+            publish = self.rt.publish(
+                self.rt.topics.raw(source), batch.to_wire(), qos=self.config.publish_qos
+            )
+            task = asyncio.get_running_loop().create_task(publish)
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+            self.readings += len(batch)
+            self.batches += 1
+        if len(self._publishing) > MAX_PUBLISHING:  # the broker is slow: slow down with it
+            await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+
+    async def drain(self) -> None:
+        """On stop: what was read goes out before the connection closes."""
+        await self.flush()
+        if self._publishing:
+            await asyncio.wait(self._publishing, timeout=2.0)
 
 
 async def main(config: IngestConfig) -> None:
     async with Runtime(NAME, config) as rt:
-        await MqttIngestService(rt, config).start()
-        await rt.serve()
+        ingest = MqttIngestService(rt, config)
+        await ingest.start()
+        await rt.serve(ingest.coalesce_loop)

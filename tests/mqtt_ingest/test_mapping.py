@@ -5,6 +5,7 @@ import pytest
 
 from services.mqtt_ingest.config import Input
 from services.mqtt_ingest.mapping import Extractor, to_ns
+from services.mqtt_ingest.per_topic import TopicNamer, ValueReader, to_value
 from shared.errors import PayloadError
 from shared.messages import Quality
 
@@ -97,3 +98,50 @@ def test_one_bad_field_does_not_lose_the_good_ones() -> None:
 def test_message_level_problems_raise(payload: object, message: str) -> None:
     with pytest.raises(PayloadError, match=message):
         extractor().extract(payload, 0)
+
+
+def gateway(**spec: object) -> Input:
+    return Input.model_validate({"topic": "site1/+/+/+", "source": "gw", **spec})
+
+
+def test_signal_names_from_topic_levels_and_a_mapping_table() -> None:
+    namer = TopicNamer(gateway(signal="{2}_{3}", signal_map={"site1/a/b/c": "special"}))
+    assert namer.name("site1/line2/pump3/temperature") == "pump3_temperature"
+    assert namer.name("site1/a/b/c") == "special"
+    with pytest.raises(PayloadError, match="no entry of signal_map"):
+        TopicNamer(gateway(signal_map={"site1/a/b/c": "x"})).name("site1/a/b/d")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"signal": "{4}"}, r"has 3 `\+` level"),
+        ({"signal": "fixed"}, "names no topic level"),
+        ({}, "either `signals` or `signal`"),
+        ({"signal": "{1}", "signals": [{"name": "a", "path": "a"}]}, "either `signals`"),
+    ],
+)
+def test_bad_gateway_inputs_are_refused(spec: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        gateway(**spec)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [(23.4, 23.4), (7, 7.0), ("1.5", 1.5), (True, 1.0), (False, 0.0)]
+)
+def test_bare_values(raw: object, value: float) -> None:
+    assert to_value(raw) == value
+
+
+@pytest.mark.parametrize("raw", ["warm", [1], {"a": 1}])
+def test_values_that_are_not_numbers(raw: object) -> None:
+    with pytest.raises(PayloadError, match="is not a number"):
+        to_value(raw)
+
+
+def test_a_bare_value_takes_the_arrival_time_an_object_its_own() -> None:
+    reader = ValueReader(gateway(signal="{1}", timestamp={"path": "ts"}))
+    assert reader.read(21.5, arrival_ns=9) == (9, 21.5, Quality.GOOD)
+    assert reader.read({"value": 1, "ts": 2}, arrival_ns=9) == (2_000_000, 1.0, Quality.GOOD)
+    _, _, q = reader.read(None, arrival_ns=9)
+    assert q == Quality.BAD

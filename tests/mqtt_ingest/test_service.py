@@ -79,7 +79,10 @@ async def test_malformed_payloads_are_reported_counted_and_survived(
         await probe.publish(
             f"{site}-ext/p1/telemetry", {"ts": 3000, "temp": 22, "rpm": 2}, "json", qos=1
         )
-        raws = await probe.wait_for(topics.raw("gw"), count=2)
+        await probe.wait_for(
+            topics.raw("gw"), lambda r: r["value"].tolist()[-2:] == [22.0, 2.0]
+        )  # readings of several messages may share one batch (coalesce_ms)
+        raws = probe.decoded(topics.raw("gw"))
         await probe.wait_for(
             topics.status("ingest1"), lambda s: s["health"]["rejected"] == len(bad) + 1
         )
@@ -93,4 +96,86 @@ async def test_malformed_payloads_are_reported_counted_and_survived(
     ):
         assert expected in reasons
     # the good field of the half-bad message still arrived, and so did the good message
-    assert [r["value"].tolist() for r in raws] == [[1.0], [22.0, 2.0]]
+    assert [v for r in raws for v in r["value"].tolist()] == [1.0, 22.0, 2.0]
+
+
+def gateway_config(base: dict[str, Any], site: str, **ingest: Any) -> IngestConfig:
+    return validate(
+        IngestConfig,
+        {
+            **base,
+            "instance": "ingest1",
+            **ingest,
+            "inputs": [
+                {
+                    "topic": f"{site}-gw/+/+/+",
+                    "source": "plant",
+                    "signal": "{2}_{3}",
+                    "timestamp": {"path": "ts"},
+                },
+                {
+                    "topic": f"{site}-tags/#",
+                    "source": "tags",
+                    "signal_map": {f"{site}-tags/a/b": "flow_in"},
+                },
+            ],
+        },
+        "test",
+    )
+
+
+async def test_one_value_per_topic_named_from_the_topic_and_coalesced(
+    base_config: dict[str, Any], probe: Probe, site: str
+) -> None:
+    topics = Topics(site)
+    await probe.subscribe(topics.everything())
+    async with running(main(gateway_config(base_config, site, coalesce_ms=200))):
+        await probe.wait_for(topics.status("ingest1"), lambda s: s["state"] == "online")
+        sends = [
+            ("line1/pump3/temperature", b"23.4"),
+            ("line1/pump3/pressure", b'"1.5"'),
+            ("line1/pump3/running", b"true"),
+            ("line2/pump4/temperature", b'{"value": 19, "ts": 1733050000123}'),
+        ]
+        for topic, payload in sends:
+            await probe.publish_raw(f"{site}-gw/{topic}", payload, qos=1)
+        await probe.publish_raw(f"{site}-tags/a/b", b"7", qos=1)
+        [batch] = await probe.wait_for(topics.raw("plant"))
+        [tags] = await probe.wait_for(topics.raw("tags"))
+    plant = ReadingBatch.from_wire(batch)
+    assert len(probe.received(topics.raw("plant"))) == 1  # four messages, one batch
+    named = dict(zip([plant.signals[i] for i in plant.sig], plant.value.tolist(), strict=True))
+    assert named == {
+        "pump3_temperature": 23.4,
+        "pump3_pressure": 1.5,
+        "pump3_running": 1.0,
+        "pump4_temperature": 19.0,
+    }
+    assert 1733050000123 * 1_000_000 in plant.t.tolist()  # the object's own timestamp
+    assert ReadingBatch.from_wire(tags).signals == ["flow_in"]
+
+
+async def test_gateway_input_reports_what_it_cannot_read(
+    base_config: dict[str, Any], probe: Probe, site: str
+) -> None:
+    topics = Topics(site)
+    await probe.subscribe(topics.everything())
+    bad = [
+        (f"{site}-tags/not/mapped", b"1", "matches no entry of signal_map"),
+        (f"{site}-gw/l/p/t", b"{oops", "not valid JSON"),
+        (f"{site}-gw/l/p/t", b'"warm"', "value 'warm' is not a number"),
+        (f"{site}-gw/l/p/t", b'{"value": [1]}', "is not a number"),
+    ]
+    async with running(main(gateway_config(base_config, site))):
+        await probe.wait_for(topics.status("ingest1"), lambda s: s["state"] == "online")
+        for topic, payload, _ in bad:
+            await probe.publish_raw(topic, payload, qos=1)
+        await probe.publish_raw(f"{site}-gw/l/p/t", b"2.5", qos=1)
+        [good] = await probe.wait_for(topics.raw("plant"))
+        await probe.wait_for(
+            topics.status("ingest1"), lambda s: s["health"]["rejected"] == len(bad)
+        )
+    assert ReadingBatch.from_wire(good).value.tolist() == [2.5]
+    errors = probe.decoded(topics.errors("ingest1"))
+    for topic, _, reason in bad:
+        assert any(e["topic"] == topic and reason in e["reason"] for e in errors), reason

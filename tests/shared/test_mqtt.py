@@ -119,3 +119,37 @@ async def test_a_message_not_acked_is_delivered_again(broker: LocalBroker) -> No
     got.clear()
     with pytest.raises(TimeoutError):
         await consume(ack=True, wait_s=1.5)  # acknowledged: not delivered a third time
+
+
+async def test_a_slow_handler_pauses_the_socket_and_loses_nothing(broker: LocalBroker) -> None:
+    """Past INBOX_HIGH waiting messages the socket is paused (the broker holds the rest)."""
+    from shared.mqtt import INBOX_HIGH
+
+    total = INBOX_HIGH * 2 + 500
+    got: list[bytes] = []
+    release, done = asyncio.Event(), asyncio.Event()
+
+    async def slow(message: Received) -> None:
+        await release.wait()  # the dispatcher is stuck until everything was published
+        got.append(message.payload)
+        if len(got) == total:
+            done.set()
+
+    consumer = MqttConnection(BrokerSettings(port=broker.port), slow)
+    await consumer.subscribe("flood/x", qos=0)
+    runner = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.wait_for(consumer.wait_connected(), 10)
+        async with Probe(broker.host, broker.port) as probe:
+            for i in range(total):
+                await probe.publish_raw("flood/x", str(i).encode())
+            assert (await probe.publish_raw("flood/sync", b"", qos=1)).ok
+            await asyncio.sleep(0.3)  # what the socket gave has reached the inbox
+            # bounded: the high-water mark plus the rest of the socket read that crossed it
+            assert consumer._paused is not None and len(consumer._inbox) < 2 * INBOX_HIGH
+            release.set()
+            await asyncio.wait_for(done.wait(), 30)
+        assert got == [str(i).encode() for i in range(total)]
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
