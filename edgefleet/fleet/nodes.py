@@ -182,7 +182,7 @@ def node_label(fleet: Fleet, req: api.NodeLabelRequest) -> api.NodeLabelResult:
 
 def node_history(fleet: Fleet, req: api.NodeRequest) -> api.NodeHistoryResult:
     with fleet.store.read() as db:
-        _node(db, req.site)
+        node = _node(db, req.site)
         entries = []
         for r in db.query("SELECT * FROM desired WHERE site = ? ORDER BY revision", [req.site]):
             state = one(
@@ -198,10 +198,15 @@ def node_history(fleet: Fleet, req: api.NodeRequest) -> api.NodeHistoryResult:
                     issued=iso(r["issued_ns"]),
                     flows=[f.ref for f in desired.flows],
                     changes=r["changes"] or "",
-                    state=state["state"] if state else None,
+                    state=state["state"] if state else _reported_for(node, r["revision"]),
                 )
             )
         return api.NodeHistoryResult(site=req.site, revisions=entries)
+
+
+def _reported_for(node: Row, revision: int) -> str | None:
+    """A revision no deployment issued (a cancel's): what the node last said of it."""
+    return node["reported_state"] if node["reported_revision"] == revision else None
 
 
 def _group(db: sqlite_utils.Database, name: str) -> Row:

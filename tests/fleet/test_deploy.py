@@ -282,7 +282,15 @@ async def test_timeout_supersede_cancel_and_dry_run(
         "pump-anomaly@1"
     ]
     assert "deployment" not in back
+    await report(probe, prefix, "b", 3, "applied")
+
+    async def back_applied() -> bool:
+        node = (await fleet.call("node.show", {"site": "b"}))["node"]
+        return node["reported_revision"] == 3
+
+    await eventually(back_applied)
     history = await fleet.call("node.history", {"site": "b"})
+    assert history["revisions"][-1]["state"] == "applied"
     assert history["revisions"][-1]["changes"].startswith(
         f"cancel of {new['deployment']['id']}, back to revision 1"
     )
