@@ -79,17 +79,27 @@ async def main(config: Config) -> None:
 
         fleet.publish = publish
 
+        observed: asyncio.Queue[nodes.Observation] = asyncio.Queue(maxsize=100_000)
+
         async def on_status(message: Received) -> None:
             site = parse(message.topic).site
             status = Status.from_wire(codec.decode(message.payload, message.content_type))
-            await asyncio.to_thread(nodes.observe_status, fleet, site, status)
+            await observed.put((site, status))
 
         async def on_reported(message: Received) -> None:
             site = parse(message.topic).site
             reported = ReportedState.from_wire(codec.decode(message.payload, message.content_type))
             if reported.site != site:
                 raise PayloadError(f"a reported state for site {reported.site!r} on {site}'s topic")
-            await asyncio.to_thread(nodes.observe_reported, fleet, site, reported)
+            await observed.put((site, reported))
+
+        async def watch_loop() -> None:
+            """Store what agents publish: whatever has arrived meanwhile goes in one batch."""
+            while True:
+                batch = [await observed.get()]
+                while not observed.empty() and len(batch) < 5000:
+                    batch.append(observed.get_nowait())
+                await asyncio.to_thread(nodes.observe, fleet, batch)
 
         async def timeout_loop() -> None:
             while True:
@@ -118,7 +128,11 @@ async def main(config: Config) -> None:
                 await asyncio.sleep(config.sweep_interval_s)
 
         def health() -> dict[str, Any]:
-            return {"commands": server.stats.as_dict(), "queued": queue.qsize()}
+            return {
+                "commands": server.stats.as_dict(),
+                "queued": queue.qsize(),
+                "observations_queued": observed.qsize(),
+            }
 
         await rt.subscribe(topic, enqueue)
         await rt.subscribe(every_site(Kind.STATUS, config.prefix, "agent"), on_status)
@@ -132,4 +146,6 @@ async def main(config: Config) -> None:
             config.s3.bucket,
             fleet.signing_key.public.key_id if fleet.signing_key else "none (no deploy)",
         )
-        await rt.serve(*([command_loop] * config.workers), sweep_loop, timeout_loop, republish)
+        await rt.serve(
+            *([command_loop] * config.workers), sweep_loop, timeout_loop, watch_loop, republish
+        )
