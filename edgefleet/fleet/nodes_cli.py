@@ -205,9 +205,9 @@ async def group_show(fleet: FleetClient, args: argparse.Namespace) -> Any:
         if e:
             verdict = "is a member" if e["member"] else "is not a member"
             out.print(f"{e['site']} {verdict} of {g['name']}:")
-            t = table("requirement", "", "because")
+            t = table("requirement", "ok", "because")
             for w in e["why"]:
-                t.add_row(w["requirement"], "ok" if w["ok"] else "no", w["reason"])
+                t.add_row(w["requirement"], "yes" if w["ok"] else "no", w["reason"])
             out.print(t)
     return result
 
