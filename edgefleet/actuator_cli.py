@@ -1,10 +1,12 @@
 """`edgefleet actuator hold|release`: a manual override of one action of a running actuator.
 
-    edgefleet actuator hold --site S --instance I --action A [--value V]
-    edgefleet actuator release --site S --instance I --action A
+    edgefleet actuator hold --site S --instance I --action A [--value V] [--by WHO] [--reason R]
+    edgefleet actuator release --site S --instance I --action A [--by WHO] [--reason R]
 
 `hold` suspends the action's rule; with `--value` it also writes that value (true, false or a
-number) through the adapter and reports the value read back. `release` lets the rule act again.
+number) through the adapter and reports the value read back. The actuator keeps the hold, who
+set it (`--by`, default the user running the command), when and why, across restarts, and shows
+it in its status. `release` lets the rule act again.
 The request goes to `ef/{site}/cmd/{instance}` (MQTT v5 request/response); the answer, and the
 actuator's event, say what happened. Exit status 0 when the actuator confirmed, 1 when it refused
 or the write failed, 2 when it did not answer.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import os
 import uuid
 from typing import Any
 
@@ -32,11 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", required=True, help="the actuator instance, e.g. actuator-flow1")
     p.add_argument("--action", required=True, help="the action's name in the actuator config")
     p.add_argument("--value", help="hold only: the value to write and hold (true, false, 1.5)")
+    p.add_argument("--by", default=default_user(), help="who holds (default: $USER)")
+    p.add_argument("--reason", help="why, kept with the hold (e.g. 'pump maintenance')")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--prefix", default=DEFAULT_PREFIX)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     return p
+
+
+def default_user() -> str:
+    try:
+        return os.environ.get("EDGEFLEET_USER") or getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment nor in the password database
+        return "unknown"
 
 
 def parse_value(text: str | None) -> bool | int | float | None:
@@ -55,7 +68,12 @@ async def request(args: argparse.Namespace) -> tuple[WriteResponse | None, str]:
     client = f"cli-{uuid.uuid4().hex[:10]}"
     reply = topics.reply(client)
     command = ActuatorCommand(
-        request_id=client, op=args.op, action=args.action, value=parse_value(args.value)
+        request_id=client,
+        op=args.op,
+        action=args.action,
+        value=parse_value(args.value),
+        by=args.by,
+        reason=args.reason,
     )
     answers: asyncio.Queue[Received] = asyncio.Queue()
 

@@ -86,6 +86,12 @@ def cmd_actuator(argv: list[str]) -> int:
     return int(actuator_main(argv))
 
 
+def cmd_forwarder(argv: list[str]) -> int:
+    from edgefleet.forwarder_cli import main as forwarder_main
+
+    return int(forwarder_main(argv))
+
+
 def cmd_replay(argv: list[str]) -> int:
     from edgefleet.replay.cli import main as replay_main
 
@@ -167,6 +173,11 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("keys", help="the fleet's signing key (edgefleet keys --help)", add_help=False)
     sub.add_parser(
+        "forwarder",
+        help="list, retry or drop refused messages (edgefleet forwarder dead-letters --help)",
+        add_help=False,
+    )
+    sub.add_parser(
         "shadow",
         help="promote or drop an inference shadow model (edgefleet shadow --help)",
         add_help=False,
@@ -191,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sim(argv[1:])
     if argv[:1] == ["actuator"]:
         return cmd_actuator(argv[1:])
+    if argv[:1] == ["forwarder"]:
+        return cmd_forwarder(argv[1:])
     if argv[:1] == ["shadow"]:
         return cmd_shadow(argv[1:])
     if argv[:1] in (["library"], ["flow"], ["node"], ["group"], ["deploy"], ["deployment"],

@@ -19,7 +19,8 @@ The exported graph takes the raw features [N, F] (float32) and outputs
 
 The threshold is chosen from the held-out data: the score of `margin` × the largest held-out
 error. It is printed and stored in the model's metadata (`edgefleet.threshold`) beside
-`edgefleet.features` and `edgefleet.train_stats` (per-feature mean, std, min, max, for drift).
+`edgefleet.features` and `edgefleet.train_stats` (per-feature mean, std, min, max and deciles,
+for drift).
 
 Only numpy, scikit-learn, skl2onnx and onnx; it runs in seconds.
 """
@@ -44,6 +45,9 @@ from sklearn.neural_network import MLPRegressor
 
 OPSET = 17  # ReduceMean takes `axes` as an attribute up to 17
 BAD_STATES = {"missing", "default"}  # states whose value is not a measurement
+
+
+QUANTILE_P = [round(0.1 * i, 1) for i in range(1, 10)]
 
 
 def load_recording(path: Path) -> tuple[list[str], np.ndarray[Any, Any], dict[str, int]]:
@@ -162,6 +166,9 @@ def train(
         "std": x.std(0).tolist(),
         "min": x.min(0).tolist(),
         "max": x.max(0).tolist(),
+        # deciles per feature: the inference health's PSI sees a change of spread or shape
+        "quantile_p": QUANTILE_P,
+        "quantiles": np.quantile(x, QUANTILE_P, axis=0).T.tolist(),
     }
     metadata = {
         "edgefleet.features": json.dumps(features),

@@ -100,6 +100,9 @@ class ReadingBatch:
 
     `t` is integer nanoseconds since the Unix epoch (the device's clock where the protocol gives
     one), `value` float64, `q` a `Quality`. The full signal name a flow uses is `source/signal`.
+    `complete_ns`, when an adapter knows it: no reading of any of `signals` stamped at or before
+    it will follow this batch (a poll or a subscription publish covers them all), so a signal
+    that did not change is known unchanged up to then.
     """
 
     KIND: ClassVar[str] = "readings"
@@ -110,6 +113,7 @@ class ReadingBatch:
     value: F64
     q: U8
     received_ns: int | None = None  # local clock when the adapter got it, for clock skew
+    complete_ns: int | None = None  # every reading of `signals` up to this time has been sent
 
     @classmethod
     def from_columns(
@@ -121,6 +125,7 @@ class ReadingBatch:
         value: Any,
         q: Any = None,
         received_ns: int | None = None,
+        complete_ns: int | None = None,
     ) -> ReadingBatch:
         value_arr = np.asarray(value, dtype=np.float64)
         q_arr = np.zeros(value_arr.shape, np.uint8) if q is None else np.asarray(q, dtype=np.uint8)
@@ -132,6 +137,7 @@ class ReadingBatch:
             value_arr,
             q_arr,
             received_ns,
+            complete_ns,
         )
         batch.check()
         return batch
@@ -168,6 +174,8 @@ class ReadingBatch:
         }
         if self.received_ns is not None:
             d["received"] = self.received_ns
+        if self.complete_ns is not None:
+            d["complete"] = self.complete_ns
         if encoding is Encoding.JSON:
             d["time"] = [iso(int(x)) for x in self.t]
         return d
@@ -176,6 +184,9 @@ class ReadingBatch:
     def from_wire(cls, d: dict[str, Any]) -> ReadingBatch:
         _check_version(d, cls.KIND)
         received = d.get("received")
+        complete = d.get("complete")
+        if complete is not None and (not isinstance(complete, int) or isinstance(complete, bool)):
+            raise PayloadError(f"field 'complete' must be integer ns, got {complete!r}")
         batch = cls(
             _str(d, "source"),
             _str_list(d, "signals"),
@@ -184,6 +195,7 @@ class ReadingBatch:
             _array(d, "value", np.float64),
             _array(d, "q", np.uint8),
             int(received) if isinstance(received, int) else None,
+            complete,
         )
         batch.check()
         return batch
@@ -457,13 +469,16 @@ class Event(Message):
 
 class ActuatorCommand(Message):
     """On `cmd/{actuator instance}` with a response topic: hold one action's output (at `value`,
-    or as it is) and suspend its rule, or release it. Answered with a `write_result`."""
+    or as it is) and suspend its rule, or release it. Answered with a `write_result`. `by` and
+    `reason` are kept with the hold (it survives restarts) and shown in the status."""
 
     kind: Literal["actuator_command"] = "actuator_command"
     request_id: str
     op: Literal["hold", "release"]
     action: str
     value: float | int | bool | None = None
+    by: str | None = None  # who asked (a person's user name); "unknown" when not given
+    reason: str | None = None
     t: int = Field(default_factory=now_ns)
 
 

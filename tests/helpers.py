@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Self
 
@@ -19,6 +20,7 @@ class Probe:
 
     def __init__(self, host: str, port: int, **settings: Any) -> None:
         self.messages: list[Received] = []
+        self.arrived_ns: list[int] = []  # local clock at each message's arrival, for latencies
         self._arrived = asyncio.Condition()
         self.connection = MqttConnection(
             BrokerSettings(
@@ -31,6 +33,7 @@ class Probe:
     async def _on_message(self, message: Received) -> None:
         async with self._arrived:
             self.messages.append(message)
+            self.arrived_ns.append(time.time_ns())
             self._arrived.notify_all()
 
     async def __aenter__(self) -> Self:

@@ -128,6 +128,10 @@ def _flow_instances(site: SiteSpec, flow: FlowSpec, origin: Origin) -> list[Inst
         )
     if flow.actions:
         switch = site.actuator.model_dump(mode="json", exclude_unset=True)
+        state_dir = Path(switch.get("state_dir", "var/actuator"))  # holds survive restarts here
+        switch["state_dir"] = str(
+            state_dir if state_dir.is_absolute() else origin.site_dir / state_dir
+        )
         actions = [a.model_dump(mode="json", exclude_unset=True) for a in flow.actions]
         config = {
             **_common(site, f"actuator-{flow.name}"),

@@ -6,6 +6,7 @@ a bad expression stops the instance before it connects, naming the action and th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Self
 
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -141,6 +142,8 @@ class ActuatorConfig(ServiceConfig):
     stop_timeout_s: float = Field(3.0, gt=0)  # for the safe state when the actuator stops
     # A suppression for the same reason is reported again at most this often (with a count).
     repeat_event_s: float = Field(10.0, ge=0)
+    # Operators' holds survive restarts in {state_dir}/{instance}.holds.json.
+    state_dir: Path = Path("var/actuator")
     actions: list[ActionSpec] = Field(default_factory=list)
 
     @field_validator("flow")

@@ -21,6 +21,7 @@ import numpy as np
 
 from services.actuator.config import ActionSpec, ActuatorConfig, Value
 from services.actuator.expr import EvalError
+from services.actuator.holds import Hold, HoldStore
 from services.actuator.interlocks import Interlocks
 from services.actuator.rule import Rule, Transition
 from services.actuator.writes import Outcome, Requester, same
@@ -75,6 +76,7 @@ class ActuatorService:
         self.fed = asyncio.Event()  # trusted results arrived: feeds the watchdog
         self.events_topic = rt.topics.events(config.flow)
         self.counts: Counter[str] = Counter()
+        self.holds = HoldStore(config.state_dir / f"{rt.instance}.holds.json")
         self._repeats: dict[tuple[str, str], _Repeat] = {}
 
     # ------------------------------------------------------------------ wiring
@@ -82,6 +84,7 @@ class ActuatorService:
     async def start(self) -> None:
         rt, cfg = self.rt, self.config
         await self.requester.start()
+        self.restore_holds()  # before the first result can be decided on
         await rt.subscribe(rt.topics.status(str(cfg.inference_instance)), self.on_status)
         await rt.subscribe(rt.topics.results(cfg.flow), self.on_results)
         await rt.subscribe(rt.topics.cmd(rt.instance), self.on_command)
@@ -98,9 +101,27 @@ class ActuatorService:
             "decisions": dict(self.counts),
             "late_answers": self.requester.late,
             "actions": {
-                name: {"active": r.active, "held": r.held} for name, r in self.rules.items()
+                name: {"active": r.active, "held": r.held, "hold": self._hold_json(name)}
+                for name, r in self.rules.items()
             },
         }
+
+    def _hold_json(self, name: str) -> dict[str, Any] | None:
+        hold = self.holds.holds.get(name)
+        return None if hold is None else hold.to_json()
+
+    def restore_holds(self) -> None:
+        """Put the rules of the persisted holds back in their held state; the outputs are
+        not written again (a held output is left as it is on stop and after a kill)."""
+        for name, hold in self.holds.load().items():
+            action, rule = self.actions.get(name), self.rules.get(name)
+            if action is None or rule is None:
+                log.warning("%s: hold of %r ignored: no such action", self.holds.path, name)
+                continue
+            rule.hold()
+            if hold.value is not None:
+                rule.force(same(hold.value, action.write.value))
+            log.info("hold of %s by %s restored (%s)", name, hold.by, hold.reason or "no reason")
 
     async def on_status(self, message: Received) -> None:
         self.interlocks.on_status(
@@ -309,24 +330,29 @@ class ActuatorService:
                 item, False, error=f"no action {name!r}; actions: {', '.join(self.actions)}"
             )
             return
+        who = f"by {cmd.by or 'unknown'}" + (f" ({cmd.reason})" if cmd.reason else "")
         if cmd.op == "release":
+            await asyncio.to_thread(self.holds.set, name, None)
             rule.release()
-            await self.event(name, "release", "manual override released: the rule acts again")
+            await self.event(name, "release", f"manual override released {who}: the rule acts")
             await self.answer(item, True)
             return
-        if cmd.value is None:
-            rule.hold()
-            await self.event(name, "hold", "manual override: rule suspended, output left as it is")
-            await self.answer(item, True)
-            return
-        if (bad := action.bounds.violation(cmd.value)) is not None:
+        if cmd.value is not None and (bad := action.bounds.violation(cmd.value)) is not None:
             await self.event(name, "suppressed", f"hold refused: {bad}")
             await self.answer(item, False, error=bad)
             return
+        # persisted before it takes effect: once answered, a restart cannot release it
+        hold = Hold(cmd.value, cmd.by or "unknown", now_ns(), cmd.reason)
+        await asyncio.to_thread(self.holds.set, name, hold)
         rule.hold()
+        if cmd.value is None:
+            why = f"manual override {who}: rule suspended, output left as it is"
+            await self.event(name, "hold", why)
+            await self.answer(item, True)
+            return
         rule.force(same(cmd.value, action.write.value))
         write = {"source": action.write.source, **action.write.target, "value": cmd.value}
-        why = f"manual override: output held at {cmd.value!r}, rule suspended"
+        why = f"manual override {who}: output held at {cmd.value!r}, rule suspended"
         if not self.config.enabled or self.config.dry_run:
             mode = "dry run" if self.config.enabled else "actions are disabled for this site"
             await self.event(name, "hold", f"{why}; {mode}: not written", None, write)

@@ -34,6 +34,8 @@ class IngestCounts:
     late: int = 0  # at or before the last emitted sample time: never merged into the past
     unused: int = 0  # signals this flow does not read
     unusable: int = 0  # bad quality or NaN: never used as a value
+    ahead: int = 0  # stamped further ahead of the local clock than max_ahead: not held
+    ahead_ms: float = 0.0  # how far ahead the furthest of them was
 
 
 @dataclass
@@ -51,13 +53,26 @@ class AlignStats:
     incomplete: int = 0  # grid points with a missing feature
     skipped_grid: int = 0  # grid points jumped over after a forward jump of the local clock
     late_by_source: dict[str, int] = field(default_factory=dict)
+    ahead: int = 0
+    ahead_by_source: dict[str, int] = field(default_factory=dict)
+    ahead_skew_ms: dict[str, float] = field(default_factory=dict)  # the latest seen, per source
 
 
 class Aligner:
     """One flow's alignment state. Not thread-safe; one event loop drives it."""
 
-    def __init__(self, flow: str, spec: AlignSpec, start_ns: int | None = None) -> None:
+    def __init__(
+        self,
+        flow: str,
+        spec: AlignSpec,
+        start_ns: int | None = None,
+        max_ahead_ns: int | None = None,
+    ) -> None:
         self.flow = flow
+        # A reading stamped further ahead of the local clock is not held: the grid follows the
+        # local clock, so it would wait (in memory) until then; a source whose clock runs far
+        # ahead would hold readings without bound. None: no cap (replays without a clock).
+        self._max_ahead = max_ahead_ns
         self.spec = spec
         self.stats = AlignStats()
         self._period = p = spec.period_ns
@@ -135,6 +150,8 @@ class Aligner:
         st = self.stats
         st.batches += 1
         st.readings += n
+        if batch.complete_ns is not None:
+            self._complete(batch, now_ns)
         if n == 0:
             return counts
         m = self._lut(batch.source, batch.signals)[batch.sig]
@@ -143,6 +160,12 @@ class Aligner:
         keep = used & (t > self._emitted_t)
         n_used, n_keep = int(np.count_nonzero(used)), int(np.count_nonzero(keep))
         counts.unused, counts.late = n - n_used, n_used - n_keep
+        ahead = None if self._max_ahead is None else keep & (t > now_ns + self._max_ahead)
+        if ahead is not None and ahead.any():
+            counts.ahead = int(np.count_nonzero(ahead))
+            counts.ahead_ms = round((int(t[ahead].max()) - now_ns) / 1e6, 3)
+            keep &= ~ahead
+            n_keep -= counts.ahead
         if n_keep == 0:
             self._count(batch.source, counts)
             return counts
@@ -164,6 +187,16 @@ class Aligner:
         self._count(batch.source, counts)
         return counts
 
+    def _complete(self, batch: ReadingBatch, now_ns: int) -> None:
+        """The adapter says every reading of the batch's signals up to `complete_ns` has been
+        sent: their progress moves there, so an unchanged signal no longer holds samples back.
+        Never past the local clock: samples are not decided ahead of time."""
+        lut = self._lut(batch.source, batch.signals)
+        sig = lut[lut >= 0]
+        if sig.shape[0]:
+            upto = min(int(batch.complete_ns or NEVER), now_ns)
+            np.maximum.at(self._progress, sig, upto)
+
     def _count(self, source: str, counts: IngestCounts) -> None:
         st = self.stats
         st.late += counts.late
@@ -171,6 +204,10 @@ class Aligner:
         st.unusable += counts.unusable
         if counts.late:
             st.late_by_source[source] = st.late_by_source.get(source, 0) + counts.late
+        if counts.ahead:
+            st.ahead += counts.ahead
+            st.ahead_by_source[source] = st.ahead_by_source.get(source, 0) + counts.ahead
+            st.ahead_skew_ms[source] = counts.ahead_ms
 
     def decided_until_ns(self) -> int:
         """Latest time at which every feature can be decided from what has arrived, assuming

@@ -176,6 +176,12 @@ class AlignerConfig(ServiceConfig):
     flow_file: Path | None = None
     publish_qos: int = Field(1, ge=0, le=1)
     subscribe_qos: int = Field(1, ge=0, le=1)
+    # Readings stamped further ahead of the local clock are dropped, counted and reported per
+    # source, so a source whose clock runs far ahead cannot fill the memory.
+    max_ahead_ms: float = Field(60_000.0, gt=0)
+    # Take the adapters' "complete up to t" (a batch's `complete`) as progress of every signal
+    # of the batch; false for a source whose timestamps are not on the clock it reports by.
+    use_complete: bool = True
 
     @model_validator(mode="after")
     def _one_flow(self) -> AlignerConfig:

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 class AlignerService:
     def __init__(self, rt: Runtime, config: AlignerConfig, flow: FlowAlign) -> None:
         self.rt, self.config, self.flow = rt, config, flow
-        self.engine = Aligner(flow.name, flow.align)
+        self.engine = Aligner(
+            flow.name, flow.align, max_ahead_ns=int(config.max_ahead_ms * 1_000_000)
+        )
         self.topic = rt.topics.samples(flow.name)
         self.encoding = Encoding(flow.align.encoding)
         self._wake = asyncio.Event()
@@ -64,6 +66,9 @@ class AlignerService:
             "readings": st.readings,
             "late": st.late,
             "late_by_source": dict(st.late_by_source),
+            "ahead": st.ahead,
+            "ahead_by_source": dict(st.ahead_by_source),
+            "ahead_skew_ms": dict(st.ahead_skew_ms),
             "duplicate": st.duplicate,
             "unusable": st.unusable,
             "grid_points": st.samples,
@@ -96,11 +101,21 @@ class AlignerService:
             raise PayloadError(
                 f"batch names source {batch.source!r} but came on the raw topic of {source!r}"
             )
+        if not self.config.use_complete:
+            batch.complete_ns = None
         counts = self.engine.ingest(batch, arrival)
         if counts.late:
             self.rt.reject(
                 f"late readings dropped: {counts.late} from {source} at or before the last "
                 f"sample time already emitted ({self.engine.emitted_until_ns} ns)",
+                message,
+                count=False,
+            )
+        if counts.ahead:
+            self.rt.reject(
+                f"readings from {source} dropped: {counts.ahead} stamped up to "
+                f"{counts.ahead_ms / 1000:.1f} s ahead of the local clock (max_ahead_ms "
+                f"{self.config.max_ahead_ms:g}); its clock runs ahead, set it right",
                 message,
                 count=False,
             )

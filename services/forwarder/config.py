@@ -25,6 +25,7 @@ class SinkBase(StrictModel):
     batch_size: int = Field(500, ge=1, le=10_000)  # queued messages sent in one go
     retry_initial_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(5, ge=1)  # a message the receiver refuses, then dead-lettered
     queue: QueueLimits = Field(default_factory=lambda: QueueLimits.model_validate({}))
 
     @field_validator("name")

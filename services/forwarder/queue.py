@@ -6,6 +6,10 @@ only after the sink confirmed it (`remove`). Events (priority 0) are read ahead 
 age), the oldest results are dropped first and events only when no result is left; each drop is
 counted in the file, with the other counters, so they survive restarts.
 
+A message the receiver refuses (not the receiver being away) leaves the queue for the file's
+dead-letter table after a bounded number of attempts, with the reason, so it never blocks what
+follows it; `edgefleet forwarder dead-letters` lists, retries or drops them from another process.
+
 All SQLite work runs in one thread per queue, off the event loop.
 """
 
@@ -41,7 +45,33 @@ CREATE INDEX IF NOT EXISTS q_order ON q (prio, seq);
 CREATE INDEX IF NOT EXISTS q_age ON q (enq_ns);
 CREATE TABLE IF NOT EXISTS seen (seq INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dead (
+    seq INTEGER PRIMARY KEY,
+    prio INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    content_type TEXT,
+    n INTEGER NOT NULL,
+    enq_ns INTEGER NOT NULL,
+    dead_ns INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 """
+BUSY_TIMEOUT_MS = 10_000  # the dead-letters command may hold the file for a moment
+
+
+class Transaction:
+    """`with Transaction(db):` one write transaction, taken at once (BEGIN IMMEDIATE)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 @dataclass(frozen=True)
@@ -79,6 +109,8 @@ class Counters:
     duplicates_suppressed: int = 0  # redelivered by the site broker, queued once
     duplicates_suspected: int = 0  # re-sent after an unconfirmed attempt
     failed: int = 0  # send attempts that failed
+    dead_lettered: int = 0  # refused by the receiver, moved to the dead-letter table
+    dead_lettered_messages: int = 0
 
     def rows(self) -> list[tuple[str, int]]:
         return [(f.name, getattr(self, f.name)) for f in fields(self)]
@@ -97,6 +129,8 @@ class DurableQueue:
         self.results = 0
         self.bytes = 0
         self.oldest_ns: int | None = None
+        self.dead = 0  # messages in the dead-letter table
+        self._version = 0  # PRAGMA data_version: changes when another process wrote the file
         self.wake = asyncio.Event()  # set when something was queued
         self._attempted: set[int] = set()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"queue-{path.stem}")
@@ -118,10 +152,7 @@ class DurableQueue:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
+        db = connect(self.path)
         self._db = db
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         for f in fields(Counters):
@@ -129,7 +160,7 @@ class DurableQueue:
         if not meta.get("clean", 1):  # killed last time: the head may have been in flight
             head = db.execute("SELECT seq FROM q ORDER BY prio, seq LIMIT ?", (self.suspect_head,))
             self._attempted.update(seq for (seq,) in head)
-        with self._tx(db):
+        with Transaction(db):
             db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', 0)")
         self._refresh(db)
         log.info(
@@ -138,20 +169,10 @@ class DurableQueue:
 
     def _close(self) -> None:
         if self._db is not None:
-            with self._tx(self._db):
+            with Transaction(self._db):
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', 1)")
             self._db.close()
             self._db = None
-
-    class _tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
-
-        def __enter__(self) -> None:
-            self.db.execute("BEGIN IMMEDIATE")
-
-        def __exit__(self, exc_type: object, *_: object) -> None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -164,6 +185,13 @@ class DurableQueue:
         ).fetchone()
         self.messages, self.results, self.bytes = int(count), int(results), int(size)
         self.oldest_ns = oldest
+        self.dead = int(db.execute("SELECT count(*) FROM dead").fetchone()[0])
+        self._version = int(db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _notice_others(self, db: sqlite3.Connection) -> None:
+        """Re-read the totals when another process (the dead-letters command) changed them."""
+        if int(db.execute("PRAGMA data_version").fetchone()[0]) != self._version:
+            self._refresh(db)
 
     def _save_counters(self, db: sqlite3.Connection) -> None:
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", self.counters.rows())
@@ -179,8 +207,9 @@ class DurableQueue:
 
     def _put(self, items: list[Item], now: int) -> int:
         db = self._conn()
+        self._notice_others(db)
         accepted = 0
-        with self._tx(db):
+        with Transaction(db):
             for it in items:
                 if self.dedupe_window:
                     cur = db.execute("INSERT OR IGNORE INTO seen (key) VALUES (?)", (it.key,))
@@ -257,8 +286,9 @@ class DurableQueue:
 
     def _peek(self, limit: int, now: int) -> list[Row]:
         db = self._conn()
+        self._notice_others(db)
         if self.oldest_ns is not None and now - self.oldest_ns > self.limits.max_age_s * 1e9:
-            with self._tx(db):
+            with Transaction(db):
                 self._trim(db, now)
                 self._save_counters(db)
         cur = db.execute(
@@ -278,7 +308,7 @@ class DurableQueue:
     def _remove(self, rows: list[Row]) -> None:
         db = self._conn()
         gone: list[Row] = []
-        with self._tx(db):
+        with Transaction(db):
             for r in rows:  # one by one: a row may have been dropped since it was read
                 if db.execute("DELETE FROM q WHERE seq = ?", (r.seq,)).rowcount:
                     gone.append(r)
@@ -298,6 +328,31 @@ class DurableQueue:
         self.counters.failed += 1
         self._attempted.update(r.seq for r in rows)
 
+    async def dead_letter(self, row: Row, reason: str, attempts: int) -> None:
+        """Move `row` to the dead-letter table (one transaction), with why and how often."""
+        await self._run(self._dead_letter, row, reason, attempts, clock.now_ns())
+
+    def _dead_letter(self, row: Row, reason: str, attempts: int, now: int) -> None:
+        db = self._conn()
+        with Transaction(db):
+            moved = db.execute(
+                "INSERT INTO dead SELECT seq, prio, topic, payload, content_type, n, enq_ns,"
+                " ?, ?, ? FROM q WHERE seq = ?",
+                (now, attempts, reason, row.seq),
+            ).rowcount
+            if not moved:  # dropped by the full-queue policy meanwhile
+                return
+            db.execute("DELETE FROM q WHERE seq = ?", (row.seq,))
+            self.counters.dead_lettered += row.n
+            self.counters.dead_lettered_messages += 1
+            self._save_counters(db)
+        self._attempted.discard(row.seq)
+        self.messages -= 1
+        self.results -= row.n
+        self.bytes -= len(row.payload)
+        self.dead += 1
+        self.oldest_ns = db.execute("SELECT min(enq_ns) FROM q").fetchone()[0]
+
     def oldest_age_s(self) -> float:
         if self.oldest_ns is None or not self.messages:
             return 0.0
@@ -309,5 +364,16 @@ class DurableQueue:
             "queued_results": self.results,
             "queued_bytes": self.bytes,
             "oldest_age_s": self.oldest_age_s(),
+            "dead_letters": self.dead,
             **dict(self.counters.rows()),
         }
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (and create) a queue file: WAL, synchronous FULL, the schema."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(_SCHEMA)
+    return db

@@ -10,8 +10,10 @@ all that arrived meanwhile. Each sink has a sender loop: it reads a batch in del
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from services.forwarder.config import FileSink as FileConfig
@@ -19,7 +21,7 @@ from services.forwarder.config import ForwarderConfig
 from services.forwarder.config import HttpSink as HttpConfig
 from services.forwarder.config import MqttSink as MqttConfig
 from services.forwarder.config import SqliteSink as SqliteConfig
-from services.forwarder.queue import EVENT, RESULT, DurableQueue, Item
+from services.forwarder.queue import EVENT, RESULT, DurableQueue, Item, Row
 from services.forwarder.sinks import HttpSink, MqttSink, Sink, SinkError
 from services.forwarder.stores import FileSink, SqliteSink
 from shared import codec
@@ -63,7 +65,7 @@ def to_item(message: Received) -> Item:
 class Lane:
     """One sink, its queue and its sender."""
 
-    def __init__(self, cfg: Any, config: ForwarderConfig) -> None:
+    def __init__(self, cfg: Any, config: ForwarderConfig, on_dead: DeadReport) -> None:
         self.cfg = cfg
         self.sink = make_sink(cfg, config)
         self.queue = DurableQueue(
@@ -74,6 +76,12 @@ class Lane:
         )
         self.backoff = Backoff(cfg.retry_initial_s, cfg.retry_max_s)
         self.last_error: str | None = None
+        self.on_dead = on_dead
+        # SQLite tells no other process of a change: an idle sender looks again this often, for
+        # what `edgefleet forwarder dead-letters retry` put back
+        self.idle_s = config.timings.status_interval_s
+        self._attempts: dict[int, int] = {}  # refusals per queued message (seq)
+        self._isolate_until: int | None = None  # send one by one up to this seq
 
     async def sender_loop(self) -> None:
         queue, sink = self.queue, self.sink
@@ -82,24 +90,53 @@ class Lane:
             # Ready first, then read: rows read before a long outage may be dropped from a full
             # queue meanwhile, and sending them after it would deliver what was counted dropped.
             await sink.ready()
-            rows = await queue.peek(self.cfg.batch_size)
+            rows = await queue.peek(1 if self._isolate_until is not None else self.cfg.batch_size)
             if not rows:
-                await queue.wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(queue.wake.wait(), self.idle_s)
                 continue
             try:
                 await sink.send(rows)
             except SinkError as exc:
-                if exc.confirmed:
-                    await queue.remove(rows[: exc.confirmed])
-                queue.failed(rows[exc.confirmed :])
-                self._report(str(exc))
-                await asyncio.sleep(self.backoff.next_delay())
+                if not await self._refused(rows, exc):
+                    await asyncio.sleep(self.backoff.next_delay())
                 continue
             await queue.remove(rows)
-            if self.last_error is not None:
-                log.info("sink %s delivers again", self.cfg.name)
-            self.backoff.reset()
-            self.last_error = None
+            self._delivered(rows)
+
+    async def _refused(self, rows: list[Row], exc: SinkError) -> bool:
+        """Account for a failed send; True when the lane may go on at once (a refused message
+        left the way), False when it must back off (the receiver is away or may change)."""
+        queue = self.queue
+        if exc.confirmed:
+            await queue.remove(rows[: exc.confirmed])
+        rest = rows[exc.confirmed :]
+        queue.failed(rest)
+        self._report(str(exc))
+        if not (exc.refused and rest):
+            return False
+        if exc.whole_batch and len(rest) > 1:  # refused, but which one? one at a time
+            self._isolate_until = rest[-1].seq
+            return True
+        head = rest[0]
+        attempts = self._attempts[head.seq] = self._attempts.get(head.seq, 0) + 1
+        if not (exc.permanent or attempts >= self.cfg.max_attempts):
+            return False
+        await queue.dead_letter(head, str(exc), attempts)
+        del self._attempts[head.seq]
+        self.on_dead(self, head, str(exc), attempts)
+        return True
+
+    def _delivered(self, rows: list[Row]) -> None:
+        last = rows[-1].seq
+        if self._isolate_until is not None and last >= self._isolate_until:
+            self._isolate_until = None
+        if self._attempts:
+            self._attempts = {seq: n for seq, n in self._attempts.items() if seq > last}
+        if self.last_error is not None:
+            log.info("sink %s delivers again", self.cfg.name)
+        self.backoff.reset()
+        self.last_error = None
 
     def _report(self, reason: str) -> None:
         if self.last_error is None:  # once per outage, not once per retry
@@ -112,11 +149,14 @@ class Lane:
         return {**self.queue.status(), **self.sink.status(), "last_error": self.last_error}
 
 
+DeadReport = Callable[[Lane, Row, str, int], None]
+
+
 class ForwarderService:
     def __init__(self, rt: Runtime, config: ForwarderConfig) -> None:
         self.rt = rt
         self.config = config
-        self.lanes = [Lane(cfg, config) for cfg in config.sinks]
+        self.lanes = [Lane(cfg, config, self.on_dead) for cfg in config.sinks]
         self._pending: list[tuple[Received, Item | None]] = []
         self._arrived = asyncio.Event()
 
@@ -149,6 +189,16 @@ class ForwarderService:
             item = None
         self._pending.append((message, item))
         self._arrived.set()
+
+    def on_dead(self, lane: Lane, row: Row, reason: str, attempts: int) -> None:
+        """A message left a sink's queue for its dead-letter table: report it as a rejection
+        (errors topic, with the message's topic and an excerpt), counted in the sink's section."""
+        message = Received(row.topic, row.payload, row.content_type, qos=1, retain=False, mid=0)
+        self.rt.reject(
+            f"sink {lane.cfg.name}: dead-lettered after {attempts} attempt(s): {reason}",
+            message,
+            count=False,
+        )
 
     async def commit_loop(self) -> None:
         """Commit what arrived to every queue (one transaction each), then ack it in order."""

@@ -27,10 +27,34 @@ from shared.mqtt import MqttConnection, NotConnected
 Loop = Callable[[], Coroutine[Any, Any, None]]
 
 
+# MQTT v5 PUBACK reason codes that say "this message, never": not authorized, topic name
+# invalid, packet too large, payload format invalid. Other refusals (quota exceeded,
+# unspecified, implementation specific) may pass on a later attempt.
+MQTT_PERMANENT = {0x87, 0x90, 0x95, 0x99}
+# HTTP answers that refuse the body itself; others (401, 404, 5xx, 429) are the endpoint's
+# state or configuration, retried for as long as it takes.
+HTTP_REFUSED = {400, 413, 415, 422}
+
+
 class SinkError(EdgefleetError):
-    def __init__(self, reason: str, confirmed: int = 0) -> None:
+    """A send that did not complete. `confirmed`: the first rows that did arrive. `refused`:
+    the receiver answered and said no to the next row (`whole_batch`: to the batch, without
+    saying which row), as opposed to being unreachable; `permanent`: no retry will change it."""
+
+    def __init__(
+        self,
+        reason: str,
+        confirmed: int = 0,
+        *,
+        refused: bool = False,
+        permanent: bool = False,
+        whole_batch: bool = False,
+    ) -> None:
         super().__init__(reason)
-        self.confirmed = confirmed  # the first `confirmed` rows did arrive
+        self.confirmed = confirmed
+        self.refused = refused
+        self.permanent = permanent
+        self.whole_batch = whole_batch
 
 
 class Sink(Protocol):
@@ -94,6 +118,8 @@ class MqttSink:
                     f"{self.name}: broker refused {row.topic}: {outcome.reason} "
                     f"(0x{outcome.reason_code:02x})",
                     i,
+                    refused=True,
+                    permanent=outcome.reason_code in MQTT_PERMANENT,
                 )
 
     async def close(self) -> None:
@@ -155,8 +181,12 @@ class HttpSink:
                 response.read()
                 status = response.status
         except urllib.error.HTTPError as exc:
+            refused = exc.code in HTTP_REFUSED
             raise SinkError(
-                f"{self.name}: {self.cfg.url} answered {exc.code} {exc.reason}"
+                f"{self.name}: {self.cfg.url} answered {exc.code} {exc.reason}",
+                refused=refused,
+                permanent=refused,
+                whole_batch=refused,
             ) from None
         except (urllib.error.URLError, OSError) as exc:
             raise SinkError(f"{self.name}: POST to {self.cfg.url} failed: {exc}") from None

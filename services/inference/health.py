@@ -7,11 +7,19 @@ Drift score, per feature: |mean_live − mean_train| / std_train, with mean_live
 `window` samples and mean/std of the training data from the model's `edgefleet.train_stats`
 metadata. It reads as "how many training standard deviations the live mean has moved": 0 means
 no shift, above ~0.5 is worth a look, above 1–2 the model sees data unlike what it learned from.
+
+A mean can stay put while the spread or the shape changes (a sensor that starts to oscillate
+around the same value), so each feature also gets a population stability index over the training
+quantiles the model carries (`quantiles` in `edgefleet.train_stats`): the live values are put in
+the bins between those quantiles and PSI = Σ (live − train) · ln(live / train) over the bins'
+fractions. The usual reading: below 0.1 no change, 0.1–0.25 a moderate one, above 0.25 a
+distribution the model did not learn from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -79,6 +87,62 @@ def train_mean_std(stats: dict[str, Any] | None, features: list[str]) -> tuple[A
     return mean, np.where(std > 0, std, np.nan)
 
 
+PSI_FLOOR = 1e-4  # a bin without any sample would make the logarithm infinite
+
+
+@dataclass(frozen=True)
+class Bins:
+    """One feature's training quantiles as bins: (-inf, e0], (e0, e1], …, (e_last, inf)."""
+
+    edges: np.ndarray[Any, Any]
+    expected: np.ndarray[Any, Any]  # the training fraction in each bin (len(edges) + 1)
+
+    def psi(self, values: np.ndarray[Any, Any]) -> float | None:
+        values = values[np.isfinite(values)]
+        if len(values) == 0:
+            return None
+        counts = np.bincount(np.searchsorted(self.edges, values), minlength=len(self.expected))
+        live = np.maximum(counts / len(values), PSI_FLOOR)
+        train = np.maximum(self.expected, PSI_FLOOR)
+        return float(np.sum((live - train) * np.log(live / train)))
+
+
+def train_bins(stats: dict[str, Any] | None, features: list[str]) -> list[Bins | None] | None:
+    """Per feature, the bins of its training quantiles, from `{"quantiles": [[...] per feature],
+    "quantile_p": [...]}` or `{feature: {"quantiles": [...]}}`; `quantile_p` (the probability
+    of each quantile) defaults to equal steps (deciles for nine). None without quantiles."""
+    if not stats:
+        return None
+    try:
+        if isinstance(stats.get("quantiles"), list):
+            per_feature = stats["quantiles"]
+        else:
+            per_feature = [stats[f].get("quantiles") if f in stats else None for f in features]
+        if len(per_feature) != len(features):
+            return None
+        probs = stats.get("quantile_p")
+        out: list[Bins | None] = []
+        for q in per_feature:
+            if not q:
+                out.append(None)
+                continue
+            edges = np.asarray(q, float)
+            p = np.asarray(probs if probs is not None else _steps(len(edges)), float)
+            if edges.ndim != 1 or p.shape != edges.shape or np.any(np.diff(edges) < 0):
+                return None
+            # tied quantiles (a discrete feature) merge: the training CDF at an edge is its last p
+            unique, last = np.unique(edges[::-1], return_index=True)
+            cdf = p[::-1][last]
+            out.append(Bins(unique, np.diff(np.concatenate([[0.0], cdf, [1.0]]))))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return out if any(b is not None for b in out) else None
+
+
+def _steps(k: int) -> list[float]:
+    return [(i + 1) / (k + 1) for i in range(k)]
+
+
 class ModelHealth:
     """What one model did over the recent window: run time, latency, inputs and outputs."""
 
@@ -91,7 +155,9 @@ class ModelHealth:
         self.latency_us = Ring(window)  # one value per sample: arrival to result
         self.inputs = Ring(window, (len(features),))
         self.outputs: dict[str, Ring] = {}
+        self.labels: dict[str, Ring] = {}  # string labels: how often each was given, recently
         self.train = train_mean_std(train_stats, features)
+        self.bins = train_bins(train_stats, features)
 
     def observe(self, rows: Rows, result: ResultBatch | None, run_us: float | None) -> None:
         x = rows.x[:, -1, :] if rows.x.ndim == 3 else rows.x  # a window's newest sample
@@ -106,6 +172,12 @@ class ModelHealth:
             if ring is None:
                 ring = self.outputs[name] = Ring(self.window)
             ring.extend(column)
+        for name, value in result.outputs.items():
+            if np.asarray(value).dtype.kind == "U":
+                ring = self.labels.get(name)
+                if ring is None:
+                    ring = self.labels[name] = Ring(self.window, dtype=object)
+                ring.extend(np.asarray(value, dtype=object))
 
     def report(self) -> dict[str, Any]:
         x = self.inputs.values()
@@ -123,6 +195,14 @@ class ModelHealth:
             for i, f in enumerate(self.features):
                 inputs[f]["train_mean"] = _num(train_mean[i])
                 inputs[f]["drift"] = _num(score[i])
+        psi = None
+        if self.bins is not None and len(x):
+            psi = {
+                f: _opt(b.psi(x[:, i]) if b else None)
+                for i, (f, b) in enumerate(zip(self.features, self.bins, strict=True))
+            }
+            for f, value in psi.items():
+                inputs[f]["psi"] = value
         outputs = {}
         for name, ring in self.outputs.items():
             v = ring.values()
@@ -130,6 +210,9 @@ class ModelHealth:
                 "mean": _num(np.mean(v)) if len(v) else None,
                 **percentiles(v, (50, 95)),
             }
+        for name, ring in self.labels.items():
+            labels, counts = np.unique(ring.values().astype(np.str_), return_counts=True)
+            outputs[name] = {"counts": dict(zip(labels.tolist(), counts.tolist(), strict=True))}
         return {
             "window_samples": int(self.inputs.count),
             "run_us": percentiles(self.run_us.values()),
@@ -137,6 +220,8 @@ class ModelHealth:
             "inputs": inputs,
             "drift": drift,
             "drift_max": _num(np.nanmax(score)) if drift and np.isfinite(score).any() else None,
+            "psi": psi,
+            "psi_max": max((v for v in (psi or {}).values() if v is not None), default=None),
             "outputs": outputs,
         }
 
@@ -194,13 +279,18 @@ def pick_fields(
     live: Mapping[str, str], shadow: Mapping[str, str], label: str | None, score: str | None
 ) -> tuple[str | None, str | None]:
     """The label and score fields to compare: as configured, else the first integer field and
-    the first float field both models produce (`live`/`shadow` map field → dtype kind)."""
+    the first float field both models produce (`live`/`shadow` map field → dtype kind); a
+    string label counts as a label."""
     common = [f for f in live if f in shadow]
     if label is None:
-        label = next((f for f in common if live[f] in "biu" and shadow[f] in "biu"), None)
+        label = next((f for f in common if live[f] in "biuU" and shadow[f] in "biuU"), None)
     if score is None:
         score = next((f for f in common if live[f] == "f" and shadow[f] == "f"), None)
     return label, score
+
+
+def _opt(v: float | None) -> float | None:
+    return None if v is None else _num(v)
 
 
 def _num(v: Any) -> float | None:

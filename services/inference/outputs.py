@@ -3,6 +3,8 @@
 Three output forms reach us from real exports: plain tensors ([N], [N, 1], [N, C]), label and
 score pairs (two tensors, e.g. an IsolationForest's `label` and `scores`), and the sequence of
 maps scikit-learn classifiers get from skl2onnx's default ZipMap (`[{0: p0, 1: p1}, ...]`).
+A classifier trained on string classes gives its label as tensor(string) and its map keys as
+strings (`{"normal": p0, "cavitation": p1}`): labels are carried as the strings the model gives.
 A selector picks one output, optionally one column or map key: `scores`, `probabilities[1]`,
 `output_probability[1]`.
 """
@@ -56,10 +58,11 @@ def parse_selectors(mapping: dict[str, str] | None, output_types: dict[str, str]
         selectors.append(Selector(field_name, name, key, expand=is_map and key is None))
     for sel in selectors:
         t = output_types[sel.output]
-        if not t.startswith(("tensor(", "seq(map(")) or "string" in t.split(",")[-1]:
+        map_of_strings = t.startswith("seq(map(") and "string" in t.split(",")[-1]
+        if not t.startswith(("tensor(", "seq(map(")) or map_of_strings:
             raise ModelError(
-                f"output {sel.output!r} is {t}; results carry numbers only, select another output"
-                + ("" if mapping else " with 'outputs'")
+                f"output {sel.output!r} is {t}; results carry numeric tensors, string labels and "
+                "maps of numbers, select another output" + ("" if mapping else " with 'outputs'")
             )
     return selectors
 
@@ -79,8 +82,15 @@ def map_outputs(raw: dict[str, Any], selectors: list[Selector], n: int) -> dict[
 def _from_tensor(arr: np.ndarray[Any, Any], sel: Selector, n: int) -> np.ndarray[Any, Any]:
     if arr.ndim == 0 or arr.shape[0] != n:
         raise ModelError(f"output {sel.output!r} has shape {arr.shape}, expected {n} rows")
-    if arr.dtype.kind not in _NUMERIC:
-        raise ModelError(f"output {sel.output!r} has dtype {arr.dtype}; results carry numbers only")
+    if arr.dtype.kind in "OUS":  # string labels (onnxruntime gives objects): as the model says
+        try:
+            arr = arr.astype(np.str_)
+        except (TypeError, ValueError, UnicodeDecodeError):
+            raise ModelError(f"output {sel.output!r} holds values that are not text") from None
+    elif arr.dtype.kind not in _NUMERIC:
+        raise ModelError(
+            f"output {sel.output!r} has dtype {arr.dtype}; results carry numbers and strings"
+        )
     if sel.key is not None:
         if (
             not isinstance(sel.key, int)

@@ -61,6 +61,7 @@ class Serving:
             "version": ref.version,
             "sha256": ref.sha256,
             "origin": model.origin,
+            "classes": model.signature.classes,
             "spec": self.spec,
             "since": self.since_ns,
             "health": self.health.report(),

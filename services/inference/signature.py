@@ -73,6 +73,8 @@ class FeatureStats(BaseModel):
     std: float | None = None
     min: float | None = None
     max: float | None = None
+    # ascending quantiles of the training data, for the PSI in the inference health
+    quantiles: list[float] | None = None
 
 
 class ModelSignature(BaseModel):
@@ -286,34 +288,48 @@ def _train_stats(
     props: dict[str, str], features: list[str] | None, origin: str
 ) -> dict[str, FeatureStats] | None:
     """Both forms exporters write: columns `{"mean": [...], "std": [...]}` in input order, or
-    `{feature: {"mean": m, "std": s}}`."""
+    `{feature: {"mean": m, "std": s}}`. `quantiles` (a list per feature) may come with
+    `quantile_p` (their probabilities, one list for all features; only in the column form)."""
     value = _json(props, TRAIN_STATS_KEY, origin)
     if value is None:
         return None
     bad = ModelError(
         f"model {origin} metadata {TRAIN_STATS_KEY} must be a JSON object of per-feature "
-        '{"mean", "std", "min", "max"}, or of those keys with a list in feature order'
+        '{"mean", "std", "min", "max", "quantiles"}, or of those keys with a list in feature '
+        'order (and "quantile_p")'
     )
     if not isinstance(value, dict):
         raise bad
     keys = ("mean", "std", "min", "max")
     try:
-        if value and all(k in keys and isinstance(v, list) for k, v in value.items()):
-            n = max(len(v) for v in value.values())
+        columns = {k: v for k, v in value.items() if k != "quantile_p"}
+        if columns and all(
+            k in (*keys, "quantiles") and isinstance(v, list) for k, v in columns.items()
+        ):
+            if not isinstance(value.get("quantile_p", []), list):
+                raise bad
+            n = max(len(v) for v in columns.values())
             names = features if features is not None and len(features) == n else None
             names = names or [f"[{i}]" for i in range(n)]
             return {
-                name: FeatureStats(**{k: _num(v[i]) for k, v in value.items() if i < len(v)})
+                name: _feature_stats({k: v[i] for k, v in columns.items() if i < len(v)}, keys)
                 for i, name in enumerate(names)
             }
-        if not all(isinstance(s, dict) and set(s) <= set(keys) for s in value.values()):
+        if not all(isinstance(s, dict) and set(s) <= {*keys, "quantiles"} for s in value.values()):
             raise bad
-        return {
-            str(name): FeatureStats(**{k: _num(s[k]) for k in keys if k in s})
-            for name, s in value.items()
-        }
+        return {str(name): _feature_stats(s, keys) for name, s in value.items()}
     except (TypeError, ValueError, KeyError):
         raise bad from None
+
+
+def _feature_stats(s: dict[str, Any], keys: tuple[str, ...]) -> FeatureStats:
+    q = s.get("quantiles")
+    if q is not None and not (isinstance(q, list) and all(_num(x) is not None for x in q)):
+        raise TypeError(q)
+    return FeatureStats(
+        **{k: _num(s[k]) for k in keys if k in s},
+        quantiles=None if q is None else [float(x) for x in q],
+    )
 
 
 def _num(v: Any) -> float | None:

@@ -54,6 +54,9 @@ class ModbusService:
         self.exceptions: Counter[str] = Counter()
         self.strings: dict[str, str] = {}
         self.writer = Writer(rt, config, self.device)
+        # Per poll group (period): the earliest time a reading it has not yet sent can carry
+        # (a reading is stamped within its read, and a read starts no earlier than scheduled).
+        self._next_reading: dict[int, int] = {}
 
     def health(self) -> dict[str, Any]:
         return {
@@ -86,6 +89,12 @@ class ModbusService:
             self.strings[p.name] = decode_string(p, regs, req.address)
         return t, decode_registers(req, regs), Quality.GOOD
 
+    def complete_ns(self) -> int:
+        """No reading of this source stamped at or before this time is still to come: every
+        group's next reading starts later (the aligner emits without waiting for a signal that
+        did not change)."""
+        return min(clock.now_ns(), *self._next_reading.values()) - 1
+
     async def poll_once(self, columns: Columns | None = None) -> ReadingBatch:
         """Read every request of `columns` (all by default) into one batch, column-wise."""
         cols = columns or self.columns
@@ -107,6 +116,10 @@ class ModbusService:
         for r in self.requests:
             periods.setdefault(r.poll_ms, []).append(r)
         out = []
+        started = clock.now_ns()
+        for period in periods:
+            self._next_reading[period] = started
+
         for period, reqs in sorted(periods.items()):
             cols = Columns.of(reqs, self.signals)
 
@@ -115,9 +128,13 @@ class ModbusService:
                 start = clock.monotonic()
                 k = 0
                 while True:
+                    self._next_reading[period] = clock.now_ns()  # this poll's reads start now
                     batch = await self.poll_once(cols)
-                    await self.rt.publish(topic, batch.to_wire(), qos=self.config.publish_qos)
                     k = max(k + 1, int((clock.monotonic() - start) * 1000 / period))
+                    wait = max(start + k * period / 1000 - clock.monotonic(), 0)
+                    self._next_reading[period] = clock.now_ns() + int(wait * 1e9)
+                    batch.complete_ns = self.complete_ns()
+                    await self.rt.publish(topic, batch.to_wire(), qos=self.config.publish_qos)
                     await clock.sleep_until(start + k * period / 1000)
 
             poll_loop.__name__ = f"poll_{period}ms_loop"

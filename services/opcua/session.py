@@ -25,7 +25,7 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError
 
-from services.opcua.batch import Gatherer
+from services.opcua.batch import Gatherer, to_ns
 from services.opcua.config import OpcUaConfig
 from services.opcua.security import TrustList, apply
 from shared import clock
@@ -114,10 +114,15 @@ class Session:
     # ------------------------------------------------------------------ building
 
     def _new_client(self) -> Client:
+        # asyncua's own check (a Read every interval, timing out after the interval) would
+        # notice a silent server before our publish deadline and only say "TimeoutError": give
+        # it a longer interval, so the deadline that names the silence acts first and asyncua's
+        # check stays a backstop (and keeps the session from expiring)
+        deadline_s = self.w.keepalive_s * self.w.dead_after_keepalives
         client = Client(
             self.config.endpoint,
             timeout=self.w.request_timeout_s,
-            watchdog_intervall=self.w.keepalive_s,
+            watchdog_intervall=min(2 * deadline_s, self.w.session_timeout_s / 2),
         )
         client.session_timeout = int(self.w.session_timeout_s * 1000)
         client.name = client.description = f"edgefleet {self.config.instance}"
@@ -260,7 +265,7 @@ class Session:
                 return f"transport {client.uaclient.state.value}"
             now = clock.monotonic()
             if now - self._last_publish > self._keepalive_deadline_s:
-                return f"no publish or keep-alive for {now - self._last_publish:.1f} s"
+                return f"{SILENT} for {now - self._last_publish:.1f} s"
             stall = self.w.stall_after_s
             if stall is not None and self._subscribed and now - self._last_data > stall:
                 self.health.stalls += 1
@@ -280,14 +285,28 @@ class Session:
         self.health.last_reason = f"connection lost: {_describe(exc)}"
         self._lost.set()
 
+    def _complete_ns(self, message: ua.NotificationMessage) -> int | None:
+        """What a publish says beyond its values: the server sent every change it sampled
+        before its PublishTime, so no change stamped before PublishTime − sampling interval
+        is still to come (assumes source timestamps on the server's clock)."""
+        published = message.PublishTime
+        if published is None:
+            return None
+        slowest = max((self.config.sampling(s) for s in self.config.signals), default=0.0)
+        return to_ns(published) - int(slowest * 1_000_000)
+
     async def _on_publish(self, result: ua.PublishResult) -> None:
         self._last_publish = clock.monotonic()
-        data = result.NotificationMessage.NotificationData
+        message = result.NotificationMessage
+        data = message.NotificationData
+        arrival = now_ns()
+        complete = self._complete_ns(message)
         if not data:
+            # a keep-alive: nothing changed, but a batch without readings would surprise
+            # consumers that read batches as readings; the next data publish says it
             self.health.keepalives += 1
             return
         self.health.publishes += 1
-        arrival = now_ns()
         for notification in data:
             if isinstance(notification, ua.DataChangeNotification):
                 batch = self.gatherer.gather(notification.MonitoredItems, arrival)
@@ -295,6 +314,7 @@ class Session:
                     self._last_data = self._last_publish
                     self._reported = ""
                     self.health.state = "connected"
+                    batch.complete_ns = complete
                     await self._emit(batch)
             elif isinstance(notification, ua.StatusChangeNotification):
                 status = notification.Status
@@ -323,7 +343,9 @@ class Session:
         self.health.state = "stalled" if reason.startswith("stalled") else "reconnecting"
         if "BadCertificate" in reason or "BadSecurity" in reason or "BadUser" in reason:
             self.health.state = "refused"
-        await self._teardown()
+        # a silent or lost server would not answer a CloseSession either: waiting
+        # request_timeout_s for it would delay the bad marker and the report by that much
+        await self._teardown(polite=not reason.startswith((SILENT, "connection lost")))
         if was_up:
             await self._emit(self.gatherer.bad(self._subscribed | self._failed, now_ns()))
         kind = reason.split(":", 1)[0]
@@ -335,18 +357,23 @@ class Session:
             log.info("opcua %s: rebuilding the session: %s", self.config.endpoint, reason)
         self._subscribed.clear()
 
-    async def _teardown(self) -> None:
+    async def _teardown(self, polite: bool = True) -> None:
         client, self.client = self.client, None
         self._sub_id = None
         if client is None:
             return
         client.connection_lost_callback = None
         try:
+            if not polite:
+                raise TimeoutError("the server is silent")
             await asyncio.wait_for(client.disconnect(), self.w.request_timeout_s)
         except Exception as exc:  # the server may be gone: drop the socket
             log.debug("disconnect from %s: %s", self.config.endpoint, _describe(exc))
             with contextlib.suppress(Exception):
                 client.disconnect_socket()
+
+
+SILENT = "no publish or keep-alive"
 
 
 def _describe(exc: BaseException) -> str:

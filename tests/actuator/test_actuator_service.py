@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from edgefleet import actuator_cli
 from services.actuator.config import ActuatorConfig
 from shared.config import load_config
 from shared.errors import ConfigError
+from shared.topics import Topics
 from tests.actuator.helpers import OTHER_SHA, actuator_config, lamp_action, plant
 from tests.helpers import Probe
 
@@ -263,3 +266,51 @@ async def test_stopping_the_actuator_takes_the_safe_state(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_a_hold_survives_a_kill_of_the_actuator(
+    base_config: dict[str, Any], site: str, probe: Probe, broker: Any, tmp_path: Path
+) -> None:
+    config = actuator_config(base_config, state_dir=str(tmp_path / "state"))
+    path = tmp_path / "actuator.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True)))
+    status = Topics(site).status("actuator-pump")
+    argv = ["--site", site, "--instance", "actuator-pump", "--action", "lamp"]
+    argv += ["--port", str(broker.port), "--timeout", "5"]
+
+    def start() -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "edgefleet.cli", "run", "actuator", "--config", str(path)]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async with plant(base_config, site, probe, actuator=False) as p:
+        process = start()
+        try:
+            await probe.wait_for(status, lambda s: s["state"] == "online", timeout=20)
+            hold = ["hold", *argv, "--value", "false", "--by", "alice", "--reason", "valve work"]
+            assert await asyncio.to_thread(actuator_cli.main, hold) == 0
+            await p.event("hold", text="by alice (valve work)")
+            process.send_signal(signal.SIGKILL)  # no stop hook, no safe state: a crash
+            process.wait(10)
+            probe.messages.clear()
+            process = start()
+
+            def restored(s: dict[str, Any]) -> bool:
+                lamp = s["health"]["actuator"]["actions"]["lamp"] if s["state"] == "online" else {}
+                return bool(lamp.get("held"))
+
+            [online] = await probe.wait_for(status, restored, timeout=20)
+            held = online["health"]["actuator"]["actions"]["lamp"]["hold"]
+            assert held["by"] == "alice" and held["reason"] == "valve work"
+            assert held["value"] is False and held["time"].startswith("20")
+            for _ in range(3):  # a rule not held would light the lamp at the first of these
+                await p.send(0.95)
+            # one queue feeds the decisions: once the release is reported, the results were seen
+            assert await asyncio.to_thread(actuator_cli.main, ["release", *argv]) == 0
+            await p.event("release", text="by ")
+            assert not p.lamp and not p.events("acted")
+            await p.send(0.95)
+            await p.event("acted")
+            await p.wait_lamp(True)
+        finally:
+            process.terminate()
+            process.wait(10)

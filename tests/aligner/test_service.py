@@ -279,3 +279,51 @@ def test_a_flow_file_is_read_from_the_config_folder(tmp_path: Path) -> None:
         load_config(cfg, AlignerConfig).flow_spec()
     assert "pump.yaml:6: align.features.0: feature 'plc1/p'" in str(err.value)
     assert "needs max_age_ms" in str(err.value)
+
+
+async def test_a_source_whose_clock_runs_far_ahead_is_capped_and_reported(
+    base_config: dict[str, Any], probe: Probe, site: str
+) -> None:
+    """b's clock is an hour ahead: its readings are not held (memory stays bounded), the
+    source and its skew are reported, and a's samples keep flowing on time."""
+    topics = Topics(site)
+    features = [
+        {"signal": "a/x", "fill": "hold", "max_age_ms": 300},
+        {"signal": "b/y", "fill": "hold", "max_age_ms": 300},
+    ]
+    cfg = config(base_config, features, max_delay_ms=150)
+    cfg = cfg.model_copy(update={"max_ahead_ms": 2_000.0})
+    hour, per_batch, sent_b = 3600 * S, 200, 0
+    async with running(main(cfg)):
+        await start(probe, topics)
+        begin = now_ns()
+        while now_ns() - begin < 1_200 * MS:
+            t = now_ns()
+            await probe.publish(topics.raw("a"), batch("a", ["x"], [t], [0], [1.0]))
+            t_b = t + hour + np.arange(per_batch) * MS
+            await probe.publish(
+                topics.raw("b"), batch("b", ["y"], t_b, [0] * per_batch, [2.0] * per_batch)
+            )
+            sent_b += per_batch
+            await asyncio.sleep(0.05)
+        await wait_until_t(probe, topics, t - 150 * MS)
+
+        def counted(s: dict[str, Any]) -> bool:
+            h = s["health"]["aligner"]
+            return bool(h["ahead_by_source"].get("b") == sent_b)
+
+        [status] = await probe.wait_for(topics.status(INSTANCE), counted)
+        [report] = await probe.wait_for(
+            topics.errors(INSTANCE), lambda e: "ahead of the local clock" in e["reason"]
+        )
+    health = status["health"]["aligner"]
+    assert set(health["ahead_by_source"]) == {"b"} and health["ahead"] == sent_b
+    assert abs(health["ahead_skew_ms"]["b"] - hour / MS) < 5_000  # about an hour, in ms
+    assert health["held_readings"] < 50  # b's thousands are not held
+    assert report["topic"] == topics.raw("b") and "from b" in report["reason"]
+    out = samples(probe, topics)
+    rel = out.t - begin
+    steady = rel > 100 * MS
+    assert not (out.state[steady, 0] == FeatureState.MISSING).any()  # a flows, on time
+    assert (out.state[steady, 1] == FeatureState.MISSING).all()
+    assert np.diff(out.t).tolist() == [100 * MS] * (len(out.t) - 1)

@@ -75,6 +75,7 @@ class Endpoint:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     refused: int = 0
     url: str = ""
+    refuse_topic: str | None = None  # a batch holding a message of this topic gets a 400
 
     def ids(self) -> list[str]:
         return [
@@ -93,9 +94,13 @@ def endpoint() -> Iterator[Endpoint]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
+            topics = {m["topic"] for m in json.loads(body)["messages"]}
             if state.failing.is_set():
                 state.refused += 1
                 self.send_response(503)
+            elif state.refuse_topic in topics:
+                state.refused += 1
+                self.send_response(400)
             else:
                 state.bodies.append(json.loads(body))
                 self.send_response(204)

@@ -63,18 +63,30 @@ def isolation_forest(path: Path, features: list[str] | None = FEATURES, seed: in
     x = training_data()
     est = IsolationForest(n_estimators=20, random_state=seed).fit(x)
     model = to_onnx(est, x[:1], target_opset=OPSET)
-    stats = {"mean": x.mean(0).tolist(), "std": x.std(0).tolist()}
+    deciles = [0.1 * i for i in range(1, 10)]
+    stats = {
+        "mean": x.mean(0).tolist(),
+        "std": x.std(0).tolist(),
+        "quantile_p": deciles,
+        "quantiles": np.quantile(x, deciles, axis=0).T.tolist(),
+    }
     return save(add_metadata(model, features, stats), path)
 
 
-def zipmap_classifier(path: Path, zipmap: bool = True) -> Path:
+STRING_CLASSES = ["normal", "cavitation", "bearing"]
+
+
+def zipmap_classifier(path: Path, zipmap: bool = True, strings: bool = False) -> Path:
     """A logistic regression as skl2onnx exports it by default: `output_label` [N] and
-    `output_probability` as a sequence of maps {0: p0, 1: p1, 2: p2} (ZipMap)."""
+    `output_probability` as a sequence of maps {0: p0, 1: p1, 2: p2} (ZipMap). With `strings`,
+    trained on the labels STRING_CLASSES: `output_label` is tensor(string), the map keys too."""
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
 
     x = training_data()
-    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)
+    y: Any = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)
+    if strings:
+        y = np.array(STRING_CLASSES, dtype=object)[y]
     est = LogisticRegression(max_iter=200).fit(x, y)
     options = None if zipmap else {id(est): {"zipmap": False}}
     return save(to_onnx(est, x[:1], target_opset=OPSET, options=options), path)

@@ -17,6 +17,7 @@ from tests.inference.helpers import samples
 from tests.inference.live import Feed, all_results, results, serving, status_where
 
 WINDOW = 64
+PSI_WINDOW = 256
 
 
 @given(st.integers(1, 40), st.lists(st.integers(0, 30), max_size=12))
@@ -67,3 +68,33 @@ async def test_drift_outputs_and_rejections_in_the_status(
     assert after["rejected"] == {"malformed_messages": 1, "skipped_nan": 2, "failed_samples": 0}
     assert after["run_us"]["p50"] > 0 and after["latency_us"]["p90"] >= after["latency_us"]["p50"]
     assert after["window_samples"] == WINDOW
+
+
+async def test_an_input_that_oscillates_around_its_mean_shows_psi_not_mean_drift(
+    base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
+) -> None:
+    model = models.isolation_forest(tmp_path / "if.onnx")  # train_stats with deciles
+    # PSI over ten bins needs a few hundred samples to settle (64 give ~0.1-0.5 on calm data)
+    async with serving(base_config, probe, site, model, health_window=PSI_WINDOW) as topics:
+        feed = Feed(probe, topics, per_message=16)
+        for _ in range(PSI_WINDOW // 16):
+            await feed.send()
+        await all_results(probe, topics, feed)
+        calm = await status_where(probe, topics, lambda s: s["results"] == feed.sent)
+        # pressure swings ±2 training stds around the training mean: same mean, other spread
+        rng = np.random.default_rng(8)
+        for k in range(PSI_WINDOW // 16):
+            x = rng.normal(size=(16, 4)).astype(np.float32)
+            x[:, 0] = np.where(np.arange(16) % 2 == 0, 2.0, -2.0)
+            t0 = samples(x).t[0] + (feed.sent + k * 16) * 100_000_000
+            await probe.publish(topics.samples("f1"), samples(x, t0=int(t0)).to_wire())
+        feed.sent += PSI_WINDOW
+        await all_results(probe, topics, feed)
+        state = await status_where(probe, topics, lambda s: s["results"] == feed.sent)
+    before, after = calm["model"]["health"], state["model"]["health"]
+    assert before["psi_max"] is not None and before["psi_max"] < 0.25  # the training distribution
+    assert after["drift"]["pressure"] < 0.3  # the mean did not move ...
+    assert after["psi"]["pressure"] > 2.0  # ... but every value sits in the outer deciles
+    assert after["psi_max"] == after["psi"]["pressure"]
+    assert after["inputs"]["pressure"]["psi"] == after["psi"]["pressure"]
+    assert max(after["psi"][f] for f in ("temp", "vib_rms", "flow")) < 0.25

@@ -32,8 +32,10 @@ class FreezableProxy:
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.port = 0
-        self.flowing = asyncio.Event()
+        self.flowing = asyncio.Event()  # client → server
         self.flowing.set()
+        self.flowing_down = asyncio.Event()  # server → client
+        self.flowing_down.set()
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -59,11 +61,16 @@ class FreezableProxy:
             writer.close()
         await self._server.wait_closed()
 
-    def freeze(self) -> None:
-        self.flowing.clear()
+    def freeze(self, *, downstream_only: bool = False) -> None:
+        """Hold bytes in both directions, or (`downstream_only`) only what the server sends:
+        the client's requests still reach it, nothing comes back, nothing closes."""
+        self.flowing_down.clear()
+        if not downstream_only:
+            self.flowing.clear()
 
     def thaw(self) -> None:
         self.flowing.set()
+        self.flowing_down.set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -74,16 +81,21 @@ class FreezableProxy:
             writer.close()
             return
         self._writers.append(up_writer)
-        for r, w in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(r, w))
+        for r, w, gate in (
+            (reader, up_writer, self.flowing),
+            (up_reader, writer, self.flowing_down),
+        ):
+            task = asyncio.create_task(self._pump(r, w, gate))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event
+    ) -> None:
         try:
             while True:
                 data = await reader.read(65536)
-                await self.flowing.wait()  # frozen: hold the bytes, or the close
+                await gate.wait()  # frozen: hold the bytes, or the close
                 if not data:
                     break
                 writer.write(data)
@@ -154,6 +166,51 @@ async def test_server_that_answers_nothing_is_noticed_and_the_session_rebuilt(
     assert check_good_were_served(rows, served) >= 10
     opcua = status["health"]["opcua"]
     assert opcua["state"] == "connected" and opcua["failed_nodes"] == {}
+
+
+async def test_silent_server_is_noticed_by_the_adapters_own_deadline(
+    base_config: dict[str, Any], probe: Probe, site: str
+) -> None:
+    """The server stops publishing and sending keep-alives, on a connection that stays open and
+    still takes requests (the proxy holds only what the server sends). The adapter's deadline,
+    the revised keep-alive period times dead_after_keepalives (~1.5 s), acts before asyncua's
+    check (every 3 s) and names the silence; the report is not held up by a CloseSession that
+    would wait request_timeout_s (8 s) for a server that answers nothing."""
+    topics = Topics(site)
+    raw = topics.raw("opc1")
+    await probe.subscribe(topics.everything())
+    watchdog = {
+        "request_timeout_s": 8.0,
+        "keepalive_s": 0.5,
+        "dead_after_keepalives": 3,
+        "stall_after_s": None,
+        "check_s": 0.1,
+        "reconnect_initial_s": 0.2,
+        "reconnect_max_s": 0.5,
+    }
+    async with (
+        PlantSimulator(seed=5, modbus=False) as sim,
+        FreezableProxy(sim.host, sim.opcua_port or 0) as proxy,
+    ):
+        endpoint = f"opc.tcp://127.0.0.1:{proxy.port}/edgefleet/sim"
+        cfg = make_config({**base_config, "site": site}, endpoint, SIGNALS, watchdog=watchdog)
+        async with running(main(cfg)):
+            await probe.wait_for(raw, lambda b: bool((b["q"] == 0).any()), count=3, timeout=15)
+            silent = time.monotonic()
+            proxy.freeze(downstream_only=True)
+            [err] = await probe.wait_for(topics.errors("opcua-sim"), timeout=7)
+            noticed_s = time.monotonic() - silent
+            await probe.wait_for(raw, lambda b: bool((b["q"] == 2).all()))
+            proxy.thaw()
+            thawed_ns = time.time_ns()
+            await probe.wait_for(
+                raw,
+                lambda b: bool(((b["q"] == 0) & (b["t"] > thawed_ns - 1e9)).any()),
+                timeout=20,
+            )
+    print(f"noticed after {noticed_s:.2f} s as: {err['reason']}")
+    assert "no publish or keep-alive for" in err["reason"], err["reason"]
+    assert noticed_s < 4.0  # the adapter's ~1.5 s deadline, long before asyncua's 8 s
 
 
 async def test_node_that_appears_later_is_subscribed_by_the_retry(

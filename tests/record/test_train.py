@@ -87,7 +87,10 @@ def test_training_gives_a_servable_model_whose_score_rises_on_cavitation(tmp_pat
     meta = model.metadata
     assert json.loads(meta["edgefleet.features"]) == flow.align.labels
     stats = json.loads(meta["edgefleet.train_stats"])
-    assert set(stats) == {"mean", "std", "min", "max"} and len(stats["mean"]) == 6
+    assert set(stats) == {"mean", "std", "min", "max", "quantiles", "quantile_p"}
+    assert len(stats["mean"]) == 6 and len(stats["quantiles"]) == 6
+    assert all(len(q) == 9 and q == sorted(q) for q in stats["quantiles"])
+    assert stats["quantiles"][0][0] < stats["mean"][0] < stats["quantiles"][0][-1]
     assert abs(stats["mean"][0] - 1.0) < 0.02  # suction pressure ≈ 1 bar
     assert abs(float(meta["edgefleet.threshold"]) - threshold) < 1e-3
     assert 0.5 < threshold < 1.0

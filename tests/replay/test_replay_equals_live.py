@@ -19,7 +19,7 @@ from edgefleet.replay.recording import read_recording
 from edgefleet.replay.run import replay
 from services.aligner.config import AlignerConfig
 from services.aligner.service import main as aligner_main
-from services.inference.service import InferenceConfig
+from services.inference.config import InferenceConfig
 from services.inference.service import main as inference_main
 from shared.config import validate
 from shared.messages import ReadingBatch, ResultBatch, SampleBatch, now_ns
