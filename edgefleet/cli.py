@@ -176,6 +176,11 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (
         ("library", "models and scripts in the fleet (edgefleet library --help)"),
         ("flow", "versioned flows in the fleet (edgefleet flow --help)"),
+        ("node", "edge nodes known to the fleet (edgefleet node --help)"),
+        ("group", "named label selectors of nodes (edgefleet group --help)"),
+        ("deploy", "deploy flow versions to nodes (edgefleet deploy --help)"),
+        ("deployment", "deployments and their state per node (edgefleet deployment --help)"),
+        ("rollback", "deploy an earlier flow version where it runs (edgefleet rollback --help)"),
         ("cloud", "the cloud side on this machine (edgefleet cloud up --help)"),
     ):
         sub.add_parser(name, help=text, add_help=False)
@@ -192,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_forwarder(argv[1:])
     if argv[:1] == ["shadow"]:
         return cmd_shadow(argv[1:])
-    if argv[:1] in (["library"], ["flow"]):
+    if argv[:1] in (["library"], ["flow"], ["node"], ["group"], ["deploy"], ["deployment"],
+                    ["rollback"]):  # fmt: skip
         from edgefleet.fleet.cli import main as fleet_main
 
         return fleet_main(argv)
