@@ -82,7 +82,7 @@ async def report(
 async def nodes_known(fleet: FleetClient, count: int) -> None:
     async def check() -> bool:
         listed = await fleet.call("node.list")
-        return sum(n["online"] == "online" for n in listed["nodes"]) >= count
+        return bool(sum(n["online"] == "online" for n in listed["nodes"]) >= count)
 
     await eventually(check)
 
@@ -216,7 +216,7 @@ async def test_an_offline_node_gets_only_the_latest_when_it_comes_back(
     await announce(probe, prefix, "n4", {}, state="offline")  # its last will
 
     async def offline() -> bool:
-        return (await fleet.call("node.show", {"site": "n4"}))["node"]["online"] == "offline"
+        return bool((await fleet.call("node.show", {"site": "n4"}))["node"]["online"] == "offline")
 
     await eventually(offline)
     for ref in ("pump-anomaly@1", "pump-anomaly@2", "pump-anomaly@1"):
@@ -286,7 +286,7 @@ async def test_timeout_supersede_cancel_and_dry_run(
 
     async def back_applied() -> bool:
         node = (await fleet.call("node.show", {"site": "b"}))["node"]
-        return node["reported_revision"] == 3
+        return bool(node["reported_revision"] == 3)
 
     await eventually(back_applied)
     history = await fleet.call("node.history", {"site": "b"})
