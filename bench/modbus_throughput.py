@@ -71,20 +71,20 @@ async def adapter(port: int, broker: LocalBroker, seconds: float) -> tuple[float
         },
         "bench",
     )
-    async with Runtime("modbus", cfg) as rt:
-        poller = ModbusService(rt, cfg)
-        mqtt = asyncio.create_task(rt.mqtt.run())
-        await asyncio.wait_for(rt.mqtt.wait_connected(), 10)
-        topic = rt.topics.raw("plc")
-        n, cpu0, t0 = 0, time.process_time(), time.monotonic()
-        while time.monotonic() - t0 < seconds:  # back to back: the sustained ceiling
-            batch = await poller.poll_once()
-            await rt.publish(topic, batch.to_wire())
-            n += len(batch)
-        elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
-        mqtt.cancel()
-        await asyncio.gather(mqtt, return_exceptions=True)
-        await poller.device.close()
+    rt = Runtime("modbus", cfg)
+    poller = ModbusService(rt, cfg)
+    mqtt = asyncio.create_task(rt.mqtt.run())
+    await asyncio.wait_for(rt.mqtt.wait_connected(), 10)
+    topic = rt.topics.raw("plc")
+    n, cpu0, t0 = 0, time.process_time(), time.monotonic()
+    while time.monotonic() - t0 < seconds:  # back to back: the sustained ceiling
+        batch = await poller.poll_once()
+        await rt.publish(topic, batch.to_wire())
+        n += len(batch)
+    elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    mqtt.cancel()
+    await asyncio.gather(mqtt, return_exceptions=True)
+    await poller.device.close()
     return n / elapsed, cpu / n * 1e3
 
 

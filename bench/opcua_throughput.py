@@ -143,43 +143,43 @@ async def adapter(
     server: Server_, broker: LocalBroker, seconds: float, restart: bool
 ) -> tuple[float, float, float | None, int]:
     cfg = adapter_config(server, broker)
-    async with Runtime("opcua", cfg) as rt:
-        a = OpcuaService(rt, cfg)
-        good_after: list[float] = []
-        restarted_at: list[float] = []
-        good_again = asyncio.Event()
-        publish = a.publish
+    rt = Runtime("opcua", cfg)
+    a = OpcuaService(rt, cfg)
+    good_after: list[float] = []
+    restarted_at: list[float] = []
+    good_again = asyncio.Event()
+    publish = a.publish
 
-        async def sink(batch: ReadingBatch) -> None:
-            if restarted_at and not good_after and (batch.q == 0).any():
-                good_after.append(time.monotonic())
-                good_again.set()
-            await publish(batch)
+    async def sink(batch: ReadingBatch) -> None:
+        if restarted_at and not good_after and (batch.q == 0).any():
+            good_after.append(time.monotonic())
+            good_again.set()
+        await publish(batch)
 
-        a.session.sink = sink
-        mqtt = asyncio.create_task(rt.mqtt.run())
-        await asyncio.wait_for(rt.mqtt.wait_connected(), 10)
-        session = asyncio.create_task(a.session.run())
-        await asyncio.wait_for(a.session.wait_ready(), 30)
-        await asyncio.sleep(1.5)
-        h = a.session.health
-        n0, cpu0, t0 = h.readings, time.process_time(), time.monotonic()
-        await asyncio.sleep(seconds)
-        n, cpu, elapsed = h.readings - n0, time.process_time() - cpu0, time.monotonic() - t0
-        recovery = None
-        if restart:
-            server.stop()
-            await asyncio.sleep(1.0)
-            restarted_at.append(await server.start())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(good_again.wait(), 30)
-            recovery = good_after[0] - restarted_at[0] if good_after else None
-        session.cancel()
-        await asyncio.gather(session, return_exceptions=True)
-        await a.session.close()
-        dropped = rt.mqtt.stats.dropped
-        mqtt.cancel()
-        await asyncio.gather(mqtt, return_exceptions=True)
+    a.session.sink = sink
+    mqtt = asyncio.create_task(rt.mqtt.run())
+    await asyncio.wait_for(rt.mqtt.wait_connected(), 10)
+    session = asyncio.create_task(a.session.run())
+    await asyncio.wait_for(a.session.wait_ready(), 30)
+    await asyncio.sleep(1.5)
+    h = a.session.health
+    n0, cpu0, t0 = h.readings, time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    n, cpu, elapsed = h.readings - n0, time.process_time() - cpu0, time.monotonic() - t0
+    recovery = None
+    if restart:
+        server.stop()
+        await asyncio.sleep(1.0)
+        restarted_at.append(await server.start())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(good_again.wait(), 30)
+        recovery = good_after[0] - restarted_at[0] if good_after else None
+    session.cancel()
+    await asyncio.gather(session, return_exceptions=True)
+    await a.session.close()
+    dropped = rt.mqtt.stats.dropped
+    mqtt.cancel()
+    await asyncio.gather(mqtt, return_exceptions=True)
     return n / elapsed, cpu / max(n, 1) * 1e6, recovery, dropped
 
 

@@ -23,9 +23,10 @@ from typing import Any
 
 import yaml
 
-from shared import codec
+from shared.errors import EdgefleetError
 from shared.messages import ActuatorCommand, WriteResponse
-from shared.mqtt import BrokerSettings, MqttConnection, Received
+from shared.mqtt import BrokerSettings, NotConnected
+from shared.requests import RequestTimeout, requester
 from shared.topics import DEFAULT_PREFIX, Topics
 
 
@@ -66,7 +67,6 @@ def parse_value(text: str | None) -> bool | int | float | None:
 async def request(args: argparse.Namespace) -> tuple[WriteResponse | None, str]:
     topics = Topics(args.site, args.prefix)
     client = f"cli-{uuid.uuid4().hex[:10]}"
-    reply = topics.reply(client)
     command = ActuatorCommand(
         request_id=client,
         op=args.op,
@@ -75,40 +75,17 @@ async def request(args: argparse.Namespace) -> tuple[WriteResponse | None, str]:
         by=args.by,
         reason=args.reason,
     )
-    answers: asyncio.Queue[Received] = asyncio.Queue()
-
-    async def on_message(message: Received) -> None:
-        await answers.put(message)
-
-    connection = MqttConnection(
-        BrokerSettings(host=args.host, port=args.port, client_id=client, reconnect_max_s=1.0),
-        on_message,
-    )
-    await connection.subscribe(reply)
-    task = asyncio.create_task(connection.run())
+    settings = BrokerSettings(host=args.host, port=args.port, client_id=client, reconnect_max_s=1.0)
     try:
-        async with asyncio.timeout(args.timeout):
-            await connection.wait_connected()
-            payload, content_type = codec.encode(command.to_wire())
-            await connection.publish(
-                topics.cmd(args.instance),
-                payload,
-                content_type=content_type,
-                qos=1,
-                response_topic=reply,
-                correlation_data=client.encode(),
-                buffer=False,
+        async with requester(settings, topics.reply(client), connect_timeout=args.timeout) as req:
+            answer = await req.request(
+                topics.cmd(args.instance), command, timeout=args.timeout, request_id=client
             )
-            while True:
-                message = await answers.get()
-                if message.correlation_data == client.encode():
-                    body = codec.decode(message.payload, message.content_type)
-                    return WriteResponse.from_wire(body), ""
-    except TimeoutError:
+        return WriteResponse.from_wire(answer), ""
+    except (NotConnected, RequestTimeout):
         return None, f"no answer from {args.instance} on site {args.site} within {args.timeout:g} s"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    except EdgefleetError as exc:  # the broker refused the request, or the answer is malformed
+        return None, str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

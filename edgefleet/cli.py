@@ -5,37 +5,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import sys
 from pathlib import Path
-from typing import Any
 
+from edgefleet.registry import SERVICES, service_spec
 from edgefleet.site.commands import add_commands as add_site_commands
-from services import SERVICES
 from shared.config import load_config
-from shared.errors import ConfigError, EdgefleetError
+from shared.errors import EdgefleetError
 from shared.mqtt import BrokerSettings
 from shared.runtime import setup_logging
 
 
-def _service_module(name: str) -> Any:
-    if name not in SERVICES:
-        raise ConfigError(f"unknown service {name!r}; known: {', '.join(sorted(SERVICES))}")
-    return importlib.import_module(SERVICES[name])
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    module = _service_module(args.service)
-    config = load_config(args.config, module.Config)
-    check = getattr(module, "check", None)  # what a service checks beyond its config file
-    if check is not None:
-        check(config)
+    spec = service_spec(args.service)
+    config = load_config(args.config, spec.config)
+    if spec.check is not None:
+        spec.check(config)
     if args.check:
         print(f"{args.config}: valid {args.service} config for instance {config.instance!r}")
         return 0
     setup_logging(config.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(module.main(config))
+        asyncio.run(spec.main(config))
     return 0
 
 
@@ -185,6 +176,11 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (
         ("library", "models and scripts in the fleet (edgefleet library --help)"),
         ("flow", "versioned flows in the fleet (edgefleet flow --help)"),
+        ("node", "edge nodes known to the fleet (edgefleet node --help)"),
+        ("group", "named label selectors of nodes (edgefleet group --help)"),
+        ("deploy", "deploy flow versions to nodes (edgefleet deploy --help)"),
+        ("deployment", "deployments and their state per node (edgefleet deployment --help)"),
+        ("rollback", "deploy an earlier flow version where it runs (edgefleet rollback --help)"),
         ("cloud", "the cloud side on this machine (edgefleet cloud up --help)"),
     ):
         sub.add_parser(name, help=text, add_help=False)
@@ -201,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_forwarder(argv[1:])
     if argv[:1] == ["shadow"]:
         return cmd_shadow(argv[1:])
-    if argv[:1] in (["library"], ["flow"]):
+    if argv[:1] in (["library"], ["flow"], ["node"], ["group"], ["deploy"], ["deployment"],
+                    ["rollback"]):  # fmt: skip
         from edgefleet.fleet.cli import main as fleet_main
 
         return fleet_main(argv)

@@ -243,30 +243,36 @@ async def record(
     tags = Labels(labels) if labels is not None else None
     sink = open_sink(out, columns(flow.align.labels, tags is not None))
     try:
-        async with Runtime(NAME, config) as rt:
-            recorder = Recorder(rt, config, flow, sink, tags, on_rows)
-            await recorder.start()
+        rt = Runtime(NAME, config)
+        recorder = Recorder(rt, config, flow, sink, tags, on_rows)
+        await recorder.start()
 
-            async def until_done() -> None:
-                waiters: list[asyncio.Task[Any]] = [
-                    asyncio.create_task(asyncio.sleep(duration_s or 1e12))
-                ]
-                if stop is not None:
-                    waiters.append(asyncio.create_task(stop.wait()))
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                for w in waiters:
-                    w.cancel()
-                rt.stop.set()
+        async def until_done() -> None:
+            waiters: list[asyncio.Task[Any]] = [
+                asyncio.create_task(asyncio.sleep(duration_s or 1e12))
+            ]
+            if stop is not None:
+                waiters.append(asyncio.create_task(stop.wait()))
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            rt.stop.set()
 
-            async def warn_when_quiet() -> None:
-                await asyncio.sleep(quiet_warn_s)
-                if recorder.engine.stats.readings == 0:
-                    raw = ", ".join(rt.topics.raw(s) for s in flow.align.sources)
-                    log.warning(
-                        "no readings after %.0f s on %s: is the site running?", quiet_warn_s, raw
-                    )
+        async def warn_when_quiet() -> None:
+            await asyncio.sleep(quiet_warn_s)
+            if recorder.engine.stats.readings == 0:
+                raw = ", ".join(rt.topics.raw(s) for s in flow.align.sources)
+                log.warning(
+                    "no readings after %.0f s on %s: is the site running?", quiet_warn_s, raw
+                )
 
-            await rt.serve(recorder.emit_loop, until_done, warn_when_quiet)
+        await rt.serve(
+            {
+                "emit_loop": recorder.emit_loop,
+                "until_done_loop": until_done,
+                "quiet_warning_loop": warn_when_quiet,
+            }
+        )
     finally:
         sink.close()
     return Recording(

@@ -17,7 +17,8 @@ from typing import Any
 
 from shared import codec
 from shared.errors import EdgefleetError, PayloadError
-from shared.messages import ConfigUpdate
+from shared.health import InferenceHealth, health_of
+from shared.messages import ConfigUpdate, Status
 from shared.mqtt import BrokerSettings, MqttConnection, Received, Subscription
 from shared.topics import DEFAULT_PREFIX, Topics
 
@@ -47,16 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def new_config(action: str, inference: dict[str, Any], retained: dict[str, Any]) -> dict[str, Any]:
+def new_config(action: str, inference: InferenceHealth, retained: dict[str, Any]) -> dict[str, Any]:
     """The config keys to publish: the retained config's, with the shadow promoted or dropped."""
     config = dict(retained)
     config["shadow"] = None
     if action == "drop":
         return config
-    shadow = inference.get("shadow")
-    if not shadow:
+    if inference.shadow is None:
         raise ShadowError("the instance runs no shadow model: nothing to promote")
-    spec = shadow.get("spec") or {}
+    spec = inference.shadow.spec
     config["model"] = {k: spec[k] for k in MODEL_KEYS if spec.get(k) is not None}
     if spec.get("outputs") is not None:
         config["outputs"] = spec["outputs"]
@@ -73,8 +73,8 @@ async def run(args: argparse.Namespace) -> int:
     runner = asyncio.create_task(conn.run(), name="mqtt_loop")
     try:
         retained, status = await _current(sub, config_topic, status_topic, args.timeout)
-        inference = status.get("health", {}).get("inference", {})
-        running = int(status.get("health", {}).get("revision", 0))
+        inference = InferenceHealth.of(status) or InferenceHealth()
+        running = health_of(status).revision
         revision = max(running, int(retained.get("revision", 0))) + 1
         update = ConfigUpdate(
             instance=args.instance,
@@ -89,8 +89,7 @@ async def run(args: argparse.Namespace) -> int:
             raise ShadowError(f"the broker refused the config update: {result.reason}")
         print(f"{args.action}: published config revision {revision} on {config_topic}")
         if args.wait > 0:
-            refused = int(inference.get("swaps", {}).get("refused", 0))
-            return await _applied(sub, status_topic, revision, refused, args.wait)
+            return await _applied(sub, status_topic, revision, inference.swaps.refused, args.wait)
         return 0
     finally:
         runner.cancel()
@@ -99,9 +98,9 @@ async def run(args: argparse.Namespace) -> int:
 
 async def _current(
     sub: Subscription, config_topic: str, status_topic: str, timeout: float
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], Status]:
     retained: dict[str, Any] = {}
-    status: dict[str, Any] = {}
+    status: Status | None = None
     try:
         async with asyncio.timeout(timeout):
             while True:
@@ -110,9 +109,9 @@ async def _current(
                 if message.topic == config_topic and body:
                     retained = body
                 elif message.topic == status_topic and body:
-                    if body.get("state") != "online":
-                        raise ShadowError(f"instance is {body.get('state')}, not online")
-                    status = body
+                    status = Status.from_wire(body)
+                    if status.state != "online":
+                        raise ShadowError(f"instance is {status.state}, not online")
                     break
     except TimeoutError:
         raise ShadowError(f"no status on {status_topic} within {timeout:g} s") from None
@@ -122,6 +121,7 @@ async def _current(
                 message = await sub.queue.get()
                 if message.topic == config_topic and (body := _decode(message)):
                     retained = body
+    assert status is not None
     return retained, status
 
 
@@ -129,24 +129,24 @@ async def _applied(
     sub: Subscription, status_topic: str, revision: int, refused_before: int, wait: float
 ) -> int:
     """Wait for the instance to have handled `revision` (applied or refused); say which."""
-    inference: dict[str, Any] = {}
+    inference = InferenceHealth()
     try:
         async with asyncio.timeout(wait):
-            while inference.get("revision", 0) < revision:
+            while inference.revision < revision:
                 message = await sub.queue.get()
-                if message.topic == status_topic:
-                    inference = ((_decode(message) or {}).get("health") or {}).get("inference", {})
+                if message.topic == status_topic and (body := _decode(message)):
+                    with contextlib.suppress(PayloadError):  # not a status: keep waiting
+                        inference = InferenceHealth.of(Status.from_wire(body)) or inference
     except TimeoutError:
         print(f"the instance did not apply revision {revision} within {wait:g} s", file=sys.stderr)
         return 1
-    model, shadow = inference.get("model", {}), inference.get("shadow")
+    model, shadow = inference.model, inference.shadow
     print(
-        f"live model: {model.get('name')} {model.get('version')} sha256 "
-        f"{str(model.get('sha256'))[:12]}; shadow: {shadow['origin'] if shadow else 'none'}"
+        f"live model: {model.name} {model.version} sha256 "
+        f"{str(model.sha256)[:12]}; shadow: {shadow.origin if shadow else 'none'}"
     )
-    swaps = inference.get("swaps", {})
-    if swaps.get("refused", 0) > refused_before:
-        print(f"refused: {swaps.get('last_error')}", file=sys.stderr)
+    if inference.swaps.refused > refused_before:
+        print(f"refused: {inference.swaps.last_error}", file=sys.stderr)
         return 1
     return 0
 

@@ -30,6 +30,7 @@ from shared.messages import (
     ModelRef,
     PinnedResource,
     ReadingBatch,
+    RegisterTarget,
     ReportedState,
     ResultBatch,
     SampleBatch,
@@ -176,7 +177,10 @@ def control_plane_examples() -> list[Message]:
             config={"model": {"path": "models/pump-ae-3.onnx"}},
         ),
         WriteRequest(
-            request_id="a1b2", target={"table": "coil", "address": 5, "unit": 1}, value=True, t=T
+            request_id="a1b2",
+            target=RegisterTarget(table="coil", address=5, unit=1),
+            value=True,
+            t=T,
         ),
         WriteResponse(request_id="a1b2", ok=True, readback=True, t=T + 8_000_000),
         Event(

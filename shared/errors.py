@@ -18,6 +18,11 @@ class ProtocolError(EdgefleetError):
     """A device or broker broke the protocol, refused us, or did not answer."""
 
 
+class Refused(EdgefleetError):
+    """A well-formed request the service cannot carry out (no such point, the device said no);
+    the answer says why."""
+
+
 class PayloadError(EdgefleetError):
     """A message could not be decoded or does not fit its schema."""
 

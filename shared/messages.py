@@ -433,12 +433,46 @@ class ConfigUpdate(Message):
     config: dict[str, Any]
 
 
+class _Target(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PointTarget(_Target):
+    """Modbus: a point of the adapter's config marked `writable`."""
+
+    point: str
+
+
+class RegisterTarget(_Target):
+    """Modbus: one coil or one uint16 holding register, 0-based within its table."""
+
+    table: str
+    address: int
+    unit: int | None = None  # 1 when not given
+
+
+class SignalTarget(_Target):
+    """OPC UA: a signal of the adapter's config marked `writable`."""
+
+    signal: str
+
+
+class NodeTarget(_Target):
+    """OPC UA: the node id of a signal marked `writable` (`ns=2;s=...`)."""
+
+    node: str
+
+
+# What a write names, in the adapter's own terms; each adapter takes its two kinds.
+WriteTarget = PointTarget | RegisterTarget | SignalTarget | NodeTarget
+
+
 class WriteRequest(Message):
     """On `cmd/{source}` with a response topic and correlation data: write one point."""
 
     kind: Literal["write"] = "write"
     request_id: str
-    target: dict[str, Any]  # adapter-specific address: {table, address, unit} or {node}
+    target: WriteTarget  # Modbus {point} or {table, address, unit}; OPC UA {signal} or {node}
     value: float | int | bool
     t: int = Field(default_factory=now_ns)
 

@@ -5,10 +5,14 @@ with the same correlation data and in the request's own encoding (a JSON request
 so `mosquitto_pub`/`mosquitto_sub` users and other systems can speak it).
 
 Server: `RequestServer(rt, topic_filter, parse, handler, refuse)` subscribes through the service
-runtime; `parse` turns the decoded body into a typed request (raising `PayloadError`), `handler`
-answers it, `refuse` builds the answer for what could not be served. What is malformed is also
-reported on the errors topic (it is rejected input); a handler's `EdgefleetError` is an answer
-("refused"), anything else an internal error, logged with its traceback. Counters for the status.
+runtime (with `concurrent`, each request is handled in a task of the runtime's TaskGroup, for a
+handler that waits on the service's own loop: the dispatch loop must stay free for the answers
+that loop waits for); `parse` turns the decoded body into a typed request (raising
+`PayloadError`), `handler` answers it, `refuse` builds the answer for what could not be served.
+What is malformed is also reported on the errors topic (it is rejected input); a handler's
+`EdgefleetError` is an answer ("refused"), anything else an internal error, logged with its
+traceback and reported on the errors topic. Counters for the status. `serve_writes` is the
+adapters' write server on top.
 
 Client: `Requester` sends requests and routes answers back by correlation data, on any
 `MqttConnection` (a service's runtime or a command-line tool's own connection); `requester()`
@@ -29,7 +33,7 @@ from typing import Any, Generic, TypeVar
 from shared import codec
 from shared.codec import Encoding
 from shared.errors import EdgefleetError, PayloadError, ProtocolError
-from shared.messages import Message
+from shared.messages import Message, WriteRequest, WriteResponse
 from shared.mqtt import BrokerSettings, MqttConnection, NotConnected, Received
 from shared.runtime import Runtime
 
@@ -63,13 +67,21 @@ class RequestServer(Generic[Req]):
         parse: Callable[[Any], Req],
         handler: Callable[[Req, Received], Awaitable[Message]],
         refuse: Callable[[Exception, Req | None], Message],
+        *,
+        concurrent: bool = False,
     ) -> None:
         self.rt, self.topic_filter = rt, topic_filter
         self.parse, self.handler, self.refuse = parse, handler, refuse
+        self.concurrent = concurrent
         self.stats = RequestStats()
 
     async def start(self) -> None:
-        await self.rt.subscribe(self.topic_filter, self.on_request)
+        await self.rt.subscribe(
+            self.topic_filter, self.on_request_in_task if self.concurrent else self.on_request
+        )
+
+    async def on_request_in_task(self, message: Received) -> None:
+        self.rt.spawn(lambda: self.on_request(message), f"request {message.topic}")
 
     async def on_request(self, message: Received) -> None:
         request: Req | None = None
@@ -87,8 +99,8 @@ class RequestServer(Generic[Req]):
             answer = self.refuse(exc, request)
         except Exception as exc:
             self.stats.failed += 1
-            self.rt.health.errors += 1
             log.exception("request handler for %s failed on %s", self.topic_filter, message.topic)
+            self.rt.errors.error(f"internal error: {type(exc).__name__}: {exc}", message)
             answer = self.refuse(exc, request)
         await self.answer(message, answer)
 
@@ -111,11 +123,37 @@ async def serve_requests(
     parse: Callable[[Any], Req],
     handler: Callable[[Req, Received], Awaitable[Message]],
     refuse: Callable[[Exception, Req | None], Message],
+    *,
+    concurrent: bool = False,
 ) -> RequestServer[Req]:
     """Answer every request on `topic_filter`; returns the server (its `stats` for the status)."""
-    server = RequestServer(rt, topic_filter, parse, handler, refuse)
+    server = RequestServer(rt, topic_filter, parse, handler, refuse, concurrent=concurrent)
     await server.start()
     return server
+
+
+Readback = float | int | bool | None
+
+
+def refuse_write(exc: Exception, request: WriteRequest | None) -> WriteResponse:
+    """The answer to a write that was not carried out: the reason as the error."""
+    expected = isinstance(exc, EdgefleetError)
+    error = str(exc) if expected else f"internal error: {type(exc).__name__}: {exc}"
+    return WriteResponse(request_id=request.request_id if request else "", ok=False, error=error)
+
+
+async def serve_writes(
+    rt: Runtime, topic_filter: str, write: Callable[[WriteRequest], Awaitable[Readback]]
+) -> RequestServer[WriteRequest]:
+    """An adapter's write server: `write` carries out one `WriteRequest` through the device
+    session and returns the value read back (raising `Refused` for what it will not write);
+    the answer is a `WriteResponse`. `stats.served` counts the writes done."""
+
+    async def handle(request: WriteRequest, message: Received) -> WriteResponse:
+        readback = await write(request)
+        return WriteResponse(request_id=request.request_id, ok=True, readback=readback)
+
+    return await serve_requests(rt, topic_filter, WriteRequest.from_wire, handle, refuse_write)
 
 
 class RequestTimeout(ProtocolError):

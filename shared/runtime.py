@@ -1,11 +1,13 @@
 """The service runtime every edgefleet service runs on.
 
-Skeleton: validated config → `async with Runtime(...)` → `await rt.serve(*loops)`: one
-TaskGroup of named loops beside the MQTT and status loops, until SIGTERM/SIGINT sets the stop
-event; then service loops stop first, `stopped` is published, and the connection closes.
+Skeleton (shared/service.py drives it): validated config → `Runtime(...)` → subscriptions →
+`await rt.serve({name: loop})`: one TaskGroup owns the MQTT and status loops, the service's named
+loops and every background task (`spawn`), until SIGTERM/SIGINT sets the stop event; then the
+stop hooks run, service loops stop, `stopped` is published, and the connection closes.
 
 It owns the retained status (`online` with periodic health, `stopped` on a clean exit, the last
-will `offline`), the errors topic, and the counters a user looks at when something is wrong.
+will `offline`), the error channel (shared/error_channel.py), and the counters a user looks at
+when something is wrong (shared/health.py).
 """
 
 from __future__ import annotations
@@ -16,19 +18,19 @@ import logging
 import os
 import signal
 import statistics
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import psutil
 
 from shared import codec
 from shared.codec import Encoding
 from shared.config import ServiceConfig
+from shared.error_channel import ErrorChannel
 from shared.errors import PayloadError
+from shared.health import HealthModel, RuntimeHealth
 from shared.messages import ConfigUpdate, ErrorReport, Message, Status, now_ns
 from shared.mqtt import MqttConnection, PublishResult, Received, Will
 from shared.topics import Topics, matches
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Received], Awaitable[None]]
 ConfigCallback = Callable[[dict[str, Any], int], Awaitable[None]]
 Loop = Callable[[], Coroutine[Any, Any, None]]
-EXCERPT_BYTES = 120
+HealthSection = Callable[[], HealthModel | dict[str, Any]]
 SKEW_WINDOW = 64
 
 
@@ -62,21 +64,6 @@ class Health:
         return {s: round(statistics.median(w) / 1e6, 3) for s, w in self.skew_ns.items() if w}
 
 
-@dataclass
-class _Burst:
-    last_sent: float = float("-inf")
-    pending: int = 0
-    reason: str = ""
-    topic: str | None = None
-    excerpt: str | None = None
-
-
-def excerpt(payload: bytes) -> str:
-    head = payload[:EXCERPT_BYTES]
-    text = head.decode("utf-8", "replace") if head.isascii() else head.hex(" ")
-    return text + ("…" if len(payload) > EXCERPT_BYTES else "")
-
-
 class Runtime:
     def __init__(self, service: str, config: ServiceConfig, *, manual_ack: bool = False) -> None:
         self.service = service
@@ -86,10 +73,15 @@ class Runtime:
         self.health = Health()
         self.stop = asyncio.Event()
         self.revision = config.revision  # of the config running now; retained updates must beat it
-        self._health_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._health_sections: dict[str, HealthSection] = {}
         self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self._handlers: list[tuple[str, Handler]] = []
-        self._bursts: dict[str, _Burst] = {}
+        self.errors = ErrorChannel(
+            self.instance, config.timings.error_report_interval_s, self.health, self._send_report
+        )
+        self._group: asyncio.TaskGroup | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._early: list[tuple[Callable[[], Awaitable[Any]], str]] = []  # spawned before serve
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent()  # the first call only starts the measurement
         status_topic = self.topics.status(self.instance)
@@ -101,17 +93,6 @@ class Runtime:
             manual_ack=manual_ack,
         )
         self.mqtt.on_connect(self._announce)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop.set()
 
     # ------------------------------------------------------------------ messaging
 
@@ -132,11 +113,10 @@ class Runtime:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.health.errors += 1
                 log.exception(
                     "handler for %s failed on a message from %s", topic_filter, message.topic
                 )
-                self.reject(f"internal error: {type(exc).__name__}: {exc}", message, count=False)
+                self.errors.error(f"internal error: {type(exc).__name__}: {exc}", message)
 
     async def publish(
         self,
@@ -201,46 +181,36 @@ class Runtime:
 
         await self.subscribe(self.topics.config(self.instance), handle)
 
-    # ------------------------------------------------------------------ rejections
+    # ------------------------------------------------------------------ errors
 
-    def reject(self, reason: str, message: Received | None = None, *, count: bool = True) -> None:
+    def reject(self, reason: str, message: Received | None = None) -> None:
         """Count a rejected input; log and report it on the errors topic, once per burst."""
-        if count:
-            self.health.rejected += 1
-        key = f"{message.topic if message else ''}|{reason[:60]}"
-        burst = self._bursts.setdefault(key, _Burst())
-        burst.pending += 1
-        burst.reason, burst.topic = reason, message.topic if message else None
-        burst.excerpt = excerpt(message.payload) if message else None
-        if time.monotonic() - burst.last_sent >= self.config.timings.error_report_interval_s:
-            self._send_burst(burst)
+        self.errors.reject(reason, message)
 
-    def _send_burst(self, burst: _Burst) -> None:
-        log.warning(
-            "rejected %d message(s) from %s: %s", burst.pending, burst.topic or "-", burst.reason
-        )
-        report = ErrorReport(
-            instance=self.instance,
-            topic=burst.topic,
-            reason=burst.reason,
-            excerpt=burst.excerpt,
-            count=burst.pending,
-        )
-        burst.last_sent, burst.pending = time.monotonic(), 0
-        task = asyncio.get_running_loop().create_task(
-            self.publish(self.topics.errors(self.instance), report)
-        )
-        task.add_done_callback(_log_failure)
+    def _send_report(self, report: ErrorReport) -> None:
+        topic = self.topics.errors(self.instance)
+        self.spawn(lambda: self.publish(topic, report), "error_report")
 
-    def _flush_bursts(self) -> None:
-        interval = self.config.timings.error_report_interval_s
-        for burst in self._bursts.values():
-            if burst.pending and time.monotonic() - burst.last_sent >= interval:
-                self._send_burst(burst)
+    def spawn(self, fn: Callable[[], Awaitable[Any]], name: str) -> None:
+        """Run `fn()` as a task of the service's TaskGroup (started with `serve` when called
+        before). What it raises is logged: a background publish must not stop the service."""
+
+        async def guarded() -> None:
+            try:
+                await fn()
+            except Exception as exc:
+                log.warning("background task %s failed: %s", name, exc)
+
+        if self._group is None:
+            self._early.append((fn, name))
+            return
+        task = self._group.create_task(guarded(), name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ status
 
-    def add_health(self, name: str, section: Callable[[], dict[str, Any]]) -> None:
+    def add_health(self, name: str, section: HealthSection) -> None:
         """Add a service-specific section to the periodic health report."""
         self._health_sections[name] = section
 
@@ -259,24 +229,25 @@ class Runtime:
 
     def health_report(self) -> dict[str, Any]:
         h, stats = self.health, self.mqtt.stats
-        report: dict[str, Any] = {
-            "uptime_s": round((now_ns() - h.started_ns) / 1e9, 1),
-            "received": h.received,
-            "published": h.published,
-            "rejected": h.rejected,
-            "errors": h.errors,
-            "revision": self.revision,
-            "reconnects": stats.reconnects,
-            "buffered": self.mqtt.buffered,
-            "dropped": stats.dropped,
-            "clock_skew_ms": h.clock_skew_ms(),
-            "pid": self._process.pid,
-            "cpu_percent": self._process.cpu_percent(),
-            "rss_mb": round(self._process.memory_info().rss / 2**20, 1),
-        }
+        report = RuntimeHealth(
+            uptime_s=round((now_ns() - h.started_ns) / 1e9, 1),
+            received=h.received,
+            published=h.published,
+            rejected=h.rejected,
+            errors=h.errors,
+            revision=self.revision,
+            reconnects=stats.reconnects,
+            buffered=self.mqtt.buffered,
+            dropped=stats.dropped,
+            clock_skew_ms=h.clock_skew_ms(),
+            pid=self._process.pid,
+            cpu_percent=self._process.cpu_percent(),
+            rss_mb=round(self._process.memory_info().rss / 2**20, 1),
+        ).to_wire()
         for name, section in self._health_sections.items():
             try:
-                report[name] = section()
+                value = section()
+                report[name] = value.to_wire() if isinstance(value, HealthModel) else value
             except Exception as exc:  # a broken section must not stop the status
                 report[name] = {"error": str(exc)}
         return report
@@ -299,46 +270,60 @@ class Runtime:
     def announce_soon(self) -> None:
         """Publish the status now rather than at the next interval (e.g. the model changed)."""
         if self.mqtt.connected:
-            task = asyncio.get_running_loop().create_task(self._announce())
-            task.add_done_callback(_log_failure)
+            self.spawn(self._announce, "announce")
 
     async def status_loop(self) -> None:
         interval = self.config.timings.status_interval_s
         while True:
             await asyncio.sleep(interval)
-            self._flush_bursts()
+            self.errors.flush()
             if self.mqtt.connected:
                 await self._announce()
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def serve(self, *loops: Loop) -> None:
-        """Run the MQTT and status loops and the service's loops until stopped."""
+    async def serve(
+        self, loops: Mapping[str, Loop] | None = None, *, handle_signals: bool = True
+    ) -> None:
+        """Run the MQTT and status loops and the service's named loops until stopped.
+
+        `handle_signals=False` for a runtime inside a process that owns its signals (the agent
+        inside `edgefleet up`): it stops when `stop` is set."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop.set)
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 mqtt_task = group.create_task(self.mqtt.run(), name="mqtt_loop")
                 status_task = group.create_task(self.status_loop(), name="status_loop")
-                service_tasks = [group.create_task(fn(), name=_name(fn)) for fn in loops]
+                service_tasks = [
+                    group.create_task(fn(), name=name) for name, fn in (loops or {}).items()
+                ]
+                early, self._early = self._early, []
+                for fn, name in early:
+                    self.spawn(fn, name)
                 await self.stop.wait()
                 await self._run_stop_hooks()
                 for task in service_tasks:
                     task.cancel()
                 status_task.cancel()
                 await self._say_stopped()
+                for task in list(self._background):
+                    task.cancel()
                 mqtt_task.cancel()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            self._group = None
+            for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 
     async def _say_stopped(self) -> None:
         # `priority`: a stop that comes while the outage buffer still drains (right after
         # `online`) must say `stopped` too; with no connection at all there is no one to tell.
-        self._flush_bursts()
+        self.errors.flush()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 self.publish(
@@ -350,15 +335,6 @@ class Runtime:
                 ),
                 timeout=2.0,
             )
-
-
-def _name(fn: Loop) -> str:
-    return getattr(fn, "__name__", "loop")
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("a background publish failed: %s", task.exception())
 
 
 def setup_logging(level: str = "INFO") -> None:

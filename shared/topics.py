@@ -135,10 +135,18 @@ class Topics:
         return f"{self.prefix}/{self.site}/#"
 
 
-def every_site(kind: Kind, prefix: str = DEFAULT_PREFIX) -> str:
-    """Subscription filter for one kind on every site (a cloud broker's view)."""
+def every_site(kind: Kind, prefix: str = DEFAULT_PREFIX, name: str | None = None) -> str:
+    """Subscription filter for one kind on every site (a cloud broker's view): every entity of
+    the kind, or the one `name` (`ef/+/status/agent`); a site-level kind has no name level
+    (`ef/+/reported`)."""
     validate_id(prefix, "prefix")
-    return f"{prefix}/+/{kind.value}/#"
+    if kind in _SITE_LEVEL:
+        if name is not None:
+            raise TopicError(f"{kind.value} topics have no name level")
+        return f"{prefix}/+/{kind.value}"
+    if name is None:
+        return f"{prefix}/+/{kind.value}/#"
+    return f"{prefix}/+/{kind.value}/{validate_id(name, _ENTITY.get(kind, 'instance'))}"
 
 
 def fleet_commands(prefix: str = DEFAULT_PREFIX) -> str:

@@ -59,7 +59,9 @@ class Probe:
         self, topic: str, request_id: str, target: dict[str, Any], value: Any, reply: str
     ) -> PublishResult:
         """A WriteRequest as the actuator sends it: response topic and correlation data."""
-        body = WriteRequest(request_id=request_id, target=target, value=value)
+        body = WriteRequest.model_validate(
+            {"request_id": request_id, "target": target, "value": value}
+        )
         return await self.publish(
             topic,
             body.to_wire(),

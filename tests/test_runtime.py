@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 
 from edgefleet.broker import LocalBroker
-from services.mqtt_ingest.service import IngestConfig, main
+from services.mqtt_ingest.config import IngestConfig
+from services.mqtt_ingest.service import main
 from shared.config import ServiceConfig, validate
 from shared.errors import PayloadError
 from shared.mqtt import Received

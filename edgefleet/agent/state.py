@@ -57,6 +57,9 @@ class AgentState(BaseModel):
     current: Revision | None = None
     last_good: Revision | None = None
     pending: Pending | None = None
+    # the newest revision taken in, also one that failed or was rolled back: the retained desired
+    # state seen again after a reconnect is then not applied again
+    taken: int = Field(default=0, ge=0)
 
     def _revisions(self) -> list[Revision]:
         pending = self.pending.target if self.pending else None
@@ -65,14 +68,19 @@ class AgentState(BaseModel):
     @property
     def revision(self) -> int:
         """The newest revision this node has taken in (applied, or being applied)."""
-        return max((r.revision for r in self._revisions()), default=0)
+        return max([self.taken, *(r.revision for r in self._revisions())])
 
     def keep(self) -> set[str]:
         """Blobs the cache must keep: those of current, last good and pending."""
         return set().union(*(r.blobs() for r in self._revisions()))
 
     def begin(self, target: Revision) -> AgentState:
-        return self.model_copy(update={"pending": Pending(target=target, step="received")})
+        return self.model_copy(
+            update={
+                "pending": Pending(target=target, step="received"),
+                "taken": max(self.taken, target.revision),
+            }
+        )
 
     def step(self, step: Step) -> AgentState:
         assert self.pending is not None, "no revision is being applied"
@@ -82,7 +90,9 @@ class AgentState(BaseModel):
         """The pending revision passed its health gate: it runs now, the old one is last good."""
         assert self.pending is not None, "no revision is being applied"
         last_good = self.current or self.last_good
-        return AgentState(current=self.pending.target, last_good=last_good, pending=None)
+        return AgentState(
+            current=self.pending.target, last_good=last_good, pending=None, taken=self.taken
+        )
 
     def abandoned(self) -> AgentState:
         """The pending revision failed (or was cut short): current stays."""
@@ -116,5 +126,7 @@ class StateFile:
                 state.pending.step,
                 state.current.revision if state.current else "none",
             )
-            state = self.save(state.abandoned())
+            # taken back to what runs: the revision cut short is tried again from the start
+            done = [r.revision for r in (state.current, state.last_good) if r is not None]
+            state = self.save(state.abandoned().model_copy(update={"taken": max(done, default=0)}))
         return state

@@ -108,7 +108,7 @@ class ResourceSummary(Api):
     kind: Kind
     size: int  # of the latest
     created: str  # of the latest
-    deployed: list[str] = []  # where it runs: filled by deployments
+    deployed: list[str] = []  # `name@N (nodes)` in nodes' latest desired states
 
 
 class ListResult(Api):
@@ -117,6 +117,12 @@ class ListResult(Api):
 
 class RefRequest(Api):
     ref: Ref  # name (the latest) or name@N
+
+
+class DownloadUrlRequest(Api):
+    ref: Ref
+    # The asking node: the URL is given only for a version one of its desired states pins.
+    site: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] | None = None
 
 
 class VersionBrief(Api):
@@ -236,3 +242,200 @@ class FlowDiffResult(Api):
     b: str
     diff: dict[str, Any]  # see edgefleet/fleet/diff.py
     text: str  # the same, rendered for a terminal
+
+
+# ---------------------------------------------------------------------------- nodes and groups
+
+Site = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+LABEL_CHANGE = r"^[A-Za-z0-9][A-Za-z0-9_./-]*(=[A-Za-z0-9_.-]*|-)$"
+
+
+class NodeView(Api):
+    site: str
+    labels: dict[str, str]  # effective: the agent's, overridden by the fleet's
+    agent_labels: dict[str, str]
+    fleet_labels: dict[str, str]
+    online: str  # online | offline | stopped | unknown (never heard from)
+    first_seen: str | None
+    last_seen: str | None
+    desired_revision: int
+    reported_revision: int | None
+    reported_state: str | None
+    flows: list[str]  # what its latest desired state names, flow@N
+    agent: dict[str, Any] = Field(default_factory=dict)  # versions and the rest the agent says
+
+
+class NodeListRequest(Api):
+    selector: str | None = None  # only the nodes it matches
+
+
+class NodeListResult(Api):
+    nodes: list[NodeView]
+
+
+class NodeRequest(Api):
+    site: Site
+
+
+class NodeShowResult(Api):
+    node: NodeView
+    groups: list[str]  # the groups it is a member of
+    reported: dict[str, Any] | None  # the last ReportedState as it came
+
+
+class NodeLabelRequest(Api):
+    site: Site
+    changes: list[Annotated[str, Field(pattern=LABEL_CHANGE)]] = Field(min_length=1)  # k=v, k-
+
+
+class NodeLabelResult(Api):
+    node: NodeView
+
+
+class DesiredEntry(Api):
+    revision: int
+    deployment: str | None
+    issued: str
+    flows: list[str]
+    changes: str
+    state: str | None  # what the node reported for this revision, if anything
+
+
+class NodeHistoryResult(Api):
+    site: str
+    revisions: list[DesiredEntry]
+
+
+class GroupCreateRequest(Api):
+    name: Name
+    selector: str
+    author: str = ""
+
+
+class GroupView(Api):
+    name: str
+    selector: str
+    author: str
+    created: str
+    members: list[str]
+
+
+class GroupResult(Api):
+    group: GroupView
+
+
+class GroupListRequest(Api):
+    pass
+
+
+class GroupListResult(Api):
+    groups: list[GroupView]
+
+
+class GroupShowRequest(Api):
+    name: Name
+    node: Site | None = None  # also explain why this node is or is not a member
+
+
+class Why(Api):
+    requirement: str
+    ok: bool
+    reason: str
+
+
+class Membership(Api):
+    site: str
+    member: bool
+    labels: dict[str, str]
+    why: list[Why]
+
+
+class GroupShowResult(Api):
+    group: GroupView
+    nodes: list[NodeView]
+    explain: Membership | None = None
+
+
+class GroupDeleteRequest(Api):
+    name: Name
+
+
+class GroupDeleteResult(Api):
+    name: str
+
+
+# ---------------------------------------------------------------------------- deployments
+
+
+class DeployRequest(Api):
+    """Exactly one of `group`, `nodes`, `selector` names the target."""
+
+    flows: list[Ref] = Field(min_length=1)  # flow@N (flow alone: its latest version)
+    group: Name | None = None
+    nodes: list[Site] | None = None
+    selector: str | None = None
+    timeout_s: float = Field(120.0, gt=0, le=7 * 24 * 3600)  # per node, until applied
+    dry_run: bool = False
+    note: str = ""
+    author: str = ""
+
+
+class NodePlan(Api):
+    site: str
+    revision: int
+    flows: list[str]
+    changes: str
+    superseded: str | None = None  # the deployment in progress on this node it replaces
+
+
+class DeploymentNode(Api):
+    site: str
+    revision: int
+    state: str
+    error: str | None
+    timings_ms: dict[str, float]
+    updated: str
+
+
+class DeploymentView(Api):
+    id: str
+    flows: list[str]
+    target: dict[str, Any]
+    author: str
+    note: str
+    created: str
+    timeout_s: float
+    state: str  # in_progress | succeeded | failed | cancelled
+    counts: dict[str, int]  # nodes per state
+    cancelled: str | None = None
+
+
+class DeployResult(Api):
+    deployment: DeploymentView | None  # None for a dry run
+    plan: list[NodePlan]
+    dry_run: bool
+
+
+class DeploymentListRequest(Api):
+    limit: int = Field(20, ge=1, le=1000)
+
+
+class DeploymentListResult(Api):
+    deployments: list[DeploymentView]
+
+
+class DeploymentRequest(Api):
+    id: str
+
+
+class DeploymentShowResult(Api):
+    deployment: DeploymentView
+    nodes: list[DeploymentNode]
+
+
+class RollbackRequest(Api):
+    flow: Name
+    to: int = Field(ge=1)
+    timeout_s: float = Field(120.0, gt=0, le=7 * 24 * 3600)
+    dry_run: bool = False
+    author: str = ""

@@ -1,4 +1,5 @@
-"""`edgefleet library ...` and `edgefleet flow ...`: clients of the fleet's command table.
+"""`edgefleet library ...`, `edgefleet flow ...` (and, in nodes_cli.py, `node`, `group`,
+`deploy`, `deployment`, `rollback`): clients of the fleet's command table.
 
 Tables by default, `--json` for scripts (the command's result, the same fields as the table and
 more); exit 0 on success, 1 when the fleet refused or could not be reached, 2 on bad usage.
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     fdiff.add_argument("b", help="NAME@B (or NAME for the latest)")
     for sp in (fpush, fls, fshow, fhist, fdiff):
         _common(sp)
+    from edgefleet.fleet import nodes_cli  # it uses this module's helpers
+
+    nodes_cli.add_parsers(nouns, _common)
     return p
 
 
@@ -376,7 +380,9 @@ VERBS: dict[tuple[str, str], Callable[[FleetClient, argparse.Namespace], Awaitab
 
 
 async def run(args: argparse.Namespace) -> None:
-    verb = VERBS[(args.noun, args.verb)]
+    from edgefleet.fleet import nodes_cli
+
+    verb = {**VERBS, **nodes_cli.VERBS}[(args.noun, args.verb)]
     async with connect(args.fleet, args.prefix, timeout=args.timeout) as fleet:
         result = await verb(fleet, args)
     if args.json:

@@ -3,8 +3,9 @@
 Starts a local mosquitto as the cloud broker, SeaweedFS as the S3 server and the fleet service
 (`edgefleet run fleet --config {workdir}/fleet.yaml`, a config it writes), restarts the fleet
 service if it dies, and stops all three on Ctrl-C or SIGTERM. State stays in the workdir
-(broker persistence, S3 data and its generated secret, fleet.db), so the next `cloud up`
-finds the library as it was. Production runs the same service from compose/cloud.yml.
+(broker persistence, S3 data and its generated secret, fleet.db, the signing key fleet.key made
+on the first run), so the next `cloud up` finds the library, nodes and deployments as they were.
+Production runs the same service from compose/cloud.yml.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 
 from edgefleet.broker import LocalBroker
 from edgefleet.locals3 import LocalS3
+from shared.signing import SigningKey
 
 RESTART_DELAY_S = 1.0
 
@@ -46,11 +48,19 @@ def secret_of(path: Path) -> str:
     return path.read_text().strip()
 
 
+def signing_key_of(path: Path) -> SigningKey:
+    """The fleet's signing key of this workdir: made once (sites trust its public half), kept."""
+    if not path.exists():
+        SigningKey.generate().save(path)
+    return SigningKey.load(path)
+
+
 def fleet_config(workdir: Path, broker: LocalBroker, s3: LocalS3) -> Path:
     config = {
         "broker": {"host": broker.host, "port": broker.port},
         "db": "fleet.db",
         "work_dir": "work",
+        "signing_key": "fleet.key",
         "s3": {
             "endpoint": s3.endpoint,
             "access_key": s3.access_key,
@@ -78,6 +88,13 @@ def up(args: argparse.Namespace) -> int:
         print(f"cloud broker   mqtt://{broker.host}:{broker.port}", flush=True)
         s3.start()
         print(f"S3 (SeaweedFS) http://{s3.endpoint}  data in {s3.data_dir}", flush=True)
+        key = signing_key_of(workdir / "fleet.key")
+        print(
+            f"signing key    {workdir / 'fleet.key'}  id {key.public.key_id}\n"
+            f"               public key {key.public.text()} (list it in each site.yaml's "
+            "fleet.trusted_keys)",
+            flush=True,
+        )
         config = fleet_config(workdir, broker, s3)
         command = [sys.executable, "-m", "edgefleet.cli", "run", "fleet", "--config", str(config)]
         while True:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from edgefleet.fleet import api, flows, library
+from edgefleet.fleet import api, deploy, flows, library, nodes
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from shared.config import format_errors
@@ -81,11 +81,13 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "library.download_url",
-            api.RefRequest,
+            api.DownloadUrlRequest,
             api.DownloadUrlResult,
             library.download_url,
-            "A presigned GET URL of one version's blob, with the digest to verify.",
-            {"ref": "pump-ae@3"},
+            "A presigned GET URL of one version's blob, with the digest to verify; with "
+            "`site` (an agent asking), only for a version one of that site's desired states "
+            "pins.",
+            {"ref": "pump-ae@3", "site": "plant1"},
         ),
         Command(
             "library.archive",
@@ -150,6 +152,117 @@ COMMANDS: dict[str, Command] = {
             "as unified diffs, the pins, the model (digest, signature, features added, removed "
             "or reordered, train stats and threshold deltas); `text` renders it for a terminal.",
             {"a": "pump-anomaly@3", "b": "pump-anomaly@4"},
+        ),
+        Command(
+            "node.list",
+            api.NodeListRequest,
+            api.NodeListResult,
+            nodes.node_list,
+            "Every node the fleet knows (or those a label selector matches): labels, online, "
+            "desired and reported revision, the flows it should run.",
+            {"selector": "role=pump"},
+        ),
+        Command(
+            "node.show",
+            api.NodeRequest,
+            api.NodeShowResult,
+            nodes.node_show,
+            "One node: labels (the agent's and the fleet's), versions, groups, last report.",
+            {"site": "plant1"},
+        ),
+        Command(
+            "node.label",
+            api.NodeLabelRequest,
+            api.NodeLabelResult,
+            nodes.node_label,
+            "Set (`k=v`) or remove (`k-`) fleet labels; a fleet label wins over the agent's.",
+            {"site": "plant1", "changes": ["role=pump", "retired-"]},
+        ),
+        Command(
+            "node.history",
+            api.NodeRequest,
+            api.NodeHistoryResult,
+            nodes.node_history,
+            "Every desired revision of a node: when, which deployment, what changed, and "
+            "what the node reported for it.",
+            {"site": "plant1"},
+        ),
+        Command(
+            "group.create",
+            api.GroupCreateRequest,
+            api.GroupResult,
+            nodes.group_create,
+            "A named label selector (Kubernetes syntax); its members are the nodes it "
+            "matches at any moment.",
+            {"name": "pumps", "selector": "role=pump,plant in (p1,p2),!retired"},
+        ),
+        Command(
+            "group.list",
+            api.GroupListRequest,
+            api.GroupListResult,
+            nodes.group_list,
+            "Every group with its selector and members.",
+            {},
+        ),
+        Command(
+            "group.show",
+            api.GroupShowRequest,
+            api.GroupShowResult,
+            nodes.group_show,
+            "A group's members; with `node`, why that node is or is not a member, "
+            "requirement by requirement.",
+            {"name": "pumps", "node": "plant3"},
+        ),
+        Command(
+            "group.delete",
+            api.GroupDeleteRequest,
+            api.GroupDeleteResult,
+            nodes.group_delete,
+            "Remove a group (deployments made to it keep their record).",
+            {"name": "pumps"},
+        ),
+        Command(
+            "deploy",
+            api.DeployRequest,
+            api.DeployResult,
+            deploy.deploy,
+            "Flow versions to a group, a selector or named nodes: one deployment record and, "
+            "per node, a new signed desired state (every flow it should run, pinned with "
+            "digests; revision + 1) published retained; `dry_run` publishes nothing.",
+            {"flows": ["pump-anomaly@5"], "group": "pumps", "timeout_s": 120},
+        ),
+        Command(
+            "deployment.list",
+            api.DeploymentListRequest,
+            api.DeploymentListResult,
+            deploy.deployment_list,
+            "The latest deployments, newest first, with their state and nodes per state.",
+            {"limit": 20},
+        ),
+        Command(
+            "deployment.show",
+            api.DeploymentRequest,
+            api.DeploymentShowResult,
+            deploy.deployment_show,
+            "One deployment; per node: revision, state, error, timings.",
+            {"id": "3f2a9c1b7d4e"},
+        ),
+        Command(
+            "deployment.cancel",
+            api.DeploymentRequest,
+            api.DeploymentShowResult,
+            deploy.deployment_cancel,
+            "Stop a deployment: each node still in progress gets a new revision with the "
+            "flows it had before it; nodes that applied it keep it.",
+            {"id": "3f2a9c1b7d4e"},
+        ),
+        Command(
+            "rollback",
+            api.RollbackRequest,
+            api.DeployResult,
+            deploy.rollback,
+            "Deploy FLOW@N to every node whose latest desired state runs FLOW.",
+            {"flow": "pump-anomaly", "to": 4},
         ),
     )
 }

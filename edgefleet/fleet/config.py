@@ -60,3 +60,7 @@ class Config(ServiceConfig):
     inspect_timeout_s: float = Field(60.0, gt=0)  # loading a pushed model in a separate process
     workers: int = Field(4, ge=1)  # commands served at once (a commit reads a whole blob)
     sweep_interval_s: float = Field(300.0, gt=0)  # removing staged uploads never committed
+    # The Ed25519 key desired states are signed with (edgefleet keys create); agents trust its
+    # public half. Without one the fleet serves everything but deploy.
+    signing_key: Path | None = None
+    deploy_check_interval_s: float = Field(1.0, gt=0)  # how often node timeouts are checked

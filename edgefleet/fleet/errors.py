@@ -20,6 +20,10 @@ ErrorCode = Literal[
     "does_not_fit",  # a flow the node's inference would refuse for this model
     "local_path",  # a flow names a local file: push it to the library first
     "storage",  # S3 refused or is unreachable
+    "not_allowed",  # a site asked for a blob none of its desired states names
+    "no_nodes",  # a deployment's target matches no node
+    "no_signing_key",  # deploy needs signing_key in fleet.yaml
+    "publish_failed",  # the broker refused a desired state (it is stored; restart republishes)
     "internal",  # a bug: the fleet's log has the traceback
 ]
 

@@ -29,7 +29,7 @@ from edgefleet.fleet import api
 from edgefleet.fleet.blobs import blob_key
 from edgefleet.fleet.diff import FlowVersion, diff_flows, render_text
 from edgefleet.fleet.errors import FleetError
-from edgefleet.fleet.library import Fleet
+from edgefleet.fleet.library import Fleet, deployed_of
 from edgefleet.fleet.store import Row
 from edgefleet.flow import FlowSpec, parse_flow
 from services.inference.config import InferenceSettings
@@ -244,6 +244,7 @@ def flow_view(fleet: Fleet, row: Row) -> api.FlowView:
 
 def list_flows(fleet: Fleet, req: api.FlowListRequest) -> api.FlowListResult:
     out = []
+    counts = fleet.store.deployed()
     for name in fleet.store.flow_names():
         versions = fleet.store.flow_versions(name)
         latest = versions[-1]
@@ -255,6 +256,7 @@ def list_flows(fleet: Fleet, req: api.FlowListRequest) -> api.FlowListResult:
                 versions=len(versions),
                 model=_ref(model) if model else None,
                 created=iso(latest["created_ns"]),
+                deployed=deployed_of(counts, name),
             )
         )
     return api.FlowListResult(flows=out)

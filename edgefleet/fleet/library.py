@@ -10,6 +10,7 @@ import logging
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from services.inference.scripts import inspect_script
 from services.inference.signature import inspect_model
 from shared.errors import EdgefleetError, ModelError
 from shared.messages import iso, now_ns
+from shared.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +41,20 @@ class Fleet:
     # Held from a blob's copy to its row's commit, and from a delete's tombstone to the blob's
     # removal: a delete never removes bytes a concurrent commit has just pinned.
     blob_lock: threading.Lock = field(default_factory=threading.Lock)
+    signing_key: SigningKey | None = None  # signs desired states; deploy refuses without one
+    # Publishes one retained QoS 1 message and waits for the broker's ack (set by the service:
+    # handlers run in threads, the MQTT client in the event loop).
+    publish: Callable[[str, dict[str, Any]], None] | None = None
+    # Held from a deployment's commit to its last publish: revisions reach the broker in order.
+    deploy_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, config: Config) -> Fleet:
         blobs = BlobStore(config.s3)
         blobs.ensure_bucket()
         config.work_dir.mkdir(parents=True, exist_ok=True)
-        return cls(config, Store(config.db), blobs)
+        key = SigningKey.load(config.signing_key) if config.signing_key else None
+        return cls(config, Store(config.db), blobs, signing_key=key)
 
     def resource_view(self, row: Row, *, users: bool = True) -> api.ResourceView:
         return api.ResourceView(
@@ -172,8 +181,16 @@ def _inspect(fleet: Fleet, req: api.CommitRequest, local: Path) -> dict[str, Any
         raise FleetError("invalid_script", str(exc).replace(str(local), origin)) from None
 
 
+def deployed_of(counts: dict[str, int], name: str) -> list[str]:
+    """`name@N (k)`: the versions of `name` in nodes' latest desired states, and on how many."""
+    refs = [(ref, n) for ref, n in counts.items() if ref.rpartition("@")[0] == name]
+    refs.sort(key=lambda item: int(item[0].rpartition("@")[2]))
+    return [f"{ref} ({n})" for ref, n in refs]
+
+
 def list_resources(fleet: Fleet, req: api.ListRequest) -> api.ListResult:
     out = []
+    counts = fleet.store.deployed()
     for name in fleet.store.resource_names(req.kind):
         versions = fleet.store.versions(name)
         active = [r for r in versions if r["archived_ns"] is None]
@@ -186,6 +203,7 @@ def list_resources(fleet: Fleet, req: api.ListRequest) -> api.ListResult:
                 kind=latest["kind"],
                 size=latest["size"],
                 created=iso(latest["created_ns"]),
+                deployed=deployed_of(counts, name),
             )
         )
     return api.ListResult(resources=out)
@@ -209,11 +227,16 @@ def show(fleet: Fleet, req: api.RefRequest) -> api.ShowResult:
     return api.ShowResult(resource=fleet.resource_view(row), versions=versions)
 
 
-def download_url(fleet: Fleet, req: api.RefRequest) -> api.DownloadUrlResult:
+def download_url(fleet: Fleet, req: api.DownloadUrlRequest) -> api.DownloadUrlResult:
     name, version = api.split_ref(req.ref)
     row = fleet.store.resource(name, version)
+    ref = f"{row['name']}@{row['version']}"
+    if req.site is not None and ref not in fleet.store.pinned_for(req.site):
+        raise FleetError(
+            "not_allowed", f"no desired state of site {req.site} names {ref}: not its to download"
+        )
     return api.DownloadUrlResult(
-        ref=f"{row['name']}@{row['version']}",
+        ref=ref,
         url=fleet.blobs.get_url(blob_key(row["sha256"])),
         sha256=row["sha256"],
         size=row["size"],

@@ -4,6 +4,11 @@
 workers serve them at once (a commit reads a whole blob and loads a model, which must not hold
 up a `library list`); handlers run in threads, SQLite and S3 being blocking. Staged uploads that
 were never committed are swept once their URL has expired.
+
+It also watches every node: `ef/+/status/agent` (online, labels, versions) and `ef/+/reported`
+(how far a node got with its desired state) update the node table and the deployments; a loop
+fails the nodes of a deployment past their timeout. At start it publishes every node's latest
+desired state again, in case one was committed and the process died before its publish.
 """
 
 from __future__ import annotations
@@ -12,19 +17,24 @@ import asyncio
 import logging
 from typing import Any
 
-from edgefleet.fleet import commands
+from edgefleet.fleet import commands, deploy, nodes
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
+from shared import codec
 from shared.errors import EdgefleetError, PayloadError
-from shared.messages import FleetAnswer, FleetCommand, Message
+from shared.health import HealthModel
+from shared.messages import FleetAnswer, FleetCommand, Message, ReportedState, Status
 from shared.mqtt import Received
 from shared.requests import RequestServer
-from shared.runtime import Runtime
-from shared.topics import fleet_commands
+from shared.runtime import Loop, Runtime
+from shared.service import Service, ServiceSpec, run
+from shared.topics import Kind, every_site, fleet_commands, parse
+
+PUBLISH_TIMEOUT_S = 30.0
 
 NAME = "fleet"
-__all__ = ["NAME", "Config", "check", "main"]
+__all__ = ["NAME", "SPEC", "Config", "FleetService", "check", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -47,43 +57,124 @@ def refuse(exc: Exception, request: FleetCommand | None) -> Message:
     return commands.refusal("internal", "internal error in the fleet service: see its log")
 
 
-async def main(config: Config) -> None:
-    fleet = await asyncio.to_thread(Fleet.open, config)
-    topic = fleet_commands(config.prefix)
-    queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=config.workers * 16)
+class FleetHealth(HealthModel):
+    commands: dict[str, int]  # served, refused, malformed, failed, unanswerable
+    queued: int
+    observations_queued: int  # agents' statuses and reports not stored yet
 
-    async def handle(request: FleetCommand, message: Received) -> Message:
-        result = await asyncio.to_thread(commands.run, fleet, request.cmd, request.args)
+
+class FleetService(Service[Config]):
+    health_section = "fleet"
+
+    def __init__(self, rt: Runtime, config: Config, fleet: Fleet) -> None:
+        super().__init__(rt, config)
+        self.fleet = fleet
+        self.topic = fleet_commands(config.prefix)
+        self.queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=config.workers * 16)
+        self.server = RequestServer(rt, self.topic, FleetCommand.from_wire, self.handle, refuse)
+        self.observed: asyncio.Queue[nodes.Observation] = asyncio.Queue(maxsize=100_000)
+        self.loop = asyncio.get_running_loop()
+        fleet.publish = self.publish_from_thread
+
+    async def start(self) -> None:
+        prefix = self.config.prefix
+        await self.rt.subscribe(self.topic, self.enqueue)
+        await self.rt.subscribe(every_site(Kind.STATUS, prefix, "agent"), self.on_status)
+        await self.rt.subscribe(every_site(Kind.REPORTED, prefix), self.on_reported)
+        key = self.fleet.signing_key
+        log.info(
+            "fleet serving %s: db %s, S3 %s bucket %s, signing key %s",
+            self.topic,
+            self.config.db,
+            self.config.s3.endpoint,
+            self.config.s3.bucket,
+            key.public.key_id if key else "none (no deploy)",
+        )
+
+    def loops(self) -> dict[str, Loop]:
+        workers: dict[str, Loop] = {
+            f"command_{i}_loop": self.command_loop for i in range(self.config.workers)
+        }
+        return {
+            **workers,
+            "sweep_loop": self.sweep_loop,
+            "timeout_loop": self.timeout_loop,
+            "watch_loop": self.watch_loop,
+            "republish_loop": self.republish,
+        }
+
+    def health(self) -> FleetHealth:
+        return FleetHealth(
+            commands=self.server.stats.as_dict(),
+            queued=self.queue.qsize(),
+            observations_queued=self.observed.qsize(),
+        )
+
+    def publish_from_thread(self, topic: str, wire: dict[str, Any]) -> None:
+        """From a handler's thread: one retained QoS 1 publish, acked (or buffered)."""
+        future = asyncio.run_coroutine_threadsafe(
+            self.rt.publish(topic, wire, qos=1, retain=True), self.loop
+        )
+        result = future.result(PUBLISH_TIMEOUT_S)
+        if not result.ok:
+            raise FleetError("publish_failed", f"{topic}: the broker refused: {result.reason}")
+
+    async def on_status(self, message: Received) -> None:
+        site = parse(message.topic).site
+        status = Status.from_wire(codec.decode(message.payload, message.content_type))
+        await self.observed.put((site, status))
+
+    async def on_reported(self, message: Received) -> None:
+        site = parse(message.topic).site
+        reported = ReportedState.from_wire(codec.decode(message.payload, message.content_type))
+        if reported.site != site:
+            raise PayloadError(f"a reported state for site {reported.site!r} on {site}'s topic")
+        await self.observed.put((site, reported))
+
+    async def watch_loop(self) -> None:
+        """Store what agents publish: whatever has arrived meanwhile goes in one batch."""
+        while True:
+            batch = [await self.observed.get()]
+            while not self.observed.empty() and len(batch) < 5000:
+                batch.append(self.observed.get_nowait())
+            await asyncio.to_thread(nodes.observe, self.fleet, batch)
+
+    async def timeout_loop(self) -> None:
+        while True:
+            failed = await asyncio.to_thread(deploy.expire, self.fleet)
+            if failed:
+                log.warning("%d node(s) timed out in their deployment", failed)
+            await asyncio.sleep(self.config.deploy_check_interval_s)
+
+    async def republish(self) -> None:
+        """After a restart: every node's latest desired state again (a crash between commit and
+        publish loses nothing)."""
+        count = await asyncio.to_thread(deploy.republish, self.fleet)
+        log.info("published the latest desired state of %d node(s) again", count)
+
+    async def handle(self, request: FleetCommand, message: Received) -> Message:
+        result = await asyncio.to_thread(commands.run, self.fleet, request.cmd, request.args)
         return FleetAnswer(ok=True, result=result.model_dump(mode="json"))
 
-    async with Runtime(NAME, config) as rt:
-        server = RequestServer(rt, topic, FleetCommand.from_wire, handle, refuse)
+    async def enqueue(self, message: Received) -> None:
+        await self.queue.put(message)  # full: the dispatch loop waits (back-pressure)
 
-        async def enqueue(message: Received) -> None:
-            await queue.put(message)  # full: the dispatch loop waits (back-pressure)
+    async def command_loop(self) -> None:
+        while True:
+            message = await self.queue.get()
+            await self.server.on_request(message)
 
-        async def command_loop() -> None:
-            while True:
-                message = await queue.get()
-                await server.on_request(message)
+    async def sweep_loop(self) -> None:
+        while True:
+            removed = await asyncio.to_thread(self.fleet.sweep)
+            if removed:
+                log.info("removed %d staged upload(s) never committed", removed)
+            await asyncio.sleep(self.config.sweep_interval_s)
 
-        async def sweep_loop() -> None:
-            while True:
-                removed = await asyncio.to_thread(fleet.sweep)
-                if removed:
-                    log.info("removed %d staged upload(s) never committed", removed)
-                await asyncio.sleep(config.sweep_interval_s)
 
-        def health() -> dict[str, Any]:
-            return {"commands": server.stats.as_dict(), "queued": queue.qsize()}
+async def main(config: Config) -> None:
+    fleet = await asyncio.to_thread(Fleet.open, config)
+    await run(NAME, config, lambda rt: FleetService(rt, config, fleet))
 
-        await rt.subscribe(topic, enqueue)
-        rt.add_health("fleet", health)
-        log.info(
-            "fleet serving %s: db %s, S3 %s bucket %s",
-            topic,
-            config.db,
-            config.s3.endpoint,
-            config.s3.bucket,
-        )
-        await rt.serve(*([command_loop] * config.workers), sweep_loop)
+
+SPEC = ServiceSpec(NAME, Config, main, check)

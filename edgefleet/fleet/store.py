@@ -1,4 +1,6 @@
-"""The fleet's metadata in SQLite (sqlite-utils): resources, flow versions, staged uploads.
+"""The fleet's metadata in SQLite (sqlite-utils): resources, flow versions, staged uploads,
+nodes, groups, deployments and desired states (schema 2; their queries are in nodes.py and
+deploy.py).
 
 WAL mode and `synchronous=FULL`: what a command answered as committed survives a SIGKILL or a
 power cut. An explicit `schema_version` table and forward migrations (`MIGRATIONS[i]` takes
@@ -81,7 +83,77 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """Nodes, groups, deployments and every desired state ever issued."""
+    db.table("nodes").create(
+        {
+            "site": str,
+            "agent_labels": str,  # JSON: what the node's agent announces (site.yaml labels)
+            "fleet_labels": str,  # JSON: set with `node label`; wins over the agent's
+            "agent": str,  # JSON: the rest of the agent's health section (versions, ...)
+            "first_seen_ns": int,  # NULL: named by a deployment, never heard from yet
+            "last_seen_ns": int,
+            "online": str,  # online | offline | stopped | unknown
+            "desired_revision": int,
+            "reported_revision": int,
+            "reported_state": str,
+            "reported": str,  # JSON: the last ReportedState
+        },
+        pk="site",
+        not_null={"site", "agent_labels", "fleet_labels", "online", "desired_revision"},
+        defaults={"agent_labels": "{}", "fleet_labels": "{}", "online": "unknown",
+                  "desired_revision": 0},
+    )  # fmt: skip
+    db.table("groups").create(
+        {"name": str, "selector": str, "author": str, "created_ns": int},
+        pk="name",
+        not_null={"name", "selector", "created_ns"},
+    )
+    db.table("deployments").create(
+        {
+            "id": str,
+            "flows": str,  # JSON: ["pump-anomaly@5"]
+            "target": str,  # JSON: {"group": ...} | {"nodes": [...]} | {"selector": ...}
+            "author": str,
+            "note": str,
+            "created_ns": int,
+            "timeout_s": float,
+            "cancelled_ns": int,
+        },
+        pk="id",
+        not_null={"id", "flows", "target", "created_ns", "timeout_s"},
+    )
+    db.table("deployment_nodes").create(
+        {
+            "deployment_id": str,
+            "site": str,
+            "revision": int,
+            "state": str,  # pending, then the node's reported step; superseded | cancelled
+            "error": str,
+            "timings": str,  # JSON: the node's timings_ms
+            "updated_ns": int,
+            "deadline_ns": int,
+        },
+        pk=("deployment_id", "site"),
+        foreign_keys=[("deployment_id", "deployments", "id")],
+        not_null={"deployment_id", "site", "revision", "state", "updated_ns", "deadline_ns"},
+    )
+    db.table("deployment_nodes").create_index(["site", "revision"])
+    db.table("desired").create(
+        {
+            "site": str,
+            "revision": int,
+            "deployment_id": str,
+            "wire": str,  # JSON: the signed DesiredState exactly as published
+            "changes": str,  # a few words: what changed from the previous revision
+            "issued_ns": int,
+        },
+        pk=("site", "revision"),
+        not_null={"site", "revision", "wire", "issued_ns"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -116,6 +188,14 @@ class Store:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    def read(self) -> contextlib.AbstractContextManager[sqlite_utils.Database]:
+        """A connection for reads (module functions outside this class use it)."""
+        return self._connection()
+
+    def write(self) -> contextlib.AbstractContextManager[sqlite_utils.Database]:
+        """A write transaction holding the lock from its start."""
+        return self._write()
 
     def _migrate(self, db: sqlite_utils.Database) -> None:
         db.execute("BEGIN IMMEDIATE")
@@ -165,7 +245,7 @@ class Store:
                     "conflict",
                     f"{name} is a {kinds.pop()} in the library; a {kind} needs another name",
                 )
-            same = _one(
+            same = one(
                 db,
                 "SELECT * FROM resources WHERE name = ? AND sha256 = ? AND deleted_ns IS NULL "
                 "ORDER BY version DESC LIMIT 1",
@@ -181,7 +261,7 @@ class Store:
                 "created_ns, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [name, top + 1, kind, sha256, size, note, author, now_ns(), json.dumps(signature)],
             )
-            row = _one(db, "SELECT * FROM resources WHERE id = ?", [cursor.lastrowid])
+            row = one(db, "SELECT * FROM resources WHERE id = ?", [cursor.lastrowid])
             assert row is not None
             return row, True
 
@@ -192,7 +272,7 @@ class Store:
 
     def resource_by_id(self, resource_id: int) -> Row:
         with self._connection() as db:
-            row = _one(db, "SELECT * FROM resources WHERE id = ?", [resource_id])
+            row = one(db, "SELECT * FROM resources WHERE id = ?", [resource_id])
         if row is None:
             raise FleetError("not_found", f"no resource with id {resource_id}")
         return row
@@ -219,7 +299,7 @@ class Store:
     def has_blob(self, sha256: str) -> bool:
         """Whether a present version holds these bytes."""
         with self._connection() as db:
-            row = _one(
+            row = one(
                 db, "SELECT id FROM resources WHERE sha256 = ? AND deleted_ns IS NULL", [sha256]
             )
         return row is not None
@@ -272,14 +352,14 @@ class Store:
         """The new version `name@N`, or the existing one with the same text and pins."""
         with self._write() as db:
             for role, resource_id in refs.items():  # archived or deleted since it was resolved?
-                row = _one(db, "SELECT * FROM resources WHERE id = ?", [resource_id])
+                row = one(db, "SELECT * FROM resources WHERE id = ?", [resource_id])
                 if row is None or row["deleted_ns"] is not None:
                     raise FleetError("not_found", f"{role}: the resource was deleted meanwhile")
                 if row["archived_ns"] is not None:
                     raise FleetError(
                         "archived", f"{role}: {row['name']}@{row['version']} is archived"
                     )
-            same = _one(
+            same = one(
                 db,
                 "SELECT * FROM flows WHERE name = ? AND digest = ? ORDER BY version DESC LIMIT 1",
                 [name, digest],
@@ -299,20 +379,18 @@ class Store:
                     "INSERT INTO flow_refs (flow_id, role, resource_id) VALUES (?, ?, ?)",
                     [cursor.lastrowid, role, resource_id],
                 )
-            row = _one(db, "SELECT * FROM flows WHERE id = ?", [cursor.lastrowid])
+            row = one(db, "SELECT * FROM flows WHERE id = ?", [cursor.lastrowid])
             assert row is not None
             return row, True
 
     def flow(self, name: str, version: int | None) -> Row:
         with self._connection() as db:
             if version is None:
-                row = _one(
+                row = one(
                     db, "SELECT * FROM flows WHERE name = ? ORDER BY version DESC LIMIT 1", [name]
                 )
             else:
-                row = _one(
-                    db, "SELECT * FROM flows WHERE name = ? AND version = ?", [name, version]
-                )
+                row = one(db, "SELECT * FROM flows WHERE name = ? AND version = ?", [name, version])
         if row is None:
             at = "" if version is None else f"@{version}"
             raise FleetError(
@@ -339,6 +417,34 @@ class Store:
             )
             return {r.pop("role"): r for r in rows}
 
+    # ------------------------------------------------------------------ desired states
+
+    def pinned_for(self, site: str) -> set[str]:
+        """Every resource `name@N` any desired state of `site` ever named."""
+        with self._connection() as db:
+            rows = db.query("SELECT wire FROM desired WHERE site = ?", [site])
+            return {
+                r["ref"] for row in rows for f in json.loads(row["wire"])["flows"]
+                for r in f["resources"]
+            }  # fmt: skip
+
+    def deployed(self) -> dict[str, int]:
+        """`name@N` of every flow and resource in a node's latest desired state → nodes."""
+        counts: dict[str, int] = {}
+        with self._connection() as db:
+            rows = db.query(
+                "SELECT wire FROM desired d WHERE revision = "
+                "(SELECT max(revision) FROM desired WHERE site = d.site)"
+            )
+            for row in rows:
+                refs = set()
+                for f in json.loads(row["wire"])["flows"]:
+                    refs.add(f"{f['name']}@{f['version']}")
+                    refs.update(r["ref"] for r in f["resources"])
+                for ref in refs:
+                    counts[ref] = counts.get(ref, 0) + 1
+        return counts
+
     # ------------------------------------------------------------------ uploads
 
     def add_upload(self, upload_id: str, key: str, size: int, expires_ns: int) -> None:
@@ -352,7 +458,7 @@ class Store:
     def take_upload(self, upload_id: str) -> Row:
         """Claim a staged upload for one commit: a second commit of it finds nothing."""
         with self._write() as db:
-            row = _one(db, "SELECT * FROM uploads WHERE id = ?", [upload_id])
+            row = one(db, "SELECT * FROM uploads WHERE id = ?", [upload_id])
             if row is None:
                 raise FleetError(
                     "not_found",
@@ -370,7 +476,7 @@ class Store:
             return rows
 
 
-def _one(db: sqlite_utils.Database, sql: str, params: list[Any]) -> Row | None:
+def one(db: sqlite_utils.Database, sql: str, params: list[Any]) -> Row | None:
     return next(iter(db.query(sql, params)), None)
 
 
@@ -378,7 +484,7 @@ def _resource(
     db: sqlite_utils.Database, name: str, version: int | None, *, active: bool = False
 ) -> Row:
     if version is not None:
-        row = _one(
+        row = one(
             db,
             "SELECT * FROM resources WHERE name = ? AND version = ? AND deleted_ns IS NULL",
             [name, version],
@@ -391,7 +497,7 @@ def _resource(
             )
         return row
     extra = " AND archived_ns IS NULL" if active else ""
-    row = _one(
+    row = one(
         db,
         f"SELECT * FROM resources WHERE name = ? AND deleted_ns IS NULL{extra} "
         "ORDER BY version DESC LIMIT 1",
@@ -399,9 +505,7 @@ def _resource(
     )
     if row is not None:
         return row
-    if active and _one(
-        db, "SELECT id FROM resources WHERE name = ? AND deleted_ns IS NULL", [name]
-    ):
+    if active and one(db, "SELECT id FROM resources WHERE name = ? AND deleted_ns IS NULL", [name]):
         raise FleetError(
             "archived",
             f"every version of {name} is archived: push a new one (edgefleet library push)",

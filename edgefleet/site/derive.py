@@ -8,8 +8,8 @@
 | `actuator-{flow}` | actuator | the flow's `actions` (only if it has some) + site `actuator` |
 | `forwarder` | forwarder | every flow's `sinks` (only if one has some) + site `forwarder` |
 
-Every config is validated with its service's `Config` model; an error is reported at the line
-and key of site.yaml or of the flow file the value came from.
+Every config is validated with its service's config model (`SPEC.config`); an error is reported
+at the line and key of site.yaml or of the flow file the value came from.
 """
 
 from __future__ import annotations

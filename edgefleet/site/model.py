@@ -8,16 +8,17 @@ per kind all the same, from models built out of the adapters' config models (`so
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from services import SERVICES
+from edgefleet.registry import service_spec
 from services.actuator.config import ActuatorConfig
 from services.forwarder.config import ForwarderConfig
 from shared.config import BrokerConfig, ServiceConfig, StrictModel, Timings, TopicId
+from shared.errors import ConfigError
+from shared.signing import PublicKey
 from shared.topics import DEFAULT_PREFIX
 
 SourceKind = Literal["modbus", "opcua", "mqtt"]
@@ -35,12 +36,12 @@ SOURCE_SET = frozenset({"source"})  # the adapter's `source` is the source's `na
 
 
 def service_config_model(service: str) -> type[ServiceConfig] | None:
-    """A service's `Config` model, or None when that service is not part of this build."""
+    """A service's config model (its `SPEC.config`), or None when that service is not part of
+    this build."""
     try:
-        module = importlib.import_module(SERVICES[service])
-    except (KeyError, ImportError):
+        config: type[ServiceConfig] = service_spec(service).config
+    except (ConfigError, ImportError):
         return None
-    config: type[ServiceConfig] = module.Config
     return config
 
 
@@ -102,6 +103,43 @@ class SupervisorSettings(StrictModel):
     stop_timeout_s: float = Field(10.0, gt=0, description="SIGTERM, then SIGKILL after this")
 
 
+class FleetBroker(StrictModel):
+    """Where the fleet's commands go (`library.download_url`); default: the site broker."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+
+
+class FleetSection(StrictModel):
+    """The node's agent (docs/agent.md): `edgefleet up` runs it when site.yaml has this section."""
+
+    trusted_keys: list[str] = Field(
+        min_length=1,
+        description="public keys (`ed25519:...`) whose signed desired states this node runs",
+    )
+    broker: FleetBroker | None = Field(
+        None, description="the broker the fleet service answers on; default: the site broker"
+    )
+    cache_max_mb: float = Field(1024.0, gt=0, description="blob cache size before eviction")
+    health_timeout_s: float = Field(
+        60.0, gt=0, description="a deployed flow must be online with results within this"
+    )
+    inspect_timeout_s: float = Field(
+        30.0, gt=0, description="loading and one trial run of a model, in a separate process"
+    )
+    command_timeout_s: float = Field(30.0, gt=0, description="for an answer of the fleet")
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_parse(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            try:
+                PublicKey.parse(key)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return keys
+
+
 class SourceSpec(BaseModel):
     """One device, one adapter instance: `name`, `kind`, then the adapter's own keys."""
 
@@ -138,6 +176,12 @@ class SiteSpec(StrictModel):
     )
     supervisor: SupervisorSettings = Field(
         default_factory=lambda: SupervisorSettings.model_validate({})
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="the node's labels, for the fleet's groups"
+    )
+    fleet: FleetSection | None = Field(
+        None, description="run the agent: this node takes desired states from a fleet"
     )
 
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -41,18 +43,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Self
 
 import yaml
 
-from edgefleet.site.derive import Instance
+from edgefleet.flow import FlowSpec
+from edgefleet.site.derive import Instance, derive
 from edgefleet.site.load import LoadedSite, load_site
 from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, port_free
 from shared import clock, codec
 from shared.errors import ConfigError
+from shared.files import write_atomic
+from shared.messages import ConfigUpdate, Status
 from shared.mqtt import MqttConnection, Received
 from shared.retry import Backoff
 from shared.topics import Kind, Topics, parse
+
+if TYPE_CHECKING:
+    from edgefleet.agent.agent import Agent
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,17 @@ class StatusChange:
 StatusCallback = Callable[[StatusChange], None]
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """What `reconcile` did, by instance name."""
+
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    swapped: list[str] = field(default_factory=list)  # hot swap through config/{instance}
+    unchanged: list[str] = field(default_factory=list)
+
+
 @dataclass
 class InstanceState:
     """What the supervisor knows of one instance."""
@@ -94,6 +113,7 @@ class InstanceState:
     started: float = 0.0  # clock.monotonic() at the current run's start
     started_ns: int = 0  # the same moment, wall clock (statuses carry wall-clock times)
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    retired: bool = False  # removed or replaced by a reconcile: never started again
 
     @property
     def online(self) -> bool:
@@ -137,14 +157,12 @@ class SiteSupervisor:
                 )
             self.specs = {name: self.specs[name] for name in only}
         self.instances: dict[str, InstanceState] = {
-            name: InstanceState(
-                name,
-                inst.service,
-                self.workdir / "config" / f"{name}.yaml",
-                self.workdir / "logs" / f"{name}.log",
-            )
-            for name, inst in self.specs.items()
+            name: self._new_state(name, inst) for name, inst in self.specs.items()
         }
+        self.deployed: list[FlowSpec] = []  # flows of the agent's revision, beside site.yaml's
+        self.agent: Agent | None = None
+        self._started = False
+        self._runners: dict[str, asyncio.Task[None]] = {}
         self.broker: BrokerState | None = None  # the local broker's state while it is ours
         self._broker: SupervisedBroker | None = None
         self._broker_since_ns = 0  # wall clock of the broker's latest start: older is stale
@@ -163,8 +181,116 @@ class SiteSupervisor:
     def broker_port(self) -> int:
         return self.site.spec.broker.port
 
+    def _new_state(self, name: str, inst: Instance) -> InstanceState:
+        return InstanceState(
+            name,
+            inst.service,
+            self.workdir / "config" / f"{name}.yaml",
+            self.workdir / "logs" / f"{name}.log",
+        )
+
+    def derive(
+        self, deployed: list[FlowSpec], files: dict[str, str] | None = None
+    ) -> dict[str, Instance]:
+        """The instances of site.yaml's sources and flows plus `deployed` flows (`ConfigError`
+        lists every error, e.g. a deployed flow named like one of site.yaml's)."""
+        origin = dataclasses.replace(
+            self.site.origin, flow_files={**self.site.origin.flow_files, **(files or {})}
+        )
+        return derive(self.site.spec, [*self.site.flows, *deployed], origin)
+
+    async def reconcile(
+        self, deployed: list[FlowSpec], files: dict[str, str] | None = None
+    ) -> Reconciled:
+        """Run site.yaml's instances plus those of `deployed` flows: an instance whose config
+        is unchanged is not touched, a new one is started, a removed one stopped (actuators
+        first, so they take their safe state while the adapters still run), a changed one
+        stopped and started with its new config. `ConfigError` before anything changes."""
+        wanted = self.derive(deployed, files)
+        if self.only is not None:
+            wanted = {n: i for n, i in wanted.items() if n in self.only}
+        gone = [n for n in self.specs if n not in wanted]
+        changed = [n for n, i in wanted.items() if n in self.specs and _differs(self.specs[n], i)]
+        new = [n for n in wanted if n not in self.specs]
+        swapped = [n for n in changed if self._started and _hot(self.specs[n], wanted[n])]
+        changed = [n for n in changed if n not in swapped]
+        result = Reconciled(
+            started=new,
+            stopped=gone,
+            replaced=changed,
+            swapped=swapped,
+            unchanged=[n for n in wanted if n in self.specs and n not in (*changed, *swapped)],
+        )
+        self.deployed = list(deployed)
+        old = self.specs
+        self.specs = wanted
+        if not self._started:  # before start(): only what will be started changes
+            self.instances = {n: self._new_state(n, i) for n, i in wanted.items()}
+            return result
+        leaving = [self.instances[n] for n in (*gone, *changed)]
+        for tier in (
+            [s for s in leaving if s.service == "actuator"],
+            [s for s in leaving if s.service != "actuator"],
+        ):
+            for state in tier:
+                state.retired = True
+            await asyncio.gather(*(self._terminate(s) for s in tier))
+        for name in gone:
+            del self.instances[name]
+            self._runners.pop(name, None)
+            self._emit(name, "removed", f"was {old[name].service}")
+        for name in (*changed, *new):
+            state = self.instances[name] = self._new_state(name, wanted[name])
+            self._write_config(name)
+            self._run(state)
+        for name in swapped:
+            await self._hot_swap(name)
+        return result
+
+    async def _hot_swap(self, name: str) -> None:
+        """The instance takes its new config from the retained `config/{name}` without a
+        restart (the inference service swaps a model with no sample lost). The revision only
+        grows and is kept on disk: every config file written afterwards carries it, so the
+        retained config never overrides a config the instance was started with."""
+        revisions = self._revisions()
+        revision = revisions[name] = revisions.get(name, 0) + 1
+        write_atomic(self._revisions_file, json.dumps(revisions).encode())
+        self._write_config(name)
+        update = ConfigUpdate(instance=name, revision=revision, config=self.specs[name].config)
+        payload, content_type = codec.encode(update.to_wire())
+        assert self._status is not None, "start() first"
+        result = await self._status.publish(
+            self.topics.config(name), payload, content_type=content_type, qos=1, retain=True
+        )
+        if not result.ok:
+            raise ConfigError(f"{name}: the broker refused its new config: {result.reason}")
+        self._emit(name, "swapping", f"config revision {revision}")
+
+    @property
+    def _revisions_file(self) -> Path:
+        return self.workdir / "config" / "revisions.json"
+
+    def _revisions(self) -> dict[str, int]:
+        """Per instance, the revision of the last config published retained for it."""
+        try:
+            data = json.loads(self._revisions_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def _run(self, state: InstanceState) -> None:
+        task = asyncio.create_task(self._keep_running(state), name=state.name)
+        self._runners[state.name] = task
+        self._tasks.append(task)
+
     async def start(self) -> None:
-        """Write the configs, start the local broker if asked, then every instance."""
+        """Write the configs, start the local broker if asked, then every instance (and the
+        agent, when site.yaml has a `fleet:` section)."""
+        if self.site.spec.fleet is not None and self.only is None and self.agent is None:
+            from edgefleet.agent.agent import Agent  # the agent needs the supervisor's types
+
+            self.agent = Agent(self)
+            await self.agent.recover()  # its current revision's flows start with the site
         self.write_configs()
         spec = self.site.spec
         if spec.broker.start_local and self.only is None:
@@ -184,14 +310,19 @@ class SiteSupervisor:
             await self._broker.start()
             self._tasks.append(asyncio.create_task(self._broker.run(), name="broker"))
         await self._watch_status()
+        self._started = True
         for state in self.instances.values():
-            self._tasks.append(asyncio.create_task(self._keep_running(state), name=state.name))
+            self._run(state)
+        if self.agent is not None:
+            await self.agent.start()
 
     async def stop(self) -> None:
         """Stop every instance (actuators first), then the status watcher and the broker."""
         if self._stopping:
             return
         self._stopping = True
+        if self.agent is not None:
+            await self.agent.stop()
         first = [s for s in self.instances.values() if s.service == "actuator"]
         rest = [s for s in self.instances.values() if s.service != "actuator"]
         for tier in (first, rest):
@@ -227,10 +358,17 @@ class SiteSupervisor:
 
     def write_configs(self) -> None:
         """Write every instance's config YAML into `{workdir}/config/`."""
-        for name, inst in self.specs.items():
-            path = self.instances[name].config_file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(yaml.safe_dump(inst.config, sort_keys=False))
+        for name in self.specs:
+            self._write_config(name)
+
+    def _write_config(self, name: str) -> None:
+        path = self.instances[name].config_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config = dict(self.specs[name].config)
+        revision = self._revisions().get(name)
+        if revision is not None:  # a retained config of that revision exists: not newer
+            config["revision"] = revision
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     async def __aenter__(self) -> Self:
         try:
@@ -274,13 +412,13 @@ class SiteSupervisor:
     async def _keep_running(self, state: InstanceState) -> None:
         s = self.settings
         backoff = Backoff(s.restart_initial_s, s.restart_max_s)
-        while not self._stopping:
+        while not self._stopping and not state.retired:
             process = await self._spawn(state)
             self._set(state, "starting", f"pid {process.pid}")
             code = await process.wait()
             state.pid, state.process = None, None
             state.exit_codes.append(code)
-            if self._stopping:
+            if self._stopping or state.retired:
                 return
             if clock.monotonic() - state.started >= s.stable_after_s:
                 backoff.reset()
@@ -288,6 +426,8 @@ class SiteSupervisor:
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             self._set(state, "exited", f"{how}; restart {state.restarts + 1} in {delay:.1f} s")
             await asyncio.sleep(delay)
+            if state.retired:
+                return
             state.restarts += 1
             self._set(state, "restarting", f"restart {state.restarts}")
 
@@ -350,20 +490,19 @@ class SiteSupervisor:
                 self._broker.save()
             return
         try:
-            body: dict[str, Any] = codec.decode(message.payload, message.content_type)
+            status = Status.from_wire(codec.decode(message.payload, message.content_type))
         except Exception:  # a foreign message on our status topic: not ours to judge
             return
         state = self.instances.get(parsed.name or "")
-        if state is None or not isinstance(body, dict) or state.pid is None:
+        if state is None or state.pid is None:
             return
-        t_ns = body.get("t") or 0
-        if t_ns and t_ns < state.started_ns - 1_000_000_000:
+        if status.t < state.started_ns - 1_000_000_000:
             return  # retained from an earlier run
-        if message.retain and t_ns and t_ns < self._broker_since_ns:
+        if message.retain and status.t < self._broker_since_ns:
             # restored by a restarted broker: the instance has not spoken to this one yet (a
             # last will comes live, with the time of the instance's start: it is not stale)
             return
-        new = str(body.get("state", "?"))
+        new = status.state
         if new != state.state:
             self._set(state, new, f"pid {state.pid}")
 
@@ -396,6 +535,26 @@ class SiteSupervisor:
                 self.on_status(change)
             except Exception:
                 log.exception("on_status failed for %s", name)
+
+
+# Keys of an inference config the running service swaps in from a retained config
+# (services/inference/service.py: the live model's keys, the shadow, the per-batch keys).
+HOT_KEYS = frozenset(
+    {"model", "outputs", "preprocess", "postprocess", "on_nan", "intra_op_threads", "shadow",
+     "encoding", "publish_qos", "offload_above_us"}
+)  # fmt: skip
+
+
+def _differs(a: Instance, b: Instance) -> bool:
+    return (a.service, a.config) != (b.service, b.config)
+
+
+def _hot(old: Instance, new: Instance) -> bool:
+    """Only keys the inference service swaps while running differ."""
+    if old.service != "inference" or new.service != "inference":
+        return False
+    keys = set(old.config) | set(new.config)
+    return all(old.config.get(k) == new.config.get(k) for k in keys - HOT_KEYS)
 
 
 async def run_site(

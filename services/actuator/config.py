@@ -9,12 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from services.actuator.expr import Condition, ExprError
 from shared.config import ServiceConfig, StrictModel, topic_id
+from shared.messages import WriteTarget
 
 Value = bool | int | float
+_TARGET: TypeAdapter[WriteTarget] = TypeAdapter(WriteTarget)
 
 
 def _condition(text: str) -> Condition:
@@ -34,6 +44,8 @@ class WriteSpec(StrictModel):
     value: Value | None = None
     value_from: str | None = None  # a result field: the value written is that row's value
 
+    _target: WriteTarget = PrivateAttr()
+
     @field_validator("source")
     @classmethod
     def _source(cls, value: str) -> str:
@@ -45,7 +57,19 @@ class WriteSpec(StrictModel):
             raise ValueError("write needs exactly one of 'value' or 'value_from'")
         if not self.target:
             raise ValueError("write needs the target's keys beside 'source' (e.g. table, address)")
+        try:
+            self._target = _TARGET.validate_python(self.target)
+        except ValidationError:
+            raise ValueError(
+                f"write target {self.target} is none of: Modbus {{point}} or "
+                "{table, address, unit}, OPC UA {signal} or {node}"
+            ) from None
         return self
+
+    @property
+    def write_target(self) -> WriteTarget:
+        """The target as the adapter's write server reads it."""
+        return self._target
 
     @property
     def target(self) -> dict[str, Any]:

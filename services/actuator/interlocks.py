@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from services.actuator.config import ActuatorConfig
+from shared.health import InferenceHealth
 from shared.messages import ResultBatch, Status
 
 
@@ -27,10 +28,9 @@ class Interlocks:
 
     def on_status(self, status: Status) -> None:
         self.inference_state = status.state
-        model = status.health.get("inference", {}).get("model", {})
-        sha = model.get("sha256") if isinstance(model, dict) else None
-        if isinstance(sha, str) and sha:
-            self.deployed_sha256 = sha
+        inference = InferenceHealth.of(status)
+        if inference is not None and inference.model.sha256:
+            self.deployed_sha256 = inference.model.sha256
 
     def batch_reason(self, batch: ResultBatch) -> tuple[str, str] | None:
         """A (key, reason) that blocks every row of the batch, or None."""

@@ -26,13 +26,16 @@ from services.actuator.interlocks import Interlocks
 from services.actuator.rule import Rule, Transition
 from services.actuator.writes import Outcome, Requester, same
 from shared import clock, codec
+from shared.error_channel import RateLimit
 from shared.errors import PayloadError
+from shared.health import HealthModel
 from shared.messages import ActuatorCommand, Event, ResultBatch, Status, WriteResponse, now_ns
 from shared.mqtt import Received
-from shared.runtime import Runtime
+from shared.requests import refuse_write, serve_requests
+from shared.runtime import Loop, Runtime
+from shared.service import Service, ServiceSpec, run
 
 NAME = "actuator"
-Config = ActuatorConfig
 log = logging.getLogger(__name__)
 QUEUE_MAX = 256
 
@@ -48,18 +51,33 @@ class SafeState:
 @dataclass
 class Command:
     command: ActuatorCommand
-    message: Received
+    answered: asyncio.Future[WriteResponse] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
-@dataclass
-class _Repeat:
-    last: float = float("-inf")
-    count: int = 0
+class ActionHealth(HealthModel):
+    active: bool
+    held: bool
+    hold: dict[str, Any] | None  # an operator's hold as it is persisted, if any
 
 
-class ActuatorService:
+class ActuatorHealth(HealthModel):
+    enabled: bool
+    dry_run: bool
+    inference: str | None  # the inference instance's state: online, stopped, offline
+    deployed_sha256: str | None
+    suppressed_rows: dict[str, int]
+    decisions: dict[str, int]
+    late_answers: int
+    actions: dict[str, ActionHealth]
+
+
+class ActuatorService(Service[ActuatorConfig]):
+    health_section = "actuator"
+
     def __init__(self, rt: Runtime, config: ActuatorConfig) -> None:
-        self.rt, self.config = rt, config
+        super().__init__(rt, config)
         self.actions = {str(a.name): a for a in config.actions}
         self.rules = {
             str(a.name): Rule(
@@ -77,7 +95,8 @@ class ActuatorService:
         self.events_topic = rt.topics.events(config.flow)
         self.counts: Counter[str] = Counter()
         self.holds = HoldStore(config.state_dir / f"{rt.instance}.holds.json")
-        self._repeats: dict[tuple[str, str], _Repeat] = {}
+        # a suppression is reported again only after `repeat_event_s`, with its count
+        self._repeats: RateLimit[tuple[str, str]] = RateLimit(config.repeat_event_s)
 
     # ------------------------------------------------------------------ wiring
 
@@ -87,24 +106,35 @@ class ActuatorService:
         self.restore_holds()  # before the first result can be decided on
         await rt.subscribe(rt.topics.status(str(cfg.inference_instance)), self.on_status)
         await rt.subscribe(rt.topics.results(cfg.flow), self.on_results)
-        await rt.subscribe(rt.topics.cmd(rt.instance), self.on_command)
-        rt.add_health("actuator", self.health)
+        # Answered once act_loop carried the command out: in a task of its own, so the dispatch
+        # loop stays free for the adapter's answer to the write a hold makes.
+        self.commands = await serve_requests(
+            rt,
+            rt.topics.cmd(rt.instance),
+            ActuatorCommand.from_wire,
+            self.on_command,
+            refuse_write,
+            concurrent=True,
+        )
         rt.on_stop(self.on_stop)
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "enabled": self.config.enabled,
-            "dry_run": self.config.dry_run,
-            "inference": self.interlocks.inference_state,
-            "deployed_sha256": self.interlocks.deployed_sha256,
-            "suppressed_rows": dict(self.interlocks.suppressed),
-            "decisions": dict(self.counts),
-            "late_answers": self.requester.late,
-            "actions": {
-                name: {"active": r.active, "held": r.held, "hold": self._hold_json(name)}
+    def loops(self) -> dict[str, Loop]:
+        return {"act_loop": self.act_loop, "watchdog_loop": self.watchdog_loop}
+
+    def health(self) -> ActuatorHealth:
+        return ActuatorHealth(
+            enabled=self.config.enabled,
+            dry_run=self.config.dry_run,
+            inference=self.interlocks.inference_state,
+            deployed_sha256=self.interlocks.deployed_sha256,
+            suppressed_rows=dict(self.interlocks.suppressed),
+            decisions=dict(self.counts),
+            late_answers=self.requester.late,
+            actions={
+                name: ActionHealth(active=r.active, held=r.held, hold=self._hold_json(name))
                 for name, r in self.rules.items()
             },
-        }
+        )
 
     def _hold_json(self, name: str) -> dict[str, Any] | None:
         hold = self.holds.holds.get(name)
@@ -135,25 +165,34 @@ class ActuatorService:
                 f"results of flow {batch.flow!r} on the topic of {self.config.flow!r}"
             )
         if self.queue.full():  # the oldest batch would be stale by the time it is read anyway
-            self.queue.get_nowait()
+            self._drop(self.queue.get_nowait(), "dropped: the actuator is behind")
             self.counts["dropped_batches"] += 1
         self.queue.put_nowait(batch)
 
-    async def on_command(self, message: Received) -> None:
-        command = ActuatorCommand.from_wire(codec.decode(message.payload, message.content_type))
-        await self.queue.put(Command(command, message))
+    async def on_command(self, command: ActuatorCommand, message: Received) -> WriteResponse:
+        item = Command(command)
+        await self.queue.put(item)
+        return await item.answered
 
     async def on_stop(self) -> None:
         """The actuator is stopping: take the safe state while the adapters can still be asked."""
         state = SafeState("the actuator is stopping")
         while not self.queue.empty():  # the safe state goes first; results would be stale
-            self.queue.get_nowait()
+            self._drop(self.queue.get_nowait(), "not carried out: the actuator is stopping")
         self.queue.put_nowait(state)
         try:
             await asyncio.wait_for(asyncio.shield(state.done), self.config.stop_timeout_s)
         except TimeoutError:
             log.warning(
                 "safe state on stop not confirmed within %.1f s", self.config.stop_timeout_s
+            )
+
+    @staticmethod
+    def _drop(item: ResultBatch | Command | SafeState, why: str) -> None:
+        """An item leaves the queue unhandled: a command still gets its answer."""
+        if isinstance(item, Command) and not item.answered.done():
+            item.answered.set_result(
+                WriteResponse(request_id=item.command.request_id, ok=False, error=why)
             )
 
     # ------------------------------------------------------------------ loops
@@ -190,7 +229,7 @@ class ActuatorService:
         for key, (count, reason, rid) in blocked.items():
             await self.event("*", "suppressed", f"{reason} ({count} row(s))", rid, repeat_key=key)
         if not blocked:  # interlocks clear: the next suppression is reported at once
-            self._repeats = {k: v for k, v in self._repeats.items() if k[0] != "*"}
+            self._repeats.forget(lambda key: key[0] == "*")
         rows = np.flatnonzero(trusted)
         if rows.size == 0:
             return
@@ -265,7 +304,7 @@ class ActuatorService:
             rule.done(kind)
             await self.simulated(name, why, rid, write)
             return
-        outcome = await self.requester.write(action.write.source, action.write.target, value)
+        outcome = await self.requester.write(action.write.source, action.write.write_target, value)
         if outcome.ok:
             rule.done(kind)
         await self.report(name, why, rid, write, outcome)
@@ -319,7 +358,9 @@ class ActuatorService:
             if not self.config.enabled or self.config.dry_run:
                 await self.simulated(name, why, None, write)
                 continue
-            outcome = await self.requester.write(action.write.source, action.write.target, value)
+            outcome = await self.requester.write(
+                action.write.source, action.write.write_target, value
+            )
             await self.report(name, why, None, write, outcome, decision="safe_state")
 
     async def on_hold_or_release(self, item: Command) -> None:
@@ -358,22 +399,20 @@ class ActuatorService:
             await self.event(name, "hold", f"{why}; {mode}: not written", None, write)
             await self.answer(item, True, error=f"rule suspended; not written ({mode})")
             return
-        outcome = await self.requester.write(action.write.source, action.write.target, cmd.value)
+        outcome = await self.requester.write(
+            action.write.source, action.write.write_target, cmd.value
+        )
         await self.report(name, why, None, write, outcome, decision="hold")
         await self.answer(item, outcome.ok, outcome.readback, outcome.error)
 
     async def answer(
         self, item: Command, ok: bool, readback: Any = None, error: str | None = None
     ) -> None:
-        if item.message.response_topic:
-            response = WriteResponse(
-                request_id=item.command.request_id, ok=ok, readback=readback, error=error
-            )
-            await self.rt.publish(
-                item.message.response_topic,
-                response,
-                qos=1,
-                correlation_data=item.message.correlation_data,
+        if not item.answered.done():
+            item.answered.set_result(
+                WriteResponse(
+                    request_id=item.command.request_id, ok=ok, readback=readback, error=error
+                )
             )
 
     # ------------------------------------------------------------------ the audit trail
@@ -391,16 +430,13 @@ class ActuatorService:
         """Publish one decision. A suppression with `repeat_key` is reported again only after
         `repeat_event_s`, with the count of those not reported in between."""
         if repeat_key is not None:
-            rep = self._repeats.setdefault((action, repeat_key), _Repeat())
-            rep.count += 1
-            now = clock.monotonic()
-            if now - rep.last < self.config.repeat_event_s:
+            times = self._repeats.hit((action, repeat_key))
+            if not times:
                 return
-            if rep.count > 1:
-                reason = f"{reason} [{rep.count} times since last reported]"
-            rep.last, rep.count = now, 0
+            if times > 1:
+                reason = f"{reason} [{times} times since last reported]"
         else:
-            self._repeats = {k: v for k, v in self._repeats.items() if k[0] != action}
+            self._repeats.forget(lambda key: key[0] == action)
         self.counts[decision] += 1
         body = Event(
             flow=self.config.flow,
@@ -415,7 +451,7 @@ class ActuatorService:
 
 
 async def main(config: ActuatorConfig) -> None:
-    async with Runtime(NAME, config) as rt:
-        actuator = ActuatorService(rt, config)
-        await actuator.start()
-        await rt.serve(actuator.act_loop, actuator.watchdog_loop)
+    await run(NAME, config, lambda rt: ActuatorService(rt, config))
+
+
+SPEC = ServiceSpec(NAME, ActuatorConfig, main)

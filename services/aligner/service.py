@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any
 
 import numpy as np
 
@@ -20,19 +19,43 @@ from services.aligner.config import AlignerConfig, FlowAlign
 from shared import codec
 from shared.codec import Encoding
 from shared.errors import PayloadError, TopicError
+from shared.health import HealthModel
 from shared.messages import ReadingBatch, now_ns
 from shared.mqtt import Received
-from shared.runtime import Runtime
+from shared.runtime import Loop, Runtime
+from shared.service import Service, ServiceSpec, run
 from shared.topics import parse
 
 NAME = "aligner"
-Config = AlignerConfig
 log = logging.getLogger(__name__)
 
 
-class AlignerService:
+class AlignerHealth(HealthModel):
+    flow: str
+    batches: int
+    readings: int
+    late: int
+    late_by_source: dict[str, int]
+    ahead: int
+    ahead_by_source: dict[str, int]
+    ahead_skew_ms: dict[str, float]
+    duplicate: int
+    unusable: int
+    grid_points: int
+    incomplete: int
+    skipped_grid: int
+    published_samples: int
+    held_readings: int
+    emitted_until_ns: int | None
+    emit_delay_ms: dict[str, float]  # p50, p99 of the last 1,024 publications
+
+
+class AlignerService(Service[AlignerConfig]):
+    health_section = "aligner"
+
     def __init__(self, rt: Runtime, config: AlignerConfig, flow: FlowAlign) -> None:
-        self.rt, self.config, self.flow = rt, config, flow
+        super().__init__(rt, config)
+        self.flow = flow
         self.engine = Aligner(
             flow.name, flow.align, max_ahead_ns=int(config.max_ahead_ms * 1_000_000)
         )
@@ -49,7 +72,6 @@ class AlignerService:
             await self.rt.subscribe(
                 self.rt.topics.raw(source), self.on_raw, self.config.subscribe_qos
             )
-        self.rt.add_health("aligner", self.health)
         log.info(
             "aligner for flow %s: %d features from %s, samples on %s",
             self.flow.name,
@@ -58,27 +80,30 @@ class AlignerService:
             self.topic,
         )
 
-    def health(self) -> dict[str, Any]:
+    def loops(self) -> dict[str, Loop]:
+        return {"emit_loop": self.emit_loop}
+
+    def health(self) -> AlignerHealth:
         st = self.engine.stats
-        return {
-            "flow": self.flow.name,
-            "batches": st.batches,
-            "readings": st.readings,
-            "late": st.late,
-            "late_by_source": dict(st.late_by_source),
-            "ahead": st.ahead,
-            "ahead_by_source": dict(st.ahead_by_source),
-            "ahead_skew_ms": dict(st.ahead_skew_ms),
-            "duplicate": st.duplicate,
-            "unusable": st.unusable,
-            "grid_points": st.samples,
-            "incomplete": st.incomplete,
-            "skipped_grid": st.skipped_grid,
-            "published_samples": self.published_samples,
-            "held_readings": self.engine.held,
-            "emitted_until_ns": self.engine.emitted_until_ns,
-            "emit_delay_ms": self._delay_summary(),
-        }
+        return AlignerHealth(
+            flow=self.flow.name,
+            batches=st.batches,
+            readings=st.readings,
+            late=st.late,
+            late_by_source=dict(st.late_by_source),
+            ahead=st.ahead,
+            ahead_by_source=dict(st.ahead_by_source),
+            ahead_skew_ms=dict(st.ahead_skew_ms),
+            duplicate=st.duplicate,
+            unusable=st.unusable,
+            grid_points=st.samples,
+            incomplete=st.incomplete,
+            skipped_grid=st.skipped_grid,
+            published_samples=self.published_samples,
+            held_readings=self.engine.held,
+            emitted_until_ns=self.engine.emitted_until_ns,
+            emit_delay_ms=self._delay_summary(),
+        )
 
     def _delay_summary(self) -> dict[str, float]:
         """From the arrival of the batch that made samples due (or their deadline) to the
@@ -104,20 +129,18 @@ class AlignerService:
         if not self.config.use_complete:
             batch.complete_ns = None
         counts = self.engine.ingest(batch, arrival)
-        if counts.late:
-            self.rt.reject(
+        if counts.late:  # counted in the aligner's health, reported here
+            self.rt.errors.report(
                 f"late readings dropped: {counts.late} from {source} at or before the last "
                 f"sample time already emitted ({self.engine.emitted_until_ns} ns)",
                 message,
-                count=False,
             )
-        if counts.ahead:
-            self.rt.reject(
+        if counts.ahead:  # counted in the aligner's health, reported here
+            self.rt.errors.report(
                 f"readings from {source} dropped: {counts.ahead} stamped up to "
                 f"{counts.ahead_ms / 1000:.1f} s ahead of the local clock (max_ahead_ms "
                 f"{self.config.max_ahead_ms:g}); its clock runs ahead, set it right",
                 message,
-                count=False,
             )
         if len(batch):
             self.rt.health.note_clock(source, int(batch.t.max()), batch.received_ns or arrival)
@@ -173,7 +196,7 @@ def check(config: AlignerConfig) -> None:
 
 async def main(config: AlignerConfig) -> None:
     flow = config.flow_spec()  # before connecting: a bad flow file stops the start
-    async with Runtime(NAME, config) as rt:
-        service = AlignerService(rt, config, flow)
-        await service.start()
-        await rt.serve(service.emit_loop)
+    await run(NAME, config, lambda rt: AlignerService(rt, config, flow))
+
+
+SPEC = ServiceSpec(NAME, AlignerConfig, main, check)

@@ -26,14 +26,15 @@ from services.forwarder.sinks import HttpSink, MqttSink, Sink, SinkError
 from services.forwarder.stores import FileSink, SqliteSink
 from shared import codec
 from shared.errors import PayloadError
+from shared.health import HealthModel
 from shared.messages import Event, ResultBatch
 from shared.mqtt import Received
 from shared.retry import Backoff
 from shared.runtime import Loop, Runtime
+from shared.service import Service, ServiceSpec, run
 from shared.topics import Kind
 
 NAME = "forwarder"
-Config = ForwarderConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,17 @@ def to_item(message: Received) -> Item:
         prio, n = RESULT, ResultBatch.rows(data)
     key = hashlib.blake2b(message.payload, digest_size=16).digest()
     return Item(key, prio, message.topic, message.payload, message.content_type, n)
+
+
+class LaneHealth(HealthModel):
+    """One sink's section (`sink_{name}`): its queue, then what the sink itself counts (kept
+    as extra keys: they differ per kind of sink)."""
+
+    queued: int
+    queued_results: int
+    queued_bytes: int
+    oldest_age_s: float | None
+    last_error: str | None
 
 
 class Lane:
@@ -145,17 +157,18 @@ class Lane:
             )
         self.last_error = reason
 
-    def status(self) -> dict[str, Any]:
-        return {**self.queue.status(), **self.sink.status(), "last_error": self.last_error}
+    def status(self) -> LaneHealth:
+        return LaneHealth.model_validate(
+            {**self.queue.status(), **self.sink.status(), "last_error": self.last_error}
+        )
 
 
 DeadReport = Callable[[Lane, Row, str, int], None]
 
 
-class ForwarderService:
+class ForwarderService(Service[ForwarderConfig]):
     def __init__(self, rt: Runtime, config: ForwarderConfig) -> None:
-        self.rt = rt
-        self.config = config
+        super().__init__(rt, config)
         self.lanes = [Lane(cfg, config, self.on_dead) for cfg in config.sinks]
         self._pending: list[tuple[Received, Item | None]] = []
         self._arrived = asyncio.Event()
@@ -194,10 +207,8 @@ class ForwarderService:
         """A message left a sink's queue for its dead-letter table: report it as a rejection
         (errors topic, with the message's topic and an excerpt), counted in the sink's section."""
         message = Received(row.topic, row.payload, row.content_type, qos=1, retain=False, mid=0)
-        self.rt.reject(
-            f"sink {lane.cfg.name}: dead-lettered after {attempts} attempt(s): {reason}",
-            message,
-            count=False,
+        self.rt.errors.report(
+            f"sink {lane.cfg.name}: dead-lettered after {attempts} attempt(s): {reason}", message
         )
 
     async def commit_loop(self) -> None:
@@ -212,25 +223,16 @@ class ForwarderService:
             for message, _ in pending:
                 self.rt.ack(message)
 
-    def loops(self) -> list[Loop]:
-        loops: list[Loop] = [self.commit_loop]
+    def loops(self) -> dict[str, Loop]:
+        loops: dict[str, Loop] = {"commit_loop": self.commit_loop}
         for lane in self.lanes:
-            loops.extend(lane.sink.loops())
-            sender = lane.sender_loop
-
-            async def named(sender: Loop = sender) -> None:
-                await sender()
-
-            named.__name__ = f"{lane.cfg.name}_sender_loop"
-            loops.append(named)
+            loops.update(lane.sink.loops())
+            loops[f"{lane.cfg.name}_sender_loop"] = lane.sender_loop
         return loops
 
 
 async def main(config: ForwarderConfig) -> None:
-    async with Runtime(NAME, config, manual_ack=True) as rt:
-        forwarder = ForwarderService(rt, config)
-        await forwarder.start()
-        try:
-            await rt.serve(*forwarder.loops())
-        finally:
-            await forwarder.close()
+    await run(NAME, config, lambda rt: ForwarderService(rt, config), manual_ack=True)
+
+
+SPEC = ServiceSpec(NAME, ForwarderConfig, main)

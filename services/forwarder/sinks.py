@@ -64,16 +64,8 @@ class Sink(Protocol):
     async def ready(self) -> None: ...  # returns when sending can be tried
     async def send(self, rows: list[Row]) -> None: ...
     async def close(self) -> None: ...
-    def loops(self) -> list[Loop]: ...
+    def loops(self) -> dict[str, Loop]: ...
     def status(self) -> dict[str, Any]: ...
-
-
-def _named(fn: Loop, name: str) -> Loop:
-    async def loop() -> None:
-        await fn()
-
-    loop.__name__ = name
-    return loop
 
 
 class MqttSink:
@@ -95,8 +87,8 @@ class MqttSink:
     async def ready(self) -> None:
         await self.connection.wait_connected()
 
-    def loops(self) -> list[Loop]:
-        return [_named(self.connection.run, f"{self.name}_mqtt_loop")]
+    def loops(self) -> dict[str, Loop]:
+        return {f"{self.name}_mqtt_loop": self.connection.run}
 
     async def send(self, rows: list[Row]) -> None:
         outcomes = await asyncio.gather(
@@ -154,8 +146,8 @@ class HttpSink:
     async def ready(self) -> None:
         pass
 
-    def loops(self) -> list[Loop]:
-        return []
+    def loops(self) -> dict[str, Loop]:
+        return {}
 
     def _body(self, rows: list[Row]) -> bytes:
         messages = [{"topic": r.topic, "body": records.json_body(records.decode(r))} for r in rows]

@@ -51,8 +51,8 @@ class _Threaded:
     async def ready(self) -> None:
         pass
 
-    def loops(self) -> list[Loop]:
-        return []
+    def loops(self) -> dict[str, Loop]:
+        return {}
 
     async def start(self) -> None:
         await self._run(self._open)

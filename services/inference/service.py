@@ -33,16 +33,15 @@ from services.inference.swap import (
 )
 from shared import codec
 from shared.errors import ConfigError, ModelError, PayloadError
+from shared.health import InferenceHealth, ServedModel, ShadowModel, SwapHealth
 from shared.messages import ResultBatch, SampleBatch, now_ns
 from shared.mqtt import Received
-from shared.runtime import Runtime
+from shared.runtime import Loop, Runtime
+from shared.service import Service, ServiceSpec, run
 
 log = logging.getLogger(__name__)
 
 NAME = "inference"
-
-
-Config = InferenceConfig
 
 
 @dataclass
@@ -77,10 +76,11 @@ class SwapStats:
     last_error: str | None = None
 
 
-class InferenceService:
+class InferenceService(Service[InferenceConfig]):
+    health_section = "inference"
+
     def __init__(self, rt: Runtime, config: InferenceConfig, engine: Engine) -> None:
-        self.rt = rt
-        self.config = config.model_copy(update={"shadow": None})  # what runs now
+        super().__init__(rt, config.model_copy(update={"shadow": None}))  # what runs now
         self.live = self._serving(engine, config.model.model_dump(mode="json"))
         self.shadow: Serving | None = None
         self.agreement: Agreement | None = None
@@ -108,9 +108,15 @@ class InferenceService:
     async def start(self) -> None:
         await self.rt.subscribe(self.rt.topics.samples(self.config.flow), self.handle)
         await self.rt.on_config(self.on_config)
-        self.rt.add_health("inference", self.health)
 
-    def health(self) -> dict[str, Any]:
+    def loops(self) -> dict[str, Loop]:
+        return {
+            "infer_loop": self.infer_loop,
+            "swap_loop": self.swap_loop,
+            "watch_loop": self.watch_loop,
+        }
+
+    def health(self) -> InferenceHealth:
         stats = self.engine.stats
         live = self.live.report()
         live["health"]["rejected"] = {
@@ -120,21 +126,22 @@ class InferenceService:
         }
         shadow = None
         if self.shadow is not None:
-            shadow = self.shadow.report()
-            shadow["health"]["rejected"] = {
+            report = self.shadow.report()
+            report["health"]["rejected"] = {
                 "skipped_nan": self.shadow.engine.stats.skipped_nan,
                 "failed_samples": self.shadow.engine.stats.failed_samples,
             }
-            shadow["agreement"] = self.agreement.report() if self.agreement else None
-        return {
-            "revision": self.config.revision,  # the last config revision applied or refused
-            "model": live,
-            "shadow": shadow,
-            "swaps": vars(self.swaps).copy(),
-            "queued": self.batcher.qsize(),
-            "offloaded_runs": self.offloaded,
+            report["agreement"] = self.agreement.report() if self.agreement else None
+            shadow = ShadowModel.model_validate(report)
+        return InferenceHealth(
+            revision=self.config.revision,  # the last config revision applied or refused
+            model=ServedModel.model_validate(live),
+            shadow=shadow,
+            swaps=SwapHealth.model_validate(vars(self.swaps)),
+            queued=self.batcher.qsize(),
+            offloaded_runs=self.offloaded,
             **stats.as_dict(),
-        }
+        )
 
     async def handle(self, message: Received) -> None:
         """Decode and check cheaply; what does not fit raises PayloadError (the runtime reports)."""
@@ -184,10 +191,7 @@ class InferenceService:
 
     async def publish(self, outcome: RunOutcome, topic: str | None = None) -> None:
         if outcome.error is not None:
-            self.rt.health.errors += 1
-            self.rt.reject(
-                outcome.error if topic is None else f"shadow: {outcome.error}", count=False
-            )
+            self.rt.errors.error(outcome.error if topic is None else f"shadow: {outcome.error}")
         if outcome.result is not None:
             wire = outcome.result.to_wire(self.config.encoding)
             await self.rt.publish(
@@ -329,9 +333,7 @@ class InferenceService:
     def refuse(self, reason: str) -> None:
         self.swaps.refused += 1
         self.swaps.last_error = reason
-        self.rt.health.errors += 1
-        log.warning("%s", reason)
-        self.rt.reject(reason, count=False)
+        self.rt.errors.error(reason)
 
     async def watch_loop(self) -> None:
         """Notice a model file replaced on disk: (mtime, size) every `watch_s`, and only once the
@@ -379,7 +381,7 @@ async def main(config: InferenceConfig) -> None:
     # The model is loaded and checked before connecting: a model that does not fit the flow
     # stops the instance with the reason, and never announces itself online.
     engine = await asyncio.to_thread(build_engine, config)
-    async with Runtime(NAME, config) as rt:
-        service = InferenceService(rt, config, engine)
-        await service.start()
-        await rt.serve(service.infer_loop, service.swap_loop, service.watch_loop)
+    await run(NAME, config, lambda rt: InferenceService(rt, config, engine))
+
+
+SPEC = ServiceSpec(NAME, InferenceConfig, main)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
 
 import numpy as np
 
@@ -28,11 +27,12 @@ from services.modbus.decode import (
 from services.modbus.device import Device, DeviceError
 from services.modbus.writes import Writer
 from shared import clock
+from shared.health import HealthModel
 from shared.messages import Quality, ReadingBatch
-from shared.runtime import Runtime
+from shared.runtime import Loop, Runtime
+from shared.service import Service, ServiceSpec, run
 
 NAME = "modbus"
-Config = ModbusConfig
 log = logging.getLogger(__name__)
 READ = {
     "holding": "read_holding_registers",
@@ -42,9 +42,22 @@ READ = {
 }
 
 
-class ModbusService:
+class ModbusHealth(HealthModel):
+    readings: int
+    bad: int
+    device_down: bool
+    connects: int  # connect attempts
+    errors: dict[str, int]  # exception codes (0x02) and timeouts, by count
+    requests: int
+    strings: dict[str, str]
+    writes: int
+
+
+class ModbusService(Service[ModbusConfig]):
+    health_section = "modbus"
+
     def __init__(self, rt: Runtime, config: ModbusConfig) -> None:
-        self.rt, self.config = rt, config
+        super().__init__(rt, config)
         self.device = Device(config)
         self.requests = plan(config)
         self.signals = [p.name for r in self.requests for p in r.points if p.type != "string"]
@@ -58,17 +71,23 @@ class ModbusService:
         # (a reading is stamped within its read, and a read starts no earlier than scheduled).
         self._next_reading: dict[int, int] = {}
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "readings": self.readings,
-            "bad": self.bad,
-            "device_down": self.device.down,
-            "connects": self.device.connects,
-            "errors": dict(self.exceptions),
-            "requests": len(self.requests),
-            "strings": self.strings,
-            "writes": self.writer.count,
-        }
+    async def start(self) -> None:
+        await self.writer.start()
+
+    async def close(self) -> None:
+        await self.device.close()
+
+    def health(self) -> ModbusHealth:
+        return ModbusHealth(
+            readings=self.readings,
+            bad=self.bad,
+            device_down=self.device.down,
+            connects=self.device.connects,
+            errors=dict(self.exceptions),
+            requests=len(self.requests),
+            strings=dict(self.strings),
+            writes=self.writer.count,
+        )
 
     async def read(self, req: ReadRequest) -> tuple[int, np.ndarray, Quality]:
         """One request: stamp (midpoint of the round trip), values per point, quality."""
@@ -111,11 +130,11 @@ class ModbusService:
         self.bad += int(np.count_nonzero(q))
         return batch
 
-    def loops(self) -> list[Any]:
+    def loops(self) -> dict[str, Loop]:
         periods: dict[int, list[ReadRequest]] = {}
         for r in self.requests:
             periods.setdefault(r.poll_ms, []).append(r)
-        out = []
+        out: dict[str, Loop] = {}
         started = clock.now_ns()
         for period in periods:
             self._next_reading[period] = started
@@ -137,17 +156,12 @@ class ModbusService:
                     await self.rt.publish(topic, batch.to_wire(), qos=self.config.publish_qos)
                     await clock.sleep_until(start + k * period / 1000)
 
-            poll_loop.__name__ = f"poll_{period}ms_loop"
-            out.append(poll_loop)
+            out[f"poll_{period}ms_loop"] = poll_loop
         return out
 
 
 async def main(config: ModbusConfig) -> None:
-    async with Runtime(NAME, config) as rt:
-        poller = ModbusService(rt, config)
-        rt.add_health("modbus", poller.health)
-        await rt.subscribe(rt.topics.cmd(config.source), poller.writer.handle)
-        try:
-            await rt.serve(*poller.loops())
-        finally:
-            await poller.device.close()
+    await run(NAME, config, lambda rt: ModbusService(rt, config))
+
+
+SPEC = ServiceSpec(NAME, ModbusConfig, main)

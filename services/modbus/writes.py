@@ -1,5 +1,5 @@
-"""Write requests on `ef/{site}/cmd/{source}`: write through the adapter's session, read back,
-answer on the request's response topic with its correlation data.
+"""Write requests on `ef/{site}/cmd/{source}` (shared/requests.py serves them): write through
+the adapter's session, read back, answer with the value read back.
 
 Target: `{point: NAME}` (a point marked `writable`) or `{table, address}` and optionally `unit`
 (1 by default): one coil or one uint16 holding register.
@@ -8,17 +8,15 @@ Target: `{point: NAME}` (a point marked `writable`) or `{table, address}` and op
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 
 from services.modbus.config import NUMERIC, ModbusConfig, PointConfig
 from services.modbus.decode import ReadRequest, decode_registers, encode_value
 from services.modbus.device import Device, DeviceError
-from shared import codec
-from shared.errors import PayloadError
-from shared.messages import WriteRequest, WriteResponse
-from shared.mqtt import Received
+from shared.errors import Refused
+from shared.messages import PointTarget, RegisterTarget, WriteRequest, WriteTarget
+from shared.requests import RequestServer, serve_writes
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -28,26 +26,30 @@ class Writer:
     def __init__(self, rt: Runtime, config: ModbusConfig, device: Device) -> None:
         self.rt, self.config, self.device = rt, config, device
         self.points = {p.name: (b.unit, b.table, p) for b in config.blocks for p in b.points}
-        self.count = 0
+        self.server: RequestServer[WriteRequest] | None = None
 
-    def _target(self, target: dict[str, Any]) -> tuple[int, str, PointConfig]:
-        if "point" in target:
-            found = self.points.get(str(target["point"]))
+    async def start(self) -> None:
+        self.server = await serve_writes(
+            self.rt, self.rt.topics.cmd(self.config.source), self.handle
+        )
+
+    @property
+    def count(self) -> int:
+        return self.server.stats.served if self.server else 0
+
+    def _target(self, target: WriteTarget) -> tuple[int, str, PointConfig]:
+        if isinstance(target, PointTarget):
+            found = self.points.get(target.point)
             if found is None or not found[2].writable:
-                raise PayloadError(f"no writable point {target['point']!r} in {self.config.source}")
+                raise Refused(f"no writable point {target.point!r} in {self.config.source}")
             return found
-        try:
-            unit = int(target.get("unit", 1))
-            table, address = str(target["table"]), int(target["address"])
-        except (KeyError, TypeError, ValueError):
-            raise PayloadError(
-                "target needs {point} or {table, address} (and unit, 1 by default)"
-            ) from None
-        if table not in ("coil", "holding"):
-            raise PayloadError(f"cannot write to table {table!r}: only coil or holding")
-        kind = "bool" if table == "coil" else "uint16"
-        raw = PointConfig.model_validate({"name": "raw", "address": address, "type": kind})
-        return unit, table, raw
+        if not isinstance(target, RegisterTarget):
+            raise Refused("target needs {point} or {table, address} (and unit, 1 by default)")
+        if target.table not in ("coil", "holding"):
+            raise Refused(f"cannot write to table {target.table!r}: only coil or holding")
+        kind = "bool" if target.table == "coil" else "uint16"
+        raw = PointConfig.model_validate({"name": "raw", "address": target.address, "type": kind})
+        return 1 if target.unit is None else target.unit, target.table, raw
 
     async def write(self, unit: int, table: str, p: PointConfig, value: float) -> float:
         """Write, then read back and decode; returns the read-back value."""
@@ -65,17 +67,9 @@ class Writer:
         req = ReadRequest(unit, table, p.address, p.width, 0, [p])
         return float(decode_registers(req, np.asarray(rr.registers, dtype=np.uint16))[0])
 
-    async def handle(self, message: Received) -> None:
-        request = WriteRequest.from_wire(codec.decode(message.payload, message.content_type))
+    async def handle(self, request: WriteRequest) -> float:
+        unit, table, point = self._target(request.target)
         try:
-            unit, table, point = self._target(request.target)
-            readback = await self.write(unit, table, point, float(request.value))
-            response = WriteResponse(request_id=request.request_id, ok=True, readback=readback)
-            self.count += 1
-        except (PayloadError, DeviceError) as exc:
-            log.warning("write %s to %s refused: %s", request.request_id, request.target, exc)
-            response = WriteResponse(request_id=request.request_id, ok=False, error=str(exc))
-        if message.response_topic:
-            await self.rt.publish(
-                message.response_topic, response, qos=1, correlation_data=message.correlation_data
-            )
+            return await self.write(unit, table, point, float(request.value))
+        except DeviceError as exc:
+            raise Refused(str(exc)) from None

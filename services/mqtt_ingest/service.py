@@ -18,11 +18,12 @@ from services.mqtt_ingest.mapping import Extractor
 from services.mqtt_ingest.per_topic import TopicNamer, ValueReader
 from shared import clock, codec
 from shared.codec import JSON, MSGPACK
+from shared.health import HealthModel
 from shared.mqtt import Received
-from shared.runtime import Runtime
+from shared.runtime import Loop, Runtime
+from shared.service import Service, ServiceSpec, run
 
 NAME = "mqtt-ingest"
-Config = IngestConfig
 
 _FORCED = {"json": JSON, "msgpack": MSGPACK}
 MAX_PUBLISHING = 100  # batches published and not yet acknowledged
@@ -35,10 +36,16 @@ def decode(payload: bytes, content_type: str | None, forced: str | None) -> Any:
     return codec.decode(payload, forced or content_type)
 
 
-class MqttIngestService:
+class IngestHealth(HealthModel):
+    readings: int
+    batches: int
+
+
+class MqttIngestService(Service[IngestConfig]):
+    health_section = "ingest"
+
     def __init__(self, rt: Runtime, config: IngestConfig) -> None:
-        self.rt = rt
-        self.config = config
+        super().__init__(rt, config)
         self.readings = 0
         self.batches = 0
         self.buffers: dict[str, SourceBuffer] = {}
@@ -50,8 +57,13 @@ class MqttIngestService:
             self.buffers.setdefault(spec.source, SourceBuffer(spec.source))
             handler = self._per_topic(spec) if not spec.signals else self._fields(spec)
             await self.rt.subscribe(spec.topic, handler)
-        self.rt.add_health("ingest", lambda: {"readings": self.readings, "batches": self.batches})
         self.rt.on_stop(self.drain)
+
+    def loops(self) -> dict[str, Loop]:
+        return {"coalesce_loop": self.coalesce_loop}
+
+    def health(self) -> IngestHealth:
+        return IngestHealth(readings=self.readings, batches=self.batches)
 
     def _fields(self, spec: Input) -> Callable[[Received], Awaitable[None]]:
         extractor = Extractor(spec)
@@ -125,7 +137,7 @@ class MqttIngestService:
 
 
 async def main(config: IngestConfig) -> None:
-    async with Runtime(NAME, config) as rt:
-        ingest = MqttIngestService(rt, config)
-        await ingest.start()
-        await rt.serve(ingest.coalesce_loop)
+    await run(NAME, config, lambda rt: MqttIngestService(rt, config))
+
+
+SPEC = ServiceSpec(NAME, IngestConfig, main)

@@ -9,21 +9,42 @@ publish), write requests are served on `ef/{site}/cmd/{source}`, session trouble
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from services.opcua.config import OpcUaConfig
 from services.opcua.session import Session
 from services.opcua.writes import Writer
-from shared.messages import ErrorReport, Quality, ReadingBatch
-from shared.runtime import Runtime
+from shared.health import HealthModel
+from shared.messages import Quality, ReadingBatch
+from shared.runtime import Loop, Runtime
+from shared.service import Service, ServiceSpec, run
 
 NAME = "opcua"
-Config = OpcUaConfig
 
 
-class OpcuaService:
+class OpcUaHealth(HealthModel):
+    endpoint: str
+    security: str  # policy/mode
+    connected: bool
+    state: str
+    sessions: int
+    last_reason: str | None
+    readings: int
+    bad: int
+    publishes: int
+    keepalives: int
+    stalls: int
+    failed_nodes: dict[str, str]
+    revised: dict[str, float]
+    texts: dict[str, str]
+    duplicates: int
+    writes: int
+
+
+class OpcuaService(Service[OpcUaConfig]):
+    health_section = "opcua"
+
     def __init__(self, rt: Runtime, config: OpcUaConfig) -> None:
-        self.rt, self.config = rt, config
+        super().__init__(rt, config)
         self.topic = rt.topics.raw(config.source)
         self.session = Session(config, self.publish, self.report)
         self.writer = Writer(rt, config, self.session)
@@ -37,29 +58,36 @@ class OpcuaService:
         await self.rt.publish(self.topic, batch.to_wire(), qos=self.config.publish_qos)
 
     async def report(self, reason: str) -> None:
-        report = ErrorReport(instance=self.rt.instance, reason=reason)
-        await self.rt.publish(self.rt.topics.errors(self.rt.instance), report)
+        # The session says it once per kind of trouble; reasons that share their start (the
+        # endpoint) are different troubles, so the whole reason is the limiter's key.
+        self.rt.errors.report(reason, key=reason)
 
-    def health(self) -> dict[str, Any]:
+    async def start(self) -> None:
+        await self.writer.start()
+
+    def loops(self) -> dict[str, Loop]:
+        return {"session_loop": self.session_loop}
+
+    def health(self) -> OpcUaHealth:
         h = self.session.health
-        return {
-            "endpoint": self.config.endpoint,
-            "security": f"{self.config.security.policy}/{self.config.security.mode}",
-            "connected": h.connected,
-            "state": h.state,
-            "sessions": h.sessions,
-            "last_reason": h.last_reason,
-            "readings": h.readings,
-            "bad": h.bad,
-            "publishes": h.publishes,
-            "keepalives": h.keepalives,
-            "stalls": h.stalls,
-            "failed_nodes": dict(h.failed_nodes),
-            "revised": dict(h.revised),
-            "texts": dict(self.session.gatherer.texts),
-            "duplicates": self.session.gatherer.duplicates,
-            "writes": self.writer.count,
-        }
+        return OpcUaHealth(
+            endpoint=self.config.endpoint,
+            security=f"{self.config.security.policy}/{self.config.security.mode}",
+            connected=h.connected,
+            state=h.state,
+            sessions=h.sessions,
+            last_reason=h.last_reason,
+            readings=h.readings,
+            bad=h.bad,
+            publishes=h.publishes,
+            keepalives=h.keepalives,
+            stalls=h.stalls,
+            failed_nodes=dict(h.failed_nodes),
+            revised=dict(h.revised),
+            texts=dict(self.session.gatherer.texts),
+            duplicates=self.session.gatherer.duplicates,
+            writes=self.writer.count,
+        )
 
     async def session_loop(self) -> None:
         try:
@@ -69,8 +97,7 @@ class OpcuaService:
 
 
 async def main(config: OpcUaConfig) -> None:
-    async with Runtime(NAME, config) as rt:
-        adapter = OpcuaService(rt, config)
-        rt.add_health("opcua", adapter.health)
-        await rt.subscribe(rt.topics.cmd(config.source), adapter.writer.handle)
-        await rt.serve(adapter.session_loop)
+    await run(NAME, config, lambda rt: OpcuaService(rt, config))
+
+
+SPEC = ServiceSpec(NAME, OpcUaConfig, main)

@@ -141,7 +141,7 @@ class Plant:
         )
 
     async def send(self, *scores: float, sha: str = SHA, **outputs: list[float]) -> ResultBatch:
-        batch = self.results.batch(sha, **({"score": list(scores)} if scores else outputs))
+        batch = self.results.batch(sha, None, **({"score": list(scores)} if scores else outputs))
         await self.publish(batch)
         return batch
 

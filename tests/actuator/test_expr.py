@@ -19,7 +19,8 @@ COLUMNS = {
 
 
 def ev(text: str) -> list[bool]:
-    return Condition.compile(text)(COLUMNS, 4).tolist()
+    out: list[bool] = Condition.compile(text)(COLUMNS, 4).tolist()
+    return out
 
 
 @pytest.mark.parametrize(

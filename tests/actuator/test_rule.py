@@ -9,7 +9,7 @@ from services.actuator.rule import Rule
 
 
 def run(rule: Rule, samples: list[tuple[bool, bool]]) -> list[tuple[int, str]]:
-    out = []
+    out: list[tuple[int, str]] = []
     for i, (when, reset) in enumerate(samples):
         kind = rule.observe(when, reset)
         if kind is not None:

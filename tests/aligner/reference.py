@@ -64,25 +64,25 @@ def feature_at(f: FeatureSpec, rs: list[R], tk: int, period: int) -> tuple[float
     max_age = f.max_age_ns
     before = [r for r in rs if r.t <= tk]
     after = [r for r in rs if r.t > tk]
-    a = before[-1] if before else None
-    b = after[0] if after else None
-    if a is not None and a.t == tk:
-        return a.v, int(FeatureState.OBSERVED), 0.0
+    prev = before[-1] if before else None
+    nxt = after[0] if after else None
+    if prev is not None and prev.t == tk:
+        return prev.v, int(FeatureState.OBSERVED), 0.0
     if f.fill == "hold":
-        if a is None or tk - a.t > max_age:
+        if prev is None or tk - prev.t > max_age:
             return miss
-        return a.v, int(FeatureState.HELD), (tk - a.t) / MS
+        return prev.v, int(FeatureState.HELD), (tk - prev.t) / MS
     if f.fill == "linear":
-        if a is None or b is None or b.t - a.t > max_age:
+        if prev is None or nxt is None or nxt.t - prev.t > max_age:
             return miss
-        value = a.v + (b.v - a.v) * ((tk - a.t) / (b.t - a.t))
-        return value, int(FeatureState.INTERPOLATED), (b.t - a.t) / MS
-    # nearest: the earlier reading wins a tie
+        value = prev.v + (nxt.v - prev.v) * ((tk - prev.t) / (nxt.t - prev.t))
+        return value, int(FeatureState.INTERPOLATED), (nxt.t - prev.t) / MS
+    # nearest: the earlier reading wins prev tie
     cands = []
-    if a is not None:
-        cands.append((tk - a.t, 0, a))
-    if b is not None:
-        cands.append((b.t - tk, 1, b))
+    if prev is not None:
+        cands.append((tk - prev.t, 0, prev))
+    if nxt is not None:
+        cands.append((nxt.t - tk, 1, nxt))
     if not cands:
         return miss
     dist, _, r = min(cands, key=lambda c: (c[0], c[1]))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -198,7 +200,7 @@ def test_aggregates_equal_numpy(rs: list[R], agg: str, period: int) -> None:
         engine.ingest(batch, EARLY)
     k_end = 1500 // period + 1
     drain(engine, k_end * spec.period_ns + spec.max_delay_ns, got)
-    fn = {
+    aggregates: dict[str, Callable[[np.ndarray], Any]] = {
         "mean": np.mean,
         "min": np.min,
         "max": np.max,
@@ -206,7 +208,8 @@ def test_aggregates_equal_numpy(rs: list[R], agg: str, period: int) -> None:
         "count": len,
         "last": lambda a: a[-1],
         "rms": lambda a: np.sqrt(np.mean(a * a)),
-    }[agg]
+    }
+    fn = aggregates[agg]
     for tk, x in zip(got.t.tolist(), got.x[:, 0].tolist(), strict=True):
         vals = np.array(
             [r.v for r in rs if tk - spec.period_ns < r.t <= tk and r.good and math.isfinite(r.v)]

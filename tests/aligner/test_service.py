@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from edgefleet.cli import main as cli_main
-from services.aligner.service import AlignerConfig, main
+from services.aligner.config import AlignerConfig
+from services.aligner.service import main
 from shared.codec import Encoding
 from shared.config import load_config, validate
 from shared.errors import ConfigError
@@ -72,7 +73,7 @@ async def test_fast_medium_and_slow_signals_give_the_grid(
 ) -> None:
     """1 kHz aggregated, 10 Hz interpolated, 0.2 Hz held: every 100 ms sample, exact values."""
     topics = Topics(site)
-    features = [
+    features: list[dict[str, Any]] = [
         {"signal": "vib/x", "agg": "rms"},
         {"signal": "vib/x", "agg": "count"},
         {"signal": "plc/p", "fill": "linear", "max_age_ms": 200},
@@ -118,7 +119,7 @@ async def test_source_restarted_mid_stream(
     """An adapter restarts: a gap, then it re-sends what it had (late or repeated readings)
     with its signals listed in another order. Samples go on, never twice, never revised."""
     topics = Topics(site)
-    features = [
+    features: list[dict[str, Any]] = [
         {"signal": "plc/a", "fill": "hold", "max_age_ms": 300},
         {"signal": "plc/b", "agg": "last"},
     ]
@@ -170,7 +171,7 @@ async def test_signal_that_stops_goes_missing_and_returns(
     """Live timestamps: while b is silent the deadline (max_delay) emits the samples, b held
     until max_age and then missing; when b returns, so does its feature."""
     topics = Topics(site)
-    features = [
+    features: list[dict[str, Any]] = [
         {"signal": "a/x", "fill": "hold", "max_age_ms": 300},
         {"signal": "b/y", "fill": "hold", "max_age_ms": 300},
     ]

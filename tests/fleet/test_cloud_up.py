@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from edgefleet.broker import free_port
+from shared.signing import SigningKey
 
 
 def test_cloud_up_serves_the_cli_and_stops_cleanly(tmp_path: Path) -> None:
@@ -27,6 +28,8 @@ def test_cloud_up_serves_the_cli_and_stops_cleanly(tmp_path: Path) -> None:
             if line.startswith("ready:"):
                 break
         assert any(f"127.0.0.1:{s3_port}" in line for line in lines), lines
+        key = SigningKey.load(tmp_path / "cloud" / "fleet.key")
+        assert any(key.public.text() in line for line in lines), lines
         env = {**os.environ, "EDGEFLEET_FLEET": f"127.0.0.1:{port}"}
         for _ in range(40):
             listed = subprocess.run(

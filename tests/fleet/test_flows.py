@@ -118,7 +118,7 @@ THREE = models.FEATURES[:3]
 async def test_exported_shapes_accepted_when_they_fit(fleet: FleetClient, tmp_path: Path) -> None:
     """Each shape data scientists export: a fitting flow is accepted, another refused, with
     the reason the node would give."""
-    shapes: list[tuple[str, Path, dict[str, Any], dict[str, Any], str]] = [
+    shapes: list[tuple[str, Path, dict[str, Any] | None, dict[str, Any], str]] = [
         # (name, model, fitting flow, refused flow, words of the reason)
         (
             "iforest",

@@ -9,7 +9,8 @@ from typing import Any
 import sqlite_utils
 
 from edgefleet.broker import LocalBroker
-from services.forwarder.service import ForwarderConfig, main
+from services.forwarder.config import ForwarderConfig
+from services.forwarder.service import main
 from shared.config import validate
 from shared.messages import ResultBatch
 from shared.topics import Kind, Topics

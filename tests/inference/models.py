@@ -192,7 +192,7 @@ def torch_export(
         helper.make_tensor("2.weight", TensorProto.FLOAT, [1, hidden], w2.ravel().tolist()),
         helper.make_tensor("2.bias", TensorProto.FLOAT, [1], [0.0]),
     ]
-    gemm = {"alpha": 1.0, "beta": 1.0, "transB": 1}
+    gemm: dict[str, Any] = {"alpha": 1.0, "beta": 1.0, "transB": 1}
     nodes = [
         helper.make_node(
             "Gemm", ["input.1", "0.weight", "0.bias"], ["/0/Gemm_output_0"], name="/0/Gemm", **gemm

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_signature_round_trips_through_json(tmp_path: Path) -> None:
     sig = read_signature(models.isolation_forest(tmp_path / "if.onnx"))
     assert ModelSignature.model_validate_json(sig.model_dump_json()) == sig
     with pytest.raises(ValueError, match="frozen"):
-        sig.threshold = 1.0  # type: ignore[misc]
+        sig.threshold = 1.0
 
 
 def test_inspect_model_gives_the_same_signature_isolated(tmp_path: Path) -> None:
@@ -155,7 +156,7 @@ def test_check_fits_on_a_fitting_flow(tmp_path: Path) -> None:
     ],
 )
 def test_check_fits_refuses_naming_both_sides(
-    tmp_path: Path, kw: dict[str, object], words: list[str]
+    tmp_path: Path, kw: dict[str, Any], words: list[str]
 ) -> None:
     sig = read_signature(models.isolation_forest(tmp_path / "if.onnx"))
     with pytest.raises(ModelError) as err:

@@ -7,7 +7,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from services.mqtt_ingest.service import IngestConfig, main
+from services.mqtt_ingest.config import IngestConfig
+from services.mqtt_ingest.service import main
 from shared.config import validate
 from shared.messages import ReadingBatch
 from shared.topics import Topics

@@ -17,7 +17,7 @@ from shared.topics import Topics
 from tests.helpers import Probe, running, until
 from tests.opcua.conftest import Served, make_config
 
-SIGNALS = [
+SIGNALS: list[dict[str, Any]] = [
     {"name": "flow", "node": node_id("Flow")},
     {"name": "speed", "node": "nsu=urn:edgefleet:sim;s=Pump.Speed"},
     {"name": "suction", "node": node_id("SuctionPressure"), "sampling_ms": 100},

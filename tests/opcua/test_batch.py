@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from asyncua import ua
 
@@ -21,8 +22,9 @@ def item(
     dv = ua.DataValue(
         ua.Variant(value),
         StatusCode=ua.StatusCode(ua.UInt32(status)),
-        SourceTimestamp=src,
-        ServerTimestamp=srv,
+        # asyncua annotates its own DateTime alias; a datetime is what it takes
+        SourceTimestamp=cast(Any, src),
+        ServerTimestamp=cast(Any, srv),
     )
     return ua.MonitoredItemNotification(ClientHandle=handle, Value=dv)
 

@@ -9,7 +9,7 @@ import math
 import time
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from asyncua import ua
 
@@ -219,7 +219,7 @@ async def test_node_that_appears_later_is_subscribed_by_the_retry(
     topics = Topics(site)
     raw = topics.raw("opc1")
     await probe.subscribe(topics.everything())
-    signals = [
+    signals: list[dict[str, Any]] = [
         *SIGNALS[:2],
         {"name": "late", "node": node_id("Late")},
         {"name": "elsewhere", "node": "nsu=urn:edgefleet:nowhere;s=Pump.Flow"},
@@ -259,7 +259,7 @@ async def test_node_that_appears_later_is_subscribed_by_the_retry(
                 node.nodeid,
                 ua.DataValue(
                     ua.Variant(42.5, ua.VariantType.Double),
-                    SourceTimestamp=datetime.fromtimestamp(source_ns / 1e9, tz=UTC),
+                    SourceTimestamp=cast(Any, datetime.fromtimestamp(source_ns / 1e9, tz=UTC)),
                 ),
             )
             await probe.wait_for(

@@ -14,7 +14,8 @@ import yaml
 
 from edgefleet.broker import LocalBroker
 from edgefleet.record import Labels
-from services.aligner.service import AlignerConfig, main
+from services.aligner.config import AlignerConfig
+from services.aligner.service import main
 from shared.config import validate
 from shared.messages import FeatureState, ReadingBatch, SampleBatch, now_ns
 from shared.topics import Topics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,11 @@ from tests.helpers import Probe
 
 
 @pytest.fixture
-def acl_broker(tmp_path: Path) -> LocalBroker:
+def acl_broker(tmp_path: Path) -> Iterator[LocalBroker]:
     acl = tmp_path / "acl"
     acl.write_text("topic readwrite #\ntopic deny forbidden/#\n")
     b = LocalBroker(tmp_path / "broker", extra_config=f"acl_file {acl}\n").start()
-    yield b  # type: ignore[misc]
+    yield b
     b.stop()
 
 

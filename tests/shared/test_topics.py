@@ -78,3 +78,11 @@ def test_fleet_topics() -> None:
 )
 def test_matches(topic: str, topic_filter: str, expected: bool) -> None:
     assert matches(topic, topic_filter) is expected
+
+
+def test_every_site_filter_of_one_entity_and_of_site_level_kinds() -> None:
+    assert every_site(Kind.STATUS, name="agent") == "ef/+/status/agent"
+    assert matches(Topics("north").status("agent"), every_site(Kind.STATUS, name="agent"))
+    assert not matches(Topics("north").status("fleet"), every_site(Kind.STATUS, name="agent"))
+    assert every_site(Kind.REPORTED, "x1") == "x1/+/reported"
+    assert matches(Topics("north", "x1").reported(), every_site(Kind.REPORTED, "x1"))

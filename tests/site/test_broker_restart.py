@@ -11,6 +11,7 @@ import signal
 import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,16 @@ def missing_sample_times(db: Path) -> tuple[list[int], list[int]]:
     ts = [t for _, t in rows]
     assert [i for i, _ in rows] == [f"pump:{t}" for t in ts]
     assert len(set(ts)) == len(ts)
-    missing = []
+    missing: list[int] = []
     for a, b in itertools.pairwise(ts):
         assert (b - a) % PERIOD_NS == 0, (a, b)  # every sample on the flow's grid
         missing.extend(range(a + PERIOD_NS, b, PERIOD_NS))
     return ts, missing
+
+
+def restarting(kill: int) -> Callable[[str], bool]:
+    """The broker's restart line that names restart number `kill`."""
+    return lambda detail: str(kill) in detail
 
 
 def queued_sample_times(queue: Path) -> set[int]:
@@ -131,7 +137,7 @@ async def test_a_killed_broker_comes_back_and_the_history_has_no_gap_outside_the
                 await up.wait_state("broker", "exited", mark, lambda d: d.startswith("signal 9"))
                 for name in INSTANCES:  # no longer shown online
                     await up.wait_state(name, "waiting", mark)
-                await up.wait_state("broker", "restarting", mark, lambda d, k=kill: str(k) in d)
+                await up.wait_state("broker", "restarting", mark, restarting(kill))
                 _, detail = await up.wait_state("broker", "online", mark)
                 assert pid_of(detail) != broker_pid
                 broker_pid = pid_of(detail)
@@ -320,6 +326,6 @@ async def test_configs_and_the_forwarders_session_survive_a_broker_kill(
             await probe.subscribe(config_topic)
             (config,) = await probe.wait_for(config_topic)
             assert config == {"revision": 7}
-    with sqlite3.connect(tmp_path / "flows" / "history.db") as db:
-        ids = {i for (i,) in db.execute("SELECT id FROM results")}
+    with sqlite3.connect(tmp_path / "flows" / "history.db") as history:
+        ids = {i for (i,) in history.execute("SELECT id FROM results")}
     assert ids >= {f"pump:{T0 + i * 1_000_000}" for i in range(5)}

@@ -17,6 +17,7 @@ from services.inference.config import InferenceConfig
 from services.modbus.config import ModbusConfig
 from services.mqtt_ingest.config import IngestConfig
 from shared.codec import Encoding
+from shared.config import ServiceConfig
 from shared.errors import ConfigError
 from tests.site.helpers import FEATURES, flow_data, site_data, write_site
 
@@ -48,7 +49,7 @@ def test_one_instance_per_source_and_per_flow_role(tmp_path: Path) -> None:
         "actuator-pump": "actuator",
         "forwarder": "forwarder",
     }
-    models = {
+    models: dict[str, type[ServiceConfig]] = {
         "modbus-plc1": ModbusConfig,
         "ingest-gw": IngestConfig,
         "aligner-pump": AlignerConfig,

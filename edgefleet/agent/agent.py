@@ -1,0 +1,490 @@
+"""The edge agent: takes the fleet's signed desired state and makes the site run it.
+
+It runs inside `edgefleet up` (the supervisor owns the instances, so activation is a call) as
+instance `agent`, with a connection of its own, when site.yaml has a `fleet:` section. For a
+retained `desired` it checks signature, key, site and revision (`desired.accept`; a refusal is
+reported and changes nothing), then goes through the steps, each saved to its state file and
+reported retained on `reported`:
+
+- `received`;
+- `downloading`: each blob the cache lacks, by a presigned URL the fleet gives
+  (`library.download_url`), sha256-checked (`cache.py`);
+- `verifying`: the flow files written to `{workdir}/deployed/{revision}/` with every library
+  reference pointing at its cached blob, each model loaded and run once in a separate process
+  and checked against its flow (the inference service's own `check_fits`), the site's instances
+  derived with the new flows;
+- `activating`: the supervisor reconciles (unchanged instances untouched, new ones started,
+  removed ones stopped, changed ones replaced), then the health gate: the flow's instances
+  online, results on `results/{flow}` from the model the revision pins, no restart, within
+  `health_timeout_s`;
+- `applied`, or `rolled_back` with the reason (the revision that ran before is reconciled
+  again, from the cache and its deployed files: no download, no fleet), or `failed` (a step
+  before activation failed: nothing changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import yaml
+
+from edgefleet.agent.cache import BlobCache
+from edgefleet.agent.desired import Accepted, Refused, accept
+from edgefleet.agent.state import AgentState, Revision, StateFile, Step
+from edgefleet.fleet.client import FleetClient
+from edgefleet.flow import FlowSpec, load_flow
+from services.inference.config import InferenceSettings
+from services.inference.signature import check_fits, inspect_model_async
+from shared import codec
+from shared.config import BrokerConfig, ServiceConfig
+from shared.errors import EdgefleetError
+from shared.files import write_atomic
+from shared.messages import DeployedFlow, DesiredState, FlowReport, ReportedState, ResultBatch
+from shared.mqtt import MqttConnection, NotConnected, Received
+from shared.requests import Requester
+from shared.runtime import Runtime
+from shared.signing import PublicKey
+from shared.topics import fleet_replies
+
+if TYPE_CHECKING:
+    from edgefleet.site.supervisor import SiteSupervisor
+
+log = logging.getLogger(__name__)
+
+INSTANCE = "agent"
+FLOW_INSTANCES = ("aligner", "inference", "actuator")  # prefixes of a flow's own instances
+
+
+class GateFailed(EdgefleetError):
+    """The activated revision did not come up healthy in time."""
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def pinned_paths(flow: DeployedFlow, cache: BlobCache) -> dict[str, str]:
+    """Library reference (`name@N`) → the path of its cached blob."""
+    return {r.ref: str(cache.path(r.sha256)) for r in flow.resources}
+
+
+def localize(text: str, paths: dict[str, str], origin: str) -> dict[str, Any]:
+    """The flow file's content with every `{ref: name@N}` of its model section (the model, its
+    scripts, a shadow) turned into `{path: <cached blob>}`."""
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise EdgefleetError(f"{origin}: the flow text is not a mapping")
+
+    def local(section: Any) -> Any:
+        if isinstance(section, dict) and "ref" in section:
+            ref = section["ref"]
+            if ref not in paths:
+                raise EdgefleetError(f"{origin}: {ref} is not among the flow's pinned resources")
+            rest = {k: v for k, v in section.items() if k != "ref"}
+            return {"path": paths[ref], **rest}
+        return section
+
+    model = data.get("model")
+    if isinstance(model, dict):
+        model = local(model)
+        for key in ("preprocess", "postprocess"):
+            value = model.get(key)
+            if isinstance(value, dict):
+                model[key] = local(value)["path"]
+        if isinstance(model.get("shadow"), dict):
+            model["shadow"] = local(model["shadow"])
+        data["model"] = model
+    return data
+
+
+class Agent:
+    def __init__(self, supervisor: SiteSupervisor) -> None:
+        spec = supervisor.site.spec
+        assert spec.fleet is not None, "the agent runs for a site with a fleet: section"
+        self.sup, self.fleet, self.site = supervisor, spec.fleet, spec.site
+        self.trusted = [PublicKey.parse(k) for k in self.fleet.trusted_keys]
+        self.root = supervisor.workdir
+        self.state_file = StateFile(self.root / "agent" / "state.json")
+        self.cache = BlobCache(self.root / "agent" / "cache", int(self.fleet.cache_max_mb * 2**20))
+        self.state = AgentState()
+        self.step = "idle"  # what the agent does now, for its status
+        self.config = ServiceConfig(
+            site=spec.site,
+            instance=INSTANCE,
+            prefix=spec.prefix,
+            broker=BrokerConfig.model_validate(
+                spec.broker.model_dump(exclude={"start_local"}, exclude_unset=True)
+            ),
+            timings=spec.timings,
+            log_level=spec.log_level,
+        )
+        self.rt = Runtime(INSTANCE, self.config)
+        self.rt.add_health("agent", self._health)
+        self.topics = self.rt.topics
+        self._latest: Any = None  # the newest desired state's wire form, not yet looked at
+        self._wake = asyncio.Event()
+        self._serving: asyncio.Task[None] | None = None
+        self._fleet_connection: MqttConnection | None = None
+        self.requester: Requester | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def recover(self) -> None:
+        """Read the state file (a revision cut short is dropped) and have the supervisor run
+        the current revision's flows; called before the supervisor starts."""
+        self.state = self.state_file.recover()
+        if self.state.current is not None:
+            try:
+                flows, files = self._deployed(self.state.current)
+                await self.sup.reconcile(flows, files)
+            except EdgefleetError as exc:  # the site still runs its own flows
+                log.error(
+                    "agent: revision %d cannot run again: %s", self.state.current.revision, exc
+                )
+
+    async def start(self) -> None:
+        client_id = f"{self.site}-{INSTANCE}"
+        reply_topic = fleet_replies(client_id, self.config.prefix)
+        if self.fleet.broker is None:  # the fleet answers on the site broker
+            self.requester = Requester(self.rt.mqtt, reply_topic, client_id)
+            await self.rt.subscribe(reply_topic, self.requester.on_reply)
+        else:
+            broker = BrokerConfig.model_validate(self.fleet.broker.model_dump())
+            holder: list[Requester] = []
+
+            async def route(message: Received) -> None:
+                await holder[0].on_reply(message)
+
+            self._fleet_connection = MqttConnection(
+                broker.settings(client_id, self.config.timings), route
+            )
+            self.requester = Requester(self._fleet_connection, reply_topic, client_id)
+            holder.append(self.requester)
+            await self._fleet_connection.subscribe(reply_topic)
+        await self.rt.subscribe(self.topics.desired(), self._on_desired)
+        loops = {"agent_work": self._work}
+        if self._fleet_connection is not None:
+            loops["agent_fleet_mqtt"] = self._fleet_connection.run
+        # The runtime's own skeleton (status, error reports, `stopped` at the end); `up` owns
+        # the process's signals, so the runtime does not take them.
+        self._serving = asyncio.create_task(
+            self.rt.serve(loops, handle_signals=False), name="agent"
+        )
+
+    async def stop(self) -> None:
+        if self._serving is None:
+            return
+        self.rt.stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._serving), 15)
+        except TimeoutError:
+            log.warning("agent: did not stop within 15 s; cancelled")
+            self._serving.cancel()
+            await asyncio.gather(self._serving, return_exceptions=True)
+        except Exception:
+            log.exception("agent: failed while stopping")
+        self._serving = None
+
+    def _health(self) -> dict[str, Any]:
+        disk = shutil.disk_usage(self.cache.folder)
+        current = self.state.current
+        return {
+            "labels": dict(self.sup.site.spec.labels),
+            "versions": {
+                "edgefleet": _version("edgefleet"),
+                "onnxruntime": _version("onnxruntime"),
+            },
+            "revision": current.revision if current else 0,
+            "state": self.step,
+            "flows": [f.name for f in self.sup.deployed],
+            "cpu_count": os.cpu_count(),
+            "memory_mb": round(psutil.virtual_memory().total / 2**20),
+            "disk_free_mb": round(disk.free / 2**20),
+            "cache_mb": round(self.cache.size() / 2**20, 1),
+        }
+
+    # ------------------------------------------------------------------ desired states
+
+    async def _on_desired(self, message: Received) -> None:
+        if not message.payload:  # the retained desired state was cleared
+            return
+        self._latest = codec.decode(message.payload, message.content_type)
+        self._wake.set()
+
+    async def _work(self) -> None:
+        """One desired state at a time; one that comes meanwhile waits, and only the newest."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            wire, self._latest = self._latest, None
+            try:
+                accepted = accept(wire, self.site, self.trusted, self.state.revision)
+            except Refused as exc:
+                await self._refused(wire, exc)
+                continue
+            if accepted is not None:
+                try:
+                    await self.apply(accepted)
+                except Exception as exc:  # a bug must not end the agent: report, go on
+                    log.exception("agent: applying revision %d", accepted.desired.revision)
+                    self.state = self.state_file.save(self.state.abandoned())
+                    await self._report(accepted.desired, "failed", error=f"internal: {exc}")
+                finally:
+                    self.step = "idle"
+                    self.rt.announce_soon()
+
+    async def _refused(self, wire: Any, exc: Refused) -> None:
+        log.warning("agent: desired state refused: %s", exc)
+        self.rt.reject(f"desired state refused ({exc.reason}): {exc}")
+        revision = wire.get("revision") if isinstance(wire, dict) else None
+        if not isinstance(revision, int) or revision < 0:
+            revision = self.state.revision
+        deployment = wire.get("deployment") if isinstance(wire, dict) else None
+        report = ReportedState(
+            site=self.site,
+            revision=revision,
+            deployment=deployment if isinstance(deployment, str) else None,
+            state="failed",
+            last_good=self.state.current.revision if self.state.current else None,
+            error=f"refused ({exc.reason}): {exc}",
+        )
+        await self.rt.publish(self.topics.reported(), report, qos=1, retain=True)
+
+    async def _report(
+        self,
+        desired: DesiredState,
+        state: str,
+        *,
+        error: str | None = None,
+        timings: dict[str, float] | None = None,
+        flows: Iterable[FlowReport] = (),
+    ) -> None:
+        back = self.state.last_good if state == "applied" else self.state.current
+        report = ReportedState(
+            site=self.site,
+            revision=desired.revision,
+            deployment=desired.deployment,
+            state=state,  # type: ignore[arg-type]
+            flows=list(flows),
+            last_good=back.revision if back is not None else None,
+            error=error,
+            timings_ms=timings or {},
+        )
+        await self.rt.publish(self.topics.reported(), report, qos=1, retain=True)
+
+    async def _enter(self, desired: DesiredState, step: Step) -> None:
+        self.step = step
+        if step != "received":
+            self.state = self.state_file.save(self.state.step(step))
+        await self._report(desired, step)
+        self.rt.announce_soon()
+
+    async def apply(self, accepted: Accepted) -> None:
+        desired = accepted.desired
+        log.info("agent: revision %d (%s) taken in", desired.revision, desired.deployment)
+        timings: dict[str, float] = {}
+        t0 = mark = time.monotonic()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            timings[name] = round((now - mark) * 1000, 1)
+            mark = now
+
+        target = Revision(
+            revision=desired.revision, deployment=desired.deployment, desired=accepted.wire
+        )
+        self.state = self.state_file.save(self.state.begin(target))
+        await self._enter(desired, "received")
+        try:
+            await self._enter(desired, "downloading")
+            await self._download(desired)
+            lap("download")
+            await self._enter(desired, "verifying")
+            flows, files = await self._verify(desired, target)
+            lap("verify")
+        except EdgefleetError as exc:
+            self.state = self.state_file.save(self.state.abandoned())
+            self.rt.reject(f"revision {desired.revision} failed at {self.step}: {exc}")
+            await self._report(desired, "failed", error=f"{self.step}: {exc}", timings=timings)
+            return
+        await self._enter(desired, "activating")
+        try:
+            changes = await self.sup.reconcile(flows, files)
+            log.info("agent: revision %d activated: %s", desired.revision, changes)
+            lap("activate")
+            await self._health_gate(flows)
+            lap("health")
+        except (EdgefleetError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            await self._roll_back(desired, reason, timings)
+            return
+        self.state = self.state_file.save(self.state.applied())
+        self.cache.evict(self.state.keep())
+        timings["total"] = round((time.monotonic() - t0) * 1000, 1)
+        reports = [
+            FlowReport(
+                name=f.name,
+                version=f.version,
+                state="running",
+                model_sha256=_model_sha(flow),
+            )
+            for f, flow in zip(desired.flows, flows, strict=True)
+        ]
+        await self._report(desired, "applied", timings=timings, flows=reports)
+        log.info("agent: revision %d applied in %.0f ms", desired.revision, timings["total"])
+
+    async def _download(self, desired: DesiredState) -> None:
+        assert self.requester is not None, "start() first"
+        client = FleetClient(self.requester, self.config.prefix, self.fleet.command_timeout_s)
+        for flow in desired.flows:
+            for resource in flow.resources:
+                if self.cache.has(resource.sha256):
+                    continue
+                where = await self._ask(client, "library.download_url", {"ref": resource.ref})
+                await self.cache.fetch(resource.sha256, resource.size, str(where["url"]))
+                log.info("agent: %s downloaded (%d bytes)", resource.ref, resource.size)
+
+    async def _ask(self, client: FleetClient, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A fleet command; the connection may still be coming up (the retained desired state
+        can arrive before it counts as connected, or between a drop and a reconnect)."""
+        deadline = time.monotonic() + self.fleet.command_timeout_s
+        while True:
+            try:
+                await asyncio.wait_for(
+                    client.requester.connection.wait_connected(), self.fleet.command_timeout_s
+                )
+                return await client.call(cmd, args)
+            except (NotConnected, TimeoutError):
+                if time.monotonic() >= deadline:
+                    raise EdgefleetError(
+                        f"{cmd}: the fleet's broker is not reachable within "
+                        f"{self.fleet.command_timeout_s:g} s"
+                    ) from None
+                await asyncio.sleep(0.2)
+
+    def _write_flows(self, revision: Revision) -> tuple[list[FlowSpec], dict[str, str]]:
+        """The revision's flow files in `{workdir}/deployed/{revision}/`, references made local."""
+        desired = DesiredState.from_wire(revision.desired)
+        folder = self.root / "deployed" / str(revision.revision)
+        folder.mkdir(parents=True, exist_ok=True)
+        flows, files = [], {}
+        for flow in desired.flows:
+            path = folder / f"{flow.name}.yaml"
+            data = localize(flow.flow, pinned_paths(flow, self.cache), flow.ref)
+            write_atomic(path, yaml.safe_dump(data, sort_keys=False).encode())
+            flows.append(load_flow(path))
+            files[flows[-1].name] = str(path)
+        return flows, files
+
+    def _deployed(self, revision: Revision) -> tuple[list[FlowSpec], dict[str, str]]:
+        """A revision that ran before, from its blobs in the cache (each hashed again)."""
+        for sha256 in revision.blobs():
+            self.cache.verify(sha256)
+        return self._write_flows(revision)
+
+    async def _verify(
+        self, desired: DesiredState, target: Revision
+    ) -> tuple[list[FlowSpec], dict[str, str]]:
+        for sha256 in target.blobs():
+            await asyncio.to_thread(self.cache.verify, sha256)
+        flows, files = self._write_flows(target)
+        for deployed, flow in zip(desired.flows, flows, strict=True):
+            if flow.model is None or flow.model.path is None:
+                continue
+            settings = InferenceSettings.model_validate(flow.inference_settings())
+            signature = await inspect_model_async(
+                flow.model.path, self.fleet.inspect_timeout_s, origin=deployed.ref
+            )
+            # with a preprocess script this runs it once, on zeros, to measure its width
+            await asyncio.to_thread(check_fits, signature, settings, origin=deployed.ref)
+        self.sup.derive(flows, files)  # every instance config valid before anything changes
+        return flows, files
+
+    async def _health_gate(self, flows: list[FlowSpec]) -> None:
+        """Every instance of the flows online and results from the pinned model, in time."""
+        names = [n for n in self.sup.instances if _flow_of(n) in {f.name for f in flows}]
+        expected = {f.name: _model_sha(f) for f in flows if f.model is not None}
+        restarts = {n: self.sup.instances[n].restarts for n in names}
+        seen: set[str] = set()
+        got = asyncio.Event()
+
+        async def on_result(message: Received) -> None:
+            try:
+                batch = ResultBatch.from_wire(codec.decode(message.payload, message.content_type))
+            except EdgefleetError:
+                return
+            if expected.get(batch.flow) == batch.model.sha256:
+                seen.add(batch.flow)
+                if seen >= set(expected):
+                    got.set()
+
+        if not expected:
+            got.set()
+        watch = MqttConnection(
+            self.config.broker.settings(f"{self.site}-agent-gate", self.config.timings), on_result
+        )
+        for name in expected:
+            await watch.subscribe(self.topics.results(name), qos=0)
+        task = asyncio.create_task(watch.run(), name="agent_gate_mqtt")
+        timeout = self.fleet.health_timeout_s
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.sup.wait_online(timeout, names)
+                    await got.wait()
+            except TimeoutError:
+                down = [n for n in names if not self.sup.instances[n].online]
+                missing = sorted(set(expected) - seen)
+                why = [f"not online: {', '.join(down)}"] if down else []
+                if missing:
+                    why.append(f"no results from the new model on {', '.join(missing)}")
+                raise GateFailed(
+                    f"health gate: {'; '.join(why) or 'timed out'} within {timeout:g} s"
+                ) from None
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        restarted = [n for n in names if self.sup.instances[n].restarts > restarts[n]]
+        if restarted:
+            raise GateFailed(f"health gate: restarted while coming up: {', '.join(restarted)}")
+
+    async def _roll_back(
+        self, desired: DesiredState, reason: str, timings: dict[str, float]
+    ) -> None:
+        log.warning("agent: revision %d rolled back: %s", desired.revision, reason)
+        back = self.state.current
+        t = time.monotonic()
+        try:
+            flows, files = self._deployed(back) if back is not None else ([], {})
+            await self.sup.reconcile(flows, files)
+        except EdgefleetError as exc:  # the last good is gone: say so, keep what the site has
+            reason = f"{reason}; restoring revision {back.revision if back else 0} failed: {exc}"
+        timings["rollback"] = round((time.monotonic() - t) * 1000, 1)
+        self.state = self.state_file.save(self.state.abandoned())
+        self.rt.reject(f"revision {desired.revision} rolled back: {reason}")
+        await self._report(desired, "rolled_back", error=reason, timings=timings)
+
+
+def _flow_of(instance: str) -> str | None:
+    prefix, sep, rest = instance.partition("-")
+    return rest if sep and prefix in FLOW_INSTANCES else None
+
+
+def _model_sha(flow: FlowSpec) -> str | None:
+    """The cached blob's name is its sha256."""
+    return Path(flow.model.path).name if flow.model and flow.model.path else None

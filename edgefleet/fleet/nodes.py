@@ -1,0 +1,285 @@
+"""Nodes (one site stack each, id = site id) and groups (named label selectors).
+
+The fleet learns of a node from its agent: the retained `status/agent` says online, stopped or
+(the last will) offline, and its health carries an `agent` section:
+
+    {"agent": {"labels": {"plant": "p1", "role": "pump"},
+               "versions": {"edgefleet": "0.4.0", "onnxruntime": "1.20.1"}, ...}}
+
+Labels set from the fleet (`node label SITE k=v`) win over the agent's for the same key: the
+operator set them on purpose, and the agent's come from a site.yaml the operator may not
+control. `k-` removes the fleet's label (the agent's value, if any, shows again).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlite_utils
+
+from edgefleet.fleet import api
+from edgefleet.fleet.errors import FleetError
+from edgefleet.fleet.library import Fleet
+from edgefleet.fleet.selectors import Selector, SelectorError, explain, parse
+from edgefleet.fleet.store import Row, one
+from shared.messages import DesiredState, ReportedState, Status, iso, now_ns
+
+IN_PROGRESS = ("pending", "received", "downloading", "verifying", "activating")
+
+
+def selector_of(text: str) -> Selector:
+    try:
+        return parse(text)
+    except SelectorError as exc:
+        raise FleetError("invalid", str(exc)) from None
+
+
+# ---------------------------------------------------------------------------- store
+
+
+def node_row(db: sqlite_utils.Database, site: str) -> Row | None:
+    return one(db, "SELECT * FROM nodes WHERE site = ?", [site])
+
+
+def ensure_node(db: sqlite_utils.Database, site: str) -> Row:
+    """The node's row, created (never heard from) when a deployment names it first."""
+    row = node_row(db, site)
+    if row is None:
+        db.execute("INSERT INTO nodes (site) VALUES (?)", [site])
+        row = node_row(db, site)
+        assert row is not None
+    return row
+
+
+def labels_of(row: Row) -> dict[str, str]:
+    return {**json.loads(row["agent_labels"]), **json.loads(row["fleet_labels"])}
+
+
+def latest_desired(db: sqlite_utils.Database, site: str) -> DesiredState | None:
+    row = one(db, "SELECT wire FROM desired WHERE site = ? ORDER BY revision DESC LIMIT 1", [site])
+    return DesiredState.model_validate(json.loads(row["wire"])) if row else None
+
+
+def view(db: sqlite_utils.Database, row: Row) -> api.NodeView:
+    desired = latest_desired(db, row["site"])
+    return api.NodeView(
+        site=row["site"],
+        labels=labels_of(row),
+        agent_labels=json.loads(row["agent_labels"]),
+        fleet_labels=json.loads(row["fleet_labels"]),
+        online=row["online"],
+        first_seen=iso(row["first_seen_ns"]) if row["first_seen_ns"] else None,
+        last_seen=iso(row["last_seen_ns"]) if row["last_seen_ns"] else None,
+        desired_revision=row["desired_revision"],
+        reported_revision=row["reported_revision"],
+        reported_state=row["reported_state"],
+        flows=[f.ref for f in desired.flows] if desired else [],
+        agent=json.loads(row["agent"] or "{}"),
+    )
+
+
+def all_nodes(db: sqlite_utils.Database) -> list[Row]:
+    return list(db.query("SELECT * FROM nodes ORDER BY site"))
+
+
+def members(db: sqlite_utils.Database, selector: Selector) -> list[Row]:
+    return [r for r in all_nodes(db) if selector.matches(labels_of(r))]
+
+
+Observation = tuple[str, Status | ReportedState]  # (site, what its agent published)
+
+
+def observe(fleet: Fleet, batch: list[Observation]) -> None:
+    """What agents published, in arrival order, in one transaction (one fsync for a burst of
+    a thousand nodes' reports, not a thousand)."""
+    now = now_ns()
+    with fleet.store.write() as db:
+        for site, message in batch:
+            if isinstance(message, Status):
+                _status(db, site, message, now)
+            else:
+                _reported(db, site, message, now)
+
+
+def _status(db: sqlite_utils.Database, site: str, status: Status, now: int) -> None:
+    """The agent's retained status: online state, and labels and versions while online."""
+    row = ensure_node(db, site)
+    updates: dict[str, Any] = {"online": status.state, "last_seen_ns": now}
+    if row["first_seen_ns"] is None:
+        updates["first_seen_ns"] = now
+    section = status.health.get("agent")
+    if isinstance(section, dict):  # offline (the last will) carries no health: keep them
+        labels = section.get("labels")
+        if isinstance(labels, dict):
+            updates["agent_labels"] = json.dumps({str(k): str(v) for k, v in labels.items()})
+        updates["agent"] = json.dumps({k: v for k, v in section.items() if k != "labels"})
+    db.table("nodes").update(site, updates)
+
+
+def _reported(db: sqlite_utils.Database, site: str, reported: ReportedState, now: int) -> None:
+    """The agent's retained reported state: the node's row, and its row in the deployment that
+    issued that revision (a superseded or cancelled row stays as it is)."""
+    row = ensure_node(db, site)
+    updates: dict[str, Any] = {
+        "reported_revision": reported.revision,
+        "reported_state": reported.state,
+        "reported": json.dumps(reported.model_dump(mode="json")),
+        "last_seen_ns": now,
+    }
+    if row["first_seen_ns"] is None:
+        updates["first_seen_ns"] = now
+    db.table("nodes").update(site, updates)
+    db.execute(
+        "UPDATE deployment_nodes SET state = ?, error = ?, timings = ?, updated_ns = ? "
+        "WHERE site = ? AND revision = ? AND state NOT IN ('superseded', 'cancelled')",
+        [
+            reported.state,
+            reported.error,
+            json.dumps(reported.timings_ms),
+            now,
+            site,
+            reported.revision,
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def node_list(fleet: Fleet, req: api.NodeListRequest) -> api.NodeListResult:
+    selector = selector_of(req.selector) if req.selector is not None else None
+    with fleet.store.read() as db:
+        rows = members(db, selector) if selector else all_nodes(db)
+        return api.NodeListResult(nodes=[view(db, r) for r in rows])
+
+
+def _node(db: sqlite_utils.Database, site: str) -> Row:
+    row = node_row(db, site)
+    if row is None:
+        raise FleetError(
+            "not_found", f"no node {site!r}: the fleet has not heard from it (edgefleet node list)"
+        )
+    return row
+
+
+def node_show(fleet: Fleet, req: api.NodeRequest) -> api.NodeShowResult:
+    with fleet.store.read() as db:
+        row = _node(db, req.site)
+        labels = labels_of(row)
+        groups = [
+            g["name"]
+            for g in db.query("SELECT * FROM groups ORDER BY name")
+            if parse(g["selector"]).matches(labels)
+        ]
+        reported = json.loads(row["reported"]) if row["reported"] else None
+        return api.NodeShowResult(node=view(db, row), groups=groups, reported=reported)
+
+
+def node_label(fleet: Fleet, req: api.NodeLabelRequest) -> api.NodeLabelResult:
+    with fleet.store.write() as db:
+        row = _node(db, req.site)
+        labels = json.loads(row["fleet_labels"])
+        for change in req.changes:
+            if change.endswith("-") and "=" not in change:
+                labels.pop(change[:-1], None)
+            else:
+                key, _, value = change.partition("=")
+                labels[key] = value
+        db.table("nodes").update(req.site, {"fleet_labels": json.dumps(labels)})
+        return api.NodeLabelResult(node=view(db, _node(db, req.site)))
+
+
+def node_history(fleet: Fleet, req: api.NodeRequest) -> api.NodeHistoryResult:
+    with fleet.store.read() as db:
+        node = _node(db, req.site)
+        entries = []
+        for r in db.query("SELECT * FROM desired WHERE site = ? ORDER BY revision", [req.site]):
+            state = one(
+                db,
+                "SELECT state FROM deployment_nodes WHERE site = ? AND revision = ?",
+                [req.site, r["revision"]],
+            )
+            desired = DesiredState.model_validate(json.loads(r["wire"]))
+            entries.append(
+                api.DesiredEntry(
+                    revision=r["revision"],
+                    deployment=r["deployment_id"],
+                    issued=iso(r["issued_ns"]),
+                    flows=[f.ref for f in desired.flows],
+                    changes=r["changes"] or "",
+                    state=state["state"] if state else _reported_for(node, r["revision"]),
+                )
+            )
+        return api.NodeHistoryResult(site=req.site, revisions=entries)
+
+
+def _reported_for(node: Row, revision: int) -> str | None:
+    """A revision no deployment issued (a cancel's): what the node last said of it."""
+    return node["reported_state"] if node["reported_revision"] == revision else None
+
+
+def _group(db: sqlite_utils.Database, name: str) -> Row:
+    row = one(db, "SELECT * FROM groups WHERE name = ?", [name])
+    if row is None:
+        raise FleetError("not_found", f"no group {name!r} (edgefleet group list shows them)")
+    return row
+
+
+def group_view(db: sqlite_utils.Database, row: Row) -> api.GroupView:
+    return api.GroupView(
+        name=row["name"],
+        selector=row["selector"],
+        author=row["author"] or "",
+        created=iso(row["created_ns"]),
+        members=[r["site"] for r in members(db, parse(row["selector"]))],
+    )
+
+
+def group_create(fleet: Fleet, req: api.GroupCreateRequest) -> api.GroupResult:
+    selector = selector_of(req.selector)
+    with fleet.store.write() as db:
+        if one(db, "SELECT name FROM groups WHERE name = ?", [req.name]):
+            raise FleetError("conflict", f"group {req.name!r} exists already")
+        db.table("groups").insert(
+            {
+                "name": req.name,
+                "selector": str(selector),
+                "author": req.author,
+                "created_ns": now_ns(),
+            }
+        )
+        return api.GroupResult(group=group_view(db, _group(db, req.name)))
+
+
+def group_list(fleet: Fleet, req: api.GroupListRequest) -> api.GroupListResult:
+    with fleet.store.read() as db:
+        rows = db.query("SELECT * FROM groups ORDER BY name")
+        return api.GroupListResult(groups=[group_view(db, r) for r in rows])
+
+
+def group_show(fleet: Fleet, req: api.GroupShowRequest) -> api.GroupShowResult:
+    with fleet.store.read() as db:
+        row = _group(db, req.name)
+        selector = parse(row["selector"])
+        membership = None
+        if req.node is not None:
+            labels = labels_of(_node(db, req.node))
+            membership = api.Membership(
+                site=req.node,
+                member=selector.matches(labels),
+                labels=labels,
+                why=[api.Why(**vars(e)) for e in explain(selector, labels)],
+            )
+        return api.GroupShowResult(
+            group=group_view(db, row),
+            nodes=[view(db, r) for r in members(db, selector)],
+            explain=membership,
+        )
+
+
+def group_delete(fleet: Fleet, req: api.GroupDeleteRequest) -> api.GroupDeleteResult:
+    with fleet.store.write() as db:
+        _group(db, req.name)
+        db.execute("DELETE FROM groups WHERE name = ?", [req.name])
+    return api.GroupDeleteResult(name=req.name)
