@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgefleet.local_process import LocalProcess
+
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
@@ -79,7 +81,7 @@ log_type notice
 
 
 @dataclass
-class LocalBroker:
+class LocalBroker(LocalProcess):
     """`start()`, `stop()`, `kill()` and `restart()` keep the same port and persistence."""
 
     data_dir: Path
@@ -113,34 +115,3 @@ class LocalBroker:
             detail = log.read_text()[-500:] if log.exists() else ""
             raise RuntimeError(f"mosquitto did not start on port {self.port}: {detail}") from None
         return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def kill(self) -> None:
-        """Die without saving, as a crash or a power cut would."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def __enter__(self) -> LocalBroker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

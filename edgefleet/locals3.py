@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.broker import free_port
+from edgefleet.local_process import LocalProcess
 
 S3_PORTS = ("s3", "master", "volume", "filer")
 
@@ -43,7 +44,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 @dataclass
-class LocalS3:
+class LocalS3(LocalProcess):
     """`start()` waits until the S3 API answers; `stop()`, `kill()` and `restart()` keep the
     ports, the credentials and the data."""
 
@@ -54,6 +55,8 @@ class LocalS3:
     secret_key: str = field(default_factory=lambda: secrets.token_hex(16))
     process: subprocess.Popen[bytes] | None = None
     _ports: list[int] = field(default_factory=list)
+    # weed's graceful stop can hang for long; what it acknowledged is already on disk
+    stop_grace_s = 3.0
 
     @property
     def endpoint(self) -> str:
@@ -134,35 +137,3 @@ class LocalS3:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no S3 answer on {url} after {timeout:g} s") from None
                 time.sleep(0.05)
-
-    def stop(self, grace_s: float = 3.0) -> None:
-        """SIGTERM, then SIGKILL after `grace_s`: weed's graceful stop can hang for long, and
-        what it acknowledged is already written to its volume files."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def __enter__(self) -> LocalS3:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
