@@ -26,8 +26,10 @@ from shared.messages import ReportedState, Status
 from shared.signing import PublicKey, SignatureError, SigningKey, verify
 from shared.topics import Topics
 from tests.fleet.conftest import fleet_of, wait_serving
-from tests.fleet.test_fleet_process import FleetProcess, cli, wait_ready
+from tests.fleet.test_fleet_process import FleetProcess, cli, fleet_process, wait_ready
 from tests.fleet.test_flows import flow_text, push_flow
+
+__all__ = ["fleet_process"]  # the fixture, shared with test_fleet_process.py
 from tests.helpers import Probe, running
 from tests.inference import models
 
@@ -299,18 +301,8 @@ async def test_timeout_supersede_cancel_and_dry_run(
     assert {(p["site"], p["revision"]) for p in again["plan"]} == {("a", 2), ("b", 4)}
 
 
-@pytest.fixture
-def fleet_proc(fleet_config: dict[str, Any], tmp_path: Path) -> Any:
-    process = FleetProcess(fleet_config, tmp_path)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
 async def test_cli_nodes_groups_deploy(
-    fleet_proc: FleetProcess, broker: LocalBroker, probe: Probe, site: str, tmp_path: Path
+    fleet_process: FleetProcess, broker: LocalBroker, probe: Probe, site: str, tmp_path: Path
 ) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return cli(broker, site, *args)
