@@ -63,10 +63,15 @@ async def test_agreement_figures_match_the_topics(
     a, b = joined(live_results, shadow_results, "label")
     assert agreement["label_agreement"] == round(float(np.mean(a == b)), 6)
     assert 0.5 < agreement["label_agreement"] < 1.0  # two forests: mostly, not always, agree
+    assert agreement["decisions_differ"] == int(np.sum(a != b)) > 0
     a, b = joined(live_results, shadow_results, "scores")
     diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
     for q in (50, 90, 99):
         assert abs(agreement["score_diff"][f"p{q}"] - np.percentile(diff, q)) < 1e-3
+    x, y = a.reshape(len(a), -1)[:, 0], b.reshape(len(b), -1)[:, 0]
+    assert abs(agreement["score_corr"] - np.corrcoef(x, y)[0, 1]) < 1e-4
+    assert agreement["score_sums"]["n"] == len(x)
+    assert state["shadow"]["skipped_batches"] == 0
     for side in (state["model"], state["shadow"]):
         assert side["health"]["run_us"]["p50"] > 0 and side["health"]["latency_us"]["p99"] > 0
 
