@@ -170,7 +170,8 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "shadow",
-        help="promote or drop an inference shadow model (edgefleet shadow --help)",
+        help="a shadow model: report or stop it across the fleet (shadow report|stop FLOW), "
+        "or promote or drop it on one site (edgefleet shadow --help)",
         add_help=False,
     )
     for name, text in (
@@ -181,6 +182,7 @@ def parser() -> argparse.ArgumentParser:
         ("deploy", "deploy flow versions to nodes (edgefleet deploy --help)"),
         ("deployment", "deployments and their state per node (edgefleet deployment --help)"),
         ("rollback", "deploy an earlier flow version where it runs (edgefleet rollback --help)"),
+        ("promote", "make a flow's shadow model live across the fleet (edgefleet promote --help)"),
         ("cloud", "the cloud side on this machine (edgefleet cloud up --help)"),
     ):
         sub.add_parser(name, help=text, add_help=False)
@@ -195,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_actuator(argv[1:])
     if argv[:1] == ["forwarder"]:
         return cmd_forwarder(argv[1:])
-    if argv[:1] == ["shadow"]:
-        return cmd_shadow(argv[1:])
+    if argv[:1] == ["shadow"] and argv[1:2] not in (["report"], ["stop"]):
+        return cmd_shadow(argv[1:])  # on one site: promote | drop --site S --instance I
     if argv[:1] in (["library"], ["flow"], ["node"], ["group"], ["deploy"], ["deployment"],
-                    ["rollback"]):  # fmt: skip
+                    ["rollback"], ["shadow"], ["promote"]):  # fmt: skip
         from edgefleet.fleet.cli import main as fleet_main
 
         return fleet_main(argv)

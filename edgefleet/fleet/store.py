@@ -153,7 +153,22 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """Each node's inference instances as their retained status last said (shadow figures)."""
+    db.table("inference_status").create(
+        {
+            "site": str,
+            "flow": str,
+            "state": str,  # online | offline | stopped
+            "inference": str,  # JSON: the status's inference section (model, shadow, ...)
+            "updated_ns": int,
+        },
+        pk=("site", "flow"),
+        not_null={"site", "flow", "state", "updated_ns"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
