@@ -256,7 +256,10 @@ class SiteSupervisor:
         revision = revisions[name] = revisions.get(name, 0) + 1
         write_atomic(self._revisions_file, json.dumps(revisions).encode())
         self._write_config(name)
-        update = ConfigUpdate(instance=name, revision=revision, config=self.specs[name].config)
+        # The service lays an update over what it runs: a key the flow no longer has (its
+        # shadow, a script) is sent as None, or the running one would stay.
+        config = {**dict.fromkeys(CLEARED_KEYS), **self.specs[name].config}
+        update = ConfigUpdate(instance=name, revision=revision, config=config)
         payload, content_type = codec.encode(update.to_wire())
         assert self._status is not None, "start() first"
         result = await self._status.publish(
@@ -543,6 +546,10 @@ HOT_KEYS = frozenset(
     {"model", "outputs", "preprocess", "postprocess", "on_nan", "intra_op_threads", "shadow",
      "encoding", "publish_qos", "offload_above_us"}
 )  # fmt: skip
+
+
+# Of those, the keys whose absence means None: an update names them always.
+CLEARED_KEYS = ("shadow", "outputs", "preprocess", "postprocess")
 
 
 def _differs(a: Instance, b: Instance) -> bool:
