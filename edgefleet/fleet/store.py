@@ -169,6 +169,26 @@ def _v3(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+
+
+def _blobs(flow: dict[str, Any]) -> list[dict[str, Any]]:
+    """A desired state's flow (as JSON): its resources and its deployed shadow model."""
+    shadow = flow.get("shadow")
+    return [*flow["resources"], *([shadow] if isinstance(shadow, dict) else [])]
+
+
+def _shadows(db: sqlite_utils.Database) -> set[str]:
+    """`name@N` of every shadow model in a node's latest desired state."""
+    rows = db.query(
+        "SELECT wire FROM desired d WHERE revision = "
+        "(SELECT max(revision) FROM desired WHERE site = d.site)"
+    )
+    return {
+        f["shadow"]["ref"] for row in rows for f in json.loads(row["wire"])["flows"]
+        if isinstance(f.get("shadow"), dict)
+    }  # fmt: skip
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -339,6 +359,8 @@ class Store:
         with self._write() as db:
             row = _resource(db, name, version)
             users = _users(db, row["id"])
+            if not users and f"{name}@{version}" in _shadows(db):
+                users = ["a deployed shadow (edgefleet shadow stop first)"]
             if users:
                 raise FleetError(
                     "in_use",
@@ -440,7 +462,7 @@ class Store:
             rows = db.query("SELECT wire FROM desired WHERE site = ?", [site])
             return {
                 r["ref"] for row in rows for f in json.loads(row["wire"])["flows"]
-                for r in f["resources"]
+                for r in _blobs(f)
             }  # fmt: skip
 
     def deployed(self) -> dict[str, int]:
@@ -455,7 +477,7 @@ class Store:
                 refs = set()
                 for f in json.loads(row["wire"])["flows"]:
                     refs.add(f"{f['name']}@{f['version']}")
-                    refs.update(r["ref"] for r in f["resources"])
+                    refs.update(r["ref"] for r in _blobs(f))
                 for ref in refs:
                     counts[ref] = counts.get(ref, 0) + 1
         return counts

@@ -100,6 +100,14 @@ async def test_deploy_report_promote_stop(
             assert "signature" in desired
             cached = tmp_path / "w" / "agent" / "cache" / "sha256" / cand["sha256"]
             assert cached.is_file()
+            with pytest.raises(FleetError) as info:  # running in shadow: not deletable
+                await fleet.call("library.delete", {"ref": cand["ref"]})
+            assert info.value.code == "in_use" and "shadow" in info.value.message
+            listed = (await fleet.call("library.list", {"kind": "model"}))["resources"]
+            assert (
+                f"{cand['ref']} (1)"
+                in next(r for r in listed if r["name"] == "pump-ae")["deployed"]
+            )
             # the node's own figures, and the fleet's report of them
             await probe.wait_for(
                 topics.shadow("pump"),
