@@ -369,6 +369,7 @@ class InferenceService(Service[InferenceConfig]):
             else self._serving(engine, spec.model_dump(mode="json") if spec else {})
         )
         self.agreement = None
+        self.shadow_skipped = 0  # the count is the new candidate's
         self._files.pop("shadow", None)
         self._files.pop("shadow.settled", None)
         log.info("shadow %s: %s", "dropped" if engine is None else engine.model.origin, reason)

@@ -113,3 +113,27 @@ async def test_promote_and_drop_are_one_command_each(
     assert dropped["shadow"] is None and dropped["model"]["sha256"] == after["model"]["sha256"]
     retained = probe.decoded(topics.config(INSTANCE))[-1]
     assert retained["revision"] == 4 and retained["config"]["shadow"] is None
+
+
+async def test_a_slow_shadow_never_holds_up_the_live_results(
+    base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
+) -> None:
+    """A candidate that takes ~0.4 s a batch: every live result still comes at the pace of the
+    samples (run on the live loop, 200 batches would take 80 s), the candidate sees what it
+    can, and what it could not see is counted, not queued without bound."""
+    live = models.mlp(tmp_path / "live.onnx")
+    slow = models.slow(tmp_path / "slow.onnx", 3 * 10**5)
+    kw = {"max_batch": 4, "settle_passes": 0}  # one message, one batch: 200 shadow jobs
+    async with serving(base_config, probe, site, live, shadow={"path": str(slow)}, **kw) as topics:
+        await status_where(probe, topics, lambda s: s["shadow"] is not None)
+        feed = Feed(probe, topics, per_message=4)
+        for _ in range(200):
+            await feed.send()
+            await asyncio.sleep(0.005)  # the scenario: a steady stream of samples
+        await all_results(probe, topics, feed, timeout=60)
+        shadow_batches = len(probe.received(topics.shadow("f1")))
+        assert shadow_batches < 50, shadow_batches  # the candidate is still far behind
+        state = await status_where(
+            probe, topics, lambda s: (s["shadow"] or {}).get("skipped_batches", 0) > 0
+        )
+    assert state["shadow"]["skipped_batches"] <= 200 - 64  # the queue holds 64 batches
