@@ -79,6 +79,7 @@ def changes(previous: list[DeployedFlow], now: list[DeployedFlow]) -> str:
             words.append(f"-{name}")
         elif old[name] != new[name]:
             words.append(f"{name} {old[name]}→{new[name]}")
+    words += shadow.changes(previous, now)
     return ", ".join(words) or "unchanged"
 
 

@@ -59,6 +59,17 @@ def attach(fleet: Fleet, new: list[DeployedFlow], ref: str | None) -> list[Deplo
     return [flow.model_copy(update={"shadow": pin})]
 
 
+def changes(previous: list[DeployedFlow], now: list[DeployedFlow]) -> list[str]:
+    """Shadow changes, for a revision's `changes`: `pump shadow +pump-ae@4`, `pump shadow -`."""
+    old = {f.name: f.shadow.ref if f.shadow else None for f in previous}
+    words = []
+    for f in now:
+        new = f.shadow.ref if f.shadow else None
+        if old.get(f.name) != new:
+            words.append(f"{f.name} shadow {'+' + new if new else '-'}")
+    return words
+
+
 # ---------------------------------------------------------------------------- observe
 
 

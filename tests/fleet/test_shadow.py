@@ -95,6 +95,7 @@ async def test_deploy_report_promote_stop(
                 "deploy", {"flows": [live["ref"]], "nodes": [site], "shadow": cand["ref"]}
             )
             await applied(fleet, shadowed["deployment"]["id"])
+            assert shadowed["plan"][0]["changes"] == f"pump shadow +{cand['ref']}"
             desired = probe.decoded(topics.desired())[-1]
             assert desired["flows"][0]["shadow"]["sha256"] == cand["sha256"]
             assert "signature" in desired
@@ -174,6 +175,7 @@ async def test_deploy_report_promote_stop(
             assert running["shadow"]["sha256"] == live["pins"]["model"]["sha256"]
             stopped = await fleet.call("shadow.stop", {"flow": "pump"})
             (deployment,) = stopped["deployments"]
+            assert deployment["plan"][0]["changes"] == "pump shadow -"
             await applied(fleet, deployment["deployment"]["id"])
             await probe.wait_for(
                 topics.status("inference-pump"),
