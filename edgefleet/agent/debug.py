@@ -41,6 +41,11 @@ from shared.topics import Topics, covers, debug_of, matches
 
 log = logging.getLogger(__name__)
 
+CONNECT_WAIT_S = 5.0
+
+
+Item = tuple[Received, int]  # a message and when it arrived (ns)
+
 
 class Throttle:
     """Per topic at most one message per `interval_s`: a message after a quiet interval goes
@@ -50,17 +55,16 @@ class Throttle:
     def __init__(self, interval_s: float) -> None:
         self.interval = interval_s
         self.last: dict[str, float] = {}  # when each topic last sent
-        self.pending: dict[str, tuple[Received, int]] = {}  # latest waiting, dropped before it
+        self.pending: dict[str, tuple[Item, int]] = {}  # the latest waiting, dropped before it
 
-    def offer(self, message: Received, now: float) -> tuple[Received, int] | None:
-        """(message, dropped before it) to send now, or None: it waits (or replaced one)."""
-        topic = message.topic
+    def offer(self, topic: str, item: Item, now: float) -> tuple[Item, int] | None:
+        """(item, dropped before it) to send now, or None: it waits (or replaced one)."""
         last = self.last.get(topic)
         if topic not in self.pending and (last is None or now - last >= self.interval):
             self.last[topic] = now
-            return message, 0
+            return item, 0
         waiting = self.pending.get(topic)
-        self.pending[topic] = (message, waiting[1] + 1 if waiting else 0)
+        self.pending[topic] = (item, waiting[1] + 1 if waiting else 0)
         return None
 
     def next_due(self) -> float | None:
@@ -68,7 +72,7 @@ class Throttle:
             return None
         return min(self.last[t] for t in self.pending) + self.interval
 
-    def due(self, now: float) -> list[tuple[Received, int]]:
+    def due(self, now: float) -> list[tuple[Item, int]]:
         out = []
         for topic, item in list(self.pending.items()):
             if now >= self.last[topic] + self.interval:
@@ -240,6 +244,7 @@ class Debugger:
         if self.sessions.pop(opened.id, None) is None:
             return
         self._remember(opened.id, opened.request.expires)
+        opened.dropped += sum(1 + d for _, d in opened.throttle.pending.values())
         await self._resubscribe()
         log.info(
             "agent: debug session %s %s (%d sent, %d dropped)",
@@ -258,6 +263,10 @@ class Debugger:
             await self._resubscribe()
 
     async def _resubscribe(self) -> None:
+        # `open` is said once the filters are subscribed; the connection comes up with the
+        # agent's, so this wait is short (bounded: the subscription follows on connect anyway)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.connection.wait_connected(), CONNECT_WAIT_S)
         async with self._lock:
             wanted = minimal(f for s in self.sessions.values() for f in s.request.topics)
             now = set(self.connection.subscriptions)
@@ -284,7 +293,7 @@ class Debugger:
     # ------------------------------------------------------------------ data
 
     async def _on_data(self, message: Received) -> None:
-        now = time.monotonic()
+        now, item = time.monotonic(), (message, now_ns())
         for opened in list(self.sessions.values()):
             if not opened.wants(message.topic):
                 continue
@@ -294,7 +303,7 @@ class Debugger:
                 opened.dropped += 1
                 continue
             waited = message.topic in throttle.pending
-            go = throttle.offer(message, now)
+            go = throttle.offer(message.topic, item, now)
             if go is not None:
                 await self._send(opened, *go)
             elif waited:
@@ -302,14 +311,15 @@ class Debugger:
             else:
                 self._wake.set()  # a new wait: the timer loop may have to wake earlier
 
-    async def _send(self, opened: Open, message: Received, dropped: int) -> None:
+    async def _send(self, opened: Open, item: Item, dropped: int) -> None:
+        message, received_ns = item
         opened.seq += 1
         data = DebugData(
             session=opened.id,
             topic=message.topic,
             content_type=message.content_type,
             payload=message.payload,
-            t=now_ns(),
+            t=received_ns,
             seq=opened.seq,
             dropped=dropped,
         )
@@ -332,8 +342,8 @@ class Debugger:
             for opened in [s for s in self.sessions.values() if s.deadline <= now]:
                 await self._end(opened, "expired")
             for opened in list(self.sessions.values()):
-                for message, dropped in opened.throttle.due(now):
-                    await self._send(opened, message, dropped)
+                for item, dropped in opened.throttle.due(now):
+                    await self._send(opened, item, dropped)
             times = [s.deadline for s in self.sessions.values()]
             times += [t for s in self.sessions.values() if (t := s.throttle.next_due())]
             self._wake.clear()
