@@ -645,7 +645,8 @@ class DebugData(Message):
     `topic` as it travelled on the site broker (`payload` the original bytes, `content_type`
     the original one: decode it with the same codec), the latest of its interval; `dropped`
     counts the messages of that topic left out since the previous one, `seq` numbers the
-    forwarded ones per session, `t` is when the agent received it (ns)."""
+    forwarded ones per session, `t` is when the agent received it (ns). Always msgpack, the
+    payload as bytes; shown here as JSON, where the payload is base64."""
 
     kind: Literal["debug_data"] = "debug_data"
     session: str
