@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +109,7 @@ async def watch(
     *,
     author: str = "",
     on_state: Callable[[DebugState], None] | None = None,
-) -> AsyncIterator[DebugMessage]:
+) -> AsyncGenerator[DebugMessage, None]:
     """Open a session, yield its messages until it ends, close it when left early.
 
     `FleetError` when the fleet refuses (`not_found`, `too_many_sessions`, `too_long`,

@@ -6,6 +6,9 @@ broker as a service would and watches the cloud broker as the console would."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -318,3 +321,46 @@ def _expiry(opened: dict[str, Any]) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(opened["expires_at"]).timestamp()
+
+
+async def test_the_command_line_watch_prints_json_lines_and_closes_on_ctrl_c(
+    tmp_path: Path,
+    broker: LocalBroker,
+    site_broker: LocalBroker,
+    fleet: FleetClient,
+    cloud: Probe,
+    local: Probe,
+    site: str,
+) -> None:
+    topics = Topics(site, site)
+    path = write_site(tmp_path / "site", site, site_broker, broker)
+    async with SiteSupervisor(load_site(path), tmp_path / "w"):
+        await node_known(fleet, cloud, site)
+        cli = [sys.executable, "-m", "edgefleet.cli", "debug"]
+        where = ["--fleet", f"{broker.host}:{broker.port}", "--prefix", site]
+        process = await asyncio.create_subprocess_exec(
+            *cli, "watch", site, "samples/+", "--rate", "5", "--for", "1m", *where,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        feeder = asyncio.create_task(publish_burst(local, topics.samples("pump"), 0, 5000))
+        try:
+            assert process.stdout is not None
+            line = json.loads(await asyncio.wait_for(process.stdout.readline(), TIMEOUT))
+            assert line["topic"] == topics.samples("pump") and line["node"] == site
+            assert isinstance(line["payload"]["n"], int) and line["seq"] >= 1
+            listed = await asyncio.create_subprocess_exec(
+                *cli, "list", site, "--json", *where, stdout=asyncio.subprocess.PIPE
+            )
+            shown = json.loads((await listed.communicate())[0])
+            assert [s["session"] for s in shown["sessions"]] == [line["session"]]
+            process.send_signal(signal.SIGINT)
+            _, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, err.decode()
+        assert b"open on" in err
+        await state(cloud, site, line["session"], "closed")
