@@ -292,6 +292,12 @@ class NodeLabelResult(Api):
     node: NodeView
 
 
+class NodeEvent(Api):
+    state: str  # received, downloading, verifying, activating, applied, failed, rolled_back
+    at: str  # when the node reported it (ISO-8601 UTC, the node's clock)
+    error: str | None = None
+
+
 class DesiredEntry(Api):
     revision: int
     deployment: str | None
@@ -299,6 +305,7 @@ class DesiredEntry(Api):
     flows: list[str]
     changes: str
     state: str | None  # what the node reported for this revision, if anything
+    events: list[NodeEvent] = []  # every step the node reported for it, with times
 
 
 class NodeHistoryResult(Api):
@@ -395,6 +402,7 @@ class DeploymentNode(Api):
     error: str | None
     timings_ms: dict[str, float]
     updated: str
+    events: list[NodeEvent] = []  # every step the node reported for this revision, with times
 
 
 class DeploymentView(Api):
