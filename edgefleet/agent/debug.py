@@ -182,7 +182,7 @@ class Debugger:
             self.rt.reject(f"debug session {session} refused ({exc.reason}): {exc}", message)
             expires = wire.get("expires") if isinstance(wire, dict) else None
             self._remember(session, expires if isinstance(expires, int) else now_ns())
-            await self._state(session, "refused", reason=f"{exc.reason}: {exc}")
+            await self._state(session, "refused", reason=str(exc))
             return
         self.sessions[session] = opened
         await self._resubscribe()
