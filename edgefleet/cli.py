@@ -183,6 +183,7 @@ def parser() -> argparse.ArgumentParser:
         ("deployment", "deployments and their state per node (edgefleet deployment --help)"),
         ("rollback", "deploy an earlier flow version where it runs (edgefleet rollback --help)"),
         ("promote", "make a flow's shadow model live across the fleet (edgefleet promote --help)"),
+        ("debug", "a node's site topics seen from here, for a while (edgefleet debug --help)"),
         ("cloud", "the cloud side on this machine (edgefleet cloud up --help)"),
     ):
         sub.add_parser(name, help=text, add_help=False)
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["shadow"] and argv[1:2] not in (["report"], ["stop"]):
         return cmd_shadow(argv[1:])  # on one site: promote | drop --site S --instance I
     if argv[:1] in (["library"], ["flow"], ["node"], ["group"], ["deploy"], ["deployment"],
-                    ["rollback"], ["shadow"], ["promote"]):  # fmt: skip
+                    ["rollback"], ["debug"], ["shadow"], ["promote"]):  # fmt: skip
         from edgefleet.fleet.cli import main as fleet_main
 
         return fleet_main(argv)

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     nodes_cli.add_parsers(nouns, _common)
     shadow_cli.add_parsers(nouns, _common)
+    from edgefleet.fleet import debug_cli
+
+    debug_cli.add_parsers(nouns, _common)
     return p
 
 
@@ -381,9 +384,10 @@ VERBS: dict[tuple[str, str], Callable[[FleetClient, argparse.Namespace], Awaitab
 
 
 async def run(args: argparse.Namespace) -> None:
-    from edgefleet.fleet import nodes_cli, shadow_cli
+    from edgefleet.fleet import debug_cli, nodes_cli, shadow_cli
 
-    verb = {**VERBS, **nodes_cli.VERBS, **shadow_cli.VERBS}[(args.noun, args.verb)]
+    verbs = {**VERBS, **nodes_cli.VERBS, **debug_cli.VERBS, **shadow_cli.VERBS}
+    verb = verbs[(args.noun, args.verb)]
     async with connect(args.fleet, args.prefix, timeout=args.timeout) as fleet:
         result = await verb(fleet, args)
     if args.json:
@@ -405,6 +409,8 @@ def main(argv: list[str]) -> int:
         err.print(f"edgefleet: {exc}", markup=False)
         return 1
     except KeyboardInterrupt:
+        if (args.noun, args.verb) == ("debug", "watch"):
+            return 0  # Ctrl-C is how a watch ends; the session was closed on the way out
         err.print("edgefleet: interrupted; nothing was committed by this command unless it said so")
         return 1
     return 0

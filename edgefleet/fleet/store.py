@@ -154,6 +154,24 @@ def _v2(db: sqlite_utils.Database) -> None:
 
 
 def _v3(db: sqlite_utils.Database) -> None:
+    """Every transition a node reported (received → downloading → ... → applied), with times."""
+    db.table("node_events").create(
+        {
+            "site": str,
+            "revision": int,
+            "deployment_id": str,
+            "state": str,  # the reported step
+            "error": str,
+            "t_ns": int,  # when the agent reported it (its clock)
+            "received_ns": int,  # when the fleet stored it
+        },
+        not_null={"site", "revision", "state", "t_ns", "received_ns"},
+    )
+    # a retained report seen again (a reconnect) is the same event: stored once
+    db.table("node_events").create_index(["site", "revision", "state", "t_ns"], unique=True)
+
+
+def _v4(db: sqlite_utils.Database) -> None:
     """Each node's inference instances as their retained status last said (shadow figures)."""
     db.table("inference_status").create(
         {
@@ -166,9 +184,6 @@ def _v3(db: sqlite_utils.Database) -> None:
         pk=("site", "flow"),
         not_null={"site", "flow", "state", "updated_ns"},
     )
-
-
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 
 
 def _blobs(flow: dict[str, Any]) -> list[dict[str, Any]]:
@@ -189,6 +204,7 @@ def _shadows(db: sqlite_utils.Database) -> set[str]:
     }  # fmt: skip
 
 
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
