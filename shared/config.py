@@ -306,3 +306,40 @@ def resolve_paths(node: Any, base: Path) -> None:
     elif isinstance(node, dict):
         for item in node.values():
             resolve_paths(item, base)
+
+
+# Keys a retained config cannot change: they name the instance (its topics, its client id).
+IDENTITY_KEYS = ("site", "instance", "prefix")
+C = TypeVar("C", bound=ServiceConfig)
+
+
+def overlay(data: Mapping[str, Any], update: Mapping[str, Any], revision: int) -> dict[str, Any]:
+    """A config mapping with a retained update's keys on top (an agent's full config, or the few
+    keys a command changes), the identity keys kept and `revision` set: the one merge the
+    service and the site supervisor both make."""
+    merged = dict(data)
+    merged.update({k: v for k, v in update.items() if k not in IDENTITY_KEYS})
+    merged["revision"] = revision
+    return merged
+
+
+def merge_config(current: C, update: Any, revision: int) -> C:
+    """The running config with a retained update on top, validated; relative paths start at the
+    running config's folder. `ConfigError` names the revision and the offending key."""
+    if not isinstance(update, dict):
+        raise ConfigError(f"config revision {revision}: expected a mapping of keys")
+    ignored = sorted(k for k in IDENTITY_KEYS if k in update and update[k] != getattr(current, k))
+    if ignored:
+        raise ConfigError(
+            f"config revision {revision}: {ignored} name the instance and cannot change"
+        )
+    data = overlay(current.model_dump(mode="json"), update, revision)
+    new = validate(type(current), data, f"config revision {revision}")
+    new.set_source_dir(current.source_dir)
+    return new
+
+
+def changed_keys(old: BaseModel, new: BaseModel) -> set[str]:
+    """The top-level keys whose values differ (`revision` aside)."""
+    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
+    return {k for k in a.keys() | b.keys() if k != "revision" and a.get(k) != b.get(k)}

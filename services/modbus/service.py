@@ -164,4 +164,4 @@ async def main(config: ModbusConfig) -> None:
     await run(NAME, config, lambda rt: ModbusService(rt, config))
 
 
-SPEC = ServiceSpec(NAME, ModbusConfig, main)
+SPEC = ServiceSpec(NAME, ModbusConfig, main, service=ModbusService)
