@@ -34,12 +34,23 @@ class SinkBase(StrictModel):
         return topic_id(value, "sink name")
 
 
+# MQTT v5 PUBACK reason codes that say "this message, never": not authorized, topic name
+# invalid, packet too large, payload format invalid. Other refusals (quota exceeded,
+# unspecified, implementation specific) may pass on a later attempt.
+MQTT_REFUSED_AT_ONCE = (0x87, 0x90, 0x95, 0x99)
+
+
 class MqttSink(SinkBase):
     """Another broker (the cloud one), same topic names, QoS 1, its own credentials and TLS."""
 
     kind: Literal["mqtt"]
     broker: BrokerConfig
     client_id: str | None = None  # default: {site}-{instance}-{name}
+    # PUBACK codes that dead-letter a message at once; any other refusal is retried up to
+    # max_attempts times. Leave 0x87 out where the cloud's ACLs are granted after sites start.
+    refused_at_once: list[int] = Field(
+        default_factory=lambda: list(MQTT_REFUSED_AT_ONCE), max_length=64
+    )
 
 
 class HttpSink(SinkBase):
