@@ -182,6 +182,20 @@ class ServiceConfig(StrictModel):
         return self.broker.settings(f"{self.site}-{self.instance}", self.timings, **overrides)
 
 
+class SessionConfig(ServiceConfig):
+    """A service whose input must not be lost while it is away: its site connection is a
+    persistent session (its fixed client id, clean_start False, a session expiry), so the broker
+    queues its QoS 1 input while it reconnects, restarts, or while a restarted broker waits for
+    it; the subscriptions it made are restored from the broker's persistence too."""
+
+    session_expiry_s: int = Field(300, ge=0)  # how long the site broker keeps our session
+
+    def broker_settings(self, **overrides: Any) -> BrokerSettings:
+        values: dict[str, Any] = {"clean_start": False, "session_expiry_s": self.session_expiry_s}
+        values.update(overrides)
+        return super().broker_settings(**values)
+
+
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config import BrokerConfig, ServiceConfig, StrictModel, topic_id
-from shared.mqtt import BrokerSettings
+from shared.config import BrokerConfig, SessionConfig, StrictModel, topic_id
 
 
 class QueueLimits(StrictModel):
@@ -90,7 +89,7 @@ class FileSink(SinkBase):
 Sink = Annotated[MqttSink | HttpSink | SqliteSink | FileSink, Field(discriminator="kind")]
 
 
-class ForwarderConfig(ServiceConfig):
+class ForwarderConfig(SessionConfig):
     flows: list[str] | None = None  # default: every flow of the site
     queue_dir: Path = Path("var/forwarder")  # one queue file per sink: {queue_dir}/{name}.db
     session_expiry_s: int = Field(7 * 86400, ge=60)  # how long the site broker keeps our session
@@ -109,13 +108,3 @@ class ForwarderConfig(ServiceConfig):
         if duplicates:
             raise ValueError(f"sink names must be unique: {duplicates}")
         return self
-
-    def broker_settings(self, **overrides: Any) -> BrokerSettings:
-        """The site connection is a persistent session: a fixed client id, clean_start False
-        and a session expiry, so what arrives while the forwarder is down waits for it."""
-        values: dict[str, Any] = {
-            "clean_start": False,
-            "session_expiry_s": self.session_expiry_s,
-        }
-        values.update(overrides)
-        return super().broker_settings(**values)
