@@ -107,16 +107,19 @@ async def run_codes(
                     (s["health"]["modbus"]["errors"].get(key, 0) for s in probe.decoded(status)),
                     default=0,
                 )
-                *_, last = await probe.wait_for(
-                    status,
-                    lambda s, k=key, c=counted: s["health"]["modbus"]["errors"].get(k, 0) > c,
-                )
+
+                def grew(s: dict[str, Any], k: str = key, c: int = counted) -> bool:
+                    return bool(s["health"]["modbus"]["errors"].get(k, 0) > c)
+
+                *_, last = await probe.wait_for(status, grew)
                 run.counted = last["health"]["modbus"]["errors"][key] - counted
                 sim.modbus.fail_with(None, unit=1)
                 mark = len(probe.decoded(raw))
-                await probe.wait_until(  # unit 1 answers again
-                    lambda m=mark: any(all_good(b) for b in probe.decoded(raw)[m:])
-                )
+
+                def answers_again(m: int = mark) -> bool:
+                    return any(all_good(b) for b in probe.decoded(raw)[m:])
+
+                await probe.wait_until(answers_again)
                 for batch in probe.decoded(raw)[start:mark]:
                     for sig, q in zip(batch["sig"], batch["q"], strict=True):
                         good = q == Quality.GOOD
