@@ -10,6 +10,11 @@
   when something that must survive a crash changed (see docs/site.md, "The site broker");
 - `stop()` (after every instance): SIGTERM, which saves, then SIGKILL past the timeout.
 
+With `fleet.broker` in site.yaml the broker bridges the control plane to the fleet's broker
+(`bridge_config`): `desired` in, `status/+` and `reported` out, as MQTT v5 so content types
+survive, with a persistent session so a site that was offline gets the latest desired state
+when it comes back. Results and events never cross the bridge (the forwarder carries them).
+
 mosquitto runs in a session of its own, as the instances do: a Ctrl-C in the terminal reaches
 `up` only, and the broker stays up until the instances that depend on it have stopped.
 """
@@ -25,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.broker import LocalBroker
-from edgefleet.site.model import SupervisorSettings
+from edgefleet.site.model import SiteSpec, SupervisorSettings
+from edgefleet.site.orphans import PidFile, die_with_parent
 from shared import clock
 from shared.retry import Backoff
+from shared.topics import Kind, Topics
 
 LISTEN_TIMEOUT_S = 10.0  # a mosquitto that neither listens nor exits by then is stuck
 HOST = "127.0.0.1"
@@ -66,6 +73,29 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def bridge_config(spec: SiteSpec) -> str:
+    """mosquitto lines bridging the site's control plane to `fleet.broker` ("" without one).
+
+    The same lines as the commented bridge of compose/mosquitto/site.conf."""
+    if spec.fleet is None or spec.fleet.broker is None:
+        return ""
+    t, remote = Topics(spec.site, spec.prefix), spec.fleet.broker
+    return "\n".join(
+        [
+            "connection fleet",
+            f"address {remote.host}:{remote.port}",
+            "bridge_protocol_version mqttv50",
+            f"remote_clientid {spec.site}-bridge",
+            "cleansession false",  # what the fleet published while we were away comes on return
+            "restart_timeout 1 10",  # reconnect backoff (s): first, cap
+            f"topic {t.desired()} in 1",
+            f"topic {t.all_of(Kind.STATUS)} out 1",
+            f"topic {t.reported()} out 1",
+            "",
+        ]
+    )
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -97,8 +127,11 @@ class SupervisedBroker:
         *,
         on_down: Callable[[str], None] = lambda _why: None,
         on_up: Callable[[], None] = lambda: None,
+        extra_config: str = "",
+        pids: PidFile | None = None,
     ) -> None:
-        self.local = LocalBroker(data_dir, port=port, host=HOST)
+        self.pids = pids
+        self.local = LocalBroker(data_dir, port=port, host=HOST, extra_config=extra_config)
         self.state = BrokerState(port, data_dir)
         self.settings = settings
         self._emit = emit
@@ -202,7 +235,10 @@ class SupervisedBroker:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=err,
                 start_new_session=True,  # Ctrl-C reaches `up`, which stops the broker last
+                preexec_fn=die_with_parent,  # a SIGKILLed `up` does not leave its port taken
             )
+        if self.pids is not None:
+            self.pids.add("broker", process.pid)
         self._process = process  # from now on `stop()` ends it, even in the middle of a start
         exited = asyncio.ensure_future(process.wait())
         listening = asyncio.ensure_future(self._wait_listening())
@@ -249,4 +285,4 @@ class SupervisedBroker:
         self._emit(state, detail)
 
 
-__all__ = ["BrokerStartError", "BrokerState", "SupervisedBroker", "port_free"]
+__all__ = ["BrokerStartError", "BrokerState", "SupervisedBroker", "bridge_config", "port_free"]

@@ -50,7 +50,8 @@ import yaml
 from edgefleet.flow import FlowSpec
 from edgefleet.site.derive import Instance, derive
 from edgefleet.site.load import LoadedSite, load_site
-from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, port_free
+from edgefleet.site.orphans import PidFile, die_with_parent
+from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, bridge_config, port_free
 from shared import clock, codec
 from shared.errors import ConfigError
 from shared.files import write_atomic
@@ -170,6 +171,7 @@ class SiteSupervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._status: MqttConnection | None = None
         self._changed = asyncio.Condition()
+        self.pids = PidFile(self.workdir)  # what a SIGKILLed `up` left running: orphans.py
 
     # ------------------------------------------------------------------ public API
 
@@ -286,6 +288,9 @@ class SiteSupervisor:
     async def start(self) -> None:
         """Write the configs, start the local broker if asked, then every instance (and the
         agent, when site.yaml has a `fleet:` section)."""
+        reaped = await asyncio.to_thread(self.pids.reap, self.settings.stop_timeout_s)
+        for name in reaped:
+            self._emit(name, "reaped", "outlived the previous up on this workdir; stopped")
         if self.site.spec.fleet is not None and self.only is None and self.agent is None:
             from edgefleet.agent.agent import Agent  # the agent needs the supervisor's types
 
@@ -305,6 +310,8 @@ class SiteSupervisor:
                 lambda new, detail: self._emit("broker", new, detail),
                 on_down=self._broker_down,
                 on_up=self._broker_up,
+                extra_config=bridge_config(spec),
+                pids=self.pids,
             )
             self.broker = self._broker.state
             await self._broker.start()
@@ -404,7 +411,9 @@ class SiteSupervisor:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._env(),
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order
+                preexec_fn=die_with_parent,  # and a SIGKILLed supervisor still stops us
             )
+        self.pids.add(state.name, process.pid)
         state.process, state.pid = process, process.pid
         state.started, state.started_ns = clock.monotonic(), clock.now_ns()
         return process
@@ -416,6 +425,7 @@ class SiteSupervisor:
             process = await self._spawn(state)
             self._set(state, "starting", f"pid {process.pid}")
             code = await process.wait()
+            self.pids.remove(state.name)
             state.pid, state.process = None, None
             state.exit_codes.append(code)
             if self._stopping or state.retired:
