@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -133,3 +134,60 @@ class Site:
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait()
         self.process = None
+
+
+class HoldingProxy:
+    """A TCP proxy in front of the S3 server that can hold a download in the middle: with
+    `hold` set, a new connection gets the response's headers and its first bytes, then nothing
+    until `release` is set (`held` says one is being held). The bytes are S3's own."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.hold = False
+        self.held, self.release = asyncio.Event(), asyncio.Event()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> HoldingProxy:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.release.set()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer, hold=False),
+                self._pipe(up_reader, writer, hold=self.hold),
+            )
+        except (OSError, asyncio.IncompleteReadError):
+            pass  # one side went away (a SIGKILLed download): the other is closed below
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, hold: bool
+    ) -> None:
+        head = b""
+        while chunk := await src.read(1 << 16):
+            if hold:
+                head += chunk
+                end = head.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                cut = end + 4 + 16  # the headers and a few bytes of the body
+                dst.write(head[:cut])
+                await dst.drain()
+                self.held.set()
+                await self.release.wait()
+                chunk, hold = head[cut:], False
+            dst.write(chunk)
+            await dst.drain()
+        if dst.can_write_eof():
+            dst.write_eof()
