@@ -402,6 +402,12 @@ class Agent:
         for sha256 in target.blobs():
             await asyncio.to_thread(self.cache.verify, sha256)
         flows, files = self._write_flows(target)
+        await self._check_models(desired, flows)
+        self.sup.derive(flows, files)  # every instance config valid before anything changes
+        return flows, files
+
+    async def _check_models(self, desired: DesiredState, flows: list[FlowSpec]) -> None:
+        """Each model loaded and run once in a separate process, and checked against its flow."""
         for deployed, flow in zip(desired.flows, flows, strict=True):
             if flow.model is None or flow.model.path is None:
                 continue
@@ -411,8 +417,6 @@ class Agent:
             )
             # with a preprocess script this runs it once, on zeros, to measure its width
             await asyncio.to_thread(check_fits, signature, settings, origin=deployed.ref)
-        self.sup.derive(flows, files)  # every instance config valid before anything changes
-        return flows, files
 
     async def _health_gate(self, flows: list[FlowSpec]) -> None:
         """Every instance of the flows online and results from the pinned model, in time."""
