@@ -141,7 +141,7 @@ class Watcher:
         self.desired: bytes = b""
         self.raw: dict[str, float] = {}
         self.changed = asyncio.Event()
-        settings = BrokerSettings(port=port, client_id="watcher", max_inflight=1000)
+        settings = BrokerSettings(port=port, client_id="watcher", max_inflight=500)
         self.conn = MqttConnection(settings, self._on)
 
     async def _on(self, m: Received) -> None:
@@ -167,7 +167,7 @@ class Watcher:
 async def raw_limit(watcher: Watcher, n: int, port: int, round_: int) -> float:
     """N retained QoS 1 publishes of a desired state's size at once → all received."""
     payload = watcher.desired or b"x" * 2048
-    conn = MqttConnection(BrokerSettings(port=port, client_id=f"raw{round_}", max_inflight=1000),
+    conn = MqttConnection(BrokerSettings(port=port, client_id=f"raw{round_}", max_inflight=500),
                           lambda m: asyncio.sleep(0))  # fmt: skip
     task = asyncio.create_task(conn.run())
     await asyncio.wait_for(conn.wait_connected(), 10)
@@ -357,6 +357,12 @@ def main() -> None:
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--key", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker and os.environ.get("SCALE_PROFILE"):  # where a node's time goes
+        import cProfile
+
+        out = f"{os.environ['SCALE_PROFILE']}.{args.first}"
+        cProfile.runctx("asyncio.run(worker(args))", globals(), {"args": args}, out)
+        return
     asyncio.run(worker(args) if args.worker else run(args))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
@@ -42,11 +43,11 @@ from edgefleet.agent.cache import BlobCache
 from edgefleet.agent.desired import Accepted, Refused, accept
 from edgefleet.agent.state import AgentState, Revision, StateFile, Step
 from edgefleet.fleet.client import FleetClient
-from edgefleet.flow import FlowSpec, load_flow
+from edgefleet.flow import FlowSpec
 from services.inference.config import InferenceSettings
 from services.inference.signature import check_fits, inspect_model_async
 from shared import codec
-from shared.config import BrokerConfig, ServiceConfig
+from shared.config import BrokerConfig, ServiceConfig, resolve_paths, validate
 from shared.errors import EdgefleetError
 from shared.files import write_atomic
 from shared.messages import DeployedFlow, DesiredState, FlowReport, ReportedState, ResultBatch
@@ -61,6 +62,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# libyaml's loader and dumper where PyYAML has them (10x faster: a fleet-wide deploy reads and
+# writes each flow on every node); the same documents either way
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 INSTANCE = "agent"
 FLOW_INSTANCES = ("aligner", "inference", "actuator")  # prefixes of a flow's own instances
 
@@ -69,6 +75,7 @@ class GateFailed(EdgefleetError):
     """The activated revision did not come up healthy in time."""
 
 
+@functools.cache  # read once: the status carries it every time, and reading it parses files
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -84,7 +91,7 @@ def pinned_paths(flow: DeployedFlow, cache: BlobCache) -> dict[str, str]:
 def localize(text: str, paths: dict[str, str], origin: str) -> dict[str, Any]:
     """The flow file's content with every `{ref: name@N}` of its model section (the model, its
     scripts, a shadow) turned into `{path: <cached blob>}`."""
-    data = yaml.safe_load(text)
+    data = yaml.load(text, Loader=SafeLoader)
     if not isinstance(data, dict):
         raise EdgefleetError(f"{origin}: the flow text is not a mapping")
 
@@ -385,8 +392,11 @@ class Agent:
         for flow in desired.flows:
             path = folder / f"{flow.name}.yaml"
             data = localize(flow.flow, pinned_paths(flow, self.cache), flow.ref)
-            write_atomic(path, yaml.safe_dump(data, sort_keys=False).encode())
-            flows.append(load_flow(path))
+            write_atomic(path, yaml.dump(data, Dumper=SafeDumper, sort_keys=False).encode())
+            # from the data just written: parsing the file again would only cost time
+            spec = validate(FlowSpec, data, str(path))
+            resolve_paths(spec, folder.resolve())
+            flows.append(spec)
             files[flows[-1].name] = str(path)
         return flows, files
 
