@@ -83,6 +83,11 @@ def _version(dist: str) -> str | None:
         return None
 
 
+@functools.cache  # the machine's memory does not change; reading /proc/meminfo costs ~1 ms
+def _memory_mb() -> int:
+    return round(psutil.virtual_memory().total / 2**20)
+
+
 def pinned_paths(flow: DeployedFlow, cache: BlobCache) -> dict[str, str]:
     """Library reference (`name@N`) → the path of its cached blob."""
     return {r.ref: str(cache.path(r.sha256)) for r in flow.resources}
@@ -218,7 +223,7 @@ class Agent:
             "state": self.step,
             "flows": [f.name for f in self.sup.deployed],
             "cpu_count": os.cpu_count(),
-            "memory_mb": round(psutil.virtual_memory().total / 2**20),
+            "memory_mb": _memory_mb(),
             "disk_free_mb": round(disk.free / 2**20),
             "cache_mb": round(self.cache.size() / 2**20, 1),
         }
