@@ -85,7 +85,8 @@ def _version(dist: str) -> str | None:
 
 @functools.cache  # the machine's memory does not change; reading /proc/meminfo costs ~1 ms
 def _memory_mb() -> int:
-    return round(psutil.virtual_memory().total / 2**20)
+    total: int = psutil.virtual_memory().total
+    return round(total / 2**20)
 
 
 def pinned_paths(flow: DeployedFlow, cache: BlobCache) -> dict[str, str]:
