@@ -303,7 +303,8 @@ class Agent:
         if step != "received":
             self.state = self.state_file.save(self.state.step(step))
         await self._report(desired, step)
-        self.rt.announce_soon()
+        if step == "received":  # the status says busy; each step is on `reported` already
+            self.rt.announce_soon()
 
     async def apply(self, accepted: Accepted) -> None:
         desired = accepted.desired
