@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -204,6 +203,12 @@ async def push_version(fleet: FleetClient, tmp: Path, seed: int) -> int:
     return version
 
 
+def spawn(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -260,12 +265,9 @@ async def run(args: argparse.Namespace) -> None:
                    "secret_key_env": "SCALE_S3_SECRET"},
         }  # fmt: skip
         (tmp / "fleet.yaml").write_text(yaml.safe_dump(config))
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with (tmp / "fleet.log").open("wb") as log:
-            fleet_popen = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet.cli", "run", "fleet", "--config",
-                 str(tmp / "fleet.yaml")], stdout=log, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
+        fleet_yaml = str(tmp / "fleet.yaml")
+        fleet_popen = spawn(tmp / "fleet.log", "-m", "edgefleet.cli", "run", "fleet", "--config",
+                            fleet_yaml)  # fmt: skip
         workers: list[subprocess.Popen[bytes]] = []
         rows: list[dict[str, Any]] = []
         raws: list[float] = []
@@ -287,20 +289,18 @@ async def run(args: argparse.Namespace) -> None:
                 per = -(-n // args.procs)
                 t_start = time.perf_counter()
                 for first in range(0, n, per):
-                    with (tmp / f"worker{first}.log").open("wb") as log:
-                        workers.append(subprocess.Popen(
-                            [sys.executable, __file__, "--worker", "--first", str(first),
-                             "--count", str(min(per, n - first)), "--port", str(broker.port),
-                             "--key", key.public.text(), "--dir", str(tmp / "nodes"),
-                             "--activate-ms", str(args.activate_ms)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env,
-                        ))  # fmt: skip
+                    workers.append(spawn(
+                        tmp / f"worker{first}.log", __file__, "--worker", "--first", str(first),
+                        "--count", str(min(per, n - first)), "--port", str(broker.port),
+                        "--key", key.public.text(), "--dir", str(tmp / "nodes"),
+                        "--activate-ms", str(args.activate_ms),
+                    ))  # fmt: skip
 
                 async def online() -> int:
                     nodes = (await fleet.call("node.list", timeout=120))["nodes"]
                     return sum(1 for x in nodes if x["online"] == "online")
 
-                while await online() < n:
+                while await online() < n:  # noqa: ASYNC110 (the fleet's answer: asked again)
                     await asyncio.sleep(0.5)
                 t_online = time.perf_counter() - t_start
                 await fleet.call("group.create", {"name": "pumps", "selector": "role=pump"})
@@ -312,8 +312,9 @@ async def run(args: argparse.Namespace) -> None:
                 rows.append(await phase("deploy pump@2, a new model downloaded", fleet, watcher,
                                         proc, n, "deploy", {"flows": [f"pump@{v2}"],
                                                             "group": "pumps"}))  # fmt: skip
+                back = {"flow": "pump", "to": v1}
                 rows.append(await phase("rollback pump --to 1, from the cache", fleet, watcher,
-                                        proc, n, "rollback", {"flow": "pump", "to": v1}))  # fmt: skip
+                                        proc, n, "rollback", back))  # fmt: skip
                 raws.append(await raw_limit(watcher, n, broker.port, 2))
                 wtask.cancel()
                 await asyncio.gather(wtask, return_exceptions=True)
@@ -332,8 +333,8 @@ async def run(args: argparse.Namespace) -> None:
     raw = min(raws)
     print(f"nodes {n} in {args.procs} processes, activation stand-in {args.activate_ms} ms; "
           f"all online in the fleet's node table {t_online:.1f} s")  # fmt: skip
-    print(f"raw: {n} retained QoS 1 publishes → all received: {', '.join(f'{r:.3f}' for r in raws)} s"
-          f" (best {raw:.3f} s)")  # fmt: skip
+    each = ", ".join(f"{r:.3f}" for r in raws)
+    print(f"raw: {n} retained QoS 1 publishes → all received: {each} s (best {raw:.3f} s)")
     for r in rows:
         print(f"{r['phase']:<40} all applied {r['all_applied_s']:6.2f} s "
               f"({r['all_applied_s'] / raw:5.1f}x raw), per node p50 {r['p50_s']:.2f} s "
