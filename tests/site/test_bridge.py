@@ -1,0 +1,33 @@
+"""`fleet.broker` in site.yaml: the local broker's bridge to the fleet, control plane only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgefleet.site.model import SiteSpec
+from edgefleet.site.sitebroker import bridge_config
+from shared.signing import SigningKey
+
+KEY = SigningKey.generate().public.text()
+
+
+def spec(**fleet: Any) -> SiteSpec:
+    return SiteSpec.model_validate(
+        {"site": "plant1", "prefix": "acme", "fleet": {"trusted_keys": [KEY], **fleet}}
+    )
+
+
+def test_no_fleet_broker_no_bridge() -> None:
+    assert bridge_config(spec()) == ""
+    assert bridge_config(SiteSpec.model_validate({"site": "plant1"})) == ""
+
+
+def test_the_bridge_carries_desired_in_and_status_and_reported_out() -> None:
+    lines = bridge_config(spec(broker={"host": "cloud.example", "port": 8883})).splitlines()
+    assert "address cloud.example:8883" in lines
+    assert "bridge_protocol_version mqttv50" in lines and "cleansession false" in lines
+    assert [line for line in lines if line.startswith("topic ")] == [
+        "topic acme/plant1/desired in 1",
+        "topic acme/plant1/status/+ out 1",
+        "topic acme/plant1/reported out 1",
+    ]  # no results, events or raw data: the forwarder carries those
