@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgefleet.broker import bridge_config
 from edgefleet.site.load import check_site, load_site
-from edgefleet.site.sitebroker import bridge_config
 from edgefleet.site.supervisor import SiteSupervisor
 from shared.errors import ConfigError
 
@@ -39,18 +39,6 @@ def test_the_site_runs_up_with_its_agent_beside_the_broker() -> None:
         assert f"${{{name}" in (COMPOSE / "site.yml").read_text()
 
 
-def test_the_site_brokers_bridge_carries_what_up_bridges() -> None:
-    """compose's mosquitto bridges the same topics as the local broker of `edgefleet up`."""
-    spec = load_site(COMPOSE / "site" / "site.yaml").spec
-    shipped = [
-        line.lstrip("# ").strip()
-        for line in (COMPOSE / "mosquitto" / "site.conf").read_text().splitlines()
-        if line.lstrip("# ").startswith("topic ")
-    ]
-    ours = [line for line in bridge_config(spec).splitlines() if line.startswith("topic ")]
-    assert shipped == ours and ours
-
-
 def test_only_refuses_an_instance_the_site_does_not_have(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no instance modbus-nope"):
         SiteSupervisor(COMPOSE / "site" / "site.yaml", tmp_path, only=["modbus-nope"])
@@ -73,3 +61,19 @@ def test_the_cloud_runs_the_fleet_service_with_a_valid_config(
     config = load_config(COMPOSE / "cloud" / "fleet.yaml", Config)
     check(config)
     assert (config.broker.host, config.s3.endpoint) == ("broker", "minio:9000")
+
+
+def test_the_site_broker_config_shows_the_bridge_that_bridge_config_writes() -> None:
+    text = (COMPOSE / "mosquitto" / "site.conf").read_text()
+    block = bridge_config(
+        "plant1",
+        "cloud.example:8883",
+        settings=(
+            "bridge_cafile /mosquitto/config/tls/ca.crt",
+            "remote_username site-plant1",
+            "remote_password <from the site's secret store>",
+        ),
+    )
+    commented = "".join(f"# {line}\n" for line in block.splitlines())
+    assert commented in text
+    assert "# topic ef/plant1/debug/data/# out 0\n" in text

@@ -11,9 +11,10 @@
 - `stop()` (after every instance): SIGTERM, which saves, then SIGKILL past the timeout.
 
 With `fleet.broker` in site.yaml the broker bridges the control plane to the fleet's broker
-(`bridge_config`): `desired` in, `status/+` and `reported` out, as MQTT v5 so content types
-survive, with a persistent session so a site that was offline gets the latest desired state
-when it comes back. Results and events never cross the bridge (the forwarder carries them).
+(`fleet_bridge`, the lines of `edgefleet.broker.bridge_config`): `desired` in, `status/+` and
+`reported` out (and debug sessions'), as MQTT v5 so content types survive, with a persistent
+session so a site that was offline gets the latest desired state when it comes back. Results
+and events never cross the bridge (the forwarder carries them).
 
 mosquitto runs in a session of its own, as the instances do: a Ctrl-C in the terminal reaches
 `up` only, and the broker stays up until the instances that depend on it have stopped.
@@ -29,12 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefleet.broker import LocalBroker
+from edgefleet.broker import LocalBroker, bridge_config
 from edgefleet.site.model import SiteSpec, SupervisorSettings
 from edgefleet.site.orphans import PidFile, die_with_parent
 from shared import clock
 from shared.retry import Backoff
-from shared.topics import Kind, Topics
 
 LISTEN_TIMEOUT_S = 10.0  # a mosquitto that neither listens nor exits by then is stuck
 HOST = "127.0.0.1"
@@ -73,26 +73,17 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def bridge_config(spec: SiteSpec) -> str:
-    """mosquitto lines bridging the site's control plane to `fleet.broker` ("" without one).
-
-    The same lines as the commented bridge of compose/mosquitto/site.conf."""
+def fleet_bridge(spec: SiteSpec) -> str:
+    """mosquitto lines bridging the site's control plane to `fleet.broker` ("" without one):
+    `edgefleet.broker.bridge_config`, the block compose/mosquitto/site.conf shows."""
     if spec.fleet is None or spec.fleet.broker is None:
         return ""
-    t, remote = Topics(spec.site, spec.prefix), spec.fleet.broker
-    return "\n".join(
-        [
-            "connection fleet",
-            f"address {remote.host}:{remote.port}",
-            "bridge_protocol_version mqttv50",
-            f"remote_clientid {spec.site}-bridge",
-            "cleansession false",  # what the fleet published while we were away comes on return
-            "restart_timeout 1 10",  # reconnect backoff (s): first, cap
-            f"topic {t.desired()} in 1",
-            f"topic {t.all_of(Kind.STATUS)} out 1",
-            f"topic {t.reported()} out 1",
-            "",
-        ]
+    remote = spec.fleet.broker
+    return bridge_config(
+        spec.site,
+        f"{remote.host}:{remote.port}",
+        prefix=spec.prefix,
+        settings=("restart_timeout 1 10",),  # reconnect backoff (s): first, cap
     )
 
 
@@ -285,4 +276,4 @@ class SupervisedBroker:
         self._emit(state, detail)
 
 
-__all__ = ["BrokerStartError", "BrokerState", "SupervisedBroker", "bridge_config", "port_free"]
+__all__ = ["BrokerStartError", "BrokerState", "SupervisedBroker", "fleet_bridge", "port_free"]

@@ -51,7 +51,7 @@ from edgefleet.flow import FlowSpec
 from edgefleet.site.derive import Instance, derive
 from edgefleet.site.load import LoadedSite, load_site
 from edgefleet.site.orphans import PidFile, die_with_parent
-from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, bridge_config, port_free
+from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, fleet_bridge, port_free
 from shared import clock, codec
 from shared.errors import ConfigError
 from shared.files import write_atomic
@@ -310,7 +310,7 @@ class SiteSupervisor:
                 lambda new, detail: self._emit("broker", new, detail),
                 on_down=self._broker_down,
                 on_up=self._broker_up,
-                extra_config=bridge_config(spec),
+                extra_config=fleet_bridge(spec),
                 pids=self.pids,
             )
             self.broker = self._broker.state
