@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import tempfile
@@ -22,7 +23,7 @@ from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.store import Row, Store
 from services.inference.scripts import inspect_script
-from services.inference.signature import inspect_model
+from services.inference.signature import StreamedInspection
 from shared.errors import EdgefleetError, ModelError
 from shared.messages import iso, now_ns
 from shared.signing import SigningKey
@@ -86,16 +87,19 @@ class Fleet:
 # ---------------------------------------------------------------------------- commands
 
 
-def upload_url(fleet: Fleet, req: api.UploadUrlRequest) -> api.UploadUrlResult:
-    limit = fleet.config.max_upload_mb * 2**20
-    if req.size == 0:
-        raise FleetError("invalid", f"{req.name}: the file is empty; nothing to push")
-    if req.size > limit:
+def _check_size(fleet: Fleet, name: str, size: int) -> None:
+    if size == 0:
+        raise FleetError("invalid", f"{name}: the file is empty; nothing to push")
+    if size > fleet.config.max_upload_mb * 2**20:
         raise FleetError(
             "invalid",
-            f"{req.name}: {req.size} bytes is more than this fleet takes "
+            f"{name}: {size} bytes is more than this fleet takes "
             f"({fleet.config.max_upload_mb} MB, max_upload_mb in its config)",
         )
+
+
+def upload_url(fleet: Fleet, req: api.UploadUrlRequest) -> api.UploadUrlResult:
+    _check_size(fleet, req.name, req.size)
     upload_id = uuid.uuid4().hex
     key = upload_key(upload_id)
     expiry = fleet.config.s3.url_expiry_s
@@ -106,27 +110,44 @@ def upload_url(fleet: Fleet, req: api.UploadUrlRequest) -> api.UploadUrlResult:
 def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
     upload = fleet.store.take_upload(req.upload_id)
     try:
-        with tempfile.TemporaryDirectory(dir=fleet.config.work_dir) as tmp:
-            local = Path(tmp) / f"{req.name}.{'onnx' if req.kind == 'model' else 'py'}"
-            size, sha256 = fleet.blobs.fetch(upload["key"], local)
-            _verify(req, size, sha256)
+        _check_size(fleet, req.name, req.size)  # the inspecting child is told to take that many
+        with contextlib.ExitStack() as stack:
+            if req.kind == "model":
+                # The inspecting child starts now and receives the bytes while they are read
+                # back: its start-up and the transfer overlap the download that verifies them.
+                inspection = stack.enter_context(
+                    StreamedInspection(
+                        req.size, fleet.config.inspect_timeout_s, f"{req.name} ({req.kind})"
+                    )
+                )
+                size, sha256 = fleet.blobs.stream(upload["key"], inspection.feed)
+                _verify(req, size, sha256)  # leaving the block kills the child on a refusal
+                inspect = functools.partial(_model_signature, inspection)
+            else:
+                tmp = Path(
+                    stack.enter_context(tempfile.TemporaryDirectory(dir=fleet.config.work_dir))
+                )
+                local = tmp / f"{req.name}.py"
+                size, sha256 = fleet.blobs.fetch(upload["key"], local)
+                _verify(req, size, sha256)
+                inspect = functools.partial(_script_signature, req, local)
             # The server-side copy runs while the model loads (S3's work beside ours); the
             # check under the lock below is what guarantees the blob of every committed row.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 early = pool.submit(_copy_if_missing, fleet, upload["key"], sha256)
                 try:
-                    signature = _inspect(fleet, req, local)
+                    signature = inspect()
                 except FleetError:
                     with contextlib.suppress(FleetError):
                         early.result()
                     _drop_unused(fleet, sha256)
                     raise
                 early.result()
-            with fleet.blob_lock:
-                _copy_if_missing(fleet, upload["key"], sha256)
-                row, created = fleet.store.add_resource(
-                    req.name, req.kind, sha256, size, req.note, req.author, signature
-                )
+        with fleet.blob_lock:
+            _copy_if_missing(fleet, upload["key"], sha256)
+            row, created = fleet.store.add_resource(
+                req.name, req.kind, sha256, size, req.note, req.author, signature
+            )
     finally:
         fleet.blobs.remove(upload["key"])  # committed or refused: the staged copy goes
     log.info(
@@ -169,14 +190,15 @@ def _verify(req: api.CommitRequest, size: int, sha256: str) -> None:
         )
 
 
-def _inspect(fleet: Fleet, req: api.CommitRequest, local: Path) -> dict[str, Any]:
+def _model_signature(inspection: StreamedInspection) -> dict[str, Any]:
+    try:
+        return inspection.signature().model_dump(mode="json")
+    except ModelError as exc:
+        raise FleetError("invalid_model", str(exc)) from None
+
+
+def _script_signature(req: api.CommitRequest, local: Path) -> dict[str, Any]:
     origin = f"{req.name} ({req.kind})"
-    if req.kind == "model":
-        try:
-            signature = inspect_model(local, fleet.config.inspect_timeout_s, origin=origin)
-        except ModelError as exc:
-            raise FleetError("invalid_model", str(exc)) from None
-        return signature.model_dump(mode="json")
     try:
         return inspect_script(local, origin=origin).model_dump(mode="json")
     except EdgefleetError as exc:

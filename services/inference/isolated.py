@@ -17,6 +17,8 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,87 @@ async def run_isolated_async(
     return _verdict(out, err, proc.returncode, what, error)
 
 
+class Streamed:
+    """`fn((arg, data))` in a child process, `data` (`size` bytes) written by the caller while
+    it arrives (`feed`): the child starts, imports and receives the bytes while the caller is
+    still downloading them, instead of after. `result()` is the verdict, as `run_isolated`'s.
+
+    The child is killed at `timeout_s` from the start, whatever it is doing (receiving
+    included), and on leaving the `with` block before a verdict (the caller refused the input).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        arg: Any,
+        size: int,
+        timeout_s: float,
+        what: str,
+        doing: str,
+        error: type[EdgefleetError] = ModelError,
+    ) -> None:
+        self.size, self.sent = size, 0
+        self.timeout_s, self.what, self.doing, self.error = timeout_s, what, doing, error
+        self.deadline = time.monotonic() + timeout_s
+        self.proc = subprocess.Popen(
+            _command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(),
+        )
+        self.timed_out = threading.Event()
+        self.timer = threading.Timer(timeout_s, self._expire)
+        self.timer.daemon = True
+        self.timer.start()
+        self.broken, self.done = False, False
+        self._write(pickle.dumps((fn, arg, size)))
+
+    def _expire(self) -> None:
+        self.timed_out.set()
+        self.proc.kill()
+
+    def _write(self, data: bytes | memoryview) -> None:
+        if self.broken:
+            return
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+        except (BrokenPipeError, OSError):
+            self.broken = True  # the child died or was killed: `result()` says why
+
+    def feed(self, chunk: bytes) -> None:
+        """The next bytes of `data`; what goes past `size` is not sent (the caller refuses)."""
+        room = self.size - self.sent
+        if room > 0:
+            self._write(memoryview(chunk)[:room] if len(chunk) > room else chunk)
+            self.sent += min(room, len(chunk))
+
+    def result(self) -> Any:
+        self.done = True
+        remaining = max(0.0, self.deadline - time.monotonic())
+        try:
+            out, err = self.proc.communicate(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise self.error(_timeout(self.what, self.doing, self.timeout_s)) from None
+        except (BrokenPipeError, OSError):  # closing stdin of a child that died
+            out, err = self.proc.communicate()
+        if self.timed_out.is_set():
+            raise self.error(_timeout(self.what, self.doing, self.timeout_s))
+        return _verdict(out, err, self.proc.returncode, self.what, self.error)
+
+    def __enter__(self) -> Streamed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.cancel()
+        if not self.done:
+            self.proc.kill()
+            self.proc.communicate()
+
+
 def _command() -> list[str]:
     return [sys.executable, "-m", __name__]
 
@@ -115,8 +198,16 @@ def _death(returncode: int | None, err: bytes) -> str:
 
 
 def _child() -> None:
-    """`python -m services.inference.isolated`: (function, argument) pickled on stdin."""
-    fn, arg = pickle.loads(sys.stdin.buffer.read())
+    """`python -m services.inference.isolated`: (function, argument) pickled on stdin, or
+    (function, argument, size) followed by `size` raw bytes (`Streamed`): then `fn((arg, data))`."""
+    stdin = sys.stdin.buffer
+    header = pickle.load(stdin)
+    if len(header) == 3:
+        fn, arg, size = header
+        data = stdin.read(size)
+        arg = (arg, data)
+    else:
+        fn, arg = header
     try:
         verdict = {"ok": True, "result": fn(arg)}
     except EdgefleetError as exc:
