@@ -214,6 +214,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     print(f"  push, whole    {size_mb / push:7.1f} MB/s ({push:.2f} s) {put / push:.2f}×")
     print(f"  raw minio get  {size_mb / get:7.1f} MB/s  ({get:.2f} s)")
     print(f"  library pull   {size_mb / pull:7.1f} MB/s ({pull:.2f} s) {get / pull:.2f}×")
+    for line in (tmp / "fleet.log").read_text().splitlines():
+        if "committed big@" in line:
+            print("   ", line.split("INFO", 1)[-1].strip()[:200])
     print(f"command round trip, {args.n} calls:")
     print(f"  raw MQTT v5 req/resp p50 {pct(raw_ms, 50):6.2f} ms  p99 {pct(raw_ms, 99):6.2f} ms")
     print(
