@@ -133,7 +133,7 @@ def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
                 _verify(req, size, sha256)
                 inspect = functools.partial(_script_signature, req, local)
             # The server-side copy runs while the model loads (S3's work beside ours); the
-            # check inside the commit transaction below is what guarantees the blob of every committed row.
+            # check inside the commit's transaction below is what guarantees every row's blob.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 early = pool.submit(_copy_if_missing, fleet, upload["key"], sha256)
                 try:

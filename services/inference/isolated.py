@@ -82,8 +82,9 @@ class Streamed:
     it arrives (`feed`): the child starts, imports and receives the bytes while the caller is
     still downloading them, instead of after. `result()` is the verdict, as `run_isolated`'s.
 
-    The child is killed at `timeout_s` from the start, whatever it is doing (receiving
-    included), and on leaving the `with` block before a verdict (the caller refused the input).
+    The child is killed when `timeout_s` pass with no progress (its start, each chunk fed) and
+    `timeout_s` after `result()` is asked for (the work itself), and on leaving the `with` block
+    before a verdict (the caller refused the input). A slow download is not a slow model.
     """
 
     def __init__(
@@ -106,16 +107,17 @@ class Streamed:
             stderr=subprocess.PIPE,
             env=_env(),
         )
-        self.timed_out = threading.Event()
-        self.timer = threading.Timer(timeout_s, self._expire)
-        self.timer.daemon = True
-        self.timer.start()
+        self.timed_out, self.finished = threading.Event(), threading.Event()
+        threading.Thread(target=self._watch, name="isolated-watchdog", daemon=True).start()
         self.broken, self.done = False, False
         self._write(pickle.dumps((fn, arg, size)))
 
-    def _expire(self) -> None:
-        self.timed_out.set()
-        self.proc.kill()
+    def _watch(self) -> None:
+        while not self.finished.wait(max(0.0, self.deadline - time.monotonic())):
+            if time.monotonic() >= self.deadline:
+                self.timed_out.set()
+                self.proc.kill()
+                return
 
     def _write(self, data: bytes | memoryview) -> None:
         if self.broken:
@@ -130,20 +132,23 @@ class Streamed:
         """The next bytes of `data`; what goes past `size` is not sent (the caller refuses)."""
         room = self.size - self.sent
         if room > 0:
+            self.deadline = time.monotonic() + self.timeout_s
             self._write(memoryview(chunk)[:room] if len(chunk) > room else chunk)
             self.sent += min(room, len(chunk))
 
     def result(self) -> Any:
         self.done = True
-        remaining = max(0.0, self.deadline - time.monotonic())
+        self.deadline = time.monotonic() + self.timeout_s
         try:
-            out, err = self.proc.communicate(timeout=remaining)
+            out, err = self.proc.communicate(timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
             raise self.error(_timeout(self.what, self.doing, self.timeout_s)) from None
         except (BrokenPipeError, OSError):  # closing stdin of a child that died
             out, err = self.proc.communicate()
+        finally:
+            self.finished.set()
         if self.timed_out.is_set():
             raise self.error(_timeout(self.what, self.doing, self.timeout_s))
         return _verdict(out, err, self.proc.returncode, self.what, self.error)
@@ -152,7 +157,7 @@ class Streamed:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.timer.cancel()
+        self.finished.set()
         if not self.done:
             self.proc.kill()
             self.proc.communicate()
