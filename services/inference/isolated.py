@@ -11,6 +11,7 @@ line of its stdout. A hang, a crash or an error all become one exception for the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -26,6 +27,7 @@ from typing import Any
 from shared.errors import EdgefleetError, ModelError
 
 _ROOT = str(Path(__file__).resolve().parents[2])  # where `services` is importable from
+CHILD_NICE = 10  # added to the child's niceness (lower priority)
 
 
 def run_isolated(
@@ -205,6 +207,10 @@ def _death(returncode: int | None, err: bytes) -> str:
 def _child() -> None:
     """`python -m services.inference.isolated`: (function, argument) pickled on stdin, or
     (function, argument, size) followed by `size` raw bytes (`Streamed`): then `fn((arg, data))`."""
+    # A trial is background work: at a lower priority, the live model (and every other service
+    # of a small edge box) keeps the CPU while onnxruntime is imported and the candidate runs.
+    with contextlib.suppress(OSError):
+        os.nice(CHILD_NICE)
     stdin = sys.stdin.buffer
     header = pickle.load(stdin)
     if len(header) == 3:
