@@ -21,10 +21,12 @@ from edgefleet.fleet import commands, deploy, nodes
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
+from edgefleet.fleet.metrics import FleetCollector
 from shared import codec
 from shared.errors import EdgefleetError, PayloadError
 from shared.health import HealthModel
 from shared.messages import FleetAnswer, FleetCommand, Message, ReportedState, Status
+from shared.metrics import MetricsServer
 from shared.mqtt import Received
 from shared.requests import RequestServer
 from shared.runtime import Loop, Runtime
@@ -75,12 +77,17 @@ class FleetService(Service[Config]):
         self.observed: asyncio.Queue[nodes.Observation] = asyncio.Queue(maxsize=100_000)
         self.loop = asyncio.get_running_loop()
         fleet.publish = self.publish_from_thread
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> None:
         prefix = self.config.prefix
         await self.rt.subscribe(self.topic, self.enqueue)
         await self.rt.subscribe(every_site(Kind.STATUS, prefix, "agent"), self.on_status)
         await self.rt.subscribe(every_site(Kind.REPORTED, prefix), self.on_reported)
+        if self.config.metrics is not None:
+            collector = FleetCollector(self.fleet.store, self.counters)
+            self.metrics = MetricsServer(collector, self.config.metrics)
+            self.metrics.start()
         key = self.fleet.signing_key
         log.info(
             "fleet serving %s: db %s, S3 %s bucket %s, signing key %s",
@@ -109,6 +116,19 @@ class FleetService(Service[Config]):
             queued=self.queue.qsize(),
             observations_queued=self.observed.qsize(),
         )
+
+    def counters(self) -> dict[str, int]:
+        """Commands by outcome and the queues, for /metrics (read from a scrape's thread)."""
+        return {
+            **self.server.stats.as_dict(),
+            "queued_commands": self.queue.qsize(),
+            "queued_observations": self.observed.qsize(),
+        }
+
+    async def close(self) -> None:
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
 
     def publish_from_thread(self, topic: str, wire: dict[str, Any]) -> None:
         """From a handler's thread: one retained QoS 1 publish, acked (or buffered)."""
