@@ -15,12 +15,19 @@ from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.metrics import NAMES
 from edgefleet.fleet.service import main
 from tests.fleet.conftest import fleet_of, wait_serving
-from tests.fleet.test_deploy import announce, deployment_state, flow_versions, nodes_known, report
+from tests.fleet.test_deploy import (
+    announce,
+    deployment_state,
+    fleet_config,
+    flow_versions,
+    key_path,
+    nodes_known,
+    report,
+)
 from tests.helpers import Probe, running
 from tests.site.test_metrics import family_of, scrape, value
 
-__all__ = ["fleet_config", "key_path"]  # the fixtures of test_deploy.py
-from tests.fleet.test_deploy import fleet_config, key_path  # noqa: E402
+__all__ = ["fleet_config", "key_path"]  # the fixtures of test_deploy.py, used here too
 
 
 async def test_the_fleet_exports_nodes_deployments_convergence_and_commands(
