@@ -4,6 +4,8 @@ the real simulator, a real mosquitto, every service as the process `edgefleet up
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +13,14 @@ from pathlib import Path
 import onnx
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgefleet.broker import LocalBroker
+from edgefleet.broker import LocalBroker, free_port
 from edgefleet.site.metric_families import NAMES
 from edgefleet.site.supervisor import SiteSupervisor
 from tests.inference.models import add_metadata, column_stats, mlp, save, training_data
 from tests.site.helpers import FEATURES, flow_data, site_data, write_site
 
+ROOT = Path(__file__).resolve().parents[2]
+INSTANCES = ["modbus-plc1", "aligner-pump", "inference-pump", "actuator-pump", "forwarder"]
 Scrape = dict[str, list[tuple[dict[str, str], float]]]
 ALWAYS = {"when": "score > -1e30", "write": {"source": "plc1", "table": "coil", "address": 0,
           "value": True}}  # fmt: skip
@@ -123,3 +127,44 @@ def results(health: dict[str, object]) -> float:
     section = health.get("inference")
     n = section.get("results", 0) if isinstance(section, dict) else 0
     return float(n)
+
+
+async def test_the_exporter_serves_a_site_whose_services_run_elsewhere(
+    tmp_path: Path, broker: LocalBroker, site: str, simulator: int
+) -> None:
+    """`edgefleet metrics site.yaml` (compose: one container per service) reads the statuses
+    alone: every instance, with CPU and memory as each process reports them."""
+    path = write_pump_site(tmp_path, site, broker, simulator)
+    port = free_port()
+    log = (tmp_path / "metrics.log").open("wb")
+    exporter = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "edgefleet.cli", "metrics", str(path), "--port", str(port)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with SiteSupervisor(path, tmp_path / "w", only=INSTANCES) as sup:
+            await sup.wait_online(timeout=60)
+            assert sup.metrics is None  # a part of a site serves none
+            await wait_health(sup, "inference-pump", lambda h: results(h) > 0)
+            # the exporter is another process: nothing to await but its answer
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        _, got = await asyncio.to_thread(scrape, port)
+                        if got.get("edgefleet_inference_results_total", [({}, 0)])[0][1] > 0:
+                            break
+                    except OSError:  # not listening yet
+                        pass
+                    await asyncio.sleep(0.2)
+        for instance in INSTANCES:
+            assert value(got, "edgefleet_process_cpu_seconds_total", instance=instance) > 0
+            rss = value(got, "edgefleet_process_resident_memory_bytes", instance=instance)
+            assert rss > 10 * 2**20
+        assert "edgefleet_instance_restarts_total" not in got  # only a supervisor knows
+        assert value(got, "edgefleet_aligner_samples_total", instance="aligner-pump") > 0
+    finally:
+        exporter.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(exporter.wait(), 20) == 0
+        log.close()
