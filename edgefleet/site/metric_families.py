@@ -62,8 +62,9 @@ FAMILIES: tuple[Family, ...] = (
     _f("aligner_incomplete_samples_total", "counter", "sample times missing a feature"),
     _f("aligner_held_readings", "gauge", "readings held, waiting for their sample time"),
     _f("aligner_emitted_until_timestamp_seconds", "gauge", "newest sample time emitted"),
-    _f("aligner_emit_delay_seconds", "gauge", "due-to-published delay, recent", "quantile"),
-    _f("aligner_ahead_skew_seconds", "gauge", "how far ahead a source's stamps are", "reason"),
+    # a window's percentiles, not a summary (no count, no sum): `percentile`, not `quantile`
+    _f("aligner_emit_delay_seconds", "gauge", "due-to-published delay, recent", "percentile"),
+    _f("aligner_ahead_skew_seconds", "gauge", "how far ahead a source's stamps are"),
     # inference
     _f("inference_samples_total", "counter", "samples taken in"),
     _f("inference_results_total", "counter", "result rows published"),
@@ -180,12 +181,12 @@ def aligner(s: Samples, lb: Labels, d: dict[str, Any]) -> None:
     s.add("edgefleet_aligner_held_readings", lb, _n(d, "held_readings"))
     until = _n(d, "emitted_until_ns")
     s.add("edgefleet_aligner_emitted_until_timestamp_seconds", lb, until and until / 1e9)
-    for q, key in (("0.5", "p50"), ("0.99", "p99")):
+    for key in ("p50", "p99"):
         ms = _n(d.get("emit_delay_ms") or {}, key)
-        s.add("edgefleet_aligner_emit_delay_seconds", {**lb, "quantile": q}, ms and ms / 1e3)
+        labels = {**lb, "percentile": key.removeprefix("p")}
+        s.add("edgefleet_aligner_emit_delay_seconds", labels, ms and ms / 1e3)
     for source, ms in (d.get("ahead_skew_ms") or {}).items():
-        labels = {**lb, "source": source, "reason": "ahead"}
-        s.add("edgefleet_aligner_ahead_skew_seconds", labels, ms / 1e3)
+        s.add("edgefleet_aligner_ahead_skew_seconds", {**lb, "source": source}, ms / 1e3)
 
 
 def _histogram(s: Samples, name: str, lb: Labels, h: HistogramHealth | None) -> None:
