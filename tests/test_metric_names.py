@@ -4,6 +4,7 @@ label naming"): one prefix, snake_case, base units in the name, `_total` exactly
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,9 @@ def test_each_name_is_exported_once() -> None:
     for family in (*SITE, *FLEET):
         if family.kind == "histogram":
             assert not {family.name + s for s in SUFFIXES} & set(names), family.name
+
+
+def test_the_metrics_page_lists_every_family() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    missing = [f.name for f in (*SITE, *FLEET) if f"`{f.name}`" not in page]
+    assert not missing, f"docs/metrics.md does not list {missing}"
