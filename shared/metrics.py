@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from pydantic import Field
 
 from shared.config import StrictModel
+from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +127,16 @@ class MetricsServer:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        self._server, self._thread = start_http_server(
-            self.settings.port, self.settings.host, self.registry
-        )
+        """Listen and serve; `ConfigError` when the port cannot be had (in use, bad host)."""
+        try:
+            self._server, self._thread = start_http_server(
+                self.settings.port, self.settings.host, self.registry
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics: cannot listen on {self.settings.host}:{self.settings.port}: {exc}; "
+                "set metrics.port to a free port"
+            ) from None
         log.info("metrics on http://%s:%d/metrics", self.settings.host, self.port)
 
     def stop(self) -> None:
