@@ -127,7 +127,8 @@ class SiteCollector:
             service, flow, source = known.get(name, (status.service, "", ""))
             lb = {"site": self.site, "instance": name, "service": service}
             lb |= {"flow": flow, "source": source}
-            self._instance(s, lb, status, raw, pids)
+            running = procs[name].pid is not None if name in procs else None
+            self._instance(s, lb, status, raw, running, pids)
             seen.add(name)
         for name, proc in procs.items():
             service, flow, source = known.get(name, (proc.service, "", ""))
@@ -145,16 +146,21 @@ class SiteCollector:
         lb: mf.Labels,
         status: Status,
         raw: dict[str, object],
+        running: bool | None,
         supervised: set[int | None],
     ) -> None:
-        s.add("edgefleet_instance_up", lb, status.state == "online")
+        """`running`: None when not supervised, else whether its process runs now (a status
+        says online for a while after a SIGKILL, until the broker sends the last will)."""
+        s.add("edgefleet_instance_up", lb, status.state == "online" and running is not False)
         for state in ("online", "stopped", "offline"):
             s.add("edgefleet_instance_state", {**lb, "state": state}, status.state == state)
         s.add("edgefleet_instance_start_time_seconds", lb, status.since and status.since / 1e9)
         s.add("edgefleet_status_timestamp_seconds", lb, status.t / 1e9)
         health = health_of(status.model_copy(update={"health": raw}))
         mf.runtime(s, lb, health)
-        if health.pid not in supervised and status.state == "online":  # as it reported them
+        # CPU and memory as the process reported them, unless read from /proc (supervised: its
+        # own process, or the supervisor's, which hosts the agent)
+        if running is None and health.pid not in supervised and status.state == "online":
             s.add("edgefleet_process_cpu_seconds_total", lb, health.cpu_seconds)
             rss = health.rss_mb
             s.add("edgefleet_process_resident_memory_bytes", lb, rss and rss * mf.MB)

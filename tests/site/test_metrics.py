@@ -4,6 +4,7 @@ the real simulator, a real mosquitto, every service as the process `edgefleet up
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import urllib.request
@@ -112,6 +113,22 @@ async def test_a_running_site_exports_its_statuses_and_the_counters_move(
         assert value(second, "edgefleet_inference_results_total", **inference) > r1
         assert value(second, "edgefleet_adapter_readings_total", instance="modbus-plc1") > readings
         assert value(second, "edgefleet_aligner_samples_total", instance="aligner-pump") > samples
+
+        # a service killed and restarted: its counters start again (a reset, for Prometheus)
+        plc = sup.instances["modbus-plc1"]
+        before = value(second, "edgefleet_adapter_readings_total", instance="modbus-plc1")
+        victim = plc.pid
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        await sup.wait_state("modbus-plc1", "exited")
+        await sup.wait_state("modbus-plc1", "online")
+        await sup.book.wait_for(
+            lambda book: book["modbus-plc1"].health.get("pid") not in (None, victim), timeout=30
+        )
+        _, third = await asyncio.to_thread(scrape, sup.metrics.port)
+        assert value(third, "edgefleet_instance_restarts_total", instance="modbus-plc1") == 1
+        assert value(third, "edgefleet_instance_up", instance="modbus-plc1") == 1
+        assert value(third, "edgefleet_adapter_readings_total", instance="modbus-plc1") < before
 
 
 def family_of(sample: str, names: frozenset[str] = NAMES) -> str:
