@@ -226,4 +226,4 @@ async def main(config: Config) -> None:
     await run(NAME, config, lambda rt: FleetService(rt, config, fleet))
 
 
-SPEC = ServiceSpec(NAME, Config, main, check)
+SPEC = ServiceSpec(NAME, Config, main, check, service=FleetService)

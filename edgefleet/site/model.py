@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from edgefleet.flow import AlignerSettings
 from edgefleet.registry import service_spec
 from services.actuator.config import ActuatorConfig
 from services.forwarder.config import ForwarderConfig
@@ -186,6 +187,10 @@ class SiteSpec(StrictModel):
     sources: list[SourceSpec] = Field(default_factory=list)
     flows: list[Path] = Field(
         default_factory=list, description="flow files, relative to site.yaml's folder"
+    )
+    aligner: AlignerSettings = Field(
+        default_factory=lambda: AlignerSettings.model_validate({}),
+        description="settings of every flow's aligner; a flow's own `aligner` wins",
     )
     actuator: ActuatorSection = Field(default_factory=lambda: ActuatorSwitch.model_validate({}))
     forwarder: ForwarderSection = Field(
