@@ -53,12 +53,15 @@ from edgefleet.flow import FlowSpec
 from edgefleet.registry import service_spec
 from edgefleet.site.derive import Instance, derive
 from edgefleet.site.load import LoadedSite, load_site
-from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, port_free
+from edgefleet.site.metrics import SUPERVISOR, Process, SiteCollector, StatusBook, roles
+from edgefleet.site.orphans import PidFile, die_with_parent
+from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, fleet_bridge, port_free
 from shared import clock, codec
 from shared.config import overlay
 from shared.errors import ConfigError
 from shared.files import write_atomic
 from shared.messages import ConfigUpdate, Status
+from shared.metrics import MetricsServer
 from shared.mqtt import MqttConnection, Received
 from shared.retry import Backoff
 from shared.service import RESTART_EXIT_CODE
@@ -175,9 +178,12 @@ class SiteSupervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._status: MqttConnection | None = None
         self._changed = asyncio.Condition()
+        self.book = StatusBook()  # every instance's latest status, for /metrics
+        self.metrics: MetricsServer | None = None
         # per instance, the retained configs seen since its file was written: the newest
         # revision with the keys of every one (each is laid over the running config)
         self._configs: dict[str, ConfigUpdate] = {}
+        self.pids = PidFile(self.workdir)  # what a SIGKILLed `up` left running: orphans.py
 
     # ------------------------------------------------------------------ public API
 
@@ -305,6 +311,9 @@ class SiteSupervisor:
     async def start(self) -> None:
         """Write the configs, start the local broker if asked, then every instance (and the
         agent, when site.yaml has a `fleet:` section)."""
+        reaped = await asyncio.to_thread(self.pids.reap, self.settings.stop_timeout_s)
+        for name in reaped:
+            self._emit(name, "reaped", "outlived the previous up on this workdir; stopped")
         if self.site.spec.fleet is not None and self.only is None and self.agent is None:
             from edgefleet.agent.agent import Agent  # the agent needs the supervisor's types
 
@@ -324,11 +333,14 @@ class SiteSupervisor:
                 lambda new, detail: self._emit("broker", new, detail),
                 on_down=self._broker_down,
                 on_up=self._broker_up,
+                extra_config=fleet_bridge(spec),
+                pids=self.pids,
             )
             self.broker = self._broker.state
             await self._broker.start()
             self._tasks.append(asyncio.create_task(self._broker.run(), name="broker"))
         await self._watch_status()
+        self._serve_metrics()
         self._started = True
         for state in self.instances.values():
             self._run(state)
@@ -354,9 +366,34 @@ class SiteSupervisor:
             for task in stuck:
                 log.warning("site %s: task %s did not stop", self.site.spec.site, task.get_name())
         self._tasks.clear()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)  # waits for its serving thread
+            self.metrics = None
         if self._broker is not None:
             await self._broker.stop()
             self._broker = self.broker = None
+
+    def _serve_metrics(self) -> None:
+        """`/metrics` of the whole site (site.yaml `metrics:`); not from an `--only` part."""
+        settings = self.site.spec.metrics
+        if settings is None or self.only is not None:
+            return
+        collector = SiteCollector(
+            self.site.spec.site, self.book, lambda: roles(self.specs), self._processes
+        )
+        self.metrics = MetricsServer(collector, settings)
+        self.metrics.start()
+
+    def _processes(self) -> dict[str, Process]:
+        """Every process this supervisor runs, by instance (read from a scrape's thread)."""
+        out = {
+            name: Process(st.pid, st.restarts, st.service)
+            for name, st in list(self.instances.items())
+        }
+        out["supervisor"] = SUPERVISOR
+        if self.broker is not None:
+            out["broker"] = Process(self.broker.pid, self.broker.restarts, "mosquitto")
+        return out
 
     async def wait_online(self, timeout: float = 30.0, names: list[str] | None = None) -> None:
         """Wait until every instance (or those named) last reported `online`."""
@@ -438,7 +475,9 @@ class SiteSupervisor:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._env(),
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order
+                preexec_fn=die_with_parent,  # and a SIGKILLed supervisor still stops us
             )
+        self.pids.add(state.name, process.pid)
         state.process, state.pid = process, process.pid
         state.started, state.started_ns = clock.monotonic(), clock.now_ns()
         return process
@@ -450,6 +489,7 @@ class SiteSupervisor:
             process = await self._spawn(state)
             self._set(state, "starting", f"pid {process.pid}")
             code = await process.wait()
+            self.pids.remove(state.name)
             state.pid, state.process = None, None
             state.exit_codes.append(code)
             if self._stopping or state.retired:
@@ -538,6 +578,8 @@ class SiteSupervisor:
             status = Status.from_wire(codec.decode(message.payload, message.content_type))
         except Exception:  # a foreign message on our status topic: not ours to judge
             return
+        if parsed.name:
+            self.book.put(parsed.name, status)
         state = self.instances.get(parsed.name or "")
         if state is None or state.pid is None:
             return
