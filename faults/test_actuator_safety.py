@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 from faults.conftest import Figure, scaled
-from shared.messages import ResultBatch
+from shared.messages import ResultBatch, now_ns
 from tests.actuator.helpers import OTHER_SHA, PERIOD_NS, SHA, Plant, lamp_action, plant
 from tests.helpers import Probe
 
@@ -50,8 +50,12 @@ async def attack(p: Plant, sha: str, replays: list[ResultBatch]) -> None:
     await p.publish(between)  # out of order: older than the newest seen
     for old in replays[-3:]:
         await p.publish(old)  # replayed from earlier rounds
-    late = p.results.batch(sha, None, score=[0.9])
-    await asyncio.sleep(LATE_S)  # the fault itself: this result is held in transit
+    # newer than every result seen, then held in transit (the fault itself) until it is
+    # LATE_S old: the sample clock of the stream may run a little ahead of the wall clock
+    t = max(now_ns(), p.results.t + 1)
+    late = p.results.batch(sha, [t], score=[0.9])
+    p.results.t = t
+    await asyncio.sleep(LATE_S + max(0, t - now_ns()) / 1e9)
     await p.publish(late)
 
 
