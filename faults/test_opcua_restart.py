@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 
 from edgefleet.sim.plant import PlantSimulator
 from faults.conftest import Figure, scaled
@@ -26,6 +27,7 @@ RUN = 20  # good batches (~1 s) between the first after a restart and the next s
 # No good reading this long after a restart is a stall: shorter than the watchdog's stall_after_s
 # (30 s), so a subscription that only the watchdog's last resort brings back counts as one.
 DEADLINE_S = 10.0
+RESTARTS = scaled(50, least=3)
 
 
 class Batches:
@@ -60,10 +62,11 @@ class Batches:
         return index
 
 
+@pytest.mark.timeout(60 + 15 * RESTARTS)  # ~6 s a restart: past the suite's 300 s per test
 async def test_opcua_server_restarted_under_subscription(
     base_config: dict[str, Any], probe: Probe, site: str, figure: Figure
 ) -> None:
-    restarts = scaled(50, least=3)
+    restarts = RESTARTS
     topics = Topics(site)
     raw = topics.raw("opc1")
     await probe.subscribe(raw)
