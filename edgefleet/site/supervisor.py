@@ -14,7 +14,8 @@ What it does:
 - writes each instance's config to `{workdir}/config/{instance}.yaml` and starts it as
   `python -m edgefleet.cli run SERVICE --config FILE` in a session of its own (a Ctrl-C in the
   terminal reaches the supervisor only, which then stops the instances in order); output goes
-  to `{workdir}/logs/{instance}.log`;
+  to `{workdir}/logs/{instance}.log`; the forwarder first, the others once it is online, so its
+  persistent session holds their results from the first (`_start_in_order`);
 - with `broker.start_local: true` starts a mosquitto first (persistence in `{workdir}/broker`)
   and stops it last, and supervises it (`sitebroker.py`): a death is a `broker exited` line
   and every running instance is shown `waiting` for the broker until it reports `online` to
@@ -254,9 +255,9 @@ class SiteSupervisor:
             self._runners.pop(name, None)
             self._emit(name, "removed", f"was {old[name].service}")
         for name in (*changed, *new):
-            state = self.instances[name] = self._new_state(name, wanted[name])
+            self.instances[name] = self._new_state(name, wanted[name])
             self._write_config(name)
-            self._run(state)
+        await self._start_in_order([*changed, *new])
         for name in swapped:
             await self._hot_swap(name)
         return result
@@ -308,6 +309,29 @@ class SiteSupervisor:
         self._runners[state.name] = task
         self._tasks.append(task)
 
+    async def _start_in_order(self, names: list[str]) -> None:
+        """The forwarder first, the others once it is online: results published before its
+        persistent session exists on the broker would go nowhere (a fresh site lost its first
+        results so). A forwarder that does not come online within `forwarder_first_s` (a bad
+        sink config, say) must not keep the flows and their actuators from running: they start
+        then, and a line says what may be lost."""
+        first = [n for n in names if self.instances[n].service == "forwarder"]
+        for name in first:
+            self._run(self.instances[name])
+        if first:
+            try:
+                await self.wait_online(self.settings.forwarder_first_s, first)
+            except TimeoutError:
+                self._emit(
+                    first[0],
+                    self.instances[first[0]].state,
+                    f"not online {self.settings.forwarder_first_s:g} s after its start: the "
+                    "flows start without it; results before its session exists are not kept",
+                )
+        for name in names:
+            if name not in first:
+                self._run(self.instances[name])
+
     async def start(self) -> None:
         """Write the configs, start the local broker if asked, then every instance (and the
         agent, when site.yaml has a `fleet:` section)."""
@@ -342,8 +366,7 @@ class SiteSupervisor:
         await self._watch_status()
         self._serve_metrics()
         self._started = True
-        for state in self.instances.values():
-            self._run(state)
+        await self._start_in_order(list(self.instances))
         if self.agent is not None:
             await self.agent.start()
 
