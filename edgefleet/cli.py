@@ -182,6 +182,7 @@ def parser() -> argparse.ArgumentParser:
         ("deployment", "deployments and their state per node (edgefleet deployment --help)"),
         ("rollback", "deploy an earlier flow version where it runs (edgefleet rollback --help)"),
         ("cloud", "the cloud side on this machine (edgefleet cloud up --help)"),
+        ("console", "the web console (edgefleet console --help)"),
     ):
         sub.add_parser(name, help=text, add_help=False)
     return p
@@ -202,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         from edgefleet.fleet.cli import main as fleet_main
 
         return fleet_main(argv)
+    if argv[:1] == ["console"]:
+        from edgefleet.console.cli import main as console_main
+
+        return console_main(argv[1:])
     if argv[:1] == ["cloud"]:
         from edgefleet.fleet.cloud import main as cloud_main
 
