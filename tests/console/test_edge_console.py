@@ -25,10 +25,7 @@ from tests.console.conftest import (
     wait,
 )
 from tests.inference.models import add_metadata, column_stats, mlp, save, training_data
-from tests.site.conftest import simulator
 from tests.site.helpers import FEATURES, flow_data, site_data, write_site
-
-__all__ = ["simulator"]
 
 
 def scorer(path: Path) -> Path:
