@@ -10,10 +10,11 @@ demoting one takes effect at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,6 @@ class Console:
     session_s: float = 3600.0
     session_max_s: float = 12 * 3600.0
     tick_s: float = 0.05  # how often a live view may be sent what changed
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class SignIn(Exception):
@@ -57,7 +57,22 @@ class SignIn(Exception):
 
 
 def create_app(console: Console) -> FastAPI:
-    app = FastAPI(title="edgefleet console", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        feed = asyncio.create_task(console.feed.run(console.store), name="feed")
+        try:
+            yield
+        finally:
+            feed.cancel()
+            await asyncio.gather(feed, return_exceptions=True)
+
+    app = FastAPI(
+        title="edgefleet console",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
     app.add_middleware(
         SessionMiddleware,
         secret_key=console.secret,
@@ -69,16 +84,6 @@ def create_app(console: Console) -> FastAPI:
     templates.env.filters["json"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.state.console = console
-
-    @app.on_event("startup")
-    async def start_feed() -> None:
-        console.tasks.append(asyncio.create_task(console.feed.run(console.store), name="feed"))
-
-    @app.on_event("shutdown")
-    async def stop_feed() -> None:
-        for task in console.tasks:
-            task.cancel()
-        await asyncio.gather(*console.tasks, return_exceptions=True)
 
     @app.exception_handler(SignIn)
     async def to_sign_in(request: Request, _exc: SignIn) -> Response:

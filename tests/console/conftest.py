@@ -137,7 +137,8 @@ def screenshot(driver: WebDriver, name: str) -> Path:
 
 def console_errors(driver: WebDriver) -> list[dict[str, Any]]:
     """What the page wrote to the browser console at level SEVERE since the last call."""
-    return [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    logs: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[attr-defined]
+    return [e for e in logs if e.get("level") == "SEVERE"]
 
 
 def fetch_status(driver: WebDriver, path: str, body: dict[str, Any]) -> int:

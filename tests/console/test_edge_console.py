@@ -32,7 +32,7 @@ def scorer(path: Path) -> Path:
     """The benchmark MLP with the metadata a trainer writes: feature names, train stats."""
     model = onnx.load(str(mlp(path, f=len(FEATURES))))
     stats = column_stats(training_data(f=len(FEATURES)))
-    return save(add_metadata(model, FEATURES, stats), path)
+    return save(add_metadata(model, [str(f) for f in FEATURES], stats), path)
 
 
 def live_site(root: Path, site: str, broker: LocalBroker, modbus: int) -> Path:
