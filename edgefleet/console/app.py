@@ -47,6 +47,7 @@ class Console:
     store: LiveStore
     secret: str
     site: str | None = None  # edge: the one site
+    prefix: str = "ef"
     session_s: float = 3600.0
     session_max_s: float = 12 * 3600.0
     tick_s: float = 0.05  # how often a live view may be sent what changed
@@ -413,6 +414,23 @@ def create_app(console: Console) -> FastAPI:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+    @app.post("/api/live/watch")
+    async def watch(request: Request) -> Response:
+        """Ask the feed for topics of a site (cloud: where a debug session would open)."""
+        user = user_of(request)
+        if request.headers.get("content-type", "").split(";")[0] != "application/json":
+            return JSONResponse({"error": {"code": "invalid", "message": "send JSON"}}, 415)
+        body = await request.json()
+        site, topics = body.get("site"), body.get("topics")
+        if not isinstance(site, str) or not isinstance(topics, list) or not topics:
+            message = "give site (a site id) and topics (a list of topic filters)"
+            return JSONResponse({"error": {"code": "invalid", "message": message}}, 400)
+        # relative filters (`results/#`) are of that site
+        own = f"{console.prefix}/"
+        filters = [t if t.startswith(own) else f"{own}{site}/{t}" for t in map(str, topics)]
+        said = await console.feed.watch(site, filters, f"{user.name}@console")
+        return JSONResponse({"result": {"message": said, "topics": filters}})
 
     @app.get("/api/inspector/topics")
     async def topics(request: Request, contains: str = "") -> Response:

@@ -115,7 +115,7 @@ def listen_socket(listen: str) -> socket.socket:
 @contextlib.asynccontextmanager
 async def sources(
     args: argparse.Namespace,
-) -> AsyncIterator[tuple[str, Fleet, LiveFeed, LiveStore, str | None]]:
+) -> AsyncIterator[tuple[str, Fleet, LiveFeed, LiveStore, str | None, str]]:
     """The fleet and the live feed of the mode asked for."""
     client_id = f"console-{uuid.uuid4().hex[:8]}"
     if args.site is not None:
@@ -127,7 +127,7 @@ async def sources(
             f"site broker {site.broker.host}:{site.broker.port}, {topics.everything()}",
         )
         units = units_of((s.name, s.adapter_keys) for s in site.sources)
-        yield "edge", NoFleet(), feed, LiveStore(args.keep_s, units), site.site
+        yield "edge", NoFleet(), feed, LiveStore(args.keep_s, units), site.site, site.prefix
         return
     config = load_config(args.fleet, FleetConfig)
     broker = config.broker
@@ -139,9 +139,12 @@ async def sources(
         broker.settings(client_id, config.timings),
         filters,
         f"cloud broker {broker.host}:{broker.port}: statuses and results of every site",
+        beyond="Raw readings and samples stay on the site: look at them in the site's own "
+        "console (edgefleet console --site), or through a debug session of the node's agent "
+        "where this build has one.",
     )
     async with connect(f"{broker.host}:{broker.port}", prefix=config.prefix) as fleet:
-        yield "cloud", fleet, feed, LiveStore(args.keep_s), None
+        yield "cloud", fleet, feed, LiveStore(args.keep_s), None, config.prefix
 
 
 async def serve(args: argparse.Namespace, announce: Callable[[str], None] = print) -> None:
@@ -156,7 +159,7 @@ async def serve(args: argparse.Namespace, announce: Callable[[str], None] = prin
     if not uplot.ok:
         announce(f"warning: {uplot.message}")
     sock = listen_socket(args.listen)
-    async with sources(args) as (mode, fleet, feed, store, site):
+    async with sources(args) as (mode, fleet, feed, store, site, prefix):
         console = Console(
             mode=mode,
             users=users,
@@ -165,6 +168,7 @@ async def serve(args: argparse.Namespace, announce: Callable[[str], None] = prin
             store=store,
             secret=session_secret(state),
             site=site,
+            prefix=prefix,
             session_s=args.session_s,
         )
         app = create_app(console)

@@ -4,7 +4,7 @@
 The feed is the seam between where the data comes from and what the console does with it:
 - `BrokerFeed` subscribes a broker directly: the site broker on an edge node (every topic of
   the site), or the cloud broker (what reaches it: results through the forwarder, statuses).
-- A debug-session feed (cloud mode) plugs in here: its `watch(site, topics)` asks the node's
+- A debug-session feed (cloud mode) plugs in here: its `watch(site, topics, author)` asks the node's
   agent, through a fleet command, to republish those topics decimated on `ef/{site}/debug/...`
   for a bounded time, and it hands each republished message to `LiveStore.ingest` under the
   topic it was republished from, so the timeline and the inspector need no change.
@@ -26,7 +26,7 @@ from services.inference.health import numeric_columns
 from shared.codec import decode, to_jsonable
 from shared.errors import EdgefleetError, TopicError
 from shared.mqtt import BrokerSettings, MqttConnection, Received
-from shared.topics import Kind, parse
+from shared.topics import Kind, matches, parse
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ class LiveFeed(Protocol):
         """For the page header: what this console is looking at."""
         ...
 
-    async def watch(self, site: str, topics: list[str]) -> str | None:
-        """Ask for `topics` of `site`; an explanation when the feed cannot give them."""
+    async def watch(self, site: str, topics: list[str], author: str) -> str:
+        """Ask for `topics` of `site` on behalf of `author`; what happens, in a sentence (when
+        the data will come and until when, or why it cannot)."""
         ...
 
     async def run(self, store: LiveStore) -> None:
@@ -272,15 +273,21 @@ def shown(body: Any) -> Any:
 class BrokerFeed:
     """Every message of `filters` on one broker, straight into the store."""
 
-    def __init__(self, settings: BrokerSettings, filters: list[str], what: str) -> None:
+    def __init__(
+        self, settings: BrokerSettings, filters: list[str], what: str, beyond: str = ""
+    ) -> None:
         self.settings, self.filters, self.what = settings, filters, what
-        self._store: LiveStore | None = None
+        self.beyond = beyond  # what to say when asked for topics the filters do not cover
 
     def describe(self) -> str:
         return self.what
 
-    async def watch(self, site: str, topics: list[str]) -> str | None:
-        return None  # the broker already carries what it carries
+    async def watch(self, site: str, topics: list[str], author: str) -> str:
+        covered = [t for t in topics if any(matches(t, f) for f in self.filters)]
+        if len(covered) == len(topics):
+            return f"{', '.join(topics)}: already on this broker, shown as they arrive"
+        missing = ", ".join(t for t in topics if t not in covered)
+        return f"{missing}: not on this broker. {self.beyond}".strip()
 
     async def run(self, store: LiveStore) -> None:
         async def handler(message: Received) -> None:

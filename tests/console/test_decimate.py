@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefleet.console.decimate import column_ns, minmax_columns
-from edgefleet.console.live import LiveStore
+from edgefleet.console.live import BrokerFeed, LiveStore
 from shared.codec import encode
+from shared.mqtt import BrokerSettings
 
 
 @settings(max_examples=200, deadline=None)
@@ -74,3 +75,11 @@ def test_a_bad_payload_is_counted_not_raised() -> None:
     (topic,) = store.topic_tree()
     assert topic["errors"] == 2 and topic["count"] == 2
     assert store.last_messages("ef/s1/results/pump")[-1]["error"]  # shown, with the reason
+
+
+async def test_a_broker_feed_says_what_it_cannot_show() -> None:
+    feed = BrokerFeed(BrokerSettings(), ["ef/+/results/#"], "cloud", beyond="Ask the site.")
+    said = await feed.watch("s1", ["ef/s1/results/#"], "ana")
+    assert "already on this broker" in said
+    said = await feed.watch("s1", ["ef/s1/results/pump", "ef/s1/raw/plc1"], "ana")
+    assert said == "ef/s1/raw/plc1: not on this broker. Ask the site."

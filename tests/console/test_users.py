@@ -38,8 +38,8 @@ class Idle:
     def describe(self) -> str:
         return "nothing"
 
-    async def watch(self, site: str, topics: list[str]) -> str | None:
-        return None
+    async def watch(self, site: str, topics: list[str], author: str) -> str:
+        return f"{author} watches {topics}"
 
     async def run(self, store: LiveStore) -> None:
         await asyncio.Event().wait()
@@ -90,3 +90,14 @@ async def test_a_viewer_is_refused_a_change_and_it_is_recorded(
     assert (row["user"], row["action"], row["ok"]) == ("olga", "deploy", 0)
     form = await c.post("/api/cmd/deploy", data={"flows": "pump@1"})
     assert form.status_code == 415  # only JSON: a cross-site form cannot send it
+
+
+async def test_watch_asks_the_feed_with_absolute_topics_and_the_user(
+    client: tuple[httpx.AsyncClient, Console],
+) -> None:
+    c, _console = client
+    await sign_in(c)
+    answer = await c.post("/api/live/watch", json={"site": "s9", "topics": ["results/#"]})
+    assert answer.json()["result"]["message"] == "olga@console watches ['ef/s9/results/#']"
+    bad = await c.post("/api/live/watch", json={"site": "s9", "topics": []})
+    assert bad.status_code == 400

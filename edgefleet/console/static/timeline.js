@@ -239,6 +239,19 @@
   $("series-filter").addEventListener("input", renderList);
   if (!window.uPlot) statusEl.textContent = "uPlot is missing: the timeline cannot draw (see above)";
 
+  $("watch-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const topics = $("watch-topics").value.split(",").map((t) => t.trim()).filter(Boolean);
+    const r = await fetch("/api/live/watch", {
+      method: "POST",
+      headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({site: $("watch-site").value.trim(), topics}),
+    });
+    const body = await r.json();
+    $("watch-said").textContent = r.ok ? body.result.message : body.error.message;
+    loadSeries();
+  });
+
   loadSeries().then(restart);
   setInterval(loadSeries, 3000);
   setInterval(() => { if (!paused) renderLatest(); }, 500);
