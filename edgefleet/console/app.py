@@ -150,7 +150,9 @@ def create_app(console: Console) -> FastAPI:
             )
         request.session.clear()
         request.session.update({"user": user.name, "since": time.time()})
-        target = next if next.startswith("/") and not next.startswith("//") else "/"
+        # only a path of this console: "//host" and "/\\host" would leave it
+        local = next.startswith("/") and not next.startswith(("//", "/\\"))
+        target = next if local else "/"
         return RedirectResponse(target, 303)
 
     @app.post("/logout")
@@ -397,7 +399,7 @@ def create_app(console: Console) -> FastAPI:
         async def events() -> AsyncIterator[str]:
             sent_col: int | None = None
             seen = -1
-            while True:
+            while not await request.is_disconnected():
                 version = console.store.version
                 if version != seen:
                     now_col = time.time_ns() // col

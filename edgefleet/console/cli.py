@@ -172,7 +172,12 @@ async def serve(args: argparse.Namespace, announce: Callable[[str], None] = prin
             session_s=args.session_s,
         )
         app = create_app(console)
-        config = uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False)
+        config = uvicorn.Config(
+            app,
+            log_level=args.log_level.lower(),
+            access_log=False,
+            timeout_graceful_shutdown=5,  # live streams never end by themselves
+        )
         server = uvicorn.Server(config)
         host, port = sock.getsockname()[:2]
         announce(f"console        http://{host}:{port}/  ({mode}: {feed.describe()})")

@@ -56,8 +56,10 @@ async def client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Conso
         yield c, console
 
 
-async def sign_in(c: httpx.AsyncClient, password: str = "long enough") -> httpx.Response:
-    data: dict[str, Any] = {"name": "olga", "password": password, "next": "/nodes"}
+async def sign_in(
+    c: httpx.AsyncClient, password: str = "long enough", then: str = "/nodes"
+) -> httpx.Response:
+    data: dict[str, Any] = {"name": "olga", "password": password, "next": then}
     return await c.post("/login", data=data)
 
 
@@ -68,6 +70,8 @@ async def test_a_session_ends_at_its_maximum_age_and_with_its_user(
     assert (await c.get("/nodes")).status_code == 303  # to the sign-in page
     assert (await c.get("/api/live/series")).status_code == 401
     assert (await sign_in(c, "wrong")).status_code == 401
+    for elsewhere in ("//evil.example/", "/\\evil.example/", "https://evil.example/"):
+        assert (await sign_in(c, then=elsewhere)).headers["location"] == "/"
     assert (await sign_in(c)).headers["location"] == "/nodes"
     assert (await c.get("/nodes")).status_code == 200
     console.session_max_s = 0.0  # as if signed in longer ago than allowed
