@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -125,7 +126,10 @@ def sign_in(driver: WebDriver, console: ConsoleProcess, name: str, then: str = "
 
 
 def wait(driver: WebDriver, timeout: float = WAIT_S) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, timeout, poll_frequency=0.2)
+    # a row the page just replaced is looked up again at the next poll
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+    )
 
 
 def screenshot(driver: WebDriver, name: str) -> Path:

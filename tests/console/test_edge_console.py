@@ -28,17 +28,20 @@ from tests.inference.models import add_metadata, column_stats, mlp, save, traini
 from tests.site.helpers import FEATURES, flow_data, site_data, write_site
 
 
-def scorer(path: Path) -> Path:
+def scorer(path: Path, seed: int = 2) -> Path:
     """The benchmark MLP with the metadata a trainer writes: feature names, train stats."""
-    model = onnx.load(str(mlp(path, f=len(FEATURES))))
+    model = onnx.load(str(mlp(path, f=len(FEATURES), seed=seed)))
     stats = column_stats(training_data(f=len(FEATURES)))
     return save(add_metadata(model, [str(f) for f in FEATURES], stats), path)
 
 
 def live_site(root: Path, site: str, broker: LocalBroker, modbus: int) -> Path:
     data = site_data(site, broker.port, modbus, prefix=site)
-    path = write_site(root, data, flow_data(model="pump.onnx"))
+    flow = flow_data(model="pump.onnx")
+    flow["model"]["shadow"] = {"path": "candidate.onnx"}  # a candidate beside the live model
+    path = write_site(root, data, flow)
     scorer(root / "flows" / "pump.onnx")
+    scorer(root / "flows" / "candidate.onnx", seed=7)
     return path
 
 
@@ -66,15 +69,18 @@ def look_at_the_site(browser: WebDriver, console: ConsoleProcess, site: str) -> 
     results = Topics(site, site).results("pump")
     sign_in(browser, console, "olga", "/timeline")
 
-    # the score series shows up in the list once results flow; choose it as a person would
-    def score_box(driver: WebDriver) -> bool:
-        for label in driver.find_elements(By.CSS_SELECTOR, "#series-list label"):
-            if "pump score" in label.text and "shadow" not in label.text:
-                label.find_element(By.TAG_NAME, "input").click()
-                return True
-        return False
+    # the score series show up in the list once results flow; choose them as a person would
+    def choose(text: str) -> Callable[[WebDriver], bool]:
+        def box(driver: WebDriver) -> bool:
+            for label in driver.find_elements(By.CSS_SELECTOR, "#series-list label"):
+                if label.text.endswith(text):
+                    label.find_element(By.TAG_NAME, "input").click()
+                    return True
+            return False
 
-    wait(browser).until(score_box)
+        return box
+
+    wait(browser).until(choose("pump score"))
     wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#chart canvas")))
     value = "#latest td.value"
     wait(browser).until(lambda d: text_of(d, value) not in ("", "-"))
@@ -83,6 +89,15 @@ def look_at_the_site(browser: WebDriver, console: ConsoleProcess, site: str) -> 
     # the chart drew: uPlot's legend names the series, the draw hook counted draws
     assert "pump score" in text_of(browser, ".u-legend")
     assert browser.execute_script("return window.__ef.draws") > 1
+    # live and shadow overlaid, with a raw signal on the same time axis
+    wait(browser).until(choose("pump score (shadow)"))
+    wait(browser).until(choose("plc1/vibration"))
+    legend = (By.CSS_SELECTOR, ".u-legend")
+    wait(browser).until(ec.text_to_be_present_in_element(legend, "pump score (shadow)"))
+    assert "plc1/vibration" in text_of(browser, ".u-legend")
+    wait(browser).until(
+        lambda d: "-" not in [c.text for c in d.find_elements(By.CSS_SELECTOR, value)]
+    )
     screenshot(browser, "timeline")
 
     browser.get(f"{console.url}/inspector")

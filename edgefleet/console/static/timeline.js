@@ -35,15 +35,13 @@
     } catch (e) { /* the page goes on; the next poll tries again */ }
   }
 
+  // New series are added in place: the rows already there stay (a click on one is never lost).
+  const rows = new Map();
   function renderList() {
     const filter = $("series-filter").value.toLowerCase();
     const ids = Object.keys(meta).sort();
-    const have = new Set([...listEl.querySelectorAll("input")].map((i) => i.value));
-    if (ids.length === have.size && ids.every((id) => have.has(id))) {
-      for (const row of listEl.children) row.hidden = !row.textContent.toLowerCase().includes(filter);
-      return;
-    }
-    listEl.replaceChildren(...ids.map((id) => {
+    for (const id of ids) {
+      if (rows.has(id)) continue;
       const s = meta[id];
       const label = document.createElement("label");
       label.setAttribute("role", "listitem");
@@ -57,9 +55,13 @@
       });
       label.append(box, ` ${s.label}${s.unit ? ` [${s.unit}]` : ""}`);
       label.title = id;
+      rows.set(id, label);
+    }
+    ids.forEach((id, i) => {
+      const label = rows.get(id);
+      if (listEl.children[i] !== label) listEl.insertBefore(label, listEl.children[i] || null);
       label.hidden = !label.textContent.toLowerCase().includes(filter);
-      return label;
-    }));
+    });
   }
 
   function buildPlot() {
