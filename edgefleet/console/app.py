@@ -432,6 +432,9 @@ def create_app(console: Console) -> FastAPI:
         own = f"{console.prefix}/"
         filters = [t if t.startswith(own) else f"{own}{site}/{t}" for t in map(str, topics)]
         said = await console.feed.watch(site, filters, f"{user.name}@console")
+        # a debug session changes what the site's bridge carries: recorded like a change
+        args = {"site": site, "topics": filters}
+        await asyncio.to_thread(console.users.record, user, "live.watch", args, True, said)
         return JSONResponse({"result": {"message": said, "topics": filters}})
 
     @app.get("/api/inspector/topics")

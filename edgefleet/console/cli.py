@@ -20,6 +20,7 @@ import uvicorn
 from edgefleet.console import assets
 from edgefleet.console.app import Console, create_app
 from edgefleet.console.backend import Fleet, NoFleet
+from edgefleet.console.debugfeed import DebugFeed
 from edgefleet.console.live import BrokerFeed, LiveFeed, LiveStore, units_of
 from edgefleet.console.users import Role, Users
 from edgefleet.fleet.client import connect
@@ -139,12 +140,10 @@ async def sources(
         broker.settings(client_id, config.timings),
         filters,
         f"cloud broker {broker.host}:{broker.port}: statuses and results of every site",
-        beyond="Raw readings and samples stay on the site: look at them in the site's own "
-        "console (edgefleet console --site), or through a debug session of the node's agent "
-        "where this build has one.",
     )
     async with connect(f"{broker.host}:{broker.port}", prefix=config.prefix) as fleet:
-        yield "cloud", fleet, feed, LiveStore(args.keep_s), None, config.prefix
+        live = DebugFeed(feed, fleet)
+        yield "cloud", fleet, live, LiveStore(args.keep_s), None, config.prefix
 
 
 async def serve(args: argparse.Namespace, announce: Callable[[str], None] = print) -> None:

@@ -4,10 +4,11 @@
 The feed is the seam between where the data comes from and what the console does with it:
 - `BrokerFeed` subscribes a broker directly: the site broker on an edge node (every topic of
   the site), or the cloud broker (what reaches it: results through the forwarder, statuses).
-- A debug-session feed (cloud mode) plugs in here: its `watch(site, topics, author)` asks the node's
-  agent, through a fleet command, to republish those topics decimated on `ef/{site}/debug/...`
-  for a bounded time, and it hands each republished message to `LiveStore.ingest` under the
-  topic it was republished from, so the timeline and the inspector need no change.
+- `DebugFeed` (cloud mode, debugfeed.py) adds debug sessions: its `watch(site, topics, author)`
+  asks the node's agent, through the fleet, to republish those topics decimated on
+  `ef/{site}/debug/...` for a bounded time, and hands each republished message to
+  `LiveStore.ingest` under the topic it had on the site: the timeline and the inspector need
+  no change.
 """
 
 from __future__ import annotations

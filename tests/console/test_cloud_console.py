@@ -2,7 +2,8 @@
 real fleet (mosquitto, SeaweedFS, the fleet service) and a live site whose agent applies what
 the fleet deploys: sign in, the library lists the pushed model with its features, a deployment
 started from the page reaches the node and the page shows it applied, the change is recorded
-with who made it, and a viewer cannot deploy (no button, and the server answers 403)."""
+with who made it, the node's samples reach the timeline through a debug session, and a viewer
+cannot deploy (no button, and the server answers 403)."""
 
 from __future__ import annotations
 
@@ -125,9 +126,27 @@ def operate(browser: WebDriver, console: ConsoleProcess, site: str) -> None:
     browser.get(f"{console.url}/nodes")
     assert "pump@2" in text_of(browser, f'#nodes tr[data-site="{site}"]')
     screenshot(browser, "nodes")
+    watch_samples(browser, console, site)
     browser.get(f"{console.url}/audit")
     assert "ana" in text_of(browser, "#audit") and "deploy" in text_of(browser, "#audit")
+    assert "live.watch" in text_of(browser, "#audit")
     assert console_errors(browser) == []
+
+
+def watch_samples(browser: WebDriver, console: ConsoleProcess, site: str) -> None:
+    """Samples stay on the site: the timeline's Watch opens a debug session of its agent, and
+    the forwarded samples become series like any other."""
+    browser.get(f"{console.url}/timeline")
+    browser.find_element(By.ID, "watch-site").clear()
+    browser.find_element(By.ID, "watch-site").send_keys(site)
+    topics = browser.find_element(By.ID, "watch-topics")
+    topics.clear()
+    topics.send_keys("samples/pump")
+    topics.submit()
+    said = (By.ID, "watch-said")
+    wait(browser).until(ec.text_to_be_present_in_element(said, "debug session open"))
+    series = (By.ID, "series-list")
+    wait(browser).until(ec.text_to_be_present_in_element(series, "pump suction_pressure"))
 
 
 def view_only(browser: WebDriver, console: ConsoleProcess) -> None:
