@@ -189,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
         ("promote", "make a flow's shadow model live across the fleet (edgefleet promote --help)"),
         ("debug", "a node's site topics seen from here, for a while (edgefleet debug --help)"),
         ("cloud", "the cloud side on this machine (edgefleet cloud up --help)"),
+        ("console", "the web console (edgefleet console --help)"),
     ):
         sub.add_parser(name, help=text, add_help=False)
     return p
@@ -209,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         from edgefleet.fleet.cli import main as fleet_main
 
         return fleet_main(argv)
+    if argv[:1] == ["console"]:
+        from edgefleet.console.cli import main as console_main
+
+        return console_main(argv[1:])
     if argv[:1] == ["cloud"]:
         from edgefleet.fleet.cloud import main as cloud_main
 
