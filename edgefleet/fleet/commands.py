@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from edgefleet.fleet import api, deploy, flows, library, nodes
+from edgefleet.fleet import api, deploy, flows, library, nodes, rollout
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from shared.config import format_errors
@@ -228,8 +228,16 @@ COMMANDS: dict[str, Command] = {
             deploy.deploy,
             "Flow versions to a group, a selector or named nodes: one deployment record and, "
             "per node, a new signed desired state (every flow it should run, pinned with "
-            "digests; revision + 1) published retained; `dry_run` publishes nothing.",
-            {"flows": ["pump-anomaly@5"], "group": "pumps", "timeout_s": 120},
+            "digests; revision + 1) published retained; `dry_run` publishes nothing. With a "
+            "`strategy`, in stages: the first stage's nodes only, the next once it held "
+            "(each node applied within timeout_s, failures within abort_above); beyond the "
+            "threshold the deployment aborts and its nodes go back.",
+            {
+                "flows": ["pump-anomaly@5"],
+                "group": "pumps",
+                "timeout_s": 120,
+                "strategy": {"stages": ["1", "10%", "100%"], "abort_above": "20%", "soak_s": 60},
+            },
         ),
         Command(
             "deployment.list",
@@ -254,6 +262,23 @@ COMMANDS: dict[str, Command] = {
             deploy.deployment_cancel,
             "Stop a deployment: each node still in progress gets a new revision with the "
             "flows it had before it; nodes that applied it keep it.",
+            {"id": "3f2a9c1b7d4e"},
+        ),
+        Command(
+            "deployment.pause",
+            api.DeploymentRequest,
+            api.DeploymentShowResult,
+            rollout.pause,
+            "Hold a staged deployment: the stage in progress goes on (and may still abort), "
+            "the next stage waits for `deployment.resume`.",
+            {"id": "3f2a9c1b7d4e"},
+        ),
+        Command(
+            "deployment.resume",
+            api.DeploymentRequest,
+            api.DeploymentShowResult,
+            rollout.resume,
+            "Let a paused staged deployment go on: a stage that held meanwhile advances now.",
             {"id": "3f2a9c1b7d4e"},
         ),
         Command(

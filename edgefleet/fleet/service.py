@@ -7,8 +7,10 @@ were never committed are swept once their URL has expired.
 
 It also watches every node: `ef/+/status/agent` (online, labels, versions) and `ef/+/reported`
 (how far a node got with its desired state) update the node table and the deployments; a loop
-fails the nodes of a deployment past their timeout. At start it publishes every node's latest
-desired state again, in case one was committed and the process died before its publish.
+fails the nodes of a deployment past their timeout, and staged rollouts advance or abort
+(rollout.py) after each batch of reports and each timeout check. At start it publishes every
+node's latest desired state again, in case one was committed and the process died before its
+publish.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 import logging
 from typing import Any
 
-from edgefleet.fleet import commands, deploy, nodes
+from edgefleet.fleet import commands, deploy, nodes, rollout
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
@@ -137,13 +139,20 @@ class FleetService(Service[Config]):
             batch = [await self.observed.get()]
             while not self.observed.empty() and len(batch) < 5000:
                 batch.append(self.observed.get_nowait())
-            await asyncio.to_thread(nodes.observe, self.fleet, batch)
+            await asyncio.to_thread(self.observe, batch)
+
+    def observe(self, batch: list[nodes.Observation]) -> None:
+        """Store the batch, then move staged rollouts on: a canary's failure aborts at once."""
+        nodes.observe(self.fleet, batch)
+        if any(isinstance(m, ReportedState) for _, m in batch):
+            rollout.progress(self.fleet)
 
     async def timeout_loop(self) -> None:
         while True:
             failed = await asyncio.to_thread(deploy.expire, self.fleet)
             if failed:
                 log.warning("%d node(s) timed out in their deployment", failed)
+            await asyncio.to_thread(rollout.progress, self.fleet)  # timeouts, soak times
             await asyncio.sleep(self.config.deploy_check_interval_s)
 
     async def republish(self) -> None:

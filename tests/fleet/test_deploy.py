@@ -415,7 +415,7 @@ def test_a_schema_1_database_is_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = Store(path)
-    assert store.schema_version() == len(MIGRATIONS) == 2
+    assert store.schema_version() == len(MIGRATIONS) == 3
     with store.read() as db2:
         assert {"nodes", "groups", "deployments", "deployment_nodes", "desired"} <= set(
             db2.table_names()
