@@ -566,6 +566,9 @@ class DesiredState(Message):
     revision: int = Field(ge=1)
     deployment: str | None = None
     flows: list[DeployedFlow] = Field(default_factory=list)
+    # A key rotation (`edgefleet keys rotate`): the public keys the node trusts from now on,
+    # replacing site.yaml's; signed like the rest by a key it trusts now. None: unchanged.
+    trusted_keys: list[str] | None = Field(default=None, min_length=1)
     issued: int = Field(default_factory=now_ns)
     signature: Signature | None = None
 

@@ -484,3 +484,42 @@ class RollbackRequest(Api):
     timeout_s: float = Field(120.0, gt=0, le=7 * 24 * 3600)
     dry_run: bool = False
     author: str = ""
+
+
+# ---------------------------------------------------------------------------- signing keys
+
+
+class KeyRotateRequest(Api):
+    """Rotate the fleet's signing key to `new_key` (edgefleet/fleet/rotation.py)."""
+
+    # the new private key's path on the fleet's own host, as fleet.yaml's signing_key
+    new_key: str = Field(min_length=1)
+    timeout_s: float = Field(3600.0, gt=0, le=30 * 24 * 3600)  # per node, for the record
+    author: str = ""
+
+
+class KeyNode(Api):
+    site: str
+    revision: int  # the revision of the current phase that node must confirm
+    confirmed: bool
+
+
+class KeyRotationView(Api):
+    id: str
+    phase: str  # announcing | switching | retired
+    old_key_id: str
+    new_key_id: str
+    started: str
+    retired: str | None
+    deployment: str | None  # the current phase's (deployment show)
+    nodes: list[KeyNode]
+
+
+class KeyStatusRequest(Api):
+    pass
+
+
+class KeyStatusResult(Api):
+    signing_key_id: str | None
+    trust: list[str] | None  # what desired states tell nodes to trust, during a rotation
+    rotation: KeyRotationView | None  # the latest one

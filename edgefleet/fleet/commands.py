@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from edgefleet.fleet import api, deploy, flows, library, nodes, rollout
+from edgefleet.fleet import api, deploy, flows, library, nodes, rollout, rotation
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from shared.config import format_errors
@@ -280,6 +280,25 @@ COMMANDS: dict[str, Command] = {
             rollout.resume,
             "Let a paused staged deployment go on: a stage that held meanwhile advances now.",
             {"id": "3f2a9c1b7d4e"},
+        ),
+        Command(
+            "keys.rotate",
+            api.KeyRotateRequest,
+            api.KeyStatusResult,
+            rotation.rotate,
+            "Rotate the signing key to the private key at `new_key` (a path on the fleet's "
+            "host): every node is told, under the old key, to trust old and new; once all "
+            "confirmed the fleet signs with the new key and tells them to trust it only; "
+            "once all confirmed that, the old key is retired.",
+            {"new_key": "/etc/edgefleet/fleet-2026.key"},
+        ),
+        Command(
+            "keys.status",
+            api.KeyStatusRequest,
+            api.KeyStatusResult,
+            rotation.status,
+            "The key the fleet signs with, and the latest rotation: phase, nodes confirmed.",
+            {},
         ),
         Command(
             "rollback",

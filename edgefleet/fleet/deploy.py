@@ -151,7 +151,9 @@ def issue(
     assert fleet.signing_key is not None
     row = ensure_node(db, site)
     revision = row["desired_revision"] + 1
-    state = DesiredState(site=site, revision=revision, deployment=deployment, flows=flows)
+    state = DesiredState(
+        site=site, revision=revision, deployment=deployment, flows=flows, trusted_keys=fleet.trust
+    )
     wire = fleet.signing_key.sign(state.to_wire())
     db.table("desired").insert(
         {

@@ -42,6 +42,9 @@ class Fleet:
     # removal: a delete never removes bytes a concurrent commit has just pinned.
     blob_lock: threading.Lock = field(default_factory=threading.Lock)
     signing_key: SigningKey | None = None  # signs desired states; deploy refuses without one
+    # During a key rotation (rotation.py): the public keys every desired state tells its node
+    # to trust from now on.
+    trust: list[str] | None = None
     # Publishes one retained QoS 1 message and waits for the broker's ack (set by the service:
     # handlers run in threads, the MQTT client in the event loop).
     publish: Callable[[str, dict[str, Any]], None] | None = None

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from typing import Any
 
-from edgefleet.fleet import commands, deploy, nodes, rollout
+from edgefleet.fleet import commands, deploy, nodes, rollout, rotation
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
@@ -146,6 +146,7 @@ class FleetService(Service[Config]):
         nodes.observe(self.fleet, batch)
         if any(isinstance(m, ReportedState) for _, m in batch):
             rollout.progress(self.fleet)
+            rotation.progress(self.fleet)
 
     async def timeout_loop(self) -> None:
         while True:
@@ -183,6 +184,7 @@ class FleetService(Service[Config]):
 
 async def main(config: Config) -> None:
     fleet = await asyncio.to_thread(Fleet.open, config)
+    await asyncio.to_thread(rotation.restore, fleet)  # a rotation's new key signs from then on
     await run(NAME, config, lambda rt: FleetService(rt, config, fleet))
 
 

@@ -124,3 +124,73 @@ async def test_canary_then_the_rest_pause_resume_and_an_abort(
         # the others never received a desired state from the broken deployment
         for node in (b, c):
             assert [d["revision"] for d in probe.decoded(Topics(node, site).desired())] == [1]
+
+
+async def test_a_key_rotation_moves_a_node_to_the_new_key_and_retires_the_old(
+    tmp_path: Path,
+    broker: LocalBroker,
+    fleet: FleetClient,
+    fleet_config: dict[str, Any],
+    site: str,
+    simulator: int,
+) -> None:
+    old = SigningKey.load(Path(fleet_config["signing_key"]))
+    new_path = tmp_path / "fleet-2.key"
+    new = SigningKey.generate()
+    new.save(new_path)
+    good = await push(fleet, tmp_path, "pump-ae", seed=2)
+    node = f"{site}k"
+    path = write_node(tmp_path / node, node, site, broker, simulator, old)  # trusts old only
+    desired_topic, reported_topic = Topics(node, site).desired(), Topics(node, site).reported()
+
+    async def reported(revision: int, state: str) -> dict[str, Any]:
+        (got,) = await probe.wait_for(
+            reported_topic,
+            lambda r: r["revision"] == revision and r["state"] == state,
+            timeout=TIMEOUT,
+        )
+        return dict(got)
+
+    async with (
+        Probe(broker.host, broker.port) as probe,
+        SiteSupervisor(load_site(path), tmp_path / "w"),
+    ):
+        await probe.subscribe(desired_topic)
+        await probe.subscribe(reported_topic)
+        ref = f"pump@{good['version']}"
+        await fleet.call("deploy", {"flows": [ref], "nodes": [node]})
+        await reported(1, "applied")
+
+        started = await fleet.call("keys.rotate", {"new_key": str(new_path)})
+        assert started["rotation"]["phase"] == "announcing"
+        assert started["trust"] == [old.public.text(), new.public.text()]
+        # 2: trust both, under the old key; 3: trust the new one only, under the new key
+        (announce,) = await probe.wait_for(desired_topic, lambda d: d["revision"] == 2)
+        assert announce["signature"]["key_id"] == old.public.key_id
+        assert announce["trusted_keys"] == [old.public.text(), new.public.text()]
+        assert [f["version"] for f in announce["flows"]] == [good["version"]]
+        (switch,) = await probe.wait_for(
+            desired_topic, lambda d: d["revision"] == 3, timeout=TIMEOUT
+        )
+        assert switch["signature"]["key_id"] == new.public.key_id
+        assert switch["trusted_keys"] == [new.public.text()]
+        await reported(3, "applied")
+
+        async def retired() -> bool:
+            shown = await fleet.call("keys.status")
+            return bool(shown["rotation"]["phase"] == "retired")
+
+        await eventually(retired, timeout=TIMEOUT)
+        state = yaml.safe_load((tmp_path / "w" / "agent" / "state.json").read_text())
+        assert state["trusted_keys"] == [new.public.text()]
+
+        # the next deployment is signed by the new key and applied
+        await fleet.call("deploy", {"flows": [ref], "nodes": [node]})
+        (fourth,) = await probe.wait_for(desired_topic, lambda d: d["revision"] == 4)
+        assert fourth["signature"]["key_id"] == new.public.key_id and "trusted_keys" not in fourth
+        await reported(4, "applied")
+        # a state signed by the retired key is refused
+        forged = old.sign({**fourth, "revision": 5})
+        await probe.publish(desired_topic, forged, qos=1, retain=True)
+        refused = await reported(5, "failed")
+        assert "refused (signature)" in refused["error"] and old.public.key_id in refused["error"]
