@@ -187,3 +187,9 @@ async def test_cli_stages_dry_run_pause_resume(
         at_once = await fleet.call("deploy", {"flows": ["pump-anomaly@2"], "nodes": ["p9"]})
         whole = await arun("deployment", "pause", at_once["deployment"]["id"])
         assert whole.returncode == 1 and "has no stages" in whole.stderr
+
+        keys = await arun("keys", "status", "--json")
+        assert keys.returncode == 0, keys.stderr
+        assert json.loads(keys.stdout)["rotation"] is None
+        missing = await arun("keys", "rotate", str(tmp_path / "none.key"))
+        assert missing.returncode == 1 and "cannot read the signing key" in missing.stderr
