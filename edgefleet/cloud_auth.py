@@ -17,7 +17,8 @@ Why ACL files and not the dynamic-security plugin: the whole policy is two text 
 review reads and a test checks, the plugin needs a running broker and its own admin client to
 change anything, and a site's rights are all derived from its id (no per-site exceptions).
 mosquitto reads both files again on SIGHUP (`docker compose kill -s HUP broker`), so a new or
-removed site takes effect without a restart.
+removed site (`edgefleet site remove SITE`) takes effect without a restart: at the reload
+mosquitto drops the revoked site's connections and refuses its reconnects (tested).
 
 For the site: `sites/{site}/` with its password (0600), the CA, and `bridge.conf` (the site
 broker's MQTT v5 bridge over TLS: desired in, status and reported out) and `fleet.yaml` (the
@@ -180,6 +181,21 @@ def add_site(auth: Path, site: str, cloud: str, prefix: str, labels: dict[str, s
     return out
 
 
+def remove_site(auth: Path, site: str, prefix: str) -> None:
+    """Revoke the site: its user and its ACL block go (a reload makes it take effect)."""
+    registry = auth / "sites.json"
+    sites: dict[str, Any] = json.loads(registry.read_text()) if registry.exists() else {}
+    if site not in sites:
+        raise EdgefleetError(f"no site {site} in {registry}")
+    subprocess.run(
+        ["mosquitto_passwd", "-D", str(auth / "passwd"), site], check=True, capture_output=True
+    )
+    del sites[site]
+    write_atomic(registry, json.dumps(sites, indent=1, sort_keys=True).encode())
+    write_atomic(auth / "acl", acl_text(sites, prefix).encode())
+    shutil.rmtree(auth / "sites" / site, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edgefleet site", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="op", required=True)
@@ -189,9 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--cloud", default="cloud.example:8883", help="the cloud broker host:port")
     add.add_argument("--prefix", default=DEFAULT_PREFIX)
     add.add_argument("--labels", default="", help="k=v,k=v for the site's site.yaml")
+    rm = sub.add_parser("remove", help="revoke a site: its user and ACL entries go")
+    rm.add_argument("site")
+    rm.add_argument("--auth-dir", type=Path, default=Path("compose/cloud/auth"))
+    rm.add_argument("--prefix", default=DEFAULT_PREFIX)
     args = p.parse_args(argv)
-    labels = dict(kv.split("=", 1) for kv in args.labels.split(",") if "=" in kv)
     try:
+        if args.op == "remove":
+            remove_site(args.auth_dir, args.site, args.prefix)
+            print(f"site {args.site} revoked in {args.auth_dir} (reload the broker: SIGHUP)")
+            return 0
+        labels = dict(kv.split("=", 1) for kv in args.labels.split(",") if "=" in kv)
         out = add_site(args.auth_dir, args.site, args.cloud, args.prefix, labels)
     except (EdgefleetError, subprocess.CalledProcessError) as exc:
         print(f"edgefleet site: {exc}", file=sys.stderr)

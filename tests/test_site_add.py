@@ -4,11 +4,16 @@ under its own tree and reads only its own desired state and the fleet's replies 
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from edgefleet.broker import LocalBroker
+from shared.errors import ProtocolError
+from shared.mqtt import BrokerSettings, MqttConnection, Received
 from shared.topics import Topics
 from tests.helpers import Probe
 
@@ -87,5 +92,55 @@ async def test_a_site_cannot_publish_into_another_sites_tree(tmp_path: Path) -> 
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert wrong.returncode != 0 and "not authorized" in wrong.stderr.lower()
+    finally:
+        broker.stop()
+
+
+async def test_a_revoked_site_is_cut_off_at_the_reload(tmp_path: Path) -> None:
+    auth = tmp_path / "auth"
+    for site in ("plantC", "plantD"):
+        assert site_add(auth, site).returncode == 0
+    password = (auth / "sites" / "plantC" / "password").read_text()
+    conf = f"allow_anonymous false\npassword_file {auth / 'passwd'}\nacl_file {auth / 'acl'}\n"
+    broker = LocalBroker(tmp_path / "broker", extra_config=conf).start()
+    try:
+        c = Topics("plantC")
+
+        async def ignore(message: Received) -> None:
+            pass
+
+        settings = BrokerSettings(
+            host=broker.host, port=broker.port, username="plantC", password=password,
+            reconnect_initial_s=0.05, reconnect_max_s=0.5,
+        )  # fmt: skip
+        pc = MqttConnection(settings, ignore)
+        task = asyncio.create_task(pc.run())
+        try:
+            await asyncio.wait_for(pc.wait_connected(), 10)
+            assert (await pc.publish(c.reported(), b"{}", qos=1)).reason_code < 0x80
+            removed = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "edgefleet.cli", "site", "remove", "plantC",
+                 "--auth-dir", str(auth)],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert removed.returncode == 0, removed.stderr
+            assert "user plantC" not in (auth / "acl").read_text()
+            assert "user plantD" in (auth / "acl").read_text()
+            assert broker.process is not None
+            broker.process.send_signal(signal.SIGHUP)
+            # the reload disconnects the revoked session, and its reconnect is refused for good
+            with pytest.raises(ProtocolError, match="refused the credentials"):
+                await asyncio.wait_for(task, 30)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        again = await asyncio.to_thread(
+            subprocess.run,
+            ["mosquitto_pub", "-p", str(broker.port), "-u", "plantC", "-P", password, "-t",
+             c.reported(), "-m", "x", "-V", "mqttv5"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert again.returncode != 0 and "not authorized" in again.stderr.lower()
     finally:
         broker.stop()
