@@ -603,6 +603,24 @@ class ReportedState(Message):
     t: int = Field(default_factory=now_ns)
 
 
+class DeploymentEvent(Message):
+    """On `fleet/deployments` (not retained), from the fleet service: a staged deployment
+    moved. `event`: `stage_started` (its nodes got their desired states), `stage_held` (every
+    node of it ended within the abort threshold), `paused`, `resumed`, `aborted` (with the
+    reason), `finished` (the last stage held; `state` succeeded or failed). `stage` counts from
+    1; `counts` are the stage's nodes per state."""
+
+    kind: Literal["deployment_event"] = "deployment_event"
+    deployment: str
+    event: Literal["stage_started", "stage_held", "paused", "resumed", "aborted", "finished"]
+    stage: int = Field(ge=1)
+    stages: int = Field(ge=1)
+    state: str  # the deployment's: in_progress, paused, aborted, succeeded, failed
+    counts: dict[str, int] = Field(default_factory=dict)
+    reason: str | None = None
+    t: int = Field(default_factory=now_ns)
+
+
 class FleetCommand(Message):
     """On `fleet/commands` (MQTT v5 request/response): one command for the fleet service.
 

@@ -36,7 +36,7 @@ from edgefleet.fleet.nodes import (
 )
 from edgefleet.fleet.store import Row, one
 from shared.errors import EdgefleetError
-from shared.messages import DeployedFlow, DesiredState, PinnedResource, iso, now_ns
+from shared.messages import DeployedFlow, DeploymentEvent, DesiredState, PinnedResource, iso, now_ns
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,17 @@ def deploy(fleet: Fleet, req: api.DeployRequest) -> api.DeployResult:
                         wait_row(db, deployment_id, site, now)
             view = deployment_view(db, _deployment(db, deployment_id))
         publish(fleet, wires)
+    if req.strategy is not None and fleet.announce is not None:
+        fleet.announce(
+            DeploymentEvent(
+                deployment=deployment_id,
+                event="stage_started",
+                stage=1,
+                stages=len(staged),
+                state=view.state,
+                counts={"pending": len(staged[0])},
+            )
+        )
     log.info(
         "deployment %s: %s to %d node(s) in %d stage(s)",
         deployment_id, req.flows, len(plan), len(staged),

@@ -23,7 +23,7 @@ from edgefleet.fleet.store import Row, Store
 from services.inference.scripts import inspect_script
 from services.inference.signature import inspect_model
 from shared.errors import EdgefleetError, ModelError
-from shared.messages import iso, now_ns
+from shared.messages import DeploymentEvent, iso, now_ns
 from shared.signing import SigningKey
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ class Fleet:
     # Publishes one retained QoS 1 message and waits for the broker's ack (set by the service:
     # handlers run in threads, the MQTT client in the event loop).
     publish: Callable[[str, dict[str, Any]], None] | None = None
+    # Announces a staged deployment's moves (`DeploymentEvent`): not retained, never waited on
+    # (a rollout does not stop for a follower's sake).
+    announce: Callable[[DeploymentEvent], None] | None = None
     # Held from a deployment's commit to its last publish: revisions reach the broker in order.
     deploy_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -18,6 +18,9 @@ every batch of reports and every timeout check, `progress` looks at each rollout
 An offline node of a stage is `pending` until its health timeout, then fails (`timeout`),
 counted against the threshold like any failure: a stage never waits longer than the timeout.
 Its desired state stays retained; if it comes back later its report still updates its row.
+
+Each move is announced on `ef/fleet/deployments` (`DeploymentEvent`, JSON, not retained) after
+its commit: stage_started, stage_held, paused, resumed, aborted, finished.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from edgefleet.fleet.nodes import IN_PROGRESS
 from edgefleet.fleet.store import Row
-from shared.messages import now_ns
+from shared.messages import DeploymentEvent, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +52,48 @@ def _going(db: sqlite_utils.Database) -> list[Row]:
     )
 
 
+Events = list[DeploymentEvent]
+
+
+def event(
+    db: sqlite_utils.Database, dep: str, what: str, reason: str | None = None
+) -> DeploymentEvent:
+    """The event for the deployment as it is now (in the transaction that moved it)."""
+    view = deploy.deployment_view(db, deploy.deployment_of(db, dep))
+    index = view.stage or 0
+    return DeploymentEvent(
+        deployment=dep,
+        event=what,  # type: ignore[arg-type]
+        stage=index + 1,
+        stages=len(view.stages),
+        state=view.state,
+        counts=view.stages[index].counts if view.stages else {},
+        reason=reason,
+    )
+
+
+def announce(fleet: Fleet, events: Events) -> None:
+    if fleet.announce is not None:
+        for e in events:
+            fleet.announce(e)
+
+
 def progress(fleet: Fleet) -> int:
     """Abort or advance every rollout that can; how many desired states went out."""
+    events: Events = []
     with fleet.deploy_lock:
         with fleet.store.write() as db:
             wires: list[dict[str, Any]] = []
             for row in _going(db):
-                wires += _step(fleet, db, row, now_ns())
+                wires += _step(fleet, db, row, now_ns(), events)
         deploy.publish(fleet, wires)
+    announce(fleet, events)
     return len(wires)
 
 
-def _step(fleet: Fleet, db: sqlite_utils.Database, row: Row, now: int) -> list[dict[str, Any]]:
+def _step(
+    fleet: Fleet, db: sqlite_utils.Database, row: Row, now: int, events: Events
+) -> list[dict[str, Any]]:
     dep = row["deployment_id"]
     strategy = api.Strategy.model_validate_json(row["strategy"])
     plan: list[list[str]] = json.loads(row["stages"])
@@ -76,14 +109,17 @@ def _step(fleet: Fleet, db: sqlite_utils.Database, row: Row, now: int) -> list[d
             f"stage {row['stage'] + 1} of {len(plan)}: {len(failed)} of {len(current)} "
             f"node(s) failed, more than {strategy.abort_above} allows ({why})"
         )
-        return abort(fleet, db, dep, reason, now)
+        wires = abort(fleet, db, dep, reason, now)
+        events.append(event(db, dep, "aborted", reason))
+        return wires
     if not all(r["state"] in stages.STAGE_ENDED for r in mine):
         return []
+    last = row["stage"] == len(plan) - 1
     if row["stage_done_ns"] is None:
         db.table("rollouts").update(dep, {"stage_done_ns": now})
         log.info("deployment %s: stage %d of %d held", dep, row["stage"] + 1, len(plan))
         row = {**row, "stage_done_ns": now}
-    last = row["stage"] == len(plan) - 1
+        events.append(event(db, dep, "finished" if last else "stage_held"))
     if last or row["paused_ns"] or now < row["stage_done_ns"] + int(strategy.soak_s * 1e9):
         return []
     nxt = row["stage"] + 1
@@ -95,6 +131,7 @@ def _step(fleet: Fleet, db: sqlite_utils.Database, row: Row, now: int) -> list[d
         if rows.get(site, {}).get("state") == deploy.WAITING  # a newer deployment took it
     ]
     log.info("deployment %s: stage %d of %d to %d node(s)", dep, nxt + 1, len(plan), len(wires))
+    events.append(event(db, dep, "stage_started"))
     return wires
 
 
@@ -139,10 +176,13 @@ def _staged(db: sqlite_utils.Database, dep: str) -> Row:
 
 
 def pause(fleet: Fleet, req: api.DeploymentRequest) -> api.DeploymentShowResult:
+    events: Events = []
     with fleet.store.write() as db:
         row = _staged(db, req.id)
         if row["paused_ns"] is None:
             db.table("rollouts").update(req.id, {"paused_ns": now_ns()})
+            events.append(event(db, req.id, "paused"))
+    announce(fleet, events)
     return deploy.deployment_show(fleet, req)
 
 
@@ -154,5 +194,7 @@ def resume(fleet: Fleet, req: api.DeploymentRequest) -> api.DeploymentShowResult
                 "invalid", f"deployment {req.id} aborted ({row['reason']}); deploy again"
             )
         db.table("rollouts").update(req.id, {"paused_ns": None})
+        events = [event(db, req.id, "resumed")] if row["paused_ns"] else []
+    announce(fleet, events)
     progress(fleet)  # a stage that held meanwhile goes on now
     return deploy.deployment_show(fleet, req)

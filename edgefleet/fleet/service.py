@@ -24,14 +24,22 @@ from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from shared import codec
+from shared.codec import Encoding
 from shared.errors import EdgefleetError, PayloadError
 from shared.health import HealthModel
-from shared.messages import FleetAnswer, FleetCommand, Message, ReportedState, Status
+from shared.messages import (
+    DeploymentEvent,
+    FleetAnswer,
+    FleetCommand,
+    Message,
+    ReportedState,
+    Status,
+)
 from shared.mqtt import Received
 from shared.requests import RequestServer
 from shared.runtime import Loop, Runtime
 from shared.service import Service, ServiceSpec, run
-from shared.topics import Kind, every_site, fleet_commands, parse
+from shared.topics import Kind, every_site, fleet_commands, fleet_deployments, parse
 
 PUBLISH_TIMEOUT_S = 30.0
 
@@ -72,11 +80,13 @@ class FleetService(Service[Config]):
         super().__init__(rt, config)
         self.fleet = fleet
         self.topic = fleet_commands(config.prefix)
+        self.deployments = fleet_deployments(config.prefix)
         self.queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=config.workers * 16)
         self.server = RequestServer(rt, self.topic, FleetCommand.from_wire, self.handle, refuse)
         self.observed: asyncio.Queue[nodes.Observation] = asyncio.Queue(maxsize=100_000)
         self.loop = asyncio.get_running_loop()
         fleet.publish = self.publish_from_thread
+        fleet.announce = self.announce_from_thread
 
     async def start(self) -> None:
         prefix = self.config.prefix
@@ -120,6 +130,12 @@ class FleetService(Service[Config]):
         result = future.result(PUBLISH_TIMEOUT_S)
         if not result.ok:
             raise FleetError("publish_failed", f"{topic}: the broker refused: {result.reason}")
+
+    def announce_from_thread(self, event: DeploymentEvent) -> None:
+        """From a handler's thread: one event, JSON (for other systems), not waited on."""
+        asyncio.run_coroutine_threadsafe(
+            self.rt.publish(self.deployments, event, encoding=Encoding.JSON, qos=1), self.loop
+        )
 
     async def on_status(self, message: Received) -> None:
         site = parse(message.topic).site

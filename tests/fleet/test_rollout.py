@@ -12,7 +12,7 @@ from typing import Any
 
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet.client import FleetClient, connect
-from shared.topics import Topics
+from shared.topics import Topics, fleet_deployments
 from tests.fleet.test_deploy import (
     announce,
     desired_of,
@@ -51,6 +51,7 @@ async def test_an_offline_canary_holds_its_stage_until_the_timeout(
     prefix = site
     await flow_versions(fleet, tmp_path)
     await probe.subscribe(f"{prefix}/+/desired")
+    await probe.subscribe(fleet_deployments(prefix))
     for node in ("n2", "n3", "n4"):
         await announce(probe, prefix, node, {"role": "pump"})
     # n1 is offline: named, never heard from; it is in the first stage (site order)
@@ -87,6 +88,13 @@ async def test_an_offline_canary_holds_its_stage_until_the_timeout(
     await report(probe, prefix, "n1", 1, "applied")
     late = await shown_when(fleet, dep, lambda s: states(s)["n1"] == "applied")
     assert late["deployment"]["state"] == "succeeded"
+    # and other systems followed it on ef/fleet/deployments
+    got = await probe.wait_for(fleet_deployments(prefix), count=4)
+    assert [(e["event"], e["stage"], e["stages"]) for e in got] == [
+        ("stage_started", 1, 2), ("stage_held", 1, 2), ("stage_started", 2, 2), ("finished", 2, 2)
+    ]  # fmt: skip
+    assert got[1]["counts"] == {"applied": 1, "failed": 1} and got[3]["state"] == "failed"
+    assert probe.received(fleet_deployments(prefix))[0].content_type == "application/json"
 
 
 async def test_a_failure_beyond_the_threshold_aborts_and_reverts(
@@ -95,6 +103,7 @@ async def test_a_failure_beyond_the_threshold_aborts_and_reverts(
     prefix = site
     await flow_versions(fleet, tmp_path)
     await probe.subscribe(f"{prefix}/+/desired")
+    await probe.subscribe(fleet_deployments(prefix))
     nodes = ["a1", "a2", "a3", "a4"]
     first = await fleet.call("deploy", {"flows": ["pump-anomaly@1"], "nodes": nodes})
     await probe.wait_for(f"{prefix}/+/desired", count=4)
@@ -124,6 +133,9 @@ async def test_a_failure_beyond_the_threshold_aborts_and_reverts(
     assert "stage 1 of 2: 1 of 2 node(s) failed" in view["reason"]
     assert "a2: health gate: no results" in view["reason"]
     assert [s["state"] for s in view["stages"]] == ["failed", "skipped"]
+    (aborted,) = await probe.wait_for(fleet_deployments(prefix), lambda e: e["event"] == "aborted")
+    assert aborted["deployment"] == dep and aborted["reason"] == view["reason"]
+    assert aborted["counts"] == {"reverted": 1, "rolled_back": 1}
     # both nodes of the stage go back to revision 1's flows, as revision 3
     for node in ("a1", "a2"):
         (back,) = await probe.wait_for(Topics(node, prefix).desired(), lambda d: d["revision"] == 3)
@@ -158,6 +170,7 @@ async def test_cli_stages_dry_run_pause_resume(
     async with connect(f"{broker.host}:{broker.port}", prefix=site) as fleet:
         await flow_versions(fleet, tmp_path)
         await probe.subscribe(f"{site}/+/desired")
+        await probe.subscribe(fleet_deployments(site))
         target = ("--nodes", "p1,p2,p3", "--canary", "1", "--abort-above", "50%")
         dry = await arun("deploy", "pump-anomaly@1", *target, "--dry-run", "--json")
         assert dry.returncode == 0, dry.stderr
@@ -182,6 +195,12 @@ async def test_cli_stages_dry_run_pause_resume(
         assert resumed.returncode == 0, resumed.stderr
         got = await probe.wait_for(f"{site}/+/desired", count=3)
         assert sorted(d["site"] for d in got) == ["p1", "p2", "p3"]
+        events = await probe.wait_for(
+            fleet_deployments(site), lambda e: e["event"] == "stage_started", count=2
+        )
+        assert [e["stage"] for e in events] == [1, 2]
+        kinds = [e["event"] for e in probe.decoded(fleet_deployments(site))]
+        assert kinds[:4] == ["stage_started", "paused", "stage_held", "resumed"]
         shown = await arun("deployment", "show", dep)
         assert "stage 1: held" in shown.stdout and "stage 2: in_progress" in shown.stdout
         at_once = await fleet.call("deploy", {"flows": ["pump-anomaly@2"], "nodes": ["p9"]})
