@@ -662,6 +662,7 @@ CONTROL_PLANE: dict[str, type[Message]] = {
         ActuatorCommand,
         DesiredState,
         ReportedState,
+        DeploymentEvent,
         FleetCommand,
         FleetAnswer,
     )
