@@ -184,6 +184,7 @@ def parser() -> argparse.ArgumentParser:
         ("deploy", "deploy flow versions to nodes (edgefleet deploy --help)"),
         ("deployment", "deployments and their state per node (edgefleet deployment --help)"),
         ("rollback", "deploy an earlier flow version where it runs (edgefleet rollback --help)"),
+        ("debug", "a node's site topics seen from here, for a while (edgefleet debug --help)"),
         ("cloud", "the cloud side on this machine (edgefleet cloud up --help)"),
     ):
         sub.add_parser(name, help=text, add_help=False)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["shadow"]:
         return cmd_shadow(argv[1:])
     if argv[:1] in (["library"], ["flow"], ["node"], ["group"], ["deploy"], ["deployment"],
-                    ["rollback"]):  # fmt: skip
+                    ["rollback"], ["debug"]):  # fmt: skip
         from edgefleet.fleet.cli import main as fleet_main
 
         return fleet_main(argv)

@@ -101,6 +101,12 @@ class Runtime:
         self._handlers.append((topic_filter, handler))
         await self.mqtt.subscribe(topic_filter, qos)
 
+    async def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Stop routing `topic_filter` to `handler`; unsubscribe when no handler is left on it."""
+        self._handlers = [(f, h) for f, h in self._handlers if (f, h) != (topic_filter, handler)]
+        if all(f != topic_filter for f, _ in self._handlers):
+            await self.mqtt.unsubscribe(topic_filter)
+
     async def _dispatch(self, message: Received) -> None:
         self.health.received += 1
         for topic_filter, handler in self._handlers:
@@ -129,6 +135,7 @@ class Runtime:
         priority: bool = False,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
+        expiry_s: int | None = None,
     ) -> PublishResult:
         """Encode once and publish; buffered while the broker is away."""
         wire = body.to_wire(encoding) if isinstance(body, Message) else body
@@ -142,6 +149,7 @@ class Runtime:
             priority=priority,
             response_topic=response_topic,
             correlation_data=correlation_data,
+            expiry_s=expiry_s,
         )
         if result.ok:
             self.health.published += 1

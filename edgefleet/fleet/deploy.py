@@ -29,6 +29,7 @@ from edgefleet.fleet.library import Fleet
 from edgefleet.fleet.nodes import (
     IN_PROGRESS,
     ensure_node,
+    events,
     latest_desired,
     members,
     node_row,
@@ -198,6 +199,13 @@ def deploy(fleet: Fleet, req: api.DeployRequest) -> api.DeployResult:
     with fleet.deploy_lock:
         with fleet.store.write() as db:
             sites = _targets(db, req)
+            own = fleet.config.site
+            if own in sites:
+                raise FleetError(
+                    "own_site",
+                    f"{own!r} is the fleet's own site id (site in fleet.yaml): it names the "
+                    "fleet service, never a node; give the node another site id",
+                )
             staged = stages.plan(sites, req.strategy) if req.strategy else [sites]
             plan, wires = [], []
             for index, stage in enumerate(staged):
@@ -417,6 +425,7 @@ def deployment_show(fleet: Fleet, req: api.DeploymentRequest) -> api.DeploymentS
                 error=r["error"],
                 timings_ms=json.loads(r["timings"] or "{}"),
                 updated=iso(r["updated_ns"]),
+                events=events(db, r["site"], r["revision"]),
                 stage=stage_of.get(r["site"], 0),
             )
             for r in _rows(db, req.id)

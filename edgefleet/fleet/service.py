@@ -28,6 +28,7 @@ from shared.codec import Encoding
 from shared.errors import EdgefleetError, PayloadError
 from shared.health import HealthModel
 from shared.messages import (
+    DebugSession,
     DeploymentEvent,
     FleetAnswer,
     FleetCommand,
@@ -39,7 +40,15 @@ from shared.mqtt import Received
 from shared.requests import RequestServer
 from shared.runtime import Loop, Runtime
 from shared.service import Service, ServiceSpec, run
-from shared.topics import Kind, every_site, fleet_commands, fleet_deployments, parse
+from shared.topics import (
+    Kind,
+    debug_of,
+    every_debug_session,
+    every_site,
+    fleet_commands,
+    fleet_deployments,
+    parse,
+)
 
 PUBLISH_TIMEOUT_S = 30.0
 
@@ -87,12 +96,14 @@ class FleetService(Service[Config]):
         self.loop = asyncio.get_running_loop()
         fleet.publish = self.publish_from_thread
         fleet.announce = self.announce_from_thread
+        fleet.debug.publish = self.publish_session_from_thread
 
     async def start(self) -> None:
         prefix = self.config.prefix
         await self.rt.subscribe(self.topic, self.enqueue)
         await self.rt.subscribe(every_site(Kind.STATUS, prefix, "agent"), self.on_status)
         await self.rt.subscribe(every_site(Kind.REPORTED, prefix), self.on_reported)
+        await self.rt.subscribe(every_debug_session(prefix), self.on_debug_session)
         key = self.fleet.signing_key
         log.info(
             "fleet serving %s: db %s, S3 %s bucket %s, signing key %s",
@@ -136,6 +147,26 @@ class FleetService(Service[Config]):
         asyncio.run_coroutine_threadsafe(
             self.rt.publish(self.deployments, event, encoding=Encoding.JSON, qos=1), self.loop
         )
+
+    def publish_session_from_thread(
+        self, topic: str, wire: dict[str, Any] | None, expiry_s: int | None
+    ) -> None:
+        """A debug session's retained request (with its message expiry), or its clearing."""
+        if wire is None:
+            coro = self.rt.mqtt.publish(topic, b"", qos=1, retain=True)
+        else:
+            coro = self.rt.publish(topic, wire, qos=1, retain=True, expiry_s=expiry_s)
+        result = asyncio.run_coroutine_threadsafe(coro, self.loop).result(PUBLISH_TIMEOUT_S)
+        if not result.ok:
+            raise FleetError("publish_failed", f"{topic}: the broker refused: {result.reason}")
+
+    async def on_debug_session(self, message: Received) -> None:
+        """The retained session requests: what is open, also after a restart."""
+        _, _, session = debug_of(message.topic)
+        request = None
+        if message.payload:
+            request = DebugSession.from_wire(codec.decode(message.payload, message.content_type))
+        self.fleet.debug.seen(session, request)
 
     async def on_status(self, message: Received) -> None:
         site = parse(message.topic).site

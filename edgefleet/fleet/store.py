@@ -1,6 +1,7 @@
 """The fleet's metadata in SQLite (sqlite-utils): resources, flow versions, staged uploads,
-nodes, groups, deployments and desired states (schema 2), staged rollouts and key rotations
-(schema 3); their queries are in nodes.py, deploy.py, rollout.py and rotation.py.
+nodes, groups, deployments and desired states (schema 2), nodes' reported transitions (schema
+3), staged rollouts and key rotations (schema 4); their queries are in nodes.py, deploy.py,
+rollout.py and rotation.py.
 
 WAL mode and `synchronous=FULL`: what a command answered as committed survives a SIGKILL or a
 power cut. An explicit `schema_version` table and forward migrations (`MIGRATIONS[i]` takes
@@ -154,6 +155,24 @@ def _v2(db: sqlite_utils.Database) -> None:
 
 
 def _v3(db: sqlite_utils.Database) -> None:
+    """Every transition a node reported (received → downloading → ... → applied), with times."""
+    db.table("node_events").create(
+        {
+            "site": str,
+            "revision": int,
+            "deployment_id": str,
+            "state": str,  # the reported step
+            "error": str,
+            "t_ns": int,  # when the agent reported it (its clock)
+            "received_ns": int,  # when the fleet stored it
+        },
+        not_null={"site", "revision", "state", "t_ns", "received_ns"},
+    )
+    # a retained report seen again (a reconnect) is the same event: stored once
+    db.table("node_events").create_index(["site", "revision", "state", "t_ns"], unique=True)
+
+
+def _v4(db: sqlite_utils.Database) -> None:
     """Staged rollouts (one row per deployment with a strategy) and signing key rotations."""
     db.table("rollouts").create(
         {
@@ -188,7 +207,7 @@ def _v3(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -110,6 +110,18 @@ class FleetBroker(StrictModel):
     port: int = Field(1883, ge=1, le=65535)
 
 
+class DebugLimits(StrictModel):
+    """What this node lets a debug session of the fleet do (docs/debug.md); the fleet has its
+    own limits too, and a request beyond these is refused (sessions) or cut down (rate, time)."""
+
+    max_sessions: int = Field(4, ge=0, description="debug sessions open at once; 0: none")
+    max_seconds: float = Field(3600.0, gt=0, description="longest a session stays open")
+    max_rate_hz: float = Field(10.0, gt=0, description="messages per second per topic, at most")
+    max_topics: int = Field(
+        64, ge=1, description="distinct topics one session forwards; more are dropped, counted"
+    )
+
+
 class FleetSection(StrictModel):
     """The node's agent (docs/agent.md): `edgefleet up` runs it when site.yaml has this section."""
 
@@ -128,6 +140,10 @@ class FleetSection(StrictModel):
         30.0, gt=0, description="loading and one trial run of a model, in a separate process"
     )
     command_timeout_s: float = Field(30.0, gt=0, description="for an answer of the fleet")
+    debug: DebugLimits = Field(
+        default_factory=lambda: DebugLimits.model_validate({}),
+        description="limits of the fleet's debug sessions on this node",
+    )
 
     @field_validator("trusted_keys")
     @classmethod
