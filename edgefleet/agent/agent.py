@@ -153,8 +153,8 @@ class Agent:
         """Read the state file (a revision cut short is dropped) and have the supervisor run
         the current revision's flows; called before the supervisor starts."""
         self.state = self.state_file.recover()
-        if self.state.trusted_keys is not None:
-            self.trusted = [PublicKey.parse(k) for k in self.state.trusted_keys]
+        if self.state.trusted_keys is not None:  # in place: the debugger shares the list
+            self.trusted[:] = [PublicKey.parse(k) for k in self.state.trusted_keys]
         if self.state.current is not None:
             try:
                 flows, files = self._deployed(self.state.current)
@@ -271,7 +271,7 @@ class Agent:
                 signer,
             )
         self.state = self.state_file.save(self.state.model_copy(update={"trusted_keys": keys}))
-        self.trusted = trusted
+        self.trusted[:] = trusted  # in place: debug sessions are verified against it too
 
     async def _refused(self, wire: Any, exc: Refused) -> None:
         log.warning("agent: desired state refused: %s", exc)

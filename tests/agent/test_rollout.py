@@ -153,7 +153,7 @@ async def test_a_key_rotation_moves_a_node_to_the_new_key_and_retires_the_old(
 
     async with (
         Probe(broker.host, broker.port) as probe,
-        SiteSupervisor(load_site(path), tmp_path / "w"),
+        SiteSupervisor(load_site(path), tmp_path / "w") as sup,
     ):
         await probe.subscribe(desired_topic)
         await probe.subscribe(reported_topic)
@@ -183,6 +183,8 @@ async def test_a_key_rotation_moves_a_node_to_the_new_key_and_retires_the_old(
         await eventually(retired, timeout=TIMEOUT)
         state = yaml.safe_load((tmp_path / "w" / "agent" / "state.json").read_text())
         assert state["trusted_keys"] == [new.public.text()]
+        assert sup.agent is not None  # debug sessions are verified against the same keys
+        assert [k.key_id for k in sup.agent.debug.trusted] == [new.public.key_id]
 
         # the next deployment is signed by the new key and applied
         await fleet.call("deploy", {"flows": [ref], "nodes": [node]})
