@@ -14,6 +14,7 @@ from shared.config import load_config
 from shared.errors import EdgefleetError
 from shared.mqtt import BrokerSettings
 from shared.runtime import setup_logging
+from shared.service import RESTART_EXIT_CODE, RestartForConfig
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -25,8 +26,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid {args.service} config for instance {config.instance!r}")
         return 0
     setup_logging(config.log_level)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(spec.main(config))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(spec.main(config))
+    except RestartForConfig:  # logged by the service; `edgefleet up` restarts it with the config
+        return RESTART_EXIT_CODE
     return 0
 
 

@@ -72,7 +72,8 @@ class Runtime:
         self.topics = Topics(config.site, config.prefix)
         self.health = Health()
         self.stop = asyncio.Event()
-        self.revision = config.revision  # of the config running now; retained updates must beat it
+        self.revision = config.revision  # of the config running now, named in the status
+        self._config_taken = config.revision  # the newest revision handed on: updates must beat it
         self._health_sections: dict[str, HealthSection] = {}
         self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self._handlers: list[tuple[str, Handler]] = []
@@ -162,10 +163,10 @@ class Runtime:
         """Hand each retained `ConfigUpdate` newer than the running revision to `callback`.
 
         Subscribes `config/{instance}`. A malformed update or one for another instance is
-        rejected (errors topic); one whose revision is not newer is ignored, so the retained
-        message that comes back on every reconnect is applied once. The revision counts as
-        applied when the callback is called: a service that refuses the config reports why and
-        keeps what it runs, and the same message is not retried. The callback runs in the
+        rejected (errors topic); one whose revision is not newer than the last one handed on is
+        ignored, so the retained message that comes back on every reconnect is handled once
+        (a refused one is not retried). The callback sets `revision` when it applies the
+        config: the status names the revision that runs. The callback runs in the
         dispatch loop: work that takes long belongs in a task or a queue of the service's own.
         """
 
@@ -175,16 +176,16 @@ class Runtime:
                 raise PayloadError(
                     f"config for instance {update.instance!r} on the topic of {self.instance!r}"
                 )
-            if update.revision <= self.revision:
+            if update.revision <= self._config_taken:
                 log.info(
-                    "config revision %d on %s ignored: running revision %d",
+                    "config revision %d on %s ignored: revision %d taken already",
                     update.revision,
                     message.topic,
-                    self.revision,
+                    self._config_taken,
                 )
                 return
             log.info("config revision %d on %s taken", update.revision, message.topic)
-            self.revision = update.revision
+            self._config_taken = update.revision
             await callback(update.config, update.revision)
 
         await self.subscribe(self.topics.config(self.instance), handle)
@@ -250,6 +251,7 @@ class Runtime:
             clock_skew_ms=h.clock_skew_ms(),
             pid=self._process.pid,
             cpu_percent=self._process.cpu_percent(),
+            cpu_seconds=round(sum(self._process.cpu_times()[:2]), 3),
             rss_mb=round(self._process.memory_info().rss / 2**20, 1),
         ).to_wire()
         for name, section in self._health_sections.items():

@@ -362,24 +362,36 @@ def _rows(db: sqlite_utils.Database, deployment_id: str) -> list[Row]:
     )
 
 
+def deployment_state(
+    cancelled: bool, counts: dict[str, int], aborted: bool = False, paused: bool = False
+) -> str:
+    """A deployment's state from its nodes' states (and counts of each), and a staged one's
+    abort or pause."""
+    if cancelled:
+        return "cancelled"
+    if aborted:
+        return "aborted"
+    if any(s in IN_PROGRESS or s == WAITING for s in counts):
+        return "paused" if paused else "in_progress"
+    if counts.get("failed") or counts.get("rolled_back"):
+        return "failed"
+    if counts and set(counts) == {"superseded"}:
+        return "superseded"
+    return "succeeded"
+
+
 def deployment_view(db: sqlite_utils.Database, row: Row) -> api.DeploymentView:
     node_rows = _rows(db, row["id"])
     counts: dict[str, int] = {}
     for r in node_rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     staged = stages.rollout_row(db, row["id"])
-    if row["cancelled_ns"]:
-        state = "cancelled"
-    elif staged and staged["aborted_ns"]:
-        state = "aborted"
-    elif any(s in IN_PROGRESS or s == WAITING for s in counts):
-        state = "paused" if staged and staged["paused_ns"] else "in_progress"
-    elif counts.get("failed") or counts.get("rolled_back"):
-        state = "failed"
-    elif counts and set(counts) == {"superseded"}:
-        state = "superseded"
-    else:
-        state = "succeeded"
+    state = deployment_state(
+        bool(row["cancelled_ns"]),
+        counts,
+        aborted=bool(staged and staged["aborted_ns"]),
+        paused=bool(staged and staged["paused_ns"]),
+    )
     view = api.DeploymentView(
         id=row["id"],
         flows=json.loads(row["flows"]),

@@ -23,6 +23,7 @@ from edgefleet.fleet import commands, deploy, nodes, rollout, rotation
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
+from edgefleet.fleet.metrics import FleetCollector
 from shared import codec
 from shared.codec import Encoding
 from shared.errors import EdgefleetError, PayloadError
@@ -36,6 +37,7 @@ from shared.messages import (
     ReportedState,
     Status,
 )
+from shared.metrics import MetricsServer
 from shared.mqtt import Received
 from shared.requests import RequestServer
 from shared.runtime import Loop, Runtime
@@ -96,6 +98,7 @@ class FleetService(Service[Config]):
         self.loop = asyncio.get_running_loop()
         fleet.publish = self.publish_from_thread
         fleet.announce = self.announce_from_thread
+        self.metrics: MetricsServer | None = None
         fleet.debug.publish = self.publish_session_from_thread
 
     async def start(self) -> None:
@@ -103,6 +106,10 @@ class FleetService(Service[Config]):
         await self.rt.subscribe(self.topic, self.enqueue)
         await self.rt.subscribe(every_site(Kind.STATUS, prefix, "agent"), self.on_status)
         await self.rt.subscribe(every_site(Kind.REPORTED, prefix), self.on_reported)
+        if self.config.metrics is not None:
+            collector = FleetCollector(self.fleet.store, self.counters)
+            self.metrics = MetricsServer(collector, self.config.metrics)
+            self.metrics.start()
         await self.rt.subscribe(every_debug_session(prefix), self.on_debug_session)
         key = self.fleet.signing_key
         log.info(
@@ -132,6 +139,19 @@ class FleetService(Service[Config]):
             queued=self.queue.qsize(),
             observations_queued=self.observed.qsize(),
         )
+
+    def counters(self) -> dict[str, int]:
+        """Commands by outcome and the queues, for /metrics (read from a scrape's thread)."""
+        return {
+            **self.server.stats.as_dict(),
+            "queued_commands": self.queue.qsize(),
+            "queued_observations": self.observed.qsize(),
+        }
+
+    async def close(self) -> None:
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
 
     def publish_from_thread(self, topic: str, wire: dict[str, Any]) -> None:
         """From a handler's thread: one retained QoS 1 publish, acked (or buffered)."""
@@ -235,4 +255,4 @@ async def main(config: Config) -> None:
     await run(NAME, config, lambda rt: FleetService(rt, config, fleet))
 
 
-SPEC = ServiceSpec(NAME, Config, main, check)
+SPEC = ServiceSpec(NAME, Config, main, check, service=FleetService)

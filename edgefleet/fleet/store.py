@@ -287,10 +287,16 @@ class Store:
         note: str,
         author: str,
         signature: dict[str, Any],
+        ensure_blob: Callable[[], None] = lambda: None,
     ) -> tuple[Row, bool]:
         """The new version `name@N` (N: one past the highest ever given), or the existing one
-        with the same bytes; True when it was created."""
+        with the same bytes; True when it was created.
+
+        `ensure_blob` (make the blob present at its address) runs inside the transaction: the
+        database lock orders it against `delete` and `drop_blob_if_unused`, in this process or
+        another on the same file, so no removal slips between the blob's check and the row."""
         with self._write() as db:
+            ensure_blob()
             kinds = {
                 r["kind"] for r in db.query("SELECT kind FROM resources WHERE name = ?", [name])
             }
@@ -353,10 +359,16 @@ class Store:
     def has_blob(self, sha256: str) -> bool:
         """Whether a present version holds these bytes."""
         with self._connection() as db:
-            row = one(
-                db, "SELECT id FROM resources WHERE sha256 = ? AND deleted_ns IS NULL", [sha256]
-            )
-        return row is not None
+            return _has_blob(db, sha256)
+
+    def drop_blob_if_unused(self, sha256: str, remove: Callable[[str], None]) -> bool:
+        """`remove(sha256)` unless a present version holds these bytes, under the database lock
+        (see `add_resource`); True when it was called."""
+        with self._write() as db:
+            if _has_blob(db, sha256):
+                return False
+            remove(sha256)
+            return True
 
     def users(self, resource_id: int) -> list[str]:
         """The flow versions that pin this resource, as `flow@N`."""
@@ -372,9 +384,11 @@ class Store:
                 )
             return _resource(db, name, version)
 
-    def delete(self, name: str, version: int) -> tuple[Row, bool]:
-        """Tombstone the version; True when no other present version holds the same bytes
-        (the blob may go)."""
+    def delete(
+        self, name: str, version: int, remove_blob: Callable[[str], None] = lambda _: None
+    ) -> tuple[Row, bool]:
+        """Tombstone the version; when no other present version holds the same bytes,
+        `remove_blob(sha256)` inside the transaction (see `add_resource`) and True."""
         with self._write() as db:
             row = _resource(db, name, version)
             users = _users(db, row["id"])
@@ -389,6 +403,8 @@ class Store:
                 "SELECT count(*) FROM resources WHERE sha256 = ? AND deleted_ns IS NULL",
                 [row["sha256"]],
             ).fetchone()
+            if others == 0:
+                remove_blob(row["sha256"])
             return row, others == 0
 
     # ------------------------------------------------------------------ flows
@@ -528,6 +544,11 @@ class Store:
             rows = list(db.query("SELECT * FROM uploads WHERE expires_ns < ?", [now]))
             db.execute("DELETE FROM uploads WHERE expires_ns < ?", [now])
             return rows
+
+
+def _has_blob(db: sqlite_utils.Database, sha256: str) -> bool:
+    sql = "SELECT id FROM resources WHERE sha256 = ? AND deleted_ns IS NULL"
+    return one(db, sql, [sha256]) is not None
 
 
 def one(db: sqlite_utils.Database, sql: str, params: list[Any]) -> Row | None:

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from edgefleet.flow import AlignerSettings
 from edgefleet.registry import service_spec
 from services.actuator.config import ActuatorConfig
 from services.forwarder.config import ForwarderConfig
 from shared.config import BrokerConfig, ServiceConfig, StrictModel, Timings, TopicId
 from shared.errors import ConfigError
+from shared.metrics import MetricsSettings
 from shared.signing import PublicKey
 from shared.topics import DEFAULT_PREFIX
 
@@ -186,6 +188,10 @@ class SiteSpec(StrictModel):
     flows: list[Path] = Field(
         default_factory=list, description="flow files, relative to site.yaml's folder"
     )
+    aligner: AlignerSettings = Field(
+        default_factory=lambda: AlignerSettings.model_validate({}),
+        description="settings of every flow's aligner; a flow's own `aligner` wins",
+    )
     actuator: ActuatorSection = Field(default_factory=lambda: ActuatorSwitch.model_validate({}))
     forwarder: ForwarderSection = Field(
         default_factory=lambda: ForwarderSettings.model_validate({})
@@ -198,6 +204,11 @@ class SiteSpec(StrictModel):
     )
     fleet: FleetSection | None = Field(
         None, description="run the agent: this node takes desired states from a fleet"
+    )
+    metrics: MetricsSettings | None = Field(
+        None,
+        description="serve Prometheus /metrics from `edgefleet up` (docs/metrics.md); "
+        "absent: not served",
     )
 
 

@@ -27,13 +27,13 @@ from services.inference.swap import (
     SwapRequest,
     file_signature,
     live_key,
-    merge_config,
     prepare,
     shadow_settings,
 )
 from shared import codec
 from shared.errors import ConfigError, ModelError, PayloadError
 from shared.health import InferenceHealth, ServedModel, ShadowModel, SwapHealth
+from shared.histogram import BATCH_SIZE, LATENCY_SECONDS, RUN_SECONDS, Histogram
 from shared.messages import ResultBatch, SampleBatch, now_ns
 from shared.mqtt import Received
 from shared.runtime import Loop, Runtime
@@ -78,6 +78,12 @@ class SwapStats:
 
 class InferenceService(Service[InferenceConfig]):
     health_section = "inference"
+    # Swapped in without a restart (swap.py): the live model's keys, the shadow, the per-batch
+    # keys. The others (flow, features, window, batching) restart the instance.
+    live_keys = Service.live_keys | {
+        "model", "outputs", "preprocess", "postprocess", "on_nan", "intra_op_threads", "shadow",
+        "encoding", "publish_qos", "offload_above_us",
+    }  # fmt: skip
 
     def __init__(self, rt: Runtime, config: InferenceConfig, engine: Engine) -> None:
         super().__init__(rt, config.model_copy(update={"shadow": None}))  # what runs now
@@ -88,6 +94,10 @@ class InferenceService(Service[InferenceConfig]):
         self.results_topic = rt.topics.results(config.flow)
         self.shadow_topic = rt.topics.shadow(config.flow)
         self.offloaded = 0
+        # the live model's, since this run started (the Prometheus histograms of the site)
+        self.run_seconds = Histogram(RUN_SECONDS)
+        self.latency_seconds = Histogram(LATENCY_SECONDS)
+        self.batch_size = Histogram(BATCH_SIZE)
         self.swaps = SwapStats()
         self.requests: asyncio.Queue[SwapRequest] = asyncio.Queue()
         self.recent_x: Any = None  # the last samples seen, to try candidates on live data
@@ -107,7 +117,6 @@ class InferenceService(Service[InferenceConfig]):
 
     async def start(self) -> None:
         await self.rt.subscribe(self.rt.topics.samples(self.config.flow), self.handle)
-        await self.rt.on_config(self.on_config)
 
     def loops(self) -> dict[str, Loop]:
         return {
@@ -141,6 +150,9 @@ class InferenceService(Service[InferenceConfig]):
             queued=self.batcher.qsize(),
             offloaded_runs=self.offloaded,
             **stats.as_dict(),
+            run_seconds=self.run_seconds.report(),
+            latency_seconds=self.latency_seconds.report(),
+            batch_size=self.batch_size.report(),
         )
 
     async def handle(self, message: Received) -> None:
@@ -175,10 +187,18 @@ class InferenceService(Service[InferenceConfig]):
             live, shadow = self.live, self.shadow
             outcome = await self.run(live.engine, rows)
             live.health.observe(rows, outcome.result, outcome.run_us)
+            self.observe(rows, outcome)
             await self.publish(outcome)
             self.recent_x = rows.x[-8:]
             if shadow is not None:
                 await self.run_shadow(shadow, rows, outcome.result)
+
+    def observe(self, rows: Rows, outcome: RunOutcome) -> None:
+        self.batch_size.observe([len(rows.x)])
+        if outcome.run_us is not None:
+            self.run_seconds.observe([outcome.run_us / 1e6])
+        if outcome.result is not None:
+            self.latency_seconds.observe(outcome.result.latency_us / 1e6)
 
     async def run(self, engine: Engine, rows: Rows) -> RunOutcome:
         # Inline, a run costs the event loop nothing extra (the thread hop costs ~50-100 µs);
@@ -222,14 +242,14 @@ class InferenceService(Service[InferenceConfig]):
 
     # ------------------------------------------------------------------ swaps
 
-    async def on_config(self, update: dict[str, Any], revision: int) -> None:
-        """A newer retained config: checked here, applied by swap_loop (it takes seconds)."""
-        try:
-            new = merge_config(self.config, update, revision)
-        except ConfigError as exc:
-            self.refuse(str(exc))
-            return
-        await self.requests.put(SwapRequest(new, f"config revision {revision}"))
+    async def reconfigure(self, new: InferenceConfig, changed: set[str]) -> None:
+        """A newer retained config that changes only live keys: applied by swap_loop (a model
+        takes seconds to try); the log level now."""
+        if "log_level" in changed:
+            await super().reconfigure(
+                self.config.model_copy(update={"log_level": new.log_level}), changed
+            )
+        await self.requests.put(SwapRequest(new, f"config revision {new.revision}"))
 
     async def swap_loop(self) -> None:
         while True:
@@ -274,6 +294,8 @@ class InferenceService(Service[InferenceConfig]):
                     applied = applied.model_copy(update={"shadow": new.shadow})
         # Keys read per batch (encoding, publish_qos, offload_above_us) take effect now.
         self.config = applied.model_copy(update={k: getattr(new, k) for k in _NOW_KEYS})
+        self.rt.revision = self.config.revision  # the last revision applied or refused
+        self.rt.announce_soon()
 
     async def candidate(
         self, settings: InferenceSettings, role: str, unless_sha: str | None = None
@@ -384,4 +406,4 @@ async def main(config: InferenceConfig) -> None:
     await run(NAME, config, lambda rt: InferenceService(rt, config, engine))
 
 
-SPEC = ServiceSpec(NAME, InferenceConfig, main)
+SPEC = ServiceSpec(NAME, InferenceConfig, main, service=InferenceService)
