@@ -54,7 +54,8 @@ from edgefleet.registry import service_spec
 from edgefleet.site.derive import Instance, derive
 from edgefleet.site.load import LoadedSite, load_site
 from edgefleet.site.metrics import SUPERVISOR, Process, SiteCollector, StatusBook, roles
-from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, port_free
+from edgefleet.site.orphans import PidFile, die_with_parent
+from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, fleet_bridge, port_free
 from shared import clock, codec
 from shared.config import overlay
 from shared.errors import ConfigError
@@ -182,6 +183,7 @@ class SiteSupervisor:
         # per instance, the retained configs seen since its file was written: the newest
         # revision with the keys of every one (each is laid over the running config)
         self._configs: dict[str, ConfigUpdate] = {}
+        self.pids = PidFile(self.workdir)  # what a SIGKILLed `up` left running: orphans.py
 
     # ------------------------------------------------------------------ public API
 
@@ -299,6 +301,9 @@ class SiteSupervisor:
     async def start(self) -> None:
         """Write the configs, start the local broker if asked, then every instance (and the
         agent, when site.yaml has a `fleet:` section)."""
+        reaped = await asyncio.to_thread(self.pids.reap, self.settings.stop_timeout_s)
+        for name in reaped:
+            self._emit(name, "reaped", "outlived the previous up on this workdir; stopped")
         if self.site.spec.fleet is not None and self.only is None and self.agent is None:
             from edgefleet.agent.agent import Agent  # the agent needs the supervisor's types
 
@@ -318,6 +323,8 @@ class SiteSupervisor:
                 lambda new, detail: self._emit("broker", new, detail),
                 on_down=self._broker_down,
                 on_up=self._broker_up,
+                extra_config=fleet_bridge(spec),
+                pids=self.pids,
             )
             self.broker = self._broker.state
             await self._broker.start()
@@ -458,7 +465,9 @@ class SiteSupervisor:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._env(),
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order
+                preexec_fn=die_with_parent,  # and a SIGKILLed supervisor still stops us
             )
+        self.pids.add(state.name, process.pid)
         state.process, state.pid = process, process.pid
         state.started, state.started_ns = clock.monotonic(), clock.now_ns()
         return process
@@ -470,6 +479,7 @@ class SiteSupervisor:
             process = await self._spawn(state)
             self._set(state, "starting", f"pid {process.pid}")
             code = await process.wait()
+            self.pids.remove(state.name)
             state.pid, state.process = None, None
             state.exit_codes.append(code)
             if self._stopping or state.retired:
