@@ -168,6 +168,9 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("keys", help="the fleet's signing key (edgefleet keys --help)", add_help=False)
     sub.add_parser(
+        "site", help="a site's cloud broker credentials (edgefleet site add --help)", add_help=False
+    )
+    sub.add_parser(
         "forwarder",
         help="list, retry or drop refused messages (edgefleet forwarder dead-letters --help)",
         add_help=False,
@@ -220,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         return cloud_main(argv[1:])
     if argv[:1] == ["keys"]:
         return cmd_keys(argv[1:])
+    if argv[:1] == ["site"]:
+        from edgefleet.cloud_auth import main as site_main
+
+        return int(site_main(argv[1:]))
     if argv[:1] == ["replay"]:
         return cmd_replay(argv[1:])
     if argv[:1] == ["recording"]:

@@ -2,9 +2,14 @@
 
     edgefleet keys create --out fleet.key    # the private key (mode 0600); prints the public key
     edgefleet keys show fleet.key            # prints the public key and its id
+    edgefleet keys rotate /etc/edgefleet/fleet-2.key   # the fleet moves every node to that key
+    edgefleet keys status                    # the signing key, the rotation's phase per node
 
-A site trusts the public key by listing it in site.yaml (`fleet.trusted_keys`); two trusted keys
-at once allow a rotation. Exit status 0 on success, 2 on bad usage or an unreadable key.
+A site trusts the public key by listing it in site.yaml (`fleet.trusted_keys`); a rotation
+(edgefleet/fleet/rotation.py) tells every node, under the old key, to trust the new one, then
+switches, then retires the old key. `rotate` names the new key's path on the fleet's host (make
+it there with `keys create`). Exit status 0 on success, 1 when the fleet refused or cannot be
+reached, 2 on bad usage or an unreadable key.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, EdgefleetError
 from shared.signing import SigningKey
+from shared.topics import DEFAULT_PREFIX
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,11 +34,62 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the public key of a signing key")
     show.add_argument("key", type=Path, help="the private key file")
     show.add_argument("--json", action="store_true", help="print {key_id, public_key}")
+    rotate = sub.add_parser("rotate", help="move every node to a new signing key")
+    rotate.add_argument("new_key", help="the new private key's path on the fleet's host")
+    status = sub.add_parser("status", help="the signing key and the latest rotation")
+    for sp in (rotate, status):
+        sp.add_argument("--fleet", help="the fleet's broker host:port (default 127.0.0.1:1883)")
+        sp.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (ef)")
+        sp.add_argument("--timeout", type=float, default=30.0, help="seconds for an answer")
+        sp.add_argument("--json", action="store_true", help="print the fleet's answer")
     return p
+
+
+async def _ask(args: argparse.Namespace, cmd: str, request: dict[str, Any]) -> Any:
+    from edgefleet.fleet.client import connect
+
+    async with connect(args.fleet, args.prefix, timeout=args.timeout) as fleet:
+        return await fleet.call(cmd, request)
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from edgefleet.fleet.client import author
+    from edgefleet.fleet.errors import FleetError
+
+    cmd, request = (
+        ("keys.rotate", {"new_key": args.new_key, "author": author()})
+        if args.op == "rotate"
+        else ("keys.status", {})
+    )
+    try:
+        result = asyncio.run(_ask(args, cmd, request))
+    except FleetError as exc:
+        print(f"edgefleet keys: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 1
+    except EdgefleetError as exc:
+        print(f"edgefleet keys: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"signing key {result['signing_key_id'] or 'none'}")
+    r = result["rotation"]
+    if r is not None:
+        print(f"rotation {r['id']}: {r['old_key_id']} → {r['new_key_id']}, {r['phase']}")
+        waiting = [n["site"] for n in r["nodes"] if not n["confirmed"]]
+        done = len(r["nodes"]) - len(waiting)
+        print(f"  {done} of {len(r['nodes'])} node(s) confirmed this phase")
+        if waiting:
+            print(f"  waiting for: {', '.join(waiting[:20])}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.op in ("rotate", "status"):
+        return _fleet(args)
     try:
         if args.op == "create":
             key = SigningKey.generate()

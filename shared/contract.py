@@ -22,6 +22,7 @@ from shared.messages import (
     DebugSession,
     DebugState,
     DeployedFlow,
+    DeploymentEvent,
     DesiredState,
     ErrorReport,
     Event,
@@ -101,6 +102,7 @@ TOPIC_OF = {
     " data",
     "desired": "`desired`, retained, bridged from the cloud",
     "reported": "`reported`, retained, bridged to the cloud",
+    "deployment_event": "`ef/fleet/deployments`",
     "command": "`ef/fleet/commands`, request/response",
     "debug_session": "`debug/session/{session}`, retained with a message expiry, bridged from the"
     " cloud",
@@ -224,6 +226,16 @@ def control_plane_examples() -> list[Message]:
             ],
             last_good=11,
             timings_ms={"downloading": 412.0, "verifying": 38.5, "activating": 2210.0},
+            t=T,
+        ),
+        DeploymentEvent(
+            deployment="d-20261201-0007",
+            event="aborted",
+            stage=1,
+            stages=2,
+            state="aborted",
+            counts={"applied": 3, "rolled_back": 2},
+            reason="stage 1 of 2: 2 of 5 node(s) failed, more than 20% allows (plant3: ...)",
             t=T,
         ),
         DebugSession(

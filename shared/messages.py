@@ -573,6 +573,9 @@ class DesiredState(Message):
     revision: int = Field(ge=1)
     deployment: str | None = None
     flows: list[DeployedFlow] = Field(default_factory=list)
+    # A key rotation (`edgefleet keys rotate`): the public keys the node trusts from now on,
+    # replacing site.yaml's; signed like the rest by a key it trusts now. None: unchanged.
+    trusted_keys: list[str] | None = Field(default=None, min_length=1)
     issued: int = Field(default_factory=now_ns)
     signature: Signature | None = None
 
@@ -604,6 +607,24 @@ class ReportedState(Message):
     last_good: int | None = None
     error: str | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    t: int = Field(default_factory=now_ns)
+
+
+class DeploymentEvent(Message):
+    """On `fleet/deployments` (not retained), from the fleet service: a staged deployment
+    moved. `event`: `stage_started` (its nodes got their desired states), `stage_held` (every
+    node of it ended within the abort threshold), `paused`, `resumed`, `aborted` (with the
+    reason), `finished` (the last stage held; `state` succeeded or failed). `stage` counts from
+    1; `counts` are the stage's nodes per state."""
+
+    kind: Literal["deployment_event"] = "deployment_event"
+    deployment: str
+    event: Literal["stage_started", "stage_held", "paused", "resumed", "aborted", "finished"]
+    stage: int = Field(ge=1)
+    stages: int = Field(ge=1)
+    state: str  # the deployment's: in_progress, paused, aborted, succeeded, failed
+    counts: dict[str, int] = Field(default_factory=dict)
+    reason: str | None = None
     t: int = Field(default_factory=now_ns)
 
 
@@ -713,6 +734,7 @@ CONTROL_PLANE: dict[str, type[Message]] = {
         ActuatorCommand,
         DesiredState,
         ReportedState,
+        DeploymentEvent,
         FleetCommand,
         FleetAnswer,
         DebugSession,

@@ -259,6 +259,12 @@ def fleet_commands(prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}/{FLEET_SITE}/commands"
 
 
+def fleet_deployments(prefix: str = DEFAULT_PREFIX) -> str:
+    """Where the fleet announces how staged deployments go (`DeploymentEvent`), not retained."""
+    validate_id(prefix, "prefix")
+    return f"{prefix}/{FLEET_SITE}/deployments"
+
+
 def fleet_replies(client: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Where one client of the fleet (a command-line run, a console) gets its answers."""
     validate_id(prefix, "prefix")

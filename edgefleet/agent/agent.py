@@ -182,6 +182,8 @@ class Agent:
         """Read the state file (a revision cut short is dropped) and have the supervisor run
         the current revision's flows; called before the supervisor starts."""
         self.state = self.state_file.recover()
+        if self.state.trusted_keys is not None:  # in place: the debugger shares the list
+            self.trusted[:] = [PublicKey.parse(k) for k in self.state.trusted_keys]
         if self.state.current is not None:
             try:
                 flows, files = self._deployed(self.state.current)
@@ -275,6 +277,8 @@ class Agent:
                 await self._refused(wire, exc)
                 continue
             if accepted is not None:
+                if accepted.desired.trusted_keys is not None:
+                    self._trust(accepted.desired.trusted_keys, accepted.key_id)
                 try:
                     await self.apply(accepted)
                 except Exception as exc:  # a bug must not end the agent: report, go on
@@ -284,6 +288,19 @@ class Agent:
                 finally:
                     self.step = "idle"
                     self.rt.announce_soon()
+
+    def _trust(self, keys: list[str], signer: str) -> None:
+        """A key rotation: the signer, trusted now, names the keys to trust from now on (kept
+        in the state file before anything else happens; `accept` parsed them)."""
+        trusted = [PublicKey.parse(k) for k in keys]
+        if {k.key_id for k in trusted} != {k.key_id for k in self.trusted}:
+            log.warning(
+                "agent: trusted keys now %s (told by key %s)",
+                ", ".join(k.key_id for k in trusted),
+                signer,
+            )
+        self.state = self.state_file.save(self.state.model_copy(update={"trusted_keys": keys}))
+        self.trusted[:] = trusted  # in place: debug sessions are verified against it too
 
     async def _refused(self, wire: Any, exc: Refused) -> None:
         log.warning("agent: desired state refused: %s", exc)

@@ -48,6 +48,11 @@ def accept(
         desired = DesiredState.from_wire(wire)
     except EdgefleetError as exc:  # signed but not of this schema: a fleet of another version
         raise Refused("malformed", str(exc)) from None
+    for text in desired.trusted_keys or []:
+        try:
+            PublicKey.parse(text)
+        except EdgefleetError as exc:
+            raise Refused("malformed", f"trusted_keys: {exc}") from None
     if desired.site != site:
         raise Refused("wrong_site", f"the desired state is for site {desired.site!r}, not {site!r}")
     if desired.revision == taken_revision:

@@ -60,6 +60,9 @@ class AgentState(BaseModel):
     # the newest revision taken in, also one that failed or was rolled back: the retained desired
     # state seen again after a reconnect is then not applied again
     taken: int = Field(default=0, ge=0)
+    # the keys a signed desired state told this node to trust (a key rotation); they replace
+    # site.yaml's `fleet.trusted_keys` from then on. None: site.yaml's.
+    trusted_keys: list[str] | None = None
 
     def _revisions(self) -> list[Revision]:
         pending = self.pending.target if self.pending else None
@@ -91,7 +94,11 @@ class AgentState(BaseModel):
         assert self.pending is not None, "no revision is being applied"
         last_good = self.current or self.last_good
         return AgentState(
-            current=self.pending.target, last_good=last_good, pending=None, taken=self.taken
+            current=self.pending.target,
+            last_good=last_good,
+            pending=None,
+            taken=self.taken,
+            trusted_keys=self.trusted_keys,
         )
 
     def abandoned(self) -> AgentState:

@@ -374,6 +374,35 @@ class GroupDeleteResult(Api):
 # ---------------------------------------------------------------------------- deployments
 
 
+def check_share(value: str) -> str:
+    """A count of nodes (`2`) or a percentage (`10%`, up to 100)."""
+    text = value.strip()
+    if text.endswith("%"):
+        try:
+            ok = 0 <= float(text[:-1]) <= 100
+        except ValueError:
+            ok = False
+    else:
+        ok = text.isdigit()
+    if not ok:
+        raise ValueError(f"{value!r}: give a count of nodes (2) or a percentage (10%)")
+    return text
+
+
+Share = Annotated[str, AfterValidator(check_share)]
+
+
+class Strategy(Api):
+    """How a deployment goes out (edgefleet/fleet/rollout.py): stages, each a count or a
+    percentage of the target, cumulative; a stage goes only when the one before held."""
+
+    stages: list[Share] = Field(default_factory=lambda: ["100%"], min_length=1)
+    # a stage aborts the deployment when more of its nodes fail than this (count or % of it)
+    abort_above: Share = "0"
+    soak_s: float = Field(0.0, ge=0, le=7 * 24 * 3600)  # wait after a stage held
+    seed: str | None = None  # None: nodes in site order; else a stable order drawn from it
+
+
 class DeployRequest(Api):
     """Exactly one of `group`, `nodes`, `selector` names the target."""
 
@@ -382,6 +411,7 @@ class DeployRequest(Api):
     nodes: list[Site] | None = None
     selector: str | None = None
     timeout_s: float = Field(120.0, gt=0, le=7 * 24 * 3600)  # per node, until applied
+    strategy: Strategy | None = None  # None: every node at once
     dry_run: bool = False
     note: str = ""
     author: str = ""
@@ -391,20 +421,29 @@ class DeployRequest(Api):
 
 class NodePlan(Api):
     site: str
-    revision: int
+    revision: int  # for a later stage: the revision it would get if issued now
     flows: list[str]
     changes: str
     superseded: str | None = None  # the deployment in progress on this node it replaces
+    stage: int = 0
 
 
 class DeploymentNode(Api):
     site: str
-    revision: int
+    revision: int  # 0 while it waits for its stage
     state: str
     error: str | None
     timings_ms: dict[str, float]
     updated: str
     events: list[NodeEvent] = []  # every step the node reported for this revision, with times
+    stage: int = 0
+
+
+class StageView(Api):
+    index: int
+    sites: list[str]
+    state: str  # waiting | in_progress | held | failed | skipped
+    counts: dict[str, int]
 
 
 class DeploymentView(Api):
@@ -415,9 +454,15 @@ class DeploymentView(Api):
     note: str
     created: str
     timeout_s: float
-    state: str  # in_progress | succeeded | failed | cancelled
+    state: str  # in_progress | paused | succeeded | failed | aborted | cancelled | superseded
     counts: dict[str, int]  # nodes per state
     cancelled: str | None = None
+    strategy: Strategy | None = None  # a staged rollout's
+    stage: int | None = None  # the stage in progress
+    stages: list[StageView] = Field(default_factory=list)
+    paused: str | None = None
+    aborted: str | None = None
+    reason: str | None = None  # why it aborted
 
 
 class DeployResult(Api):
@@ -535,6 +580,45 @@ class PromoteResult(Api):
     previous: str  # the flow version it replaces: `rollback FLOW --to N` goes back to it
     model: str  # the model promoted
     deploy: DeployResult
+
+
+# ---------------------------------------------------------------------------- signing keys
+
+
+class KeyRotateRequest(Api):
+    """Rotate the fleet's signing key to `new_key` (edgefleet/fleet/rotation.py)."""
+
+    # the new private key's path on the fleet's own host, as fleet.yaml's signing_key
+    new_key: str = Field(min_length=1)
+    timeout_s: float = Field(3600.0, gt=0, le=30 * 24 * 3600)  # per node, for the record
+    author: str = ""
+
+
+class KeyNode(Api):
+    site: str
+    revision: int  # the revision of the current phase that node must confirm
+    confirmed: bool
+
+
+class KeyRotationView(Api):
+    id: str
+    phase: str  # announcing | switching | retired
+    old_key_id: str
+    new_key_id: str
+    started: str
+    retired: str | None
+    deployment: str | None  # the current phase's (deployment show)
+    nodes: list[KeyNode]
+
+
+class KeyStatusRequest(Api):
+    pass
+
+
+class KeyStatusResult(Api):
+    signing_key_id: str | None
+    trust: list[str] | None  # what desired states tell nodes to trust, during a rotation
+    rotation: KeyRotationView | None  # the latest one
 
 
 # ---------------------------------------------------------------------------- debug sessions

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from edgefleet.fleet import api, debug, deploy, flows, library, nodes, shadow
+from edgefleet.fleet import api, debug, deploy, flows, library, nodes, rollout, rotation, shadow
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from shared.config import format_errors
@@ -228,10 +228,18 @@ COMMANDS: dict[str, Command] = {
             deploy.deploy,
             "Flow versions to a group, a selector or named nodes: one deployment record and, "
             "per node, a new signed desired state (every flow it should run, pinned with "
-            "digests; revision + 1) published retained; `dry_run` publishes nothing. With "
-            "`shadow` (a model name@N), the one flow's nodes run that model beside the live "
-            "one, acting on nothing (checked to fit the flow first).",
-            {"flows": ["pump-anomaly@5"], "group": "pumps", "timeout_s": 120},
+            "digests; revision + 1) published retained; `dry_run` publishes nothing. With a "
+            "`strategy`, in stages: the first stage's nodes only, the next once it held "
+            "(each node applied within timeout_s, failures within abort_above); beyond the "
+            "threshold the deployment aborts and its nodes go back. With `shadow` (a model "
+            "name@N), the one flow's nodes run that model beside the live one, acting on "
+            "nothing (checked to fit the flow first).",
+            {
+                "flows": ["pump-anomaly@5"],
+                "group": "pumps",
+                "timeout_s": 120,
+                "strategy": {"stages": ["1", "10%", "100%"], "abort_above": "20%", "soak_s": 60},
+            },
         ),
         Command(
             "deployment.list",
@@ -257,6 +265,42 @@ COMMANDS: dict[str, Command] = {
             "Stop a deployment: each node still in progress gets a new revision with the "
             "flows it had before it; nodes that applied it keep it.",
             {"id": "3f2a9c1b7d4e"},
+        ),
+        Command(
+            "deployment.pause",
+            api.DeploymentRequest,
+            api.DeploymentShowResult,
+            rollout.pause,
+            "Hold a staged deployment: the stage in progress goes on (and may still abort), "
+            "the next stage waits for `deployment.resume`.",
+            {"id": "3f2a9c1b7d4e"},
+        ),
+        Command(
+            "deployment.resume",
+            api.DeploymentRequest,
+            api.DeploymentShowResult,
+            rollout.resume,
+            "Let a paused staged deployment go on: a stage that held meanwhile advances now.",
+            {"id": "3f2a9c1b7d4e"},
+        ),
+        Command(
+            "keys.rotate",
+            api.KeyRotateRequest,
+            api.KeyStatusResult,
+            rotation.rotate,
+            "Rotate the signing key to the private key at `new_key` (a path on the fleet's "
+            "host): every node is told, under the old key, to trust old and new; once all "
+            "confirmed the fleet signs with the new key and tells them to trust it only; "
+            "once all confirmed that, the old key is retired.",
+            {"new_key": "/etc/edgefleet/fleet-2026.key"},
+        ),
+        Command(
+            "keys.status",
+            api.KeyStatusRequest,
+            api.KeyStatusResult,
+            rotation.status,
+            "The key the fleet signs with, and the latest rotation: phase, nodes confirmed.",
+            {},
         ),
         Command(
             "rollback",

@@ -23,7 +23,7 @@ from typing import Any
 import sqlite_utils
 import yaml
 
-from edgefleet.fleet import api, shadow
+from edgefleet.fleet import api, shadow, stages
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from edgefleet.fleet.nodes import (
@@ -37,12 +37,16 @@ from edgefleet.fleet.nodes import (
 )
 from edgefleet.fleet.store import Row, one
 from shared.errors import EdgefleetError
-from shared.messages import DeployedFlow, DesiredState, PinnedResource, iso, now_ns
+from shared.messages import DeployedFlow, DeploymentEvent, DesiredState, PinnedResource, iso, now_ns
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
 
 ENDED = ("applied", "failed", "rolled_back", "superseded", "cancelled")
+# a node of a later stage waits (no desired state issued yet); an aborted rollout skips it,
+# reverts the nodes that applied, aborts those in progress
+WAITING = "waiting"
+FINAL = ("superseded", "cancelled", "skipped", "reverted", "aborted")
 
 
 # ---------------------------------------------------------------------------- building
@@ -112,17 +116,32 @@ def _targets(db: sqlite_utils.Database, req: api.DeployRequest) -> list[str]:
     return sites
 
 
-def _in_progress(db: sqlite_utils.Database, site: str) -> Row | None:
-    marks = ",".join("?" * len(IN_PROGRESS))
-    return one(
-        db,
-        f"SELECT * FROM deployment_nodes WHERE site = ? AND state IN ({marks}) "
-        "ORDER BY revision DESC LIMIT 1",
-        [site, *IN_PROGRESS],
+def in_progress(db: sqlite_utils.Database, site: str) -> list[Row]:
+    """The node's rows a new desired state supersedes: in progress, or waiting for a stage."""
+    states = (*IN_PROGRESS, WAITING)
+    marks = ",".join("?" * len(states))
+    return list(
+        db.query(
+            f"SELECT * FROM deployment_nodes WHERE site = ? AND state IN ({marks}) "
+            "ORDER BY revision DESC",
+            [site, *states],
+        )
     )
 
 
-def _issue(
+def supersede(db: sqlite_utils.Database, site: str, by: str, now: int) -> str | None:
+    """Mark what `by` replaces on the node; the deployment it replaced in progress, if any."""
+    older = [r for r in in_progress(db, site) if r["deployment_id"] != by]
+    for r in older:
+        db.execute(
+            "UPDATE deployment_nodes SET state = 'superseded', updated_ns = ?, "
+            "error = ? WHERE deployment_id = ? AND site = ?",
+            [now, f"superseded by {by}", r["deployment_id"], site],
+        )
+    return older[0]["deployment_id"] if older else None
+
+
+def issue(
     fleet: Fleet,
     db: sqlite_utils.Database,
     site: str,
@@ -134,7 +153,9 @@ def _issue(
     assert fleet.signing_key is not None
     row = ensure_node(db, site)
     revision = row["desired_revision"] + 1
-    state = DesiredState(site=site, revision=revision, deployment=deployment, flows=flows)
+    state = DesiredState(
+        site=site, revision=revision, deployment=deployment, flows=flows, trusted_keys=fleet.trust
+    )
     wire = fleet.signing_key.sign(state.to_wire())
     db.table("desired").insert(
         {
@@ -150,7 +171,7 @@ def _issue(
     return revision, wire
 
 
-def _publish(fleet: Fleet, wires: list[dict[str, Any]]) -> None:
+def publish(fleet: Fleet, wires: list[dict[str, Any]]) -> None:
     if fleet.publish is None:
         raise FleetError("internal", "this fleet cannot publish (no broker connection)")
     for wire in wires:
@@ -178,7 +199,6 @@ def deploy(fleet: Fleet, req: api.DeployRequest) -> api.DeployResult:
     now = now_ns()
     with fleet.deploy_lock:
         with fleet.store.write() as db:
-            plan, wires = [], []
             sites = _targets(db, req)
             own = fleet.config.site
             if own in sites:
@@ -187,61 +207,110 @@ def deploy(fleet: Fleet, req: api.DeployRequest) -> api.DeployResult:
                     f"{own!r} is the fleet's own site id (site in fleet.yaml): it names the "
                     "fleet service, never a node; give the node another site id",
                 )
-            for site in sites:
-                previous = latest_desired(db, site)
-                flows = merged(previous.flows if previous else [], new)
-                what = changes(previous.flows if previous else [], flows)
-                older = _in_progress(db, site)
-                node = node_row(db, site)
-                revision = (node["desired_revision"] if node else 0) + 1
-                plan.append(
-                    api.NodePlan(
-                        site=site,
-                        revision=revision,
-                        flows=[f.ref for f in flows],
-                        changes=what,
-                        superseded=older["deployment_id"] if older else None,
+            staged = stages.plan(sites, req.strategy) if req.strategy else [sites]
+            plan, wires = [], []
+            for index, stage in enumerate(staged):
+                for site in stage:
+                    previous = latest_desired(db, site)
+                    flows = merged(previous.flows if previous else [], new)
+                    what = changes(previous.flows if previous else [], flows)
+                    older = in_progress(db, site)
+                    node = node_row(db, site)
+                    plan.append(
+                        api.NodePlan(
+                            site=site,
+                            revision=(node["desired_revision"] if node else 0) + 1,
+                            flows=[f.ref for f in flows],
+                            changes=what,
+                            superseded=older[0]["deployment_id"] if older else None,
+                            stage=index,
+                        )
                     )
-                )
-                if req.dry_run:
-                    continue
-                if older is not None:
-                    db.execute(
-                        "UPDATE deployment_nodes SET state = 'superseded', updated_ns = ?, "
-                        "error = ? WHERE deployment_id = ? AND site = ?",
-                        [now, f"superseded by {deployment_id}", older["deployment_id"], site],
-                    )
-                if site == plan[0].site:
-                    db.table("deployments").insert(
-                        {
-                            "id": deployment_id,
-                            "flows": json.dumps([f.ref for f in new]),
-                            "target": json.dumps(target),
-                            "author": req.author,
-                            "note": req.note,
-                            "created_ns": now,
-                            "timeout_s": req.timeout_s,
-                        }
-                    )
-                revision, wire = _issue(fleet, db, site, flows, deployment_id, what)
-                wires.append(wire)
-                db.table("deployment_nodes").insert(
-                    {
-                        "deployment_id": deployment_id,
-                        "site": site,
-                        "revision": revision,
-                        "state": "pending",
-                        "timings": "{}",
-                        "updated_ns": now,
-                        "deadline_ns": now + int(req.timeout_s * 1e9),
-                    }
-                )
             if req.dry_run:
                 return api.DeployResult(deployment=None, plan=plan, dry_run=True)
+            db.table("deployments").insert(
+                {
+                    "id": deployment_id,
+                    "flows": json.dumps([f.ref for f in new]),
+                    "target": json.dumps(target),
+                    "author": req.author,
+                    "note": req.note,
+                    "created_ns": now,
+                    "timeout_s": req.timeout_s,
+                }
+            )
+            if req.strategy is not None:
+                stages.record(db, deployment_id, req.strategy, staged)
+            for index, stage in enumerate(staged):
+                for site in stage:
+                    if index == 0:
+                        wires.append(issue_to(fleet, db, deployment_id, site, new, now))
+                    else:  # untouched until its stage goes: no desired state, no supersede
+                        wait_row(db, deployment_id, site, now)
             view = deployment_view(db, _deployment(db, deployment_id))
-        _publish(fleet, wires)
-    log.info("deployment %s: %s to %d node(s)", deployment_id, req.flows, len(wires))
+        publish(fleet, wires)
+    if req.strategy is not None and fleet.announce is not None:
+        fleet.announce(
+            DeploymentEvent(
+                deployment=deployment_id,
+                event="stage_started",
+                stage=1,
+                stages=len(staged),
+                state=view.state,
+                counts={"pending": len(staged[0])},
+            )
+        )
+    log.info(
+        "deployment %s: %s to %d node(s) in %d stage(s)",
+        deployment_id, req.flows, len(plan), len(staged),
+    )  # fmt: skip
     return api.DeployResult(deployment=view, plan=plan, dry_run=False)
+
+
+def issue_to(
+    fleet: Fleet,
+    db: sqlite_utils.Database,
+    deployment_id: str,
+    site: str,
+    new: list[DeployedFlow],
+    now: int,
+) -> dict[str, Any]:
+    """One node's desired state with the deployment's flows, and its row, now pending."""
+    deployment = _deployment(db, deployment_id)
+    supersede(db, site, deployment_id, now)
+    previous = latest_desired(db, site)
+    flows = merged(previous.flows if previous else [], new)
+    what = changes(previous.flows if previous else [], flows)
+    revision, wire = issue(fleet, db, site, flows, deployment_id, what)
+    db.table("deployment_nodes").upsert(
+        {
+            "deployment_id": deployment_id,
+            "site": site,
+            "revision": revision,
+            "state": "pending",
+            "error": None,
+            "timings": "{}",
+            "updated_ns": now,
+            "deadline_ns": now + int(deployment["timeout_s"] * 1e9),
+        },
+        pk=("deployment_id", "site"),
+    )
+    return wire
+
+
+def wait_row(db: sqlite_utils.Database, deployment_id: str, site: str, now: int) -> None:
+    ensure_node(db, site)  # `--nodes` may name a site never heard from
+    db.table("deployment_nodes").insert(
+        {
+            "deployment_id": deployment_id,
+            "site": site,
+            "revision": 0,
+            "state": WAITING,
+            "timings": "{}",
+            "updated_ns": now,
+            "deadline_ns": 0,
+        }
+    )
 
 
 def rollback(fleet: Fleet, req: api.RollbackRequest) -> api.DeployResult:
@@ -283,6 +352,9 @@ def _deployment(db: sqlite_utils.Database, deployment_id: str) -> Row:
     return row
 
 
+deployment_of = _deployment  # the row, or not_found (rollout.py)
+
+
 def _rows(db: sqlite_utils.Database, deployment_id: str) -> list[Row]:
     return list(
         db.query(
@@ -291,12 +363,17 @@ def _rows(db: sqlite_utils.Database, deployment_id: str) -> list[Row]:
     )
 
 
-def deployment_state(cancelled: bool, counts: dict[str, int]) -> str:
-    """A deployment's state from its nodes' states (and counts of each)."""
+def deployment_state(
+    cancelled: bool, counts: dict[str, int], aborted: bool = False, paused: bool = False
+) -> str:
+    """A deployment's state from its nodes' states (and counts of each), and a staged one's
+    abort or pause."""
     if cancelled:
         return "cancelled"
-    if any(s in IN_PROGRESS for s in counts):
-        return "in_progress"
+    if aborted:
+        return "aborted"
+    if any(s in IN_PROGRESS or s == WAITING for s in counts):
+        return "paused" if paused else "in_progress"
     if counts.get("failed") or counts.get("rolled_back"):
         return "failed"
     if counts and set(counts) == {"superseded"}:
@@ -305,10 +382,18 @@ def deployment_state(cancelled: bool, counts: dict[str, int]) -> str:
 
 
 def deployment_view(db: sqlite_utils.Database, row: Row) -> api.DeploymentView:
+    node_rows = _rows(db, row["id"])
     counts: dict[str, int] = {}
-    for r in _rows(db, row["id"]):
+    for r in node_rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    return api.DeploymentView(
+    staged = stages.rollout_row(db, row["id"])
+    state = deployment_state(
+        bool(row["cancelled_ns"]),
+        counts,
+        aborted=bool(staged and staged["aborted_ns"]),
+        paused=bool(staged and staged["paused_ns"]),
+    )
+    view = api.DeploymentView(
         id=row["id"],
         flows=json.loads(row["flows"]),
         target=json.loads(row["target"]),
@@ -316,10 +401,18 @@ def deployment_view(db: sqlite_utils.Database, row: Row) -> api.DeploymentView:
         note=row["note"] or "",
         created=iso(row["created_ns"]),
         timeout_s=row["timeout_s"],
-        state=deployment_state(bool(row["cancelled_ns"]), counts),
+        state=state,
         counts=counts,
         cancelled=iso(row["cancelled_ns"]) if row["cancelled_ns"] else None,
     )
+    if staged is not None:
+        view.strategy = api.Strategy.model_validate_json(staged["strategy"])
+        view.stage = staged["stage"]
+        view.stages = stages.stage_views(staged, node_rows)
+        view.paused = iso(staged["paused_ns"]) if staged["paused_ns"] else None
+        view.aborted = iso(staged["aborted_ns"]) if staged["aborted_ns"] else None
+        view.reason = staged["reason"]
+    return view
 
 
 def deployment_list(fleet: Fleet, req: api.DeploymentListRequest) -> api.DeploymentListResult:
@@ -331,6 +424,12 @@ def deployment_list(fleet: Fleet, req: api.DeploymentListRequest) -> api.Deploym
 def deployment_show(fleet: Fleet, req: api.DeploymentRequest) -> api.DeploymentShowResult:
     with fleet.store.read() as db:
         row = _deployment(db, req.id)
+        staged = stages.rollout_row(db, req.id)
+        stage_of = (
+            {s: i for i, st in enumerate(json.loads(staged["stages"])) for s in st}
+            if staged
+            else {}
+        )
         nodes = [
             api.DeploymentNode(
                 site=r["site"],
@@ -340,10 +439,31 @@ def deployment_show(fleet: Fleet, req: api.DeploymentRequest) -> api.DeploymentS
                 timings_ms=json.loads(r["timings"] or "{}"),
                 updated=iso(r["updated_ns"]),
                 events=events(db, r["site"], r["revision"]),
+                stage=stage_of.get(r["site"], 0),
             )
             for r in _rows(db, req.id)
         ]
         return api.DeploymentShowResult(deployment=deployment_view(db, row), nodes=nodes)
+
+
+def revert(
+    fleet: Fleet, db: sqlite_utils.Database, site: str, revision: int, why: str
+) -> dict[str, Any] | None:
+    """When the node's latest desired state is `revision`: a new revision with the flows of
+    the one before it (what ran before), to publish after commit; else None (a newer one
+    reached the node already: it is not taken back)."""
+    node = node_row(db, site)
+    if revision <= 0 or node is None or node["desired_revision"] != revision:
+        return None
+    before = one(
+        db,
+        "SELECT * FROM desired WHERE site = ? AND revision < ? ORDER BY revision DESC LIMIT 1",
+        [site, revision],
+    )
+    flows = DesiredState.model_validate(json.loads(before["wire"])).flows if before else []
+    back = f"revision {before['revision']}" if before else "no flows"
+    what = f"{why}, back to {back}: {changes(_flows_of(db, site), flows)}"
+    return issue(fleet, db, site, flows, None, what)[1]
 
 
 def deployment_cancel(fleet: Fleet, req: api.DeploymentRequest) -> api.DeploymentShowResult:
@@ -355,31 +475,17 @@ def deployment_cancel(fleet: Fleet, req: api.DeploymentRequest) -> api.Deploymen
             if row["cancelled_ns"] is None:
                 db.table("deployments").update(req.id, {"cancelled_ns": now})
             for r in _rows(db, req.id):
-                if r["state"] not in IN_PROGRESS:
+                if r["state"] not in IN_PROGRESS and r["state"] != WAITING:
                     continue
-                node = node_row(db, r["site"])
-                if node is not None and node["desired_revision"] == r["revision"]:
-                    before = one(
-                        db,
-                        "SELECT * FROM desired WHERE site = ? AND revision < ? "
-                        "ORDER BY revision DESC LIMIT 1",
-                        [r["site"], r["revision"]],
-                    )
-                    flows = (
-                        DesiredState.model_validate(json.loads(before["wire"])).flows
-                        if before
-                        else []
-                    )
-                    current = _flows_of(db, r["site"])
-                    back = f"revision {before['revision']}" if before else "no flows"
-                    what = f"cancel of {req.id}, back to {back}: {changes(current, flows)}"
-                    wires.append(_issue(fleet, db, r["site"], flows, None, what)[1])
+                wire = revert(fleet, db, r["site"], r["revision"], f"cancel of {req.id}")
+                if wire is not None:
+                    wires.append(wire)
                 db.execute(
                     "UPDATE deployment_nodes SET state = 'cancelled', updated_ns = ?, error = ? "
                     "WHERE deployment_id = ? AND site = ?",
                     [now, f"cancelled (was {r['state']})", req.id, r["site"]],
                 )
-        _publish(fleet, wires)
+        publish(fleet, wires)
     return deployment_show(fleet, req)
 
 
@@ -417,5 +523,5 @@ def republish(fleet: Fleet) -> int:
                     "(SELECT max(revision) FROM desired WHERE site = d.site)"
                 )
             ]
-        _publish(fleet, wires)
+        publish(fleet, wires)
     return len(wires)

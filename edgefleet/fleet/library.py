@@ -26,7 +26,7 @@ from edgefleet.fleet.store import Row, Store
 from services.inference.scripts import inspect_script
 from services.inference.signature import StreamedInspection
 from shared.errors import EdgefleetError, ModelError
-from shared.messages import iso, now_ns
+from shared.messages import DeploymentEvent, iso, now_ns
 from shared.signing import SigningKey
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,15 @@ class Fleet:
     store: Store
     blobs: BlobStore
     signing_key: SigningKey | None = None  # signs desired states; deploy refuses without one
+    # During a key rotation (rotation.py): the public keys every desired state tells its node
+    # to trust from now on.
+    trust: list[str] | None = None
     # Publishes one retained QoS 1 message and waits for the broker's ack (set by the service:
     # handlers run in threads, the MQTT client in the event loop).
     publish: Callable[[str, dict[str, Any]], None] | None = None
+    # Announces a staged deployment's moves (`DeploymentEvent`): not retained, never waited on
+    # (a rollout does not stop for a follower's sake).
+    announce: Callable[[DeploymentEvent], None] | None = None
     # Held from a deployment's commit to its last publish: revisions reach the broker in order.
     deploy_lock: threading.Lock = field(default_factory=threading.Lock)
     debug: Board = field(default_factory=Board)  # open debug sessions (edgefleet/fleet/debug.py)

@@ -18,7 +18,15 @@ from edgefleet.fleet.store import Store
 from shared.metrics import Family, Samples
 
 NODE_STATES = ("online", "offline", "stopped", "unknown")
-DEPLOYMENT_STATES = ("in_progress", "succeeded", "failed", "superseded", "cancelled")
+DEPLOYMENT_STATES = (
+    "in_progress",
+    "paused",
+    "succeeded",
+    "failed",
+    "aborted",
+    "superseded",
+    "cancelled",
+)
 # From a node's desired state issued to that node reporting it applied.
 CONVERGENCE_SECONDS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -86,19 +94,23 @@ class FleetCollector:
         counts: dict[str, dict[str, int]] = {}
         cancelled: dict[str, bool] = {}
         nodes = dict.fromkeys(("pending", "applied", "failed", "superseded", "cancelled"), 0)
+        staged: dict[str, tuple[bool, bool]] = {}  # a staged deployment's (aborted, paused)
         rows = db.query(
-            "SELECT d.id, d.cancelled_ns, n.state, count(n.site) AS n FROM deployments d "
+            "SELECT d.id, d.cancelled_ns, r.aborted_ns, r.paused_ns, n.state, count(n.site) AS n "
+            "FROM deployments d LEFT JOIN rollouts r ON r.deployment_id = d.id "
             "LEFT JOIN deployment_nodes n ON n.deployment_id = d.id GROUP BY d.id, n.state"
         )
         for r in rows:
             cancelled[r["id"]] = bool(r["cancelled_ns"])
+            staged[r["id"]] = (bool(r["aborted_ns"]), bool(r["paused_ns"]))
             mine = counts.setdefault(r["id"], {})
             if r["state"] is not None:
                 mine[r["state"]] = r["n"]
                 nodes[r["state"]] = nodes.get(r["state"], 0) + r["n"]
         states = dict.fromkeys(DEPLOYMENT_STATES, 0)
         for deployment, mine in counts.items():
-            state = deployment_state(cancelled[deployment], mine)
+            aborted, paused = staged[deployment]
+            state = deployment_state(cancelled[deployment], mine, aborted=aborted, paused=paused)
             states[state] = states.get(state, 0) + 1
         for state, n in states.items():
             s.add("edgefleet_fleet_deployments", {"state": state}, n)

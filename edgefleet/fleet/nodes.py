@@ -26,6 +26,8 @@ from edgefleet.fleet.store import Row, one
 from shared.messages import DesiredState, ReportedState, Status, iso, now_ns
 
 IN_PROGRESS = ("pending", "received", "downloading", "verifying", "activating")
+# rows a node's report no longer changes: replaced, stopped, or (a stage not reached) untouched
+SETTLED = ("superseded", "cancelled", "skipped", "reverted", "aborted", "waiting")
 
 
 def selector_of(text: str) -> Selector:
@@ -123,7 +125,7 @@ def _status(db: sqlite_utils.Database, site: str, status: Status, now: int) -> N
 
 def _reported(db: sqlite_utils.Database, site: str, reported: ReportedState, now: int) -> None:
     """The agent's retained reported state: the node's row, and its row in the deployment that
-    issued that revision (a superseded or cancelled row stays as it is)."""
+    issued that revision (a superseded, cancelled or otherwise settled row stays as it is)."""
     row = ensure_node(db, site)
     updates: dict[str, Any] = {
         "reported_revision": reported.revision,
@@ -134,6 +136,7 @@ def _reported(db: sqlite_utils.Database, site: str, reported: ReportedState, now
     if row["first_seen_ns"] is None:
         updates["first_seen_ns"] = now
     db.table("nodes").update(site, updates)
+    marks = ",".join("?" * len(SETTLED))
     db.execute(
         "INSERT OR IGNORE INTO node_events (site, revision, deployment_id, state, error, t_ns, "
         "received_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -142,7 +145,7 @@ def _reported(db: sqlite_utils.Database, site: str, reported: ReportedState, now
     )  # fmt: skip
     db.execute(
         "UPDATE deployment_nodes SET state = ?, error = ?, timings = ?, updated_ns = ? "
-        "WHERE site = ? AND revision = ? AND state NOT IN ('superseded', 'cancelled')",
+        f"WHERE site = ? AND revision = ? AND state NOT IN ({marks})",
         [
             reported.state,
             reported.error,
@@ -150,6 +153,7 @@ def _reported(db: sqlite_utils.Database, site: str, reported: ReportedState, now
             now,
             site,
             reported.revision,
+            *SETTLED,
         ],
     )
 

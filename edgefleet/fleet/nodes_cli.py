@@ -68,6 +68,18 @@ def add_parsers(nouns: Any, common: Common) -> None:
     dep.add_argument(
         "--shadow", metavar="MODEL@N", help="run this library model beside the flow's live one"
     )
+    staged = dep.add_mutually_exclusive_group()
+    staged.add_argument(
+        "--stages", help="cumulative stages, each a count or a percentage: 1,10%%,100%%"
+    )
+    staged.add_argument("--canary", help="a count or a percentage first, then the rest")
+    dep.add_argument(
+        "--abort-above",
+        default="0",
+        help="per stage, failures (count or %%) beyond which the deployment aborts (0)",
+    )
+    dep.add_argument("--soak", type=duration, default=0.0, help="wait after a stage held")
+    dep.add_argument("--seed", help="a stable shuffled node order (default: by site id)")
 
     rb = nouns.add_parser("rollback", help="FLOW --to N: deploy FLOW@N where FLOW runs")
     rb.set_defaults(verb="")
@@ -83,7 +95,14 @@ def add_parsers(nouns: Any, common: Common) -> None:
     dshow.add_argument("id")
     dcancel = dv.add_parser("cancel", help="nodes in progress go back to what they ran")
     dcancel.add_argument("id")
-    for sp in (nls, nshow, nlabel, nhist, gcreate, gls, gshow, gdel, dep, rb, dls, dshow, dcancel):
+    dpause = dv.add_parser("pause", help="a staged deployment: the next stage waits")
+    dpause.add_argument("id")
+    dresume = dv.add_parser("resume", help="a paused staged deployment goes on")
+    dresume.add_argument("id")
+    for sp in (
+        nls, nshow, nlabel, nhist, gcreate, gls, gshow, gdel, dep, rb, dls, dshow, dcancel,
+        dpause, dresume,
+    ):  # fmt: skip
         common(sp)
 
 
@@ -228,11 +247,11 @@ def _print_plan(result: dict[str, Any]) -> None:
         out.print("dry run: nothing published")
     else:
         out.print(f"deployment {d['id']}: {', '.join(d['flows'])} to {len(result['plan'])} node(s)")
-    t = table("site", "revision", "flows", "changes", "supersedes")
+    t = table("stage", "site", "revision", "flows", "changes", "supersedes")
     for p in result["plan"]:
         t.add_row(
-            p["site"], str(p["revision"]), ", ".join(p["flows"]), p["changes"],
-            p["superseded"] or "-",
+            str(p["stage"] + 1), p["site"], str(p["revision"]), ", ".join(p["flows"]),
+            p["changes"], p["superseded"] or "-",
         )  # fmt: skip
     out.print(t)
     if not result["dry_run"]:
@@ -249,6 +268,14 @@ async def deploy(fleet: FleetClient, args: argparse.Namespace) -> Any:
     }
     if args.shadow:
         request["shadow"] = args.shadow
+    stages = [args.canary, "100%"] if args.canary else args.stages and args.stages.split(",")
+    if stages or args.abort_above != "0" or args.soak or args.seed:
+        request["strategy"] = {
+            "stages": stages or ["100%"],
+            "abort_above": args.abort_above,
+            "soak_s": args.soak,
+            "seed": args.seed,
+        }
     if args.group:
         request["group"] = args.group
     elif args.nodes:
@@ -300,12 +327,24 @@ async def deployment_show(fleet: FleetClient, args: argparse.Namespace) -> Any:
         out.print(
             f"created {_when(d['created'])} by {d['author'] or '-'}; timeout {d['timeout_s']:g} s"
         )
-        t = table("site", "revision", "state", "timings (ms)", "error", "updated")
+        if d["strategy"]:
+            s = d["strategy"]
+            paused = f"; paused {_when(d['paused'])}" if d["paused"] else ""
+            out.print(
+                f"stages {', '.join(s['stages'])}; abort above {s['abort_above']}; "
+                f"soak {s['soak_s']:g} s{paused}"
+            )
+            for st in d["stages"]:
+                counts = ", ".join(f"{n} {k}" for k, n in sorted(st["counts"].items()))
+                out.print(f"  stage {st['index'] + 1}: {st['state']:<11} {counts}")
+            if d["reason"]:
+                out.print(f"[bold]aborted[/bold]: {d['reason']}")
+        t = table("stage", "site", "revision", "state", "timings (ms)", "error", "updated")
         for n in result["nodes"]:
             timings = ", ".join(f"{k} {v:.0f}" for k, v in n["timings_ms"].items())
             t.add_row(
-                n["site"], str(n["revision"]), n["state"], timings or "-", n["error"] or "-",
-                _when(n["updated"]),
+                str(n["stage"] + 1), n["site"], str(n["revision"] or "-"), n["state"],
+                timings or "-", n["error"] or "-", _when(n["updated"]),
             )  # fmt: skip
         out.print(t)
     return result
@@ -325,5 +364,7 @@ VERBS: dict[tuple[str, str], Verb] = {
     ("deployment", "list"): deployment_list,
     ("deployment", "show"): deployment_show,
     ("deployment", "cancel"): deployment_show,
+    ("deployment", "pause"): deployment_show,
+    ("deployment", "resume"): deployment_show,
 }
 NOUNS = ("node", "group", "deploy", "deployment", "rollback")

@@ -7,10 +7,11 @@ were never committed are swept once their URL has expired.
 
 It also watches every node: `ef/+/status/agent` (online, labels, versions) and `ef/+/reported`
 (how far a node got with its desired state) update the node table and the deployments; a loop
-fails the nodes of a deployment past their timeout. At start it publishes every node's latest
-desired state again, in case one was committed and the process died before its publish.
-The inference instances' retained statuses (`ef/+/status/inference-{flow}`) are kept too:
-the shadow report reads them (shadow.py).
+fails the nodes of a deployment past their timeout, and staged rollouts advance or abort
+(rollout.py) after each batch of reports and each timeout check. At start it publishes every
+node's latest desired state again, in case one was committed and the process died before its
+publish. The inference instances' retained statuses (`ef/+/status/inference-{flow}`) are kept
+too: the shadow report reads them (shadow.py).
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ import asyncio
 import logging
 from typing import Any
 
-from edgefleet.fleet import commands, deploy, nodes
+from edgefleet.fleet import commands, deploy, nodes, rollout, rotation
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from edgefleet.fleet.metrics import FleetCollector
 from edgefleet.fleet.shadow import INFERENCE_PREFIX
 from shared import codec
+from shared.codec import Encoding
 from shared.errors import EdgefleetError, PayloadError
 from shared.health import HealthModel
 from shared.messages import (
     DebugSession,
+    DeploymentEvent,
     FleetAnswer,
     FleetCommand,
     Message,
@@ -41,7 +44,15 @@ from shared.mqtt import Received
 from shared.requests import RequestServer
 from shared.runtime import Loop, Runtime
 from shared.service import Service, ServiceSpec, run
-from shared.topics import Kind, debug_of, every_debug_session, every_site, fleet_commands, parse
+from shared.topics import (
+    Kind,
+    debug_of,
+    every_debug_session,
+    every_site,
+    fleet_commands,
+    fleet_deployments,
+    parse,
+)
 
 PUBLISH_TIMEOUT_S = 30.0
 
@@ -82,11 +93,13 @@ class FleetService(Service[Config]):
         super().__init__(rt, config)
         self.fleet = fleet
         self.topic = fleet_commands(config.prefix)
+        self.deployments = fleet_deployments(config.prefix)
         self.queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=config.workers * 16)
         self.server = RequestServer(rt, self.topic, FleetCommand.from_wire, self.handle, refuse)
         self.observed: asyncio.Queue[nodes.Observation] = asyncio.Queue(maxsize=100_000)
         self.loop = asyncio.get_running_loop()
         fleet.publish = self.publish_from_thread
+        fleet.announce = self.announce_from_thread
         self.metrics: MetricsServer | None = None
         fleet.debug.publish = self.publish_session_from_thread
 
@@ -152,6 +165,12 @@ class FleetService(Service[Config]):
         if not result.ok:
             raise FleetError("publish_failed", f"{topic}: the broker refused: {result.reason}")
 
+    def announce_from_thread(self, event: DeploymentEvent) -> None:
+        """From a handler's thread: one event, JSON (for other systems), not waited on."""
+        asyncio.run_coroutine_threadsafe(
+            self.rt.publish(self.deployments, event, encoding=Encoding.JSON, qos=1), self.loop
+        )
+
     def publish_session_from_thread(
         self, topic: str, wire: dict[str, Any] | None, expiry_s: int | None
     ) -> None:
@@ -196,13 +215,21 @@ class FleetService(Service[Config]):
             batch = [await self.observed.get()]
             while not self.observed.empty() and len(batch) < 5000:
                 batch.append(self.observed.get_nowait())
-            await asyncio.to_thread(nodes.observe, self.fleet, batch)
+            await asyncio.to_thread(self.observe, batch)
+
+    def observe(self, batch: list[nodes.Observation]) -> None:
+        """Store the batch, then move staged rollouts on: a canary's failure aborts at once."""
+        nodes.observe(self.fleet, batch)
+        if any(isinstance(m, ReportedState) for _, m in batch):
+            rollout.progress(self.fleet)
+            rotation.progress(self.fleet)
 
     async def timeout_loop(self) -> None:
         while True:
             failed = await asyncio.to_thread(deploy.expire, self.fleet)
             if failed:
                 log.warning("%d node(s) timed out in their deployment", failed)
+            await asyncio.to_thread(rollout.progress, self.fleet)  # timeouts, soak times
             await asyncio.sleep(self.config.deploy_check_interval_s)
 
     async def republish(self) -> None:
@@ -233,6 +260,7 @@ class FleetService(Service[Config]):
 
 async def main(config: Config) -> None:
     fleet = await asyncio.to_thread(Fleet.open, config)
+    await asyncio.to_thread(rotation.restore, fleet)  # a rotation's new key signs from then on
     await run(NAME, config, lambda rt: FleetService(rt, config, fleet))
 
 

@@ -1,6 +1,7 @@
 """The fleet's metadata in SQLite (sqlite-utils): resources, flow versions, staged uploads,
-nodes, groups, deployments and desired states (schema 2; their queries are in nodes.py and
-deploy.py).
+nodes, groups, deployments and desired states (schema 2), nodes' reported transitions (schema
+3), inference statuses for the shadow report (schema 4), staged rollouts and key rotations
+(schema 5); their queries are in nodes.py, deploy.py, shadow.py, rollout.py and rotation.py.
 
 WAL mode and `synchronous=FULL`: what a command answered as committed survives a SIGKILL or a
 power cut. An explicit `schema_version` table and forward migrations (`MIGRATIONS[i]` takes
@@ -204,7 +205,42 @@ def _shadows(db: sqlite_utils.Database) -> set[str]:
     }  # fmt: skip
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database) -> None:
+    """Staged rollouts (one row per deployment with a strategy) and signing key rotations."""
+    db.table("rollouts").create(
+        {
+            "deployment_id": str,
+            "strategy": str,  # JSON: api.Strategy
+            "stages": str,  # JSON: [[site, ...], ...] in the order they go
+            "stage": int,  # the stage in progress (index into stages)
+            "stage_done_ns": int,  # when the current stage held (its soak starts then)
+            "paused_ns": int,
+            "aborted_ns": int,
+            "reason": str,  # why it aborted
+        },
+        pk="deployment_id",
+        foreign_keys=[("deployment_id", "deployments", "id")],
+        not_null={"deployment_id", "strategy", "stages", "stage"},
+    )
+    db.table("key_rotations").create(
+        {
+            "id": str,
+            "old_key_id": str,
+            "new_key_id": str,
+            "new_key_path": str,  # on the fleet's own filesystem, like fleet.yaml's signing_key
+            "phase": str,  # announcing | switching | retired
+            "announce_deployment": str,  # trust [old, new], signed by the old key
+            "switch_deployment": str,  # trust [new], signed by the new key
+            "started_ns": int,
+            "retired_ns": int,
+            "author": str,
+        },
+        pk="id",
+        not_null={"id", "old_key_id", "new_key_id", "new_key_path", "phase", "started_ns"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,225 @@
+"""`edgefleet site add SITE`: a site's credentials and ACL on the cloud broker, and what the
+site needs to reach it.
+
+    edgefleet site add plant7 --auth-dir compose/cloud/auth --cloud cloud.example:8883
+
+The auth folder is what compose/mosquitto/cloud.conf names (mounted at /mosquitto/config/auth):
+
+- `passwd`: one user per site, user name = site id, through `mosquitto_passwd` (its own hash
+  format, so no hashing of ours to get wrong);
+- `acl`: written whole from `sites.json` each time (never edited by hand: one source), one block
+  per site: publish only under `ef/{site}/...` and to `ef/fleet/commands`, read only its own
+  `desired` and the fleet's replies addressed to its agent (`ef/fleet/reply/{site}-agent`);
+- `tls/`: a CA and the broker's certificate (made once; ECDSA P-256, which every
+  OpenSSL build of mosquitto accepts), the CA's key kept here, mode 0600.
+
+Why ACL files and not the dynamic-security plugin: the whole policy is two text files that a
+review reads and a test checks, the plugin needs a running broker and its own admin client to
+change anything, and a site's rights are all derived from its id (no per-site exceptions).
+mosquitto reads both files again on SIGHUP (`docker compose kill -s HUP broker`), so a new or
+removed site (`edgefleet site remove SITE`) takes effect without a restart: at the reload
+mosquitto drops the revoked site's connections and refuses its reconnects (tested).
+
+For the site: `sites/{site}/` with its password (0600), the CA, and `bridge.conf` (the site
+broker's MQTT v5 bridge over TLS: desired in, status and reported out) and `fleet.yaml` (the
+site.yaml `fleet:` section). The topic prefix is `ef` unless `--prefix` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from shared.errors import ConfigError, EdgefleetError
+from shared.files import write_atomic
+from shared.topics import DEFAULT_PREFIX, Topics
+
+
+def acl_text(sites: dict[str, Any], prefix: str) -> str:
+    lines = [
+        "# Written by `edgefleet site add` from sites.json: do not edit (it is rewritten).",
+        "# Each site: publish only under its own tree (and fleet commands), read only its own",
+        "# desired state and the fleet's replies to its agent. Nothing else is allowed.",
+    ]
+    for site in sorted(sites):
+        t = Topics(site, prefix)
+        lines += [
+            "",
+            f"user {site}",
+            f"topic write {prefix}/{site}/#",
+            f"topic write {prefix}/fleet/commands",
+            f"topic read {t.desired()}",
+            f"topic read {prefix}/fleet/reply/{site}-agent",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def bridge_text(site: str, cloud: str, prefix: str) -> str:
+    t = Topics(site, prefix)
+    return f"""# The site broker's bridge to the cloud (append to its mosquitto.conf): MQTT v5 so
+# content types survive, TLS against the fleet's CA; the control plane only.
+connection cloud
+address {cloud}
+bridge_protocol_version mqttv50
+bridge_cafile /mosquitto/config/tls/ca.crt
+remote_clientid {site}-bridge
+remote_username {site}
+remote_password {{the content of sites/{site}/password}}
+cleansession false
+topic {t.desired()} in 1
+topic {prefix}/{site}/status/+ out 1
+topic {t.reported()} out 1
+"""
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[str, ec.EllipticCurvePrivateKey] | None,
+    host: str | None,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name = (
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]) if issuer else name
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650 if issuer is None else 825))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if host is not None:
+        try:
+            alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            alt = x509.DNSName(host)
+        builder = builder.add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def ensure_tls(folder: Path, host: str) -> None:
+    """A CA and the broker's certificate for `host`, made once."""
+    if (folder / "ca.crt").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("edgefleet cloud CA", ca_key, None, None)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = _cert(host, server_key, ("edgefleet cloud CA", ca_key), host)
+    for name, data, secret in (
+        ("ca.key", _pem_key(ca_key), True),
+        ("server.key", _pem_key(server_key), True),
+        ("server.crt", server.public_bytes(serialization.Encoding.PEM), False),
+        ("ca.crt", ca.public_bytes(serialization.Encoding.PEM), False),  # last: "made" marker
+    ):
+        write_atomic(folder / name, data)
+        os.chmod(folder / name, 0o600 if secret else 0o644)
+
+
+def add_site(auth: Path, site: str, cloud: str, prefix: str, labels: dict[str, str]) -> Path:
+    """Register the site; the folder with what the site needs."""
+    Topics(site, prefix)  # a valid topic id, or a clear error
+    if shutil.which("mosquitto_passwd") is None:
+        raise ConfigError("mosquitto_passwd is not installed (apt-get install mosquitto)")
+    auth.mkdir(parents=True, exist_ok=True)
+    registry = auth / "sites.json"
+    sites: dict[str, Any] = json.loads(registry.read_text()) if registry.exists() else {}
+    if site in sites:
+        raise EdgefleetError(f"site {site} exists already in {registry}")
+    password = secrets.token_urlsafe(24)
+    passwd = auth / "passwd"
+    create = [] if passwd.exists() else ["-c"]
+    subprocess.run(
+        ["mosquitto_passwd", *create, "-b", str(passwd), site, password],
+        check=True,
+        capture_output=True,
+    )
+    os.chmod(passwd, 0o600)
+    sites[site] = {"labels": labels, "created": datetime.datetime.now(datetime.UTC).isoformat()}
+    write_atomic(registry, json.dumps(sites, indent=1, sort_keys=True).encode())
+    write_atomic(auth / "acl", acl_text(sites, prefix).encode())
+    host = cloud.rpartition(":")[0] or cloud
+    ensure_tls(auth / "tls", host)
+    out = auth / "sites" / site
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "password", password.encode())
+    os.chmod(out / "password", 0o600)
+    shutil.copyfile(auth / "tls" / "ca.crt", out / "ca.crt")
+    write_atomic(out / "bridge.conf", bridge_text(site, cloud, prefix).encode())
+    fleet = {
+        "site": site,
+        "labels": labels,
+        "fleet": {"trusted_keys": ["<edgefleet keys show on the fleet side>"]},
+    }
+    write_atomic(out / "fleet.yaml", yaml.safe_dump(fleet, sort_keys=False).encode())
+    return out
+
+
+def remove_site(auth: Path, site: str, prefix: str) -> None:
+    """Revoke the site: its user and its ACL block go (a reload makes it take effect)."""
+    registry = auth / "sites.json"
+    sites: dict[str, Any] = json.loads(registry.read_text()) if registry.exists() else {}
+    if site not in sites:
+        raise EdgefleetError(f"no site {site} in {registry}")
+    subprocess.run(
+        ["mosquitto_passwd", "-D", str(auth / "passwd"), site], check=True, capture_output=True
+    )
+    del sites[site]
+    write_atomic(registry, json.dumps(sites, indent=1, sort_keys=True).encode())
+    write_atomic(auth / "acl", acl_text(sites, prefix).encode())
+    shutil.rmtree(auth / "sites" / site, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="edgefleet site", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="op", required=True)
+    add = sub.add_parser("add", help="a site's cloud broker credentials and ACL")
+    add.add_argument("site")
+    add.add_argument("--auth-dir", type=Path, default=Path("compose/cloud/auth"))
+    add.add_argument("--cloud", default="cloud.example:8883", help="the cloud broker host:port")
+    add.add_argument("--prefix", default=DEFAULT_PREFIX)
+    add.add_argument("--labels", default="", help="k=v,k=v for the site's site.yaml")
+    rm = sub.add_parser("remove", help="revoke a site: its user and ACL entries go")
+    rm.add_argument("site")
+    rm.add_argument("--auth-dir", type=Path, default=Path("compose/cloud/auth"))
+    rm.add_argument("--prefix", default=DEFAULT_PREFIX)
+    args = p.parse_args(argv)
+    try:
+        if args.op == "remove":
+            remove_site(args.auth_dir, args.site, args.prefix)
+            print(f"site {args.site} revoked in {args.auth_dir} (reload the broker: SIGHUP)")
+            return 0
+        labels = dict(kv.split("=", 1) for kv in args.labels.split(",") if "=" in kv)
+        out = add_site(args.auth_dir, args.site, args.cloud, args.prefix, labels)
+    except (EdgefleetError, subprocess.CalledProcessError) as exc:
+        print(f"edgefleet site: {exc}", file=sys.stderr)
+        return 1
+    print(f"site {args.site}: user and ACL in {args.auth_dir} (reload the broker: SIGHUP)")
+    print(f"for the site: {out}/ (password, ca.crt, bridge.conf, fleet.yaml)")
+    return 0
