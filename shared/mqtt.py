@@ -168,6 +168,8 @@ class _Session:
 
     def __init__(self, owner: MqttConnection, number: int) -> None:
         s, will = owner.settings, owner._will
+        if callable(will):  # a will of its own per connection (Sparkplug's NDEATH carries bdSeq)
+            will = will()
         props: dict[str, Any] = {}
         if s.session_expiry_s is not None:
             props["session_expiry_interval"] = s.session_expiry_s
@@ -335,7 +337,7 @@ class MqttConnection:
         settings: BrokerSettings,
         handler: Handler | None = None,
         *,
-        will: Will | None = None,
+        will: Will | Callable[[], Will] | None = None,
         manual_ack: bool = False,
     ) -> None:
         self.settings = settings
