@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("gmqtt").setLevel(logging.WARNING)  # INFO per connect and subscribe is noise
 
 NO_MATCHING_SUBSCRIBERS = 0x10
+DISCONNECT_WITH_WILL = 0x04  # MQTT 5: a clean disconnect after which the broker sends the will
 DISCONNECT_TIMEOUT_S = 2.0
 INBOX_HIGH = 5_000  # received messages waiting for the handler: stop reading the socket there
 BURST_YIELD = 64  # QoS 0 publishes between two yields to the loop (the receive side runs then)
@@ -285,9 +286,10 @@ class _Session:
                 transport.pause_reading()
 
     async def close(self) -> None:
+        code = DISCONNECT_WITH_WILL if self.owner._will_on_close else 0
         try:
             async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
-                await self.client.disconnect()
+                await self.client.disconnect(reason_code=code)
         except (TimeoutError, OSError, RuntimeError, AttributeError) as exc:
             log.debug("MQTT disconnect: %s", exc)
 
@@ -339,10 +341,14 @@ class MqttConnection:
         *,
         will: Will | Callable[[], Will] | None = None,
         manual_ack: bool = False,
+        will_on_close: bool = False,
     ) -> None:
+        """`will` may be a function: each connection then gets the will it returns. With
+        `will_on_close` a clean close sends the will too (Sparkplug's NDEATH on a stop)."""
         self.settings = settings
         self._handler = handler
         self._will = will
+        self._will_on_close = will_on_close
         self._manual_ack = manual_ack
         self._subscriptions: dict[str, int] = {}
         self._on_connect: list[Hook] = []

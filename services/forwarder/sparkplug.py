@@ -139,6 +139,7 @@ class SparkplugSink:
             ),
             self.on_message,
             will=self.will,
+            will_on_close=True,  # a stopped node is dead to its hosts as much as a lost one
         )
         self.connection.on_connect(self.on_connect)
         self.lock = asyncio.Lock()  # births and DDATA never interleave
