@@ -83,6 +83,15 @@ def _same(a: Value, b: Value) -> bool:
     return a == b and type(a) is type(b)
 
 
+def node_metrics(site: str) -> list[tuple[str, int, Value]]:
+    """The NBIRTH's metrics besides bdSeq: name, data type, value."""
+    return [
+        (REBIRTH, pb.Boolean, False),
+        ("Properties/Software", pb.String, SOFTWARE),
+        ("Properties/Site", pb.String, site),
+    ]
+
+
 def result_updates(batch: ResultBatch) -> list[list[Update]]:
     """Per result row: its metrics (outputs, model, latency), each stamped with its time."""
     columns: list[tuple[str, int, Any]] = []
@@ -147,11 +156,7 @@ class SparkplugSink:
         self.session_ms = 0
         self._aliases = 0
         self.node_metrics: dict[str, MetricState] = {}
-        for name, datatype, value in (
-            (REBIRTH, pb.Boolean, False),
-            ("Properties/Software", pb.String, SOFTWARE),
-            ("Properties/Site", pb.String, self.site),
-        ):
+        for name, datatype, value in node_metrics(self.site):
             self.node_metrics[name] = MetricState(self._alias(), datatype, value, 0)
         self.devices: dict[str, Device] = {}
         self.counts = {"births": 0, "ddata": 0, "rebirths": 0, "metrics": 0, "commands": 0}
