@@ -15,6 +15,8 @@ per-packet syscalls, no per-message wrapper), which measured 3× raw paho's mess
   packet;
 - acknowledgement of QoS 1 messages under the caller's control (`manual_ack`), so a service can
   commit a message before the broker forgets it.
+- a will made afresh for each connection when `will` is a function, and optionally sent on a
+  clean close too (MQTT 5 reason code 0x04): Sparkplug's NDEATH carries each session's bdSeq.
 
 gmqtt leaves three things to its internals, reached here only: the packet id of a publish, the
 PUBACK reason code and the packet id of a received QoS 1 message (for a later ack).
