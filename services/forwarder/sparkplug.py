@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +41,7 @@ NS_PER_MS = 1_000_000
 SOFTWARE = "edgefleet"
 
 
-@dataclass
+@dataclass(slots=True)
 class Update:
     name: str
     datatype: int
@@ -50,7 +49,7 @@ class Update:
     t_ms: int
 
 
-@dataclass
+@dataclass(slots=True)
 class MetricState:
     alias: int
     datatype: int
@@ -78,9 +77,8 @@ def _datatype(dtype: np.dtype[Any]) -> int:
 
 
 def _same(a: Value, b: Value) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b and type(a) is type(b)
+    """Equal, NaN included (one metric keeps one type: its datatype is part of the state)."""
+    return a == b or (a != a and b != b)  # x != x only for NaN
 
 
 def node_metrics(site: str) -> list[tuple[str, int, Value]]:
@@ -110,10 +108,11 @@ def result_updates(batch: ResultBatch) -> list[list[Update]]:
     for i, t in enumerate(batch.t.tolist()):
         t_ms = t // NS_PER_MS
         row = [Update(name, dt, values[i], t_ms) for name, dt, values in columns]
-        row.append(Update("Model/Name", pb.String, model.name, t_ms))
-        row.append(Update("Model/Version", pb.String, str(model.version), t_ms))
-        row.append(Update("Model/SHA256", pb.String, model.sha256, t_ms))
         row.append(Update("Inference/Latency us", pb.Float, latency[i], t_ms))
+        if i == 0:  # one model per batch: compared once
+            row.append(Update("Model/Name", pb.String, model.name, t_ms))
+            row.append(Update("Model/Version", pb.String, str(model.version), t_ms))
+            row.append(Update("Model/SHA256", pb.String, model.sha256, t_ms))
         rows.append(row)
     return rows
 
@@ -159,6 +158,7 @@ class SparkplugSink:
         for name, datatype, value in node_metrics(self.site):
             self.node_metrics[name] = MetricState(self._alias(), datatype, value, 0)
         self.devices: dict[str, Device] = {}
+        self._topics: dict[tuple[SparkplugType, str | None], str] = {}
         self.counts = {"births": 0, "ddata": 0, "rebirths": 0, "metrics": 0, "commands": 0}
 
     def _alias(self) -> int:
@@ -166,7 +166,11 @@ class SparkplugSink:
         return self._aliases - 1
 
     def topic(self, kind: SparkplugType, device: str | None = None) -> str:
-        return sparkplug(self.group, kind, self.node, device)
+        key = (kind, device)
+        topic = self._topics.get(key)
+        if topic is None:  # built and checked once per device
+            topic = self._topics[key] = sparkplug(self.group, kind, self.node, device)
+        return topic
 
     # ---------------------------------------------------------------- the Sink interface
 
