@@ -29,10 +29,17 @@ from shared.runtime import Loop, Runtime
 from shared.service import Service, ServiceSpec, run
 from shared.sparkplug import REBIRTH, Metric, Payload, set_value
 from shared.sparkplug import sparkplug_b_pb2 as pb
-from shared.topics import SparkplugType, parse_sparkplug, sparkplug, sparkplug_filter
+from shared.topics import (
+    SparkplugTopic,
+    SparkplugType,
+    parse_sparkplug,
+    sparkplug,
+    sparkplug_filter,
+)
 
 NAME = "sparkplug"
 MAX_PUBLISHING = 100  # reading batches published and not yet acknowledged
+MAX_TOPICS = 100_000  # parsed topics remembered
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ class SparkplugService(Service[SparkplugSourceConfig]):
         self.counts.update(stale_deaths=0, non_numeric=0)
         self._asked: dict[str, float] = {}  # node -> when a rebirth was last asked (monotonic)
         self._publishing: set[asyncio.Task[Any]] = set()
+        self._topics: dict[str, SparkplugTopic] = {}
         # a broker of its own for the edge nodes, or the site's connection
         self.own: MqttConnection | None = None
         if config.server is not None:
@@ -105,10 +113,14 @@ class SparkplugService(Service[SparkplugSourceConfig]):
 
     async def on_message(self, message: Received) -> None:
         arrival = clock.now_ns()
-        try:
-            topic = parse_sparkplug(message.topic)
-        except TopicError as exc:
-            raise PayloadError(str(exc)) from None
+        topic = self._topics.get(message.topic)
+        if topic is None:
+            try:
+                topic = parse_sparkplug(message.topic)
+            except TopicError as exc:
+                raise PayloadError(str(exc)) from None
+            if len(self._topics) < MAX_TOPICS:  # parsed once per node and device
+                self._topics[message.topic] = topic
         if topic.type in (SparkplugType.NCMD, SparkplugType.DCMD):
             return  # commands to the nodes (ours among them), not data
         try:
