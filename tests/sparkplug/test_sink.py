@@ -99,6 +99,7 @@ async def test_births_then_ddata_on_change_then_rebirth_on_command(
     topics = Topics(site)
     await probe.subscribe(ALL, qos=0)
     await probe.subscribe(topics.errors("fwd"))
+    await probe.subscribe(topics.status("fwd"))
     async with running(main(config)):
         (nbirth,) = await seen.wait("NBIRTH")
         node = {m.name: m for m in nbirth.metrics}
@@ -158,6 +159,15 @@ async def test_births_then_ddata_on_change_then_rebirth_on_command(
         await probe.publish_raw(topic("NCMD"), b"\xff\xfenot protobuf")
         reports = await probe.wait_for(topics.errors("fwd"), lambda r: "NCMD" in r["reason"])
         assert reports[0]["topic"] == topic("NCMD")
+
+        def counted(status: dict[str, Any]) -> bool:
+            sink = status.get("health", {}).get("sink_scada", {})
+            return sink.get("rebirths") == 2 and sink.get("commands") == 3
+
+        (status,) = await probe.wait_for(topics.status("fwd"), counted)
+        sink = status["health"]["sink_scada"]
+        assert sink["connected"] and sink["bdseq"] == 0 and sink["devices"] == 1
+        assert sink["births"] == 3 + 2 * 2 and sink["ddata"] == 2  # 1 + 2 DBIRTH, then 2 rebirths
     seqs_are_continuous(seen.all())
 
 
