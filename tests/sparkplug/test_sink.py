@@ -162,7 +162,7 @@ async def test_births_then_ddata_on_change_then_rebirth_on_command(
 
         def counted(status: dict[str, Any]) -> bool:
             sink = status.get("health", {}).get("sink_scada", {})
-            return sink.get("rebirths") == 2 and sink.get("commands") == 3
+            return bool(sink.get("rebirths") == 2 and sink.get("commands") == 3)
 
         (status,) = await probe.wait_for(topics.status("fwd"), counted)
         sink = status["health"]["sink_scada"]
