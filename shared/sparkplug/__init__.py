@@ -9,12 +9,15 @@ The forwarder's Sparkplug sink and the `sparkplug` source (services/sparkplug) b
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 from shared.errors import PayloadError
 from shared.files import write_atomic
 from shared.sparkplug import sparkplug_b_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 Payload = pb.Payload
 Metric = pb.Payload.Metric
@@ -105,15 +108,19 @@ class BdSeqFile:
         self.current: int | None = None
 
     def _last(self) -> int:
+        """The last bdSeq used; a missing or unreadable file starts again at 0 (said once):
+        a host only needs each NDEATH to match its own session's NBIRTH."""
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return SEQ_MODULO - 1  # so that the first session is 0
         except (OSError, ValueError) as exc:
-            raise PayloadError(f"{self.path}: cannot read the bdSeq state: {exc}") from None
+            log.warning("%s: cannot read the bdSeq state (%s); starting at 0", self.path, exc)
+            return SEQ_MODULO - 1
         value = data.get("bdseq") if isinstance(data, dict) else None
         if not isinstance(value, int) or not 0 <= value < SEQ_MODULO:
-            raise PayloadError(f"{self.path}: expected {{'bdseq': 0..255}}, got {data!r}")
+            log.warning("%s: expected {'bdseq': 0..255}, got %.80r; starting at 0", self.path, data)
+            return SEQ_MODULO - 1
         return value
 
     def next(self) -> int:
