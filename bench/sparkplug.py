@@ -11,8 +11,9 @@ DDATA. Raw: the same DDATA payloads built with the protobuf module and published
 
 Source: a paho publisher (another process) sends an NBIRTH and `--messages` DDATA of
 `--per-message` metrics each (pre-encoded, QoS 0) to `edgefleet run sparkplug` (its own
-process); the clock stops when a paho subscriber on raw/{source} has every reading. Raw: the same
-publisher to a paho subscriber that decodes each payload with protobuf and reads every value.
+process, `--coalesce-ms`: 5 by default, 0 for one reading batch per message); the clock stops
+when a paho subscriber on raw/{source} has every reading. Raw: the same publisher to a paho
+subscriber that decodes each payload with protobuf and reads every value.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ def readings_in(payload: bytes) -> int:
     return len(ReadingBatch.from_wire(codec.decode(payload, codec.MSGPACK)))
 
 
-def source_run(port: int, work: Path, messages: int, per: int) -> float:
+def source_run(port: int, work: Path, messages: int, per: int, coalesce_ms: float) -> float:
     config = work / "sparkplug.json"
     config.write_text(
         json.dumps(
@@ -233,6 +234,7 @@ def source_run(port: int, work: Path, messages: int, per: int) -> float:
                 "group_id": GROUP,
                 "broker": {"port": port},
                 "log_level": "WARNING",
+                "coalesce_ms": coalesce_ms,
             }
         )
     )
@@ -260,6 +262,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--per-message", type=int, default=10)
+    parser.add_argument("--coalesce-ms", type=float, default=5.0, help="of the source")
     args = parser.parse_args()
     n, per = args.messages, args.per_message
     with tempfile.TemporaryDirectory() as tmp:
@@ -273,8 +276,11 @@ def main() -> None:
                 f"  raw protobuf encode + paho publish: {raw:,.0f} DDATA/s; ratio {sink / raw:.2f}"
             )
             raw = source_raw(broker.port, n, per)
-            source = source_run(broker.port, work, n, per)
-            print(f"source: {source:,.0f} readings/s from DDATA of {per} metrics")
+            source = source_run(broker.port, work, n, per, args.coalesce_ms)
+            print(
+                f"source: {source:,.0f} readings/s from DDATA of {per} metrics "
+                f"(coalesce_ms {args.coalesce_ms:g})"
+            )
             ratio = source / raw
             print(f"  raw paho receive + protobuf decode: {raw:,.0f} values/s; ratio {ratio:.2f}")
         finally:

@@ -19,3 +19,6 @@ class SparkplugSourceConfig(ServiceConfig):
     rebirth_on_gap: bool = True  # a seq gap or an unknown alias asks the node for a rebirth
     rebirth_interval_s: float = Field(5.0, gt=0)  # at most one rebirth request per node this often
     publish_qos: int = Field(1, ge=0, le=1)
+    coalesce_ms: float = Field(
+        5.0, ge=0, le=10_000
+    )  # readings gathered into one batch per tick; 0: one per message

@@ -2,9 +2,10 @@
 
 `edgefleet run sparkplug --config FILE`, or a `kind: sparkplug` source of site.yaml. A
 Sparkplug host application (not the primary one: it sends no STATE) on `server` (default: the
-site broker): births give names, types and aliases; NDATA/DDATA become one ReadingBatch per
-message on `ef/{site}/raw/{source}`; NDEATH/DDEATH publish every signal of the node/device as a
-bad reading (NaN, quality bad), as the other adapters do for a lost device. A seq gap, data
+site broker): births give names, types and aliases; what NDATA/DDATA carry (by alias) is
+gathered into one ReadingBatch per `coalesce_ms` tick on `ef/{site}/raw/{source}`;
+NDEATH/DDEATH publish every signal of the node/device as a bad reading (NaN, quality bad), as
+the other adapters do for a lost device. A seq gap, data
 before a birth or an unknown alias sends `NCMD` `Node Control/Rebirth`, at most once per
 `rebirth_interval_s` per node. What cannot be read is counted and reported on the errors topic.
 """
@@ -79,6 +80,9 @@ class SparkplugService(Service[SparkplugSourceConfig]):
         self._asked: dict[str, float] = {}  # node -> when a rebirth was last asked (monotonic)
         self._publishing: set[asyncio.Task[Any]] = set()
         self._topics: dict[str, SparkplugTopic] = {}
+        self._pending: list[tuple[str, int, float, int]] = []  # readings of the next batch
+        self._first_arrival = 0
+        self._dirty = asyncio.Event()
         # a broker of its own for the edge nodes, or the site's connection
         self.own: MqttConnection | None = None
         if config.server is not None:
@@ -99,7 +103,12 @@ class SparkplugService(Service[SparkplugSourceConfig]):
         self.rt.on_stop(self.drain)
 
     def loops(self) -> dict[str, Loop]:
-        return {} if self.own is None else {"sparkplug_mqtt_loop": self.own.run}
+        loops: dict[str, Loop] = {}
+        if self.config.coalesce_ms > 0:
+            loops["coalesce_loop"] = self.coalesce_loop
+        if self.own is not None:
+            loops["sparkplug_mqtt_loop"] = self.own.run
+        return loops
 
     def health(self) -> SparkplugHealth:
         online = sum(1 for n in self.tracker.nodes.values() if n.alive)
@@ -132,9 +141,13 @@ class SparkplugService(Service[SparkplugSourceConfig]):
         for problem in outcome.problems:
             self.rt.reject(problem, message)
         if outcome.readings:
-            self._publish(outcome, arrival)
-            if len(self._publishing) > MAX_PUBLISHING:  # the site broker is slow: so are we
-                await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+            if not self._pending:
+                self._first_arrival = arrival
+            self._pending.extend(outcome.readings)
+            if self.config.coalesce_ms == 0:
+                await self.flush()
+            else:
+                self._dirty.set()
         if outcome.rebirth is not None and self.config.rebirth_on_gap:
             await self.ask_rebirth(topic.node, outcome.rebirth)
 
@@ -148,25 +161,41 @@ class SparkplugService(Service[SparkplugSourceConfig]):
         c["stale_deaths"] += outcome.stale_death
         c["non_numeric"] += outcome.non_numeric
 
-    def _publish(self, outcome: Outcome, arrival: int) -> None:
+    async def coalesce_loop(self) -> None:
+        """Wait for a first reading, let the tick fill up, publish one batch."""
+        tick = self.config.coalesce_ms / 1000
+        while True:
+            await self._dirty.wait()
+            await clock.sleep(tick)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Publish the readings gathered since the last flush as one ReadingBatch. The PUBACK
+        is not awaited here: the next Sparkplug message must not wait for it."""
+        self._dirty.clear()
+        readings, self._pending = self._pending, []
+        if not readings:
+            return
         index: dict[str, int] = {}
-        sig = [index.setdefault(s, len(index)) for s, _, _, _ in outcome.readings]
+        sig = [index.setdefault(s, len(index)) for s, _, _, _ in readings]
+        n = len(sig)
         batch = ReadingBatch.from_columns(
             self.config.source,
             list(index),
-            np.fromiter((r[1] for r in outcome.readings), np.int64, len(sig)),
+            np.fromiter((r[1] for r in readings), np.int64, n),
             np.asarray(sig, np.uint16),
-            np.fromiter((r[2] for r in outcome.readings), np.float64, len(sig)),
-            np.fromiter((r[3] for r in outcome.readings), np.uint8, len(sig)),
-            received_ns=arrival,
+            np.fromiter((r[2] for r in readings), np.float64, n),
+            np.fromiter((r[3] for r in readings), np.uint8, n),
+            received_ns=self._first_arrival,
         )
-        # the PUBACK is not awaited here: the next Sparkplug message must not wait for it
         publish = self.rt.publish(self.raw_topic, batch.to_wire(), qos=self.config.publish_qos)
         task = asyncio.get_running_loop().create_task(publish)
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
-        self.counts["readings"] += len(batch)
+        self.counts["readings"] += n
         self.counts["batches"] += 1
+        if len(self._publishing) > MAX_PUBLISHING:  # the site broker is slow: so are we
+            await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
 
     async def ask_rebirth(self, node: str, why: str) -> None:
         now = time.monotonic()
@@ -182,6 +211,7 @@ class SparkplugService(Service[SparkplugSourceConfig]):
 
     async def drain(self) -> None:
         """On stop: what was read goes out before the connection closes."""
+        await self.flush()
         if self._publishing:
             await asyncio.wait(self._publishing, timeout=2.0)
 
