@@ -15,7 +15,7 @@ lint: setup
 	.venv/bin/lint-imports
 
 typecheck: setup
-	.venv/bin/mypy shared services edgefleet tests
+	.venv/bin/mypy shared services edgefleet tests faults
 
 check: lint typecheck test
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.local_process import LocalProcess
+from shared.topics import Topics
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -78,6 +79,33 @@ log_type error
 log_type warning
 log_type notice
 {extra}"""
+
+
+def bridge_config(
+    site: str,
+    address: str,
+    *,
+    prefix: str = "ef",
+    connection: str = "cloud",
+    settings: tuple[str, ...] = (),
+) -> str:
+    """The site broker's bridge to the cloud broker at `address` (`host:port`): MQTT v5 (or
+    content types and message expiry are lost), a persistent session (what the cloud sends
+    while the link is down arrives after it), and the control plane only, as
+    `Topics.bridged()` lists it: desired states and debug session requests in; statuses,
+    reported states and debug sessions' states and data out. Debug data crosses only while a
+    session is open because the agent publishes it only then. `settings` adds lines (TLS,
+    credentials) after the address; compose/mosquitto/site.conf shows this block commented."""
+    lines = [
+        f"connection {connection}",
+        f"address {address}",
+        "bridge_protocol_version mqttv50",
+        f"remote_clientid site-{site}",
+        "cleansession false",
+        *settings,
+    ]
+    lines += [f"topic {t} {d} {q}" for t, d, q in Topics(site, prefix).bridged()]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass

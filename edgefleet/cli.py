@@ -14,6 +14,7 @@ from shared.config import load_config
 from shared.errors import EdgefleetError
 from shared.mqtt import BrokerSettings
 from shared.runtime import setup_logging
+from shared.service import RESTART_EXIT_CODE, RestartForConfig
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -25,8 +26,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid {args.service} config for instance {config.instance!r}")
         return 0
     setup_logging(config.log_level)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(spec.main(config))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(spec.main(config))
+    except RestartForConfig:  # logged by the service; `edgefleet up` restarts it with the config
+        return RESTART_EXIT_CODE
     return 0
 
 
@@ -181,6 +185,7 @@ def parser() -> argparse.ArgumentParser:
         ("deploy", "deploy flow versions to nodes (edgefleet deploy --help)"),
         ("deployment", "deployments and their state per node (edgefleet deployment --help)"),
         ("rollback", "deploy an earlier flow version where it runs (edgefleet rollback --help)"),
+        ("debug", "a node's site topics seen from here, for a while (edgefleet debug --help)"),
         ("cloud", "the cloud side on this machine (edgefleet cloud up --help)"),
     ):
         sub.add_parser(name, help=text, add_help=False)
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["shadow"]:
         return cmd_shadow(argv[1:])
     if argv[:1] in (["library"], ["flow"], ["node"], ["group"], ["deploy"], ["deployment"],
-                    ["rollback"]):  # fmt: skip
+                    ["rollback"], ["debug"]):  # fmt: skip
         from edgefleet.fleet.cli import main as fleet_main
 
         return fleet_main(argv)

@@ -15,13 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from services.actuator.config import ActionSpec
-from services.aligner.config import FlowAlign
+from services.aligner.config import AlignerConfig, FlowAlign
 from services.forwarder.config import FileSink, HttpSink, MqttSink, SparkplugSink, SqliteSink
 from services.inference.config import InferenceSettings, ModelSpec
-from shared.config import read_yaml, resolve_paths, validate
+from shared.config import ServiceConfig, read_yaml, resolve_paths, validate
 
 # Inference settings a flow does not write under `model`: they come from the flow itself.
 FROM_FLOW = ("flow", "model", "features", "window")
@@ -38,6 +38,23 @@ else:
             name: (field.annotation, field)
             for name, field in InferenceSettings.model_fields.items()
             if name not in FROM_FLOW
+        },
+    )
+
+
+if TYPE_CHECKING:
+    AlignerSettings = BaseModel
+else:
+    AlignerSettings = create_model(
+        "AlignerSettings",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="Settings of a flow's aligner instance beside its `align` section: "
+        "`max_ahead_ms` (readings stamped further ahead of the local clock are dropped and "
+        "reported per source), `use_complete` (take the adapters' 'complete up to t'), the QoS.",
+        **{
+            name: (field.annotation, field)
+            for name, field in AlignerConfig.model_fields.items()
+            if name not in {*ServiceConfig.model_fields, "flow", "flow_file"}
         },
     )
 
@@ -109,6 +126,10 @@ class FlowSpec(FlowAlign):
     )
     sinks: list[FlowSink] = Field(
         default_factory=list, description="where results go (docs/forwarder.md)"
+    )
+    aligner: AlignerSettings | None = Field(
+        default=None,
+        description="this flow's aligner instance: over site.yaml's `aligner` (docs/aligner.md)",
     )
 
     @model_validator(mode="after")

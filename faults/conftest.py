@@ -20,8 +20,11 @@ from shared.messages import ResultBatch
 from tests.conftest import base_config, broker, no_leftover_processes, probe, site
 from tests.forwarder.conftest import cloud
 from tests.helpers import Probe
+from tests.site.conftest import simulator
 
-__all__ = ["base_config", "broker", "cloud", "no_leftover_processes", "probe", "site"]
+__all__ = [
+    "base_config", "broker", "cloud", "no_leftover_processes", "probe", "simulator", "site",
+]  # fmt: skip
 
 REPORT = Path("var/faults")
 SCALE = float(os.environ.get("FAULTS_SCALE", "1"))

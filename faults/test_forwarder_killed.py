@@ -66,7 +66,11 @@ async def test_forwarder_killed_hundreds_of_times(
             kills = 0
             while kills < kills_wanted:
                 pid = process.pid  # killed only once it works: online, then a varying moment
-                await probe.wait_for(status, lambda s, pid=pid: s["health"].get("pid") == pid)
+
+                def runs_as(s: dict[str, Any], pid: int = pid) -> bool:
+                    return bool(s["health"].get("pid") == pid)
+
+                await probe.wait_for(status, runs_as)
                 await asyncio.sleep(0.05 + 0.1 * (kills % 4))
                 process.send_signal(signal.SIGKILL)
                 process.wait(10)

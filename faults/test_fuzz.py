@@ -100,7 +100,21 @@ TARGETS: dict[str, Callable[[bytes, str], None]] = {
     "desired state": desired,
     "flow file": flow_file,
 }
-ODD = [None, True, -1, 2**70, 1e308, float("nan"), "", "x" * 300, [], {}, [[[]]], b"\x00", {"v": 1}]
+ODD: list[Any] = [
+    None,
+    True,
+    -1,
+    2**70,
+    1e308,
+    float("nan"),
+    "",
+    "x" * 300,
+    [],
+    {},
+    [[[]]],
+    b"\x00",
+    {"v": 1},
+]
 
 
 def mutate_structure(obj: Any, rng: np.random.Generator) -> Any:

@@ -182,6 +182,20 @@ class ServiceConfig(StrictModel):
         return self.broker.settings(f"{self.site}-{self.instance}", self.timings, **overrides)
 
 
+class SessionConfig(ServiceConfig):
+    """A service whose input must not be lost while it is away: its site connection is a
+    persistent session (its fixed client id, clean_start False, a session expiry), so the broker
+    queues its QoS 1 input while it reconnects, restarts, or while a restarted broker waits for
+    it; the subscriptions it made are restored from the broker's persistence too."""
+
+    session_expiry_s: int = Field(300, ge=0)  # how long the site broker keeps our session
+
+    def broker_settings(self, **overrides: Any) -> BrokerSettings:
+        values: dict[str, Any] = {"clean_start": False, "session_expiry_s": self.session_expiry_s}
+        values.update(overrides)
+        return super().broker_settings(**values)
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -306,3 +320,40 @@ def resolve_paths(node: Any, base: Path) -> None:
     elif isinstance(node, dict):
         for item in node.values():
             resolve_paths(item, base)
+
+
+# Keys a retained config cannot change: they name the instance (its topics, its client id).
+IDENTITY_KEYS = ("site", "instance", "prefix")
+C = TypeVar("C", bound=ServiceConfig)
+
+
+def overlay(data: Mapping[str, Any], update: Mapping[str, Any], revision: int) -> dict[str, Any]:
+    """A config mapping with a retained update's keys on top (an agent's full config, or the few
+    keys a command changes), the identity keys kept and `revision` set: the one merge the
+    service and the site supervisor both make."""
+    merged = dict(data)
+    merged.update({k: v for k, v in update.items() if k not in IDENTITY_KEYS})
+    merged["revision"] = revision
+    return merged
+
+
+def merge_config(current: C, update: Any, revision: int) -> C:
+    """The running config with a retained update on top, validated; relative paths start at the
+    running config's folder. `ConfigError` names the revision and the offending key."""
+    if not isinstance(update, dict):
+        raise ConfigError(f"config revision {revision}: expected a mapping of keys")
+    ignored = sorted(k for k in IDENTITY_KEYS if k in update and update[k] != getattr(current, k))
+    if ignored:
+        raise ConfigError(
+            f"config revision {revision}: {ignored} name the instance and cannot change"
+        )
+    data = overlay(current.model_dump(mode="json"), update, revision)
+    new = validate(type(current), data, f"config revision {revision}")
+    new.set_source_dir(current.source_dir)
+    return new
+
+
+def changed_keys(old: BaseModel, new: BaseModel) -> set[str]:
+    """The top-level keys whose values differ (`revision` aside)."""
+    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
+    return {k for k in a.keys() | b.keys() if k != "revision" and a.get(k) != b.get(k)}

@@ -18,6 +18,9 @@ from shared.codec import Encoding
 from shared.messages import (
     ActuatorCommand,
     ConfigUpdate,
+    DebugData,
+    DebugSession,
+    DebugState,
     DeployedFlow,
     DesiredState,
     ErrorReport,
@@ -99,6 +102,11 @@ TOPIC_OF = {
     "desired": "`desired`, retained, bridged from the cloud",
     "reported": "`reported`, retained, bridged to the cloud",
     "command": "`ef/fleet/commands`, request/response",
+    "debug_session": "`debug/session/{session}`, retained with a message expiry, bridged from the"
+    " cloud",
+    "debug_state": "`debug/state/{session}`, bridged to the cloud",
+    "debug_data": "`debug/data/{session}/{kind}/{name}` (the original topic's last two levels),"
+    " bridged to the cloud",
     "answer": "the command's response topic (the CLI's is `ef/fleet/reply/{client}`), with its"
     " correlation data",
 }
@@ -217,6 +225,34 @@ def control_plane_examples() -> list[Message]:
             last_good=11,
             timings_ms={"downloading": 412.0, "verifying": 38.5, "activating": 2210.0},
             t=T,
+        ),
+        DebugSession(
+            site="plant1",
+            session="5e0c7a41b2d9",
+            topics=["ef/plant1/results/pump-anomaly", "ef/plant1/raw/+"],
+            rate_hz=2.0,
+            expires=T + 60 * 10**9,
+            issued=T,
+            author="ana@laptop",
+            signature=Signature(alg="ed25519", key_id="5d41402abc4b2a76", sig="MEUCIQ...=="),
+        ),
+        DebugState(
+            site="plant1",
+            session="5e0c7a41b2d9",
+            state="open",
+            topics=["ef/plant1/results/pump-anomaly", "ef/plant1/raw/+"],
+            rate_hz=2.0,
+            expires=T + 60 * 10**9,
+            t=T,
+        ),
+        DebugData(
+            session="5e0c7a41b2d9",
+            topic="ef/plant1/results/pump-anomaly",
+            content_type="application/json",
+            payload=b'{"v":1,"kind":"results","flow":"pump-anomaly","...":"..."}',
+            t=T,
+            seq=7,
+            dropped=4,
         ),
         FleetCommand(cmd="library.show", args={"ref": "pump-ae@3"}),
         FleetAnswer(

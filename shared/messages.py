@@ -7,6 +7,7 @@ plain dicts that `shared.codec` encodes, so one decoder reads msgpack and JSON a
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cached_property
@@ -600,6 +601,71 @@ class ReportedState(Message):
     t: int = Field(default_factory=now_ns)
 
 
+class DebugSession(Message):
+    """Retained on `debug/session/{session}`, written by the fleet service (bridged in): look at
+    these site topics for a while, at most `rate_hz` messages per second per topic. Signed like a
+    desired state (`signature` covers every other member); `expires` (ns, wall clock) ends it
+    even if nobody closes it, and the retained message carries the MQTT v5 message expiry, so
+    the brokers forget it then too. An empty retained message closes it."""
+
+    kind: Literal["debug_session"] = "debug_session"
+    site: str
+    session: str
+    topics: list[str] = Field(min_length=1)  # absolute filters of this site
+    rate_hz: float = Field(gt=0)
+    expires: int
+    issued: int = Field(default_factory=now_ns)
+    author: str = ""
+    signature: Signature | None = None
+
+
+DebugStep = Literal["open", "refused", "closed", "expired"]
+
+
+class DebugState(Message):
+    """On `debug/state/{session}`, from the agent (bridged out): the session opened (with the
+    limits the agent applies), was refused (`reason`), was closed, or expired; with what was
+    forwarded and dropped by decimation so far."""
+
+    kind: Literal["debug_state"] = "debug_state"
+    site: str
+    session: str
+    state: DebugStep
+    reason: str | None = None
+    topics: list[str] = Field(default_factory=list)
+    rate_hz: float | None = None
+    expires: int | None = None
+    sent: int = 0
+    dropped: int = 0
+    t: int = Field(default_factory=now_ns)
+
+
+class DebugData(Message):
+    """On `debug/data/{session}/{kind}/{name}`, from the agent (bridged out): one message of
+    `topic` as it travelled on the site broker (`payload` the original bytes, `content_type`
+    the original one: decode it with the same codec), the latest of its interval; `dropped`
+    counts the messages of that topic left out since the previous one, `seq` numbers the
+    forwarded ones per session, `t` is when the agent received it (ns). Always msgpack, the
+    payload as bytes; shown here as JSON, where the payload is base64."""
+
+    kind: Literal["debug_data"] = "debug_data"
+    session: str
+    topic: str
+    content_type: str | None = None
+    payload: bytes
+    t: int
+    seq: int
+    dropped: int = 0
+
+    def to_wire(self, encoding: Encoding = Encoding.MSGPACK) -> dict[str, Any]:
+        # msgpack carries the bytes as they are; JSON (the wire contract's example) as base64
+        if encoding is Encoding.MSGPACK:
+            return self.model_dump(exclude_none=True)
+        wire = self.model_dump(mode="json", exclude_none=True)
+        wire["payload"] = base64.b64encode(self.payload).decode()
+        return wire
+
+
 class FleetCommand(Message):
     """On `fleet/commands` (MQTT v5 request/response): one command for the fleet service.
 
@@ -643,5 +709,8 @@ CONTROL_PLANE: dict[str, type[Message]] = {
         ReportedState,
         FleetCommand,
         FleetAnswer,
+        DebugSession,
+        DebugState,
+        DebugData,
     )
 }

@@ -124,6 +124,7 @@ class Outgoing:
     retain: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    expiry_s: int | None = None  # MQTT v5 message expiry: the brokers drop it after that
 
 
 @dataclass
@@ -163,6 +164,8 @@ def _message(msg: Outgoing) -> Any:
         props["response_topic"] = msg.response_topic
     if msg.correlation_data is not None:
         props["correlation_data"] = msg.correlation_data
+    if msg.expiry_s is not None:
+        props["message_expiry_interval"] = msg.expiry_s
     return gmqtt.Message(msg.topic, msg.payload, msg.qos, msg.retain, **props)
 
 
@@ -184,6 +187,7 @@ class _Session:
         self.owner, self.number = owner, number
         self.lost = asyncio.Event()
         self.suback: dict[int, asyncio.Future[tuple[int, ...]]] = {}
+        self.unsuback: dict[int, asyncio.Future[tuple[int, ...]]] = {}
         # QoS 1 publishes awaiting their PUBACK on this connection (packet ids are per client)
         self.pending: dict[int, asyncio.Future[int]] = {}
         client = gmqtt.Client(
@@ -199,6 +203,7 @@ class _Session:
         client.on_message = self._on_qos0
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_suback
+        client.on_unsubscribe = self._on_unsuback
         handler = client._package_handler
         handler._handle_puback_packet = self._on_puback
         handler._handle_qos_1_publish_packet = self._on_qos1
@@ -260,16 +265,26 @@ class _Session:
 
     async def subscribe(self, topic_filter: str, qos: int) -> tuple[int, ...]:
         mid = self.client.subscribe(topic_filter, qos)
+        return await self._acked(self.suback, mid, f"subscribing to {topic_filter!r}")
+
+    async def unsubscribe(self, topic_filter: str) -> tuple[int, ...]:
+        mid = self.client.unsubscribe(topic_filter)
+        return await self._acked(self.unsuback, mid, f"unsubscribing from {topic_filter!r}")
+
+    async def _acked(
+        self, waiting: dict[int, asyncio.Future[tuple[int, ...]]], mid: int, what: str
+    ) -> tuple[int, ...]:
+        """The reason codes of the SUBACK or UNSUBACK of packet `mid`."""
         future = asyncio.get_running_loop().create_future()
-        self.suback[mid] = future
+        waiting[mid] = future
         lost = asyncio.ensure_future(self.lost.wait())
         try:
             await asyncio.wait({future, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost.cancel()
-            self.suback.pop(mid, None)
+            waiting.pop(mid, None)
         if not future.done():
-            raise NotConnected(f"connection lost while subscribing to {topic_filter!r}")
+            raise NotConnected(f"connection lost while {what}")
         codes: tuple[int, ...] = future.result()
         return codes
 
@@ -310,6 +325,11 @@ class _Session:
 
     def _on_suback(self, _client: Any, mid: int, codes: tuple[int, ...], _props: Any) -> None:
         future = self.suback.get(mid)
+        if future is not None and not future.done():
+            future.set_result(tuple(codes))
+
+    def _on_unsuback(self, _client: Any, mid: int, codes: tuple[int, ...]) -> None:
+        future = self.unsuback.get(mid)
         if future is not None and not future.done():
             future.set_result(tuple(codes))
 
@@ -377,6 +397,23 @@ class MqttConnection:
         if self._session is not None and self._ready.is_set():
             await self._subscribe(self._session, topic_filter, qos)
 
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Forget `topic_filter` (not subscribed again on reconnect) and unsubscribe now if
+        connected; `ProtocolError` if the broker refuses (a filter never subscribed is not)."""
+        if self._subscriptions.pop(topic_filter, None) is None:
+            return
+        session = self._session
+        if session is None or not self._ready.is_set():
+            return  # the next connection will not subscribe it (a clean session has none)
+        for code in await session.unsubscribe(topic_filter):
+            if code >= 0x80:
+                raise ProtocolError(f"broker refused to unsubscribe {topic_filter!r}: 0x{code:02x}")
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The filters this connection subscribes (and subscribes again on reconnect)."""
+        return list(self._subscriptions)
+
     @property
     def connected(self) -> bool:
         return self._ready.is_set()
@@ -402,6 +439,7 @@ class MqttConnection:
         correlation_data: bytes | None = None,
         buffer: bool = True,
         priority: bool = False,
+        expiry_s: int | None = None,
     ) -> PublishResult:
         """Publish and return the broker's verdict (QoS 1: the PUBACK reason code).
 
@@ -409,7 +447,9 @@ class MqttConnection:
         False, in which case `NotConnected` is raised so the caller keeps ownership of it.
         `priority` messages (status) go out from on-connect hooks, ahead of the buffer.
         """
-        msg = Outgoing(topic, payload, content_type, qos, retain, response_topic, correlation_data)
+        msg = Outgoing(
+            topic, payload, content_type, qos, retain, response_topic, correlation_data, expiry_s
+        )
         session = self._session
         if session is None or not (self._ready.is_set() or priority):
             return self._buffer_or_raise(msg, buffer)

@@ -72,7 +72,8 @@ class Runtime:
         self.topics = Topics(config.site, config.prefix)
         self.health = Health()
         self.stop = asyncio.Event()
-        self.revision = config.revision  # of the config running now; retained updates must beat it
+        self.revision = config.revision  # of the config running now, named in the status
+        self._config_taken = config.revision  # the newest revision handed on: updates must beat it
         self._health_sections: dict[str, HealthSection] = {}
         self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self._handlers: list[tuple[str, Handler]] = []
@@ -100,6 +101,12 @@ class Runtime:
         """Route messages of `topic_filter` to `handler`; what it raises is counted and reported."""
         self._handlers.append((topic_filter, handler))
         await self.mqtt.subscribe(topic_filter, qos)
+
+    async def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Stop routing `topic_filter` to `handler`; unsubscribe when no handler is left on it."""
+        self._handlers = [(f, h) for f, h in self._handlers if (f, h) != (topic_filter, handler)]
+        if all(f != topic_filter for f, _ in self._handlers):
+            await self.mqtt.unsubscribe(topic_filter)
 
     async def _dispatch(self, message: Received) -> None:
         self.health.received += 1
@@ -129,6 +136,7 @@ class Runtime:
         priority: bool = False,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
+        expiry_s: int | None = None,
     ) -> PublishResult:
         """Encode once and publish; buffered while the broker is away."""
         wire = body.to_wire(encoding) if isinstance(body, Message) else body
@@ -142,6 +150,7 @@ class Runtime:
             priority=priority,
             response_topic=response_topic,
             correlation_data=correlation_data,
+            expiry_s=expiry_s,
         )
         if result.ok:
             self.health.published += 1
@@ -154,10 +163,10 @@ class Runtime:
         """Hand each retained `ConfigUpdate` newer than the running revision to `callback`.
 
         Subscribes `config/{instance}`. A malformed update or one for another instance is
-        rejected (errors topic); one whose revision is not newer is ignored, so the retained
-        message that comes back on every reconnect is applied once. The revision counts as
-        applied when the callback is called: a service that refuses the config reports why and
-        keeps what it runs, and the same message is not retried. The callback runs in the
+        rejected (errors topic); one whose revision is not newer than the last one handed on is
+        ignored, so the retained message that comes back on every reconnect is handled once
+        (a refused one is not retried). The callback sets `revision` when it applies the
+        config: the status names the revision that runs. The callback runs in the
         dispatch loop: work that takes long belongs in a task or a queue of the service's own.
         """
 
@@ -167,16 +176,16 @@ class Runtime:
                 raise PayloadError(
                     f"config for instance {update.instance!r} on the topic of {self.instance!r}"
                 )
-            if update.revision <= self.revision:
+            if update.revision <= self._config_taken:
                 log.info(
-                    "config revision %d on %s ignored: running revision %d",
+                    "config revision %d on %s ignored: revision %d taken already",
                     update.revision,
                     message.topic,
-                    self.revision,
+                    self._config_taken,
                 )
                 return
             log.info("config revision %d on %s taken", update.revision, message.topic)
-            self.revision = update.revision
+            self._config_taken = update.revision
             await callback(update.config, update.revision)
 
         await self.subscribe(self.topics.config(self.instance), handle)

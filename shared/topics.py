@@ -49,6 +49,26 @@ _ENTITY = {
 _SITE_LEVEL = {Kind.DESIRED, Kind.REPORTED}
 FLEET_SITE = "fleet"  # `{prefix}/fleet/commands` is the fleet service's own topic
 
+# Debug sessions (docs/debug.md) live under `{prefix}/{site}/debug/`: `session/{id}` (the
+# fleet's signed request, retained, bridged in), `state/{id}` and `data/{id}/{kind}/{name}`
+# (the agent's, bridged out). Not a `Kind`: these topics have more levels than the rest.
+DEBUG = "debug"
+# What a debug session may look at: the data plane and the services' own reports; never the
+# debug tree itself (a session would capture its own output), desired states or replies.
+DEBUG_KINDS = frozenset(
+    {
+        Kind.RAW,
+        Kind.SAMPLES,
+        Kind.RESULTS,
+        Kind.SHADOW,
+        Kind.EVENTS,
+        Kind.CMD,
+        Kind.STATUS,
+        Kind.CONFIG,
+        Kind.ERRORS,
+    }
+)
+
 
 def validate_id(value: str, what: str = "id") -> str:
     """Return `value` if it can be one topic level; raise `TopicError` saying why not."""
@@ -134,6 +154,85 @@ class Topics:
     def everything(self) -> str:
         return f"{self.prefix}/{self.site}/#"
 
+    # ------------------------------------------------------------------ debug sessions
+
+    def _debug(self, part: str, session: str) -> str:
+        validate_id(session, "session")
+        return f"{self.prefix}/{self.site}/{DEBUG}/{part}/{session}"
+
+    def debug_session(self, session: str) -> str:
+        """Retained, fleet → agent: the session's signed request (empty: closed)."""
+        return self._debug("session", session)
+
+    def debug_sessions(self) -> str:
+        """Subscription filter for every session request of this site."""
+        return f"{self.prefix}/{self.site}/{DEBUG}/session/+"
+
+    def debug_state(self, session: str) -> str:
+        """Agent → fleet and watchers: the session opened, was refused, closed or expired."""
+        return self._debug("state", session)
+
+    def debug_data(self, session: str, topic: str) -> str:
+        """Agent → watchers: one message of `topic` (a topic of this site), decimated:
+        `{prefix}/{site}/debug/data/{session}/{kind}/{name}`."""
+        head = f"{self.prefix}/{self.site}/"
+        if not topic.startswith(head):
+            raise TopicError(f"{topic!r} is not a topic of site {self.site!r}")
+        return f"{self._debug('data', session)}/{topic[len(head) :]}"
+
+    def debug_watch(self, session: str) -> list[str]:
+        """What a watcher of one session subscribes: its state and its data."""
+        return [self.debug_state(session), f"{self._debug('data', session)}/#"]
+
+    def debug_filter(self, text: str) -> str:
+        """A topic filter a debug session may ask for, made absolute (`results/#` →
+        `ef/plant1/results/#`); `TopicError` saying why not otherwise."""
+        head = f"{self.prefix}/{self.site}/"
+        full = text if text.startswith(head) else head + text
+        rest = full[len(head) :].split("/")
+        if text.startswith(f"{self.prefix}/") and not text.startswith(head):
+            raise TopicError(f"{text!r}: a session of site {self.site!r} sees only {head}...")
+        kinds = ", ".join(sorted(k.value for k in DEBUG_KINDS))
+        if rest[0] not in {k.value for k in DEBUG_KINDS}:
+            raise TopicError(f"{text!r}: the kind level must be one of {kinds}, got {rest[0]!r}")
+        if len(rest) != 2:
+            raise TopicError(f"{text!r}: expected {{kind}}/{{name}}, {{kind}}/+ or {{kind}}/#")
+        if rest[1] not in ("+", "#"):
+            validate_id(rest[1], _ENTITY.get(Kind(rest[0]), "instance"))
+        return full
+
+    def bridged(self) -> list[tuple[str, str, int]]:
+        """(pattern, direction, qos) of what the site broker's bridge carries: the control
+        plane only. Debug data goes out only while a session is open because the agent
+        publishes it only then."""
+        return [
+            (self.desired(), "in", 1),
+            (self.debug_sessions(), "in", 1),
+            (self.all_of(Kind.STATUS), "out", 1),
+            (self.reported(), "out", 1),
+            (f"{self.prefix}/{self.site}/{DEBUG}/state/+", "out", 1),
+            (f"{self.prefix}/{self.site}/{DEBUG}/data/#", "out", 0),
+        ]
+
+
+def covers(wide: str, narrow: str) -> bool:
+    """Whether every topic `narrow` matches is matched by `wide` (filters without `$share`)."""
+    w, n = wide.split("/"), narrow.split("/")
+    for i, part in enumerate(w):
+        if part == "#":
+            return True
+        if i >= len(n) or n[i] == "#" or (part != "+" and (n[i] == "+" or part != n[i])):
+            return False
+    return len(w) == len(n)
+
+
+def debug_of(topic: str) -> tuple[str, str, str]:
+    """(site, part, session) of a debug topic (`part`: session, state or data)."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[2] != DEBUG or parts[3] not in ("session", "state", "data"):
+        raise TopicError(f"expected '{{prefix}}/{{site}}/debug/{{part}}/{{id}}', got {topic!r}")
+    return validate_id(parts[1], "site"), parts[3], validate_id(parts[4], "session")
+
 
 def every_site(kind: Kind, prefix: str = DEFAULT_PREFIX, name: str | None = None) -> str:
     """Subscription filter for one kind on every site (a cloud broker's view): every entity of
@@ -147,6 +246,12 @@ def every_site(kind: Kind, prefix: str = DEFAULT_PREFIX, name: str | None = None
     if name is None:
         return f"{prefix}/+/{kind.value}/#"
     return f"{prefix}/+/{kind.value}/{validate_id(name, _ENTITY.get(kind, 'instance'))}"
+
+
+def every_debug_session(prefix: str = DEFAULT_PREFIX) -> str:
+    """Every site's debug session requests (the fleet's view of what it opened)."""
+    validate_id(prefix, "prefix")
+    return f"{prefix}/+/{DEBUG}/session/+"
 
 
 def fleet_commands(prefix: str = DEFAULT_PREFIX) -> str:

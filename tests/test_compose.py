@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgefleet.broker import bridge_config
 from edgefleet.site.load import check_site, load_site
 from edgefleet.site.supervisor import SiteSupervisor
 from shared.errors import ConfigError
@@ -52,3 +53,19 @@ def test_the_cloud_runs_the_fleet_service_with_a_valid_config(
     config = load_config(COMPOSE / "cloud" / "fleet.yaml", Config)
     check(config)
     assert (config.broker.host, config.s3.endpoint) == ("broker", "minio:9000")
+
+
+def test_the_site_broker_config_shows_the_bridge_that_bridge_config_writes() -> None:
+    text = (COMPOSE / "mosquitto" / "site.conf").read_text()
+    block = bridge_config(
+        "plant1",
+        "cloud.example:8883",
+        settings=(
+            "bridge_cafile /mosquitto/config/tls/ca.crt",
+            "remote_username site-plant1",
+            "remote_password <from the site's secret store>",
+        ),
+    )
+    commented = "".join(f"# {line}\n" for line in block.splitlines())
+    assert commented in text
+    assert "# topic ef/plant1/debug/data/# out 0\n" in text

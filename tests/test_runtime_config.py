@@ -23,6 +23,7 @@ async def test_newer_revisions_only_reach_the_service(
 
     async def apply(new: dict[str, Any], revision: int) -> None:
         got.append((new, revision))
+        rt.revision = revision  # applied: the status names it
         arrived.set()
 
     await probe.subscribe(topics.everything())

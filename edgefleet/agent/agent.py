@@ -39,6 +39,7 @@ import psutil
 import yaml
 
 from edgefleet.agent.cache import BlobCache
+from edgefleet.agent.debug import Debugger
 from edgefleet.agent.desired import Accepted, Refused, accept
 from edgefleet.agent.state import AgentState, Revision, StateFile, Step
 from edgefleet.fleet.client import FleetClient
@@ -139,6 +140,12 @@ class Agent:
         self._serving: asyncio.Task[None] | None = None
         self._fleet_connection: MqttConnection | None = None
         self.requester: Requester | None = None
+        self.debug = Debugger(
+            self.rt,
+            self.trusted,
+            self.fleet.debug,
+            self.config.broker.settings(f"{self.site}-agent-debug", self.config.timings),
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -175,7 +182,8 @@ class Agent:
             holder.append(self.requester)
             await self._fleet_connection.subscribe(reply_topic)
         await self.rt.subscribe(self.topics.desired(), self._on_desired)
-        loops = {"agent_work": self._work}
+        await self.debug.start()
+        loops = {"agent_work": self._work, **self.debug.loops()}
         if self._fleet_connection is not None:
             loops["agent_fleet_mqtt"] = self._fleet_connection.run
         # The runtime's own skeleton (status, error reports, `stopped` at the end); `up` owns
@@ -187,6 +195,7 @@ class Agent:
     async def stop(self) -> None:
         if self._serving is None:
             return
+        await self.debug.stop()
         self.rt.stop.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._serving), 15)
@@ -214,6 +223,7 @@ class Agent:
             "memory_mb": round(psutil.virtual_memory().total / 2**20),
             "disk_free_mb": round(disk.free / 2**20),
             "cache_mb": round(self.cache.size() / 2**20, 1),
+            "debug": self.debug.health(),
         }
 
     # ------------------------------------------------------------------ desired states

@@ -292,6 +292,12 @@ class NodeLabelResult(Api):
     node: NodeView
 
 
+class NodeEvent(Api):
+    state: str  # received, downloading, verifying, activating, applied, failed, rolled_back
+    at: str  # when the node reported it (ISO-8601 UTC, the node's clock)
+    error: str | None = None
+
+
 class DesiredEntry(Api):
     revision: int
     deployment: str | None
@@ -299,6 +305,7 @@ class DesiredEntry(Api):
     flows: list[str]
     changes: str
     state: str | None  # what the node reported for this revision, if anything
+    events: list[NodeEvent] = []  # every step the node reported for it, with times
 
 
 class NodeHistoryResult(Api):
@@ -395,6 +402,7 @@ class DeploymentNode(Api):
     error: str | None
     timings_ms: dict[str, float]
     updated: str
+    events: list[NodeEvent] = []  # every step the node reported for this revision, with times
 
 
 class DeploymentView(Api):
@@ -439,3 +447,57 @@ class RollbackRequest(Api):
     timeout_s: float = Field(120.0, gt=0, le=7 * 24 * 3600)
     dry_run: bool = False
     author: str = ""
+
+
+# ---------------------------------------------------------------------------- debug sessions
+
+
+class DebugOpenRequest(Api):
+    """Look at some of a node's site topics from here for a while (docs/debug.md)."""
+
+    node: Site
+    topics: list[str] = Field(min_length=1)  # `results/#`, `samples/pump`, `ef/plant1/raw/+`
+    rate_hz: float = Field(2.0, gt=0)  # messages per second per topic, at most
+    seconds: float = Field(60.0, gt=0)  # it ends by itself after this
+    author: str = ""
+
+
+class DebugSessionView(Api):
+    session: str
+    node: str
+    topics: list[str]  # absolute filters
+    rate_hz: float
+    issued: str
+    expires_at: str  # ISO-8601 UTC
+    expires_ns: int
+    author: str
+    topic: str  # where its data arrives: `ef/{node}/debug/data/{session}/#`
+    state_topic: str  # open / refused / closed / expired: `ef/{node}/debug/state/{session}`
+    agent: dict[str, Any] | None = None  # what the node's agent last said of it (sent, dropped)
+
+
+class DebugOpenResult(Api):
+    session: str
+    node: str
+    expires_at: str
+    topic: str
+    state_topic: str
+    topics: list[str]
+    rate_hz: float
+
+
+class DebugCloseRequest(Api):
+    session: str
+
+
+class DebugCloseResult(Api):
+    session: str
+    node: str
+
+
+class DebugListRequest(Api):
+    node: Site | None = None
+
+
+class DebugListResult(Api):
+    sessions: list[DebugSessionView]

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgefleet.fleet import nodes_cli  # it uses this module's helpers
 
     nodes_cli.add_parsers(nouns, _common)
+    from edgefleet.fleet import debug_cli
+
+    debug_cli.add_parsers(nouns, _common)
     return p
 
 
@@ -380,9 +383,9 @@ VERBS: dict[tuple[str, str], Callable[[FleetClient, argparse.Namespace], Awaitab
 
 
 async def run(args: argparse.Namespace) -> None:
-    from edgefleet.fleet import nodes_cli
+    from edgefleet.fleet import debug_cli, nodes_cli
 
-    verb = {**VERBS, **nodes_cli.VERBS}[(args.noun, args.verb)]
+    verb = {**VERBS, **nodes_cli.VERBS, **debug_cli.VERBS}[(args.noun, args.verb)]
     async with connect(args.fleet, args.prefix, timeout=args.timeout) as fleet:
         result = await verb(fleet, args)
     if args.json:
@@ -404,6 +407,8 @@ def main(argv: list[str]) -> int:
         err.print(f"edgefleet: {exc}", markup=False)
         return 1
     except KeyboardInterrupt:
+        if (args.noun, args.verb) == ("debug", "watch"):
+            return 0  # Ctrl-C is how a watch ends; the session was closed on the way out
         err.print("edgefleet: interrupted; nothing was committed by this command unless it said so")
         return 1
     return 0

@@ -54,6 +54,7 @@ class FleetClient:
         self, requester: Requester, prefix: str = DEFAULT_PREFIX, timeout: float = COMMAND_TIMEOUT_S
     ) -> None:
         self.requester, self.topic = requester, fleet_commands(prefix)
+        self.prefix = prefix
         self.timeout = timeout  # for an answer to a command
 
     async def call(

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from edgefleet.fleet import api, deploy, flows, library, nodes
+from edgefleet.fleet import api, debug, deploy, flows, library, nodes
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from shared.config import format_errors
@@ -263,6 +263,37 @@ COMMANDS: dict[str, Command] = {
             deploy.rollback,
             "Deploy FLOW@N to every node whose latest desired state runs FLOW.",
             {"flow": "pump-anomaly", "to": 4},
+        ),
+        Command(
+            "debug.open",
+            api.DebugOpenRequest,
+            api.DebugOpenResult,
+            debug.debug_open,
+            "Ask a node's agent to forward some of its site topics (`results/#`, `samples/pump`, "
+            "`raw/+`) for `seconds`, at most `rate_hz` messages per second per topic (the "
+            "latest of each interval): a signed request retained on "
+            "`ef/{node}/debug/session/{session}` with that message expiry; the data arrives on "
+            "`topic`, the session's states on `state_topic`. Refused: `not_found` (unknown "
+            "node), `too_many_sessions`, `too_long`, `too_fast`, `bad_filter`.",
+            {"node": "plant1", "topics": ["results/pump-anomaly"], "rate_hz": 2, "seconds": 60},
+        ),
+        Command(
+            "debug.close",
+            api.DebugCloseRequest,
+            api.DebugCloseResult,
+            debug.debug_close,
+            "End a debug session now (its retained request is cleared); it ends by itself at "
+            "its expiry anyway.",
+            {"session": "5e0c7a41b2d9"},
+        ),
+        Command(
+            "debug.list",
+            api.DebugListRequest,
+            api.DebugListResult,
+            debug.debug_list,
+            "The debug sessions open (of one node), with what its agent says of each (sent, "
+            "dropped).",
+            {"node": "plant1"},
         ),
     )
 }

@@ -50,6 +50,15 @@ class S3Config(StrictModel):
         raise ConfigError("s3: give secret_key_env or secret_key_file")
 
 
+class DebugConfig(StrictModel):
+    """Limits of debug sessions (docs/debug.md); each node has its own as well."""
+
+    max_seconds: float = Field(600.0, gt=0)  # longest session `debug.open` grants
+    max_rate_hz: float = Field(10.0, gt=0)  # messages per second per topic
+    max_sessions: int = Field(4, ge=1)  # open at once per node
+    max_filters: int = Field(16, ge=1)  # topic filters of one session
+
+
 class Config(ServiceConfig):
     site: TopicId = "cloud"  # the fleet's own status: ef/cloud/status/fleet
     instance: TopicId = "fleet"
@@ -64,3 +73,4 @@ class Config(ServiceConfig):
     # public half. Without one the fleet serves everything but deploy.
     signing_key: Path | None = None
     deploy_check_interval_s: float = Field(1.0, gt=0)  # how often node timeouts are checked
+    debug: DebugConfig = Field(default_factory=lambda: DebugConfig.model_validate({}))

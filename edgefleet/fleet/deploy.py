@@ -29,6 +29,7 @@ from edgefleet.fleet.library import Fleet
 from edgefleet.fleet.nodes import (
     IN_PROGRESS,
     ensure_node,
+    events,
     latest_desired,
     members,
     node_row,
@@ -177,7 +178,15 @@ def deploy(fleet: Fleet, req: api.DeployRequest) -> api.DeployResult:
     with fleet.deploy_lock:
         with fleet.store.write() as db:
             plan, wires = [], []
-            for site in _targets(db, req):
+            sites = _targets(db, req)
+            own = fleet.config.site
+            if own in sites:
+                raise FleetError(
+                    "own_site",
+                    f"{own!r} is the fleet's own site id (site in fleet.yaml): it names the "
+                    "fleet service, never a node; give the node another site id",
+                )
+            for site in sites:
                 previous = latest_desired(db, site)
                 flows = merged(previous.flows if previous else [], new)
                 what = changes(previous.flows if previous else [], flows)
@@ -326,6 +335,7 @@ def deployment_show(fleet: Fleet, req: api.DeploymentRequest) -> api.DeploymentS
                 error=r["error"],
                 timings_ms=json.loads(r["timings"] or "{}"),
                 updated=iso(r["updated_ns"]),
+                events=events(db, r["site"], r["revision"]),
             )
             for r in _rows(db, req.id)
         ]

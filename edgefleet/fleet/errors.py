@@ -22,7 +22,12 @@ ErrorCode = Literal[
     "storage",  # S3 refused or is unreachable
     "not_allowed",  # a site asked for a blob none of its desired states names
     "no_nodes",  # a deployment's target matches no node
+    "own_site",  # a deployment names the fleet's own site id (fleet.yaml `site`)
     "no_signing_key",  # deploy needs signing_key in fleet.yaml
+    "too_many_sessions",  # the node has as many debug sessions open as the fleet allows
+    "too_long",  # a debug session longer than debug.max_seconds
+    "too_fast",  # a debug session faster than debug.max_rate_hz
+    "bad_filter",  # a debug session's topic filter the agent may not look at
     "publish_failed",  # the broker refused a desired state (it is stored; restart republishes)
     "internal",  # a bug: the fleet's log has the traceback
 ]

@@ -17,6 +17,7 @@ from typing import Any
 
 from edgefleet.fleet import api
 from edgefleet.fleet.blobs import BlobStore, blob_key, upload_key
+from edgefleet.fleet.board import Board
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.store import Row, Store
@@ -47,6 +48,7 @@ class Fleet:
     publish: Callable[[str, dict[str, Any]], None] | None = None
     # Held from a deployment's commit to its last publish: revisions reach the broker in order.
     deploy_lock: threading.Lock = field(default_factory=threading.Lock)
+    debug: Board = field(default_factory=Board)  # open debug sessions (edgefleet/fleet/debug.py)
 
     @classmethod
     def open(cls, config: Config) -> Fleet:

@@ -131,6 +131,12 @@ def _reported(db: sqlite_utils.Database, site: str, reported: ReportedState, now
         updates["first_seen_ns"] = now
     db.table("nodes").update(site, updates)
     db.execute(
+        "INSERT OR IGNORE INTO node_events (site, revision, deployment_id, state, error, t_ns, "
+        "received_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [site, reported.revision, reported.deployment, reported.state, reported.error,
+         reported.t, now],
+    )  # fmt: skip
+    db.execute(
         "UPDATE deployment_nodes SET state = ?, error = ?, timings = ?, updated_ns = ? "
         "WHERE site = ? AND revision = ? AND state NOT IN ('superseded', 'cancelled')",
         [
@@ -209,9 +215,22 @@ def node_history(fleet: Fleet, req: api.NodeRequest) -> api.NodeHistoryResult:
                     flows=[f.ref for f in desired.flows],
                     changes=r["changes"] or "",
                     state=state["state"] if state else _reported_for(node, r["revision"]),
+                    events=events(db, req.site, r["revision"]),
                 )
             )
         return api.NodeHistoryResult(site=req.site, revisions=entries)
+
+
+def events(db: sqlite_utils.Database, site: str, revision: int) -> list[api.NodeEvent]:
+    """What the node reported for one revision, step by step, in its own time order."""
+    return [
+        api.NodeEvent(state=r["state"], at=iso(r["t_ns"]), error=r["error"])
+        for r in db.query(
+            "SELECT state, error, t_ns FROM node_events WHERE site = ? AND revision = ? "
+            "ORDER BY t_ns, rowid",
+            [site, revision],
+        )
+    ]
 
 
 def _reported_for(node: Row, revision: int) -> str | None:

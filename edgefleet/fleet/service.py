@@ -24,12 +24,19 @@ from edgefleet.fleet.library import Fleet
 from shared import codec
 from shared.errors import EdgefleetError, PayloadError
 from shared.health import HealthModel
-from shared.messages import FleetAnswer, FleetCommand, Message, ReportedState, Status
+from shared.messages import (
+    DebugSession,
+    FleetAnswer,
+    FleetCommand,
+    Message,
+    ReportedState,
+    Status,
+)
 from shared.mqtt import Received
 from shared.requests import RequestServer
 from shared.runtime import Loop, Runtime
 from shared.service import Service, ServiceSpec, run
-from shared.topics import Kind, every_site, fleet_commands, parse
+from shared.topics import Kind, debug_of, every_debug_session, every_site, fleet_commands, parse
 
 PUBLISH_TIMEOUT_S = 30.0
 
@@ -75,12 +82,14 @@ class FleetService(Service[Config]):
         self.observed: asyncio.Queue[nodes.Observation] = asyncio.Queue(maxsize=100_000)
         self.loop = asyncio.get_running_loop()
         fleet.publish = self.publish_from_thread
+        fleet.debug.publish = self.publish_session_from_thread
 
     async def start(self) -> None:
         prefix = self.config.prefix
         await self.rt.subscribe(self.topic, self.enqueue)
         await self.rt.subscribe(every_site(Kind.STATUS, prefix, "agent"), self.on_status)
         await self.rt.subscribe(every_site(Kind.REPORTED, prefix), self.on_reported)
+        await self.rt.subscribe(every_debug_session(prefix), self.on_debug_session)
         key = self.fleet.signing_key
         log.info(
             "fleet serving %s: db %s, S3 %s bucket %s, signing key %s",
@@ -118,6 +127,26 @@ class FleetService(Service[Config]):
         result = future.result(PUBLISH_TIMEOUT_S)
         if not result.ok:
             raise FleetError("publish_failed", f"{topic}: the broker refused: {result.reason}")
+
+    def publish_session_from_thread(
+        self, topic: str, wire: dict[str, Any] | None, expiry_s: int | None
+    ) -> None:
+        """A debug session's retained request (with its message expiry), or its clearing."""
+        if wire is None:
+            coro = self.rt.mqtt.publish(topic, b"", qos=1, retain=True)
+        else:
+            coro = self.rt.publish(topic, wire, qos=1, retain=True, expiry_s=expiry_s)
+        result = asyncio.run_coroutine_threadsafe(coro, self.loop).result(PUBLISH_TIMEOUT_S)
+        if not result.ok:
+            raise FleetError("publish_failed", f"{topic}: the broker refused: {result.reason}")
+
+    async def on_debug_session(self, message: Received) -> None:
+        """The retained session requests: what is open, also after a restart."""
+        _, _, session = debug_of(message.topic)
+        request = None
+        if message.payload:
+            request = DebugSession.from_wire(codec.decode(message.payload, message.content_type))
+        self.fleet.debug.seen(session, request)
 
     async def on_status(self, message: Received) -> None:
         site = parse(message.topic).site
@@ -177,4 +206,4 @@ async def main(config: Config) -> None:
     await run(NAME, config, lambda rt: FleetService(rt, config, fleet))
 
 
-SPEC = ServiceSpec(NAME, Config, main, check)
+SPEC = ServiceSpec(NAME, Config, main, check, service=FleetService)

@@ -153,7 +153,25 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """Every transition a node reported (received → downloading → ... → applied), with times."""
+    db.table("node_events").create(
+        {
+            "site": str,
+            "revision": int,
+            "deployment_id": str,
+            "state": str,  # the reported step
+            "error": str,
+            "t_ns": int,  # when the agent reported it (its clock)
+            "received_ns": int,  # when the fleet stored it
+        },
+        not_null={"site", "revision", "state", "t_ns", "received_ns"},
+    )
+    # a retained report seen again (a reconnect) is the same event: stored once
+    db.table("node_events").create_index(["site", "revision", "state", "t_ns"], unique=True)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -6,8 +6,11 @@ like a serial-to-Ethernet gateway in transparent mode; the default is plain Modb
 The image (numpy arrays) is the one source of truth. pymodbus calls `_action` on every request;
 a read copies the requested range from the image into pymodbus's registers, a write lands in
 the image and is reported to `on_write`. Unmapped addresses answer "illegal data address".
-`mute()` makes the device stop answering (answers are dropped until `unmute()`), `fail_with(code)`
-makes every request answer with an exception code.
+`mute()` makes the device stop answering (answers are dropped until `unmute()`),
+`fail_with(code, unit=None)` makes every request (or those to one unit) answer with an exception
+code, any of 01-0B: the ones pymodbus names through its request handling, the others (0x09,
+which the Modbus specification leaves unassigned, yet a device may send) by rewriting the
+exception byte of the answer on its way out.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ class ModbusSimServer:
         self.requests = 0
         self._server: ModbusTcpServer | None = None
         self._muted = False
-        self._exception: ExcCodes | None = None
+        self._exceptions: dict[int | None, int] = {}  # unit (None: every unit) -> code
 
     def mute(self) -> None:
         """Stop answering: every request is taken and dropped (the client times out)."""
@@ -140,11 +143,28 @@ class ModbusSimServer:
         self._muted = False
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        return b"" if sending and self._muted else data
+        if not sending:
+            return data
+        if self._muted:
+            return b""
+        # An MBAP frame (7 bytes) with an exception PDU: function | 0x80, the code stand-in.
+        if len(data) == 9 and data[7] & 0x80 and data[8] == ExcCodes.DEVICE_FAILURE:
+            code = self._exceptions.get(data[6], self._exceptions.get(None))
+            if code is not None and code not in ExcCodes._value2member_map_:
+                return data[:8] + bytes([code])
+        return data
 
-    def fail_with(self, code: int | None) -> None:
-        """Answer every request with Modbus exception `code` (1..11), or None to stop."""
-        self._exception = ExcCodes(code) if code is not None else None
+    def fail_with(self, code: int | None, unit: int | None = None) -> None:
+        """Answer every request (to `unit`, or to every unit) with Modbus exception `code`
+        (1..11), or None to stop."""
+        if code is None:
+            self._exceptions.pop(unit, None)
+            return
+        if not 1 <= code <= 11:
+            raise ValueError(f"a Modbus exception code is 1..11 here, not {code}")
+        if code not in ExcCodes._value2member_map_ and self.framer != "tcp":
+            raise ValueError(f"exception code {code} is served with TCP framing only")
+        self._exceptions[unit] = code
 
     async def start(self) -> None:
         devices = []
@@ -198,8 +218,11 @@ class ModbusSimServer:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         self.requests += 1
-        if self._exception is not None:
-            return self._exception
+        code = self._exceptions.get(unit, self._exceptions.get(None))
+        if code is not None:  # a code pymodbus has no name for goes out as 04, then rewritten
+            return (
+                ExcCodes(code) if code in ExcCodes._value2member_map_ else ExcCodes.DEVICE_FAILURE
+            )
         table = FC_TABLE.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION

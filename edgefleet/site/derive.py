@@ -3,7 +3,7 @@
 | instance | service | from |
 |---|---|---|
 | `modbus-{source}` / `opcua-{source}` / `ingest-{source}` | the adapter | a source of site.yaml |
-| `aligner-{flow}` | aligner | the flow's `name` and `align` (inline, `flow:`) |
+| `aligner-{flow}` | aligner | the flow's `name`, `align`; site, then flow `aligner` |
 | `inference-{flow}` | inference | the flow's `model` (only if it has one) |
 | `actuator-{flow}` | actuator | the flow's `actions` (only if it has some) + site `actuator` |
 | `forwarder` | forwarder | every flow's `sinks` (only if one has some) + site `forwarder` |
@@ -97,14 +97,21 @@ def _in_flow(origin: Origin, flow: FlowSpec, mapping: Callable[[Loc], Loc]) -> L
 
 def _flow_instances(site: SiteSpec, flow: FlowSpec, origin: Origin) -> list[Instance]:
     out = []
-    aligner = {**_common(site, f"aligner-{flow.name}"), "flow": _flow_dict(flow)}
+    own = flow.aligner.model_dump(mode="json", exclude_unset=True) if flow.aligner else {}
+    aligner = {
+        **_common(site, f"aligner-{flow.name}"),
+        **site.aligner.model_dump(mode="json", exclude_unset=True),
+        **own,
+        "flow": _flow_dict(flow),
+    }
+
+    def aligner_loc(loc: Loc) -> Loc:
+        if loc[:1] == ("flow",):
+            return loc[1:]
+        return ("aligner", *loc) if loc[:1] and loc[0] in own else ()
+
     out.append(
-        Instance(
-            f"aligner-{flow.name}",
-            "aligner",
-            aligner,
-            _in_flow(origin, flow, lambda loc: loc[1:] if loc[:1] == ("flow",) else ()),
-        )
+        Instance(f"aligner-{flow.name}", "aligner", aligner, _in_flow(origin, flow, aligner_loc))
     )
     if flow.model is not None:
         settings = flow.inference_settings()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from edgefleet.flow import AlignerSettings
 from edgefleet.registry import service_spec
 from services.actuator.config import ActuatorConfig
 from services.forwarder.config import ForwarderConfig
@@ -111,6 +112,18 @@ class FleetBroker(StrictModel):
     port: int = Field(1883, ge=1, le=65535)
 
 
+class DebugLimits(StrictModel):
+    """What this node lets a debug session of the fleet do (docs/debug.md); the fleet has its
+    own limits too, and a request beyond these is refused (sessions) or cut down (rate, time)."""
+
+    max_sessions: int = Field(4, ge=0, description="debug sessions open at once; 0: none")
+    max_seconds: float = Field(3600.0, gt=0, description="longest a session stays open")
+    max_rate_hz: float = Field(10.0, gt=0, description="messages per second per topic, at most")
+    max_topics: int = Field(
+        64, ge=1, description="distinct topics one session forwards; more are dropped, counted"
+    )
+
+
 class FleetSection(StrictModel):
     """The node's agent (docs/agent.md): `edgefleet up` runs it when site.yaml has this section."""
 
@@ -129,6 +142,10 @@ class FleetSection(StrictModel):
         30.0, gt=0, description="loading and one trial run of a model, in a separate process"
     )
     command_timeout_s: float = Field(30.0, gt=0, description="for an answer of the fleet")
+    debug: DebugLimits = Field(
+        default_factory=lambda: DebugLimits.model_validate({}),
+        description="limits of the fleet's debug sessions on this node",
+    )
 
     @field_validator("trusted_keys")
     @classmethod
@@ -170,6 +187,10 @@ class SiteSpec(StrictModel):
     sources: list[SourceSpec] = Field(default_factory=list)
     flows: list[Path] = Field(
         default_factory=list, description="flow files, relative to site.yaml's folder"
+    )
+    aligner: AlignerSettings = Field(
+        default_factory=lambda: AlignerSettings.model_validate({}),
+        description="settings of every flow's aligner; a flow's own `aligner` wins",
     )
     actuator: ActuatorSection = Field(default_factory=lambda: ActuatorSwitch.model_validate({}))
     forwarder: ForwarderSection = Field(

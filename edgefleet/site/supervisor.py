@@ -21,7 +21,9 @@ What it does:
   the new one; the broker is started again with the same backoff as an instance, on the same
   port and persistence, and a start that fails is a `broker failed` line saying why, retried;
 - restarts an instance that exits, after a capped exponential delay (`supervisor:` in
-  site.yaml) that is reset once the instance has stayed up `stable_after_s`;
+  site.yaml) that is reset once the instance has stayed up `stable_after_s`; an instance that
+  exits with `RESTART_EXIT_CODE` (75: a newer retained `config/{instance}` changes keys it
+  cannot change live) is restarted at once with that revision merged into its config file;
 - follows `ef/{site}/status/+` and reports every change of an instance's state to `on_status`:
   the services' own states (`online`, `stopped`, `offline`) and the supervisor's (`starting`,
   `exited`, `restarting`, `killed`, `terminated`, `waiting`);
@@ -48,15 +50,18 @@ from typing import TYPE_CHECKING, Self
 import yaml
 
 from edgefleet.flow import FlowSpec
+from edgefleet.registry import service_spec
 from edgefleet.site.derive import Instance, derive
 from edgefleet.site.load import LoadedSite, load_site
 from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, port_free
 from shared import clock, codec
+from shared.config import overlay
 from shared.errors import ConfigError
 from shared.files import write_atomic
 from shared.messages import ConfigUpdate, Status
 from shared.mqtt import MqttConnection, Received
 from shared.retry import Backoff
+from shared.service import RESTART_EXIT_CODE
 from shared.topics import Kind, Topics, parse
 
 if TYPE_CHECKING:
@@ -170,6 +175,9 @@ class SiteSupervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._status: MqttConnection | None = None
         self._changed = asyncio.Condition()
+        # per instance, the retained configs seen since its file was written: the newest
+        # revision with the keys of every one (each is laid over the running config)
+        self._configs: dict[str, ConfigUpdate] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -253,7 +261,8 @@ class SiteSupervisor:
         grows and is kept on disk: every config file written afterwards carries it, so the
         retained config never overrides a config the instance was started with."""
         revisions = self._revisions()
-        revision = revisions[name] = revisions.get(name, 0) + 1
+        seen = self._configs.get(name)
+        revision = revisions[name] = max(revisions.get(name, 0), seen.revision if seen else 0) + 1
         write_atomic(self._revisions_file, json.dumps(revisions).encode())
         self._write_config(name)
         update = ConfigUpdate(instance=name, revision=revision, config=self.specs[name].config)
@@ -361,14 +370,29 @@ class SiteSupervisor:
         for name in self.specs:
             self._write_config(name)
 
-    def _write_config(self, name: str) -> None:
+    def _write_config(self, name: str, update: ConfigUpdate | None = None) -> None:
+        """The derived config; with `update`, that retained revision merged on top (as the
+        instance merges it), so the restarted instance runs it."""
         path = self.instances[name].config_file
         path.parent.mkdir(parents=True, exist_ok=True)
         config = dict(self.specs[name].config)
         revision = self._revisions().get(name)
+        seen = self._configs.pop(name, None) if update is None else None
+        if seen is not None:  # a new config of the site's own: it wins over what came retained
+            revision = max(revision or 0, seen.revision)
         if revision is not None:  # a retained config of that revision exists: not newer
             config["revision"] = revision
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        if update is not None:
+            config = overlay(config, update.config, update.revision)
+        write_atomic(path, yaml.safe_dump(config, sort_keys=False).encode())
+
+    def _file_revision(self, state: InstanceState) -> int:
+        try:
+            data = yaml.safe_load(state.config_file.read_text())
+        except (OSError, yaml.YAMLError):
+            return 0
+        value = data.get("revision", 0) if isinstance(data, dict) else 0
+        return value if isinstance(value, int) else 0
 
     async def __aenter__(self) -> Self:
         try:
@@ -420,6 +444,17 @@ class SiteSupervisor:
             state.exit_codes.append(code)
             if self._stopping or state.retired:
                 return
+            update = self._configs.get(state.name)
+            if (
+                code == RESTART_EXIT_CODE
+                and update is not None
+                and update.revision > self._file_revision(state)
+            ):
+                # not a failure: the instance stopped to run a newer config; no backoff
+                self._write_config(state.name, update)
+                state.restarts += 1
+                self._set(state, "restarting", f"config revision {update.revision}")
+                continue
             if clock.monotonic() - state.started >= s.stable_after_s:
                 backoff.reset()
             delay = backoff.next_delay()
@@ -462,8 +497,10 @@ class SiteSupervisor:
         )
         self._status = MqttConnection(settings, self._on_message)
         await self._status.subscribe(self.topics.all_of(Kind.STATUS), qos=1)
+        # the retained configs: an instance that exits for a newer one is restarted with it
+        await self._status.subscribe(self.topics.all_of(Kind.CONFIG), qos=1)
         if self._broker is not None:  # what must survive a crash of our broker: see _on_message
-            for topic_filter in self._control_topics():
+            for topic_filter in (self.topics.desired(), self.topics.reported()):
                 await self._status.subscribe(topic_filter, qos=1)
             self._status.on_connect(self._save_on_connect)
         self._status_task = asyncio.create_task(self._status.run(), name="status_loop")
@@ -474,15 +511,13 @@ class SiteSupervisor:
         if self._broker is not None:
             self._broker.save()
 
-    def _control_topics(self) -> list[str]:
-        t = self.topics
-        return [t.all_of(Kind.CONFIG), t.desired(), t.reported()]
-
     async def _on_message(self, message: Received) -> None:
         try:
             parsed = parse(message.topic)
         except Exception:  # a foreign topic: not ours to judge
             return
+        if parsed.kind is Kind.CONFIG:
+            self._note_config(message, parsed.name or "")
         if parsed.kind is not Kind.STATUS:
             if self._broker is not None and not message.retain:
                 # a new config, desired or reported state: have the broker write it to disk now
@@ -505,6 +540,18 @@ class SiteSupervisor:
         new = status.state
         if new != state.state:
             self._set(state, new, f"pid {state.pid}")
+
+    def _note_config(self, message: Received, name: str) -> None:
+        try:
+            update = ConfigUpdate.from_wire(codec.decode(message.payload, message.content_type))
+        except Exception:  # the instance itself reports a malformed config: not ours to judge
+            return
+        seen = self._configs.get(name)
+        if update.instance != name or (seen is not None and update.revision <= seen.revision):
+            return
+        if seen is not None:  # the instance laid each over the one before: so do we
+            update = update.model_copy(update={"config": {**seen.config, **update.config}})
+        self._configs[name] = update
 
     def _set(self, state: InstanceState, new: str, detail: str = "") -> None:
         state.state = new
@@ -537,24 +584,17 @@ class SiteSupervisor:
                 log.exception("on_status failed for %s", name)
 
 
-# Keys of an inference config the running service swaps in from a retained config
-# (services/inference/service.py: the live model's keys, the shadow, the per-batch keys).
-HOT_KEYS = frozenset(
-    {"model", "outputs", "preprocess", "postprocess", "on_nan", "intra_op_threads", "shadow",
-     "encoding", "publish_qos", "offload_above_us"}
-)  # fmt: skip
-
-
 def _differs(a: Instance, b: Instance) -> bool:
     return (a.service, a.config) != (b.service, b.config)
 
 
 def _hot(old: Instance, new: Instance) -> bool:
-    """Only keys the inference service swaps while running differ."""
-    if old.service != "inference" or new.service != "inference":
+    """Only keys the running service applies live (its `live_keys`) differ."""
+    if old.service != new.service:
         return False
     keys = set(old.config) | set(new.config)
-    return all(old.config.get(k) == new.config.get(k) for k in keys - HOT_KEYS)
+    live = service_spec(new.service).live_keys
+    return all(old.config.get(k) == new.config.get(k) for k in keys - live)
 
 
 async def run_site(

@@ -75,6 +75,9 @@ class ActuatorHealth(HealthModel):
 
 class ActuatorService(Service[ActuatorConfig]):
     health_section = "actuator"
+    # Read at each decision, so a newer retained config changes them without a restart (a
+    # restart would take the safe state); the actions and limits restart the instance.
+    live_keys = Service.live_keys | {"enabled", "dry_run", "max_result_age_ms"}
 
     def __init__(self, rt: Runtime, config: ActuatorConfig) -> None:
         super().__init__(rt, config)
@@ -120,6 +123,10 @@ class ActuatorService(Service[ActuatorConfig]):
 
     def loops(self) -> dict[str, Loop]:
         return {"act_loop": self.act_loop, "watchdog_loop": self.watchdog_loop}
+
+    async def reconfigure(self, new: ActuatorConfig, changed: set[str]) -> None:
+        self.interlocks.config = new  # it reads max_result_age_ms at each result
+        await super().reconfigure(new, changed)
 
     def health(self) -> ActuatorHealth:
         return ActuatorHealth(
@@ -454,4 +461,4 @@ async def main(config: ActuatorConfig) -> None:
     await run(NAME, config, lambda rt: ActuatorService(rt, config))
 
 
-SPEC = ServiceSpec(NAME, ActuatorConfig, main)
+SPEC = ServiceSpec(NAME, ActuatorConfig, main, service=ActuatorService)

@@ -72,7 +72,7 @@ class Aligner:
         # A reading stamped further ahead of the local clock is not held: the grid follows the
         # local clock, so it would wait (in memory) until then; a source whose clock runs far
         # ahead would hold readings without bound. None: no cap (replays without a clock).
-        self._max_ahead = max_ahead_ns
+        self.max_ahead_ns = max_ahead_ns
         self.spec = spec
         self.stats = AlignStats()
         self._period = p = spec.period_ns
@@ -160,7 +160,7 @@ class Aligner:
         keep = used & (t > self._emitted_t)
         n_used, n_keep = int(np.count_nonzero(used)), int(np.count_nonzero(keep))
         counts.unused, counts.late = n - n_used, n_used - n_keep
-        ahead = None if self._max_ahead is None else keep & (t > now_ns + self._max_ahead)
+        ahead = None if self.max_ahead_ns is None else keep & (t > now_ns + self.max_ahead_ns)
         if ahead is not None and ahead.any():
             counts.ahead = int(np.count_nonzero(ahead))
             counts.ahead_ms = round((int(t[ahead].max()) - now_ns) / 1e6, 3)

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared.codec import Encoding
-from shared.config import ServiceConfig, read_yaml, topic_id, validate
+from shared.config import SessionConfig, read_yaml, topic_id, validate
 from shared.errors import ConfigError
 
 Fill = Literal["hold", "linear", "nearest"]
@@ -167,7 +167,7 @@ def read_flow_file(path: Path) -> FlowAlign:
     return validate(FlowAlign, {k: data[k] for k in FLOW_KEYS if k in data}, str(path), lines)
 
 
-class AlignerConfig(ServiceConfig):
+class AlignerConfig(SessionConfig):
     """The flow's name and align section inline (`flow: {name, align}`, as `edgefleet up`
     writes it) or a flow file by path (`flow_file:`, relative to the config file's folder like
     every path in a config; only its `name` and `align` keys are read)."""

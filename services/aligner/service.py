@@ -52,6 +52,9 @@ class AlignerHealth(HealthModel):
 
 class AlignerService(Service[AlignerConfig]):
     health_section = "aligner"
+    # Read per batch, so a newer retained config changes them in place; the flow (grid,
+    # features, delays) restarts the instance, which starts its grid afresh.
+    live_keys = Service.live_keys | {"max_ahead_ms", "use_complete", "publish_qos"}
 
     def __init__(self, rt: Runtime, config: AlignerConfig, flow: FlowAlign) -> None:
         super().__init__(rt, config)
@@ -82,6 +85,10 @@ class AlignerService(Service[AlignerConfig]):
 
     def loops(self) -> dict[str, Loop]:
         return {"emit_loop": self.emit_loop}
+
+    async def reconfigure(self, new: AlignerConfig, changed: set[str]) -> None:
+        self.engine.max_ahead_ns = int(new.max_ahead_ms * 1_000_000)
+        await super().reconfigure(new, changed)
 
     def health(self) -> AlignerHealth:
         st = self.engine.stats
@@ -199,4 +206,4 @@ async def main(config: AlignerConfig) -> None:
     await run(NAME, config, lambda rt: AlignerService(rt, config, flow))
 
 
-SPEC = ServiceSpec(NAME, AlignerConfig, main, check)
+SPEC = ServiceSpec(NAME, AlignerConfig, main, check, service=AlignerService)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config import BrokerConfig, ServiceConfig, StrictModel, TopicId, topic_id
-from shared.mqtt import BrokerSettings
+from shared.config import BrokerConfig, SessionConfig, StrictModel, TopicId, topic_id
 
 
 class QueueLimits(StrictModel):
@@ -34,12 +33,23 @@ class SinkBase(StrictModel):
         return topic_id(value, "sink name")
 
 
+# MQTT v5 PUBACK reason codes that say "this message, never": not authorized, topic name
+# invalid, packet too large, payload format invalid. Other refusals (quota exceeded,
+# unspecified, implementation specific) may pass on a later attempt.
+MQTT_REFUSED_AT_ONCE = (0x87, 0x90, 0x95, 0x99)
+
+
 class MqttSink(SinkBase):
     """Another broker (the cloud one), same topic names, QoS 1, its own credentials and TLS."""
 
     kind: Literal["mqtt"]
     broker: BrokerConfig
     client_id: str | None = None  # default: {site}-{instance}-{name}
+    # PUBACK codes that dead-letter a message at once; any other refusal is retried up to
+    # max_attempts times. Leave 0x87 out where the cloud's ACLs are granted after sites start.
+    refused_at_once: list[int] = Field(
+        default_factory=lambda: list(MQTT_REFUSED_AT_ONCE), max_length=64
+    )
 
 
 class HttpSink(SinkBase):
@@ -92,7 +102,7 @@ Sink = Annotated[
 ]
 
 
-class ForwarderConfig(ServiceConfig):
+class ForwarderConfig(SessionConfig):
     flows: list[str] | None = None  # default: every flow of the site
     queue_dir: Path = Path("var/forwarder")  # one queue file per sink: {queue_dir}/{name}.db
     session_expiry_s: int = Field(7 * 86400, ge=60)  # how long the site broker keeps our session
@@ -111,13 +121,3 @@ class ForwarderConfig(ServiceConfig):
         if duplicates:
             raise ValueError(f"sink names must be unique: {duplicates}")
         return self
-
-    def broker_settings(self, **overrides: Any) -> BrokerSettings:
-        """The site connection is a persistent session: a fixed client id, clean_start False
-        and a session expiry, so what arrives while the forwarder is down waits for it."""
-        values: dict[str, Any] = {
-            "clean_start": False,
-            "session_expiry_s": self.session_expiry_s,
-        }
-        values.update(overrides)
-        return super().broker_settings(**values)

@@ -243,4 +243,4 @@ async def main(config: ForwarderConfig) -> None:
     await run(NAME, config, lambda rt: ForwarderService(rt, config), manual_ack=True)
 
 
-SPEC = ServiceSpec(NAME, ForwarderConfig, main)
+SPEC = ServiceSpec(NAME, ForwarderConfig, main, service=ForwarderService)

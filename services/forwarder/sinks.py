@@ -27,10 +27,6 @@ from shared.mqtt import MqttConnection, NotConnected
 Loop = Callable[[], Coroutine[Any, Any, None]]
 
 
-# MQTT v5 PUBACK reason codes that say "this message, never": not authorized, topic name
-# invalid, packet too large, payload format invalid. Other refusals (quota exceeded,
-# unspecified, implementation specific) may pass on a later attempt.
-MQTT_PERMANENT = {0x87, 0x90, 0x95, 0x99}
 # HTTP answers that refuse the body itself; others (401, 404, 5xx, 429) are the endpoint's
 # state or configuration, retried for as long as it takes.
 HTTP_REFUSED = {400, 413, 415, 422}
@@ -73,6 +69,7 @@ class MqttSink:
 
     def __init__(self, cfg: MqttConfig, service: ServiceConfig) -> None:
         self.name = cfg.name
+        self.refused_at_once = frozenset(cfg.refused_at_once)
         self.connection = MqttConnection(
             cfg.broker.settings(
                 cfg.client_id or f"{service.site}-{service.instance}-{cfg.name}",
@@ -111,7 +108,7 @@ class MqttSink:
                     f"(0x{outcome.reason_code:02x})",
                     i,
                     refused=True,
-                    permanent=outcome.reason_code in MQTT_PERMANENT,
+                    permanent=outcome.reason_code in self.refused_at_once,
                 )
 
     async def close(self) -> None:

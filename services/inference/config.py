@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.codec import Encoding
-from shared.config import ServiceConfig, TopicId
+from shared.config import SessionConfig, TopicId
 
 
 class ModelSpec(BaseModel):
@@ -84,7 +84,7 @@ class InferenceSettings(BaseModel):
     candidate_timeout_s: float = Field(default=60.0, gt=0)
 
 
-class InferenceConfig(ServiceConfig, InferenceSettings):
+class InferenceConfig(SessionConfig, InferenceSettings):
     """The shared service keys (site, instance, broker, timings) plus the flow's settings."""
 
     publish_qos: int = 1

@@ -11,6 +11,7 @@ line of its stdout. A hang, a crash or an error all become one exception for the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -24,6 +25,7 @@ from typing import Any
 from shared.errors import EdgefleetError, ModelError
 
 _ROOT = str(Path(__file__).resolve().parents[2])  # where `services` is importable from
+CHILD_NICE = 10  # added to the child's niceness (lower priority)
 
 
 def run_isolated(
@@ -116,6 +118,10 @@ def _death(returncode: int | None, err: bytes) -> str:
 
 def _child() -> None:
     """`python -m services.inference.isolated`: (function, argument) pickled on stdin."""
+    # A trial is background work: at a lower priority, the live model (and every other service
+    # of a small edge box) keeps the CPU while onnxruntime is imported and the candidate runs.
+    with contextlib.suppress(OSError):
+        os.nice(CHILD_NICE)
     fn, arg = pickle.loads(sys.stdin.buffer.read())
     try:
         verdict = {"ok": True, "result": fn(arg)}

@@ -27,7 +27,6 @@ from services.inference.swap import (
     SwapRequest,
     file_signature,
     live_key,
-    merge_config,
     prepare,
     shadow_settings,
 )
@@ -78,6 +77,12 @@ class SwapStats:
 
 class InferenceService(Service[InferenceConfig]):
     health_section = "inference"
+    # Swapped in without a restart (swap.py): the live model's keys, the shadow, the per-batch
+    # keys. The others (flow, features, window, batching) restart the instance.
+    live_keys = Service.live_keys | {
+        "model", "outputs", "preprocess", "postprocess", "on_nan", "intra_op_threads", "shadow",
+        "encoding", "publish_qos", "offload_above_us",
+    }  # fmt: skip
 
     def __init__(self, rt: Runtime, config: InferenceConfig, engine: Engine) -> None:
         super().__init__(rt, config.model_copy(update={"shadow": None}))  # what runs now
@@ -107,7 +112,6 @@ class InferenceService(Service[InferenceConfig]):
 
     async def start(self) -> None:
         await self.rt.subscribe(self.rt.topics.samples(self.config.flow), self.handle)
-        await self.rt.on_config(self.on_config)
 
     def loops(self) -> dict[str, Loop]:
         return {
@@ -222,14 +226,14 @@ class InferenceService(Service[InferenceConfig]):
 
     # ------------------------------------------------------------------ swaps
 
-    async def on_config(self, update: dict[str, Any], revision: int) -> None:
-        """A newer retained config: checked here, applied by swap_loop (it takes seconds)."""
-        try:
-            new = merge_config(self.config, update, revision)
-        except ConfigError as exc:
-            self.refuse(str(exc))
-            return
-        await self.requests.put(SwapRequest(new, f"config revision {revision}"))
+    async def reconfigure(self, new: InferenceConfig, changed: set[str]) -> None:
+        """A newer retained config that changes only live keys: applied by swap_loop (a model
+        takes seconds to try); the log level now."""
+        if "log_level" in changed:
+            await super().reconfigure(
+                self.config.model_copy(update={"log_level": new.log_level}), changed
+            )
+        await self.requests.put(SwapRequest(new, f"config revision {new.revision}"))
 
     async def swap_loop(self) -> None:
         while True:
@@ -274,6 +278,8 @@ class InferenceService(Service[InferenceConfig]):
                     applied = applied.model_copy(update={"shadow": new.shadow})
         # Keys read per batch (encoding, publish_qos, offload_above_us) take effect now.
         self.config = applied.model_copy(update={k: getattr(new, k) for k in _NOW_KEYS})
+        self.rt.revision = self.config.revision  # the last revision applied or refused
+        self.rt.announce_soon()
 
     async def candidate(
         self, settings: InferenceSettings, role: str, unless_sha: str | None = None
@@ -384,4 +390,4 @@ async def main(config: InferenceConfig) -> None:
     await run(NAME, config, lambda rt: InferenceService(rt, config, engine))
 
 
-SPEC = ServiceSpec(NAME, InferenceConfig, main)
+SPEC = ServiceSpec(NAME, InferenceConfig, main, service=InferenceService)

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from shared.config import validate
 from shared.errors import ConfigError, ModelError
 
 from .candidate import Trial, try_candidate
@@ -25,10 +24,6 @@ from .model import ModelBlob, resolve_model
 
 log = logging.getLogger(__name__)
 
-# Keys a running instance keeps whatever a retained config says: they name the instance itself.
-IDENTITY = ("site", "instance", "prefix", "broker", "timings")
-# Keys that change what samples look like: the aligner and the instance restart together.
-FIXED = ("flow", "features", "window")
 TRIAL_SAMPLES = 8
 WARM_RUNS = 3
 
@@ -41,30 +36,6 @@ class SwapRequest:
     reason: str
     reload_live: bool = False  # the model file changed: load it again even if the spec did not
     reload_shadow: bool = False
-
-
-def merge_config(
-    current: InferenceConfig, update: dict[str, Any], revision: int
-) -> InferenceConfig:
-    """The running config with the update's keys on top (an agent's full config, or the few
-    keys `edgefleet shadow` changes); relative paths start at the running config's folder."""
-    if not isinstance(update, dict):
-        raise ConfigError(f"config revision {revision}: expected a mapping of keys")
-    data = current.model_dump(mode="json")
-    ignored = sorted(k for k in IDENTITY if k in update and update[k] != data.get(k))
-    if ignored:
-        log.warning("config revision %d: %s cannot change while running", revision, ignored)
-    data.update({k: v for k, v in update.items() if k not in IDENTITY})
-    data["revision"] = revision
-    new = validate(type(current), data, f"config revision {revision}")
-    changed = [k for k in FIXED if getattr(new, k) != getattr(current, k)]
-    if changed:
-        raise ConfigError(
-            f"config revision {revision} changes {changed}: the samples would no longer fit; "
-            "restart the instance with the new config"
-        )
-    new.set_source_dir(current.source_dir)
-    return new
 
 
 def live_key(settings: InferenceSettings) -> tuple[Any, ...]:

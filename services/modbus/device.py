@@ -21,6 +21,27 @@ from shared.retry import Backoff
 log = logging.getLogger(__name__)
 
 
+# What each Modbus exception code says (Modbus Application Protocol 1.1b3, 7), and what to do.
+EXCEPTIONS: dict[int, str] = {
+    0x01: "illegal function: the device does not serve this table's function code",
+    0x02: "illegal data address: no such register or coil at this unit (addresses are 0-based)",
+    0x03: "illegal data value: the device refuses this request's count or value",
+    0x04: "server device failure: the device failed while serving the request",
+    0x05: "acknowledge: the device took a long request and has no data yet",
+    0x06: "server device busy: the device is busy; the next poll asks again",
+    0x07: "negative acknowledge: the device cannot carry out the request",
+    0x08: "memory parity error: the device found its memory inconsistent",
+    0x0A: "gateway path unavailable: the gateway has no path to this unit id",
+    0x0B: "gateway target device failed to respond: the unit behind the gateway is silent",
+}
+
+
+def exception_text(code: int) -> str:
+    """`0x02 illegal data address: ...`; a code the specification does not define says so."""
+    meaning = EXCEPTIONS.get(code, "a code the Modbus specification does not define")
+    return f"exception 0x{code:02X} {meaning}"
+
+
 class DeviceError(Exception):
     """A request failed: `code` is the Modbus exception code, or 0 for no answer."""
 
@@ -75,7 +96,7 @@ class Device:
             self.last_ok, self.down = clock.monotonic(), False
             if rr.isError():
                 code = int(getattr(rr, "exception_code", 4))
-                raise DeviceError(code, f"exception code 0x{code:02X}")
+                raise DeviceError(code, exception_text(code))
             return rr
 
     async def _connect(self) -> None:

@@ -99,6 +99,12 @@ class ModbusService(Service[ModbusConfig]):
         except DeviceError as exc:
             key = f"0x{exc.code:02X}" if exc.code else "timeout"
             self.exceptions[key] += 1
+            if exc.code and self.rt is not None:  # an answer that says no: bad input, reported
+                last = req.address + req.count - 1
+                self.rt.errors.error(
+                    f"unit {req.unit} {req.table} {req.address}..{last}: {exc}; its "
+                    f"{len(req.points)} point(s) are bad quality until it answers again"
+                )
             return (t0 + clock.now_ns()) // 2, np.full(len(req.points), np.nan), Quality.BAD
         t = (t0 + clock.now_ns()) // 2
         if req.is_bits:
@@ -164,4 +170,4 @@ async def main(config: ModbusConfig) -> None:
     await run(NAME, config, lambda rt: ModbusService(rt, config))
 
 
-SPEC = ServiceSpec(NAME, ModbusConfig, main)
+SPEC = ServiceSpec(NAME, ModbusConfig, main, service=ModbusService)

@@ -140,4 +140,4 @@ async def main(config: IngestConfig) -> None:
     await run(NAME, config, lambda rt: MqttIngestService(rt, config))
 
 
-SPEC = ServiceSpec(NAME, IngestConfig, main)
+SPEC = ServiceSpec(NAME, IngestConfig, main, service=MqttIngestService)

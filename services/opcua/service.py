@@ -100,4 +100,4 @@ async def main(config: OpcUaConfig) -> None:
     await run(NAME, config, lambda rt: OpcuaService(rt, config))
 
 
-SPEC = ServiceSpec(NAME, OpcUaConfig, main)
+SPEC = ServiceSpec(NAME, OpcUaConfig, main, service=OpcuaService)

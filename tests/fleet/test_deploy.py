@@ -235,6 +235,42 @@ async def test_an_offline_node_gets_only_the_latest_when_it_comes_back(
     assert none.value.code == "no_nodes"
 
 
+async def test_every_reported_step_is_recorded_with_its_time_and_the_own_site_refused(
+    fleet: FleetClient, probe: Probe, site: str, tmp_path: Path
+) -> None:
+    prefix = site
+    await flow_versions(fleet, tmp_path)
+    await announce(probe, prefix, "e1", {"role": "pump"})
+    await nodes_known(fleet, 1)
+    with pytest.raises(FleetError) as own:
+        await fleet.call("deploy", {"flows": ["pump-anomaly@1"], "nodes": ["e1", "cloud"]})
+    assert own.value.code == "own_site" and "'cloud'" in own.value.message
+    assert (await fleet.call("node.list"))["nodes"][0]["desired_revision"] == 0  # nothing issued
+
+    dep = await fleet.call("deploy", {"flows": ["pump-anomaly@1"], "nodes": ["e1"]})
+    dep_id = dep["deployment"]["id"]
+    steps = ["received", "downloading", "verifying", "activating", "applied"]
+    for step in steps[:-1]:
+        await report(probe, prefix, "e1", 1, step, deployment=dep_id)
+    last = ReportedState(site="e1", revision=1, deployment=dep_id, state="applied")
+    for _ in range(2):  # the retained report again (a reconnect): one event
+        await probe.publish(Topics("e1", prefix).reported(), last.to_wire(), qos=1, retain=True)
+    await report(probe, prefix, "e1", 2, "received")  # stored after both: in arrival order
+
+    async def stored() -> bool:
+        node = (await fleet.call("node.show", {"site": "e1"}))["node"]
+        return bool(node["reported_revision"] == 2)
+
+    await eventually(stored)
+    shown = await fleet.call("deployment.show", {"id": dep_id})
+    events = shown["nodes"][0]["events"]
+    assert [e["state"] for e in events] == steps
+    assert [e["at"] for e in events] == sorted(e["at"] for e in events)
+    assert all(e["error"] is None for e in events)
+    history = await fleet.call("node.history", {"site": "e1"})
+    assert [e["state"] for e in history["revisions"][0]["events"]] == steps
+
+
 async def test_timeout_supersede_cancel_and_dry_run(
     fleet: FleetClient, probe: Probe, site: str, tmp_path: Path
 ) -> None:
@@ -415,11 +451,10 @@ def test_a_schema_1_database_is_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = Store(path)
-    assert store.schema_version() == len(MIGRATIONS) == 2
+    assert store.schema_version() == len(MIGRATIONS) == 3
     with store.read() as db2:
-        assert {"nodes", "groups", "deployments", "deployment_nodes", "desired"} <= set(
-            db2.table_names()
-        )
+        tables = {"nodes", "groups", "deployments", "deployment_nodes", "desired", "node_events"}
+        assert tables <= set(db2.table_names())
 
 
 async def test_a_restarted_fleet_publishes_the_latest_desired_states_again(

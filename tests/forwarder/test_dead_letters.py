@@ -153,3 +153,61 @@ async def test_http_refusal_of_a_batch_finds_the_one_message_and_delivers_the_ot
         )
     assert done[-1]["health"]["sink_it"]["sent"] == 40
     assert unique(endpoint.ids()) == result_ids("pump", 0, 40)
+
+
+async def test_transient_refusal_is_retried_max_attempts_then_dead_lettered_and_the_rest_flows(
+    base_config: dict[str, Any],
+    tmp_path: Path,
+    site: str,
+    probe: Probe,
+    guarded_cloud: LocalBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ACL's "not authorized" (0x87) taken as a refusal that may change (left out of
+    `refused_at_once`, as where the cloud grants ACLs after sites start): the message is sent
+    `max_attempts` times, with backoff, then set aside; the others behind it flow in order."""
+    topics = Topics(site)
+    attempts = 4
+    monkeypatch.setenv("CLOUD_PASSWORD", "s3cret")
+    broker = {"port": guarded_cloud.port, "username": "edge", "password_env": "CLOUD_PASSWORD"}
+    sink = {"kind": "mqtt", "name": "cloud", "broker": broker, "batch_size": 4,
+            "max_attempts": attempts, "refused_at_once": [0x90, 0x95, 0x99], **FAST}  # fmt: skip
+    config = forwarder_config(base_config, tmp_path, [sink])
+    await probe.subscribe(topics.everything())
+    login = {"username": "edge", "password": "s3cret"}
+    async with (
+        running(main(config)),
+        Probe(guarded_cloud.host, guarded_cloud.port, **login) as remote,
+    ):
+        await remote.subscribe(topics.all_of(Kind.RESULTS))
+        await probe.wait_for(topics.status("fwd"), lambda s: s["state"] == "online")
+        for i in range(10):
+            if i == 4:  # refused by the ACL, in the middle of the stream
+                await probe.publish(topics.results("secret"), results("secret", 0, 3), qos=1)
+            await probe.publish(topics.results("pump"), results("pump", i * 5, 5), qos=1)
+
+        def remote_ids() -> list[str]:
+            batches = remote.decoded(topics.results("pump"))
+            return [i for b in batches for i in ResultBatch.from_wire(b).ids]  # derived
+
+        ids = await wait_all(remote_ids, result_ids("pump", 0, 50), timeout=30)
+        assert unique(ids) == result_ids("pump", 0, 50)  # nothing blocked, order kept
+        done = await probe.wait_for(
+            topics.status("fwd"),
+            sink_health("cloud", lambda h: h["dead_letters"] == 1 and h["queued"] == 0),
+            timeout=30,
+        )
+        health = done[-1]["health"]["sink_cloud"]
+        assert health["dead_lettered_messages"] == 1 and health["dead_lettered"] == 3
+        assert health["sent"] == 50
+        [report] = await probe.wait_for(
+            topics.errors("fwd"), lambda e: "dead-lettered" in e["reason"]
+        )
+        assert report["topic"] == topics.results("secret")
+        assert f"after {attempts} attempt(s)" in report["reason"] and "0x87" in report["reason"]
+    path = tmp_path / "forwarder.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True)))
+    listed = cli("list", "--config", str(path), "--json")
+    assert listed.returncode == 0, listed.stderr
+    [letter] = json.loads(listed.stdout)
+    assert letter["attempts"] == attempts and letter["topic"] == topics.results("secret")

@@ -97,9 +97,13 @@ async def refused_while_live_serves(
     async with serving(base_config, probe, site, live, candidate_timeout_s=timeout_s) as topics:
         feed = Feed(probe, topics)
         async with feeding(feed):
+            errors = topics.errors("inference-f1")
             for revision, path in enumerate(candidates, start=1):
                 await publish_config(probe, topics, revision, model={"path": str(path)})
                 await status_where(probe, topics, lambda s, r=revision: s["revision"] == r)
+                # each report before the next candidate: refusals within the error channel's
+                # interval would travel as one report with a count, and one reason
+                await probe.wait_for(errors, lambda e: "refused" in e["reason"], count=revision)
             n = len(candidates)
             state = await status_where(probe, topics, lambda s: s["swaps"]["refused"] == n)
         await all_results(probe, topics, feed)

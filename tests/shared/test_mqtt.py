@@ -12,7 +12,7 @@ import pytest
 from edgefleet.broker import LocalBroker
 from shared.errors import ProtocolError
 from shared.mqtt import BrokerSettings, MqttConnection, NotConnected, Received
-from tests.helpers import Probe
+from tests.helpers import Probe, until
 
 
 @pytest.fixture
@@ -186,3 +186,51 @@ async def test_a_slow_handler_pauses_the_socket_and_loses_nothing(broker: LocalB
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_unsubscribe_stops_delivery_now_and_after_a_reconnect(broker: LocalBroker) -> None:
+    got: asyncio.Queue[Received] = asyncio.Queue()
+    conn = MqttConnection(
+        BrokerSettings(host=broker.host, port=broker.port, reconnect_initial_s=0.05), got.put
+    )
+    await conn.subscribe("u/a", qos=1)
+    await conn.subscribe("u/b", qos=1)
+    task = asyncio.create_task(conn.run())
+    try:
+        await asyncio.wait_for(conn.wait_connected(), 10)
+        async with Probe(broker.host, broker.port) as probe:
+            assert (await probe.publish_raw("u/a", b"1", qos=1)).reason_code == 0
+            await conn.unsubscribe("u/a")
+            assert conn.subscriptions == ["u/b"]
+            # the broker has no subscriber left for it: MQTT v5 says so in the PUBACK
+            assert (await probe.publish_raw("u/a", b"2", qos=1)).reason_code == 0x10
+            await conn.unsubscribe("u/a")  # again: nothing to do
+            broker.restart()
+            await until(lambda: conn.stats.reconnects >= 1 and conn.connected)
+            await until(lambda: probe.connection.stats.reconnects >= 1)
+            await asyncio.wait_for(probe.connection.wait_connected(), 10)
+            assert (await probe.publish_raw("u/a", b"3", qos=1)).reason_code == 0x10
+            assert (await probe.publish_raw("u/b", b"4", qos=1)).reason_code == 0
+        payloads = [got.get_nowait().payload for _ in range(got.qsize())]
+        assert payloads == [b"1", b"4"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_retained_message_with_an_expiry_is_forgotten_by_the_broker(
+    broker: LocalBroker,
+) -> None:
+    async with Probe(broker.host, broker.port) as probe:
+        await probe.publish("x/keep", {"k": 1}, qos=1, retain=True)
+        await probe.publish("x/gone", {"g": 1}, qos=1, retain=True, expiry_s=1)
+        async with Probe(broker.host, broker.port) as early:
+            await early.subscribe("x/+")
+            await early.wait_for("x/+", count=2)
+        await asyncio.sleep(2.1)  # the expiry is wall time on the broker: nothing to wait on
+        async with Probe(broker.host, broker.port) as late:
+            await late.subscribe("x/+")
+            await late.wait_for("x/keep")
+            await probe.publish("x/marker", {"m": 1}, qos=1)  # after the retained ones
+            await late.wait_for("x/marker")
+            assert [m.topic for m in late.messages] == ["x/keep", "x/marker"]

@@ -152,6 +152,13 @@ async def test_exception_codes(sim: PlantSimulator, client: AsyncModbusTcpClient
     assert busy.isError() and busy.exception_code == 6
     sim.modbus.fail_with(None)
     assert not (await client.read_input_registers(0, count=1, device_id=1)).isError()
+    for code in range(1, 12):  # every code 01-0B from one unit; the other answers as before
+        sim.modbus.fail_with(code, unit=2)
+        failed = await client.read_input_registers(0, count=1, device_id=2)
+        assert failed.isError() and failed.exception_code == code, code
+        assert not (await client.read_input_registers(0, count=1, device_id=1)).isError()
+    sim.modbus.fail_with(None, unit=2)
+    assert not (await client.read_input_registers(0, count=1, device_id=2)).isError()
 
 
 @pytest.mark.asyncio

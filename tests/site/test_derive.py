@@ -98,6 +98,39 @@ def test_the_aligner_gets_the_flows_name_and_align_only_with_its_encoding() -> N
     assert AlignerConfig.model_validate(plain).flow_spec().align.encoding == Encoding.MSGPACK
 
 
+def test_aligner_settings_come_from_site_yaml_and_the_flow_wins() -> None:
+    """`aligner:` in site.yaml for every flow, `aligner:` in a flow file for its own; they are
+    the aligner's top-level keys (live keys: a retained config changes them in place)."""
+    site = SiteSpec.model_validate(
+        site_data("s1", 1883, aligner={"max_ahead_ms": 5000, "use_complete": False})
+    )
+    own = parse_flow({**flow_data(), "aligner": {"max_ahead_ms": 250}})
+    other = parse_flow({**flow_data(), "name": "other"})
+    instances = derive(site, [own, other])
+    mine = AlignerConfig.model_validate(instances["aligner-pump"].config)
+    theirs = AlignerConfig.model_validate(instances["aligner-other"].config)
+    assert (mine.max_ahead_ms, mine.use_complete) == (250, False)
+    assert (theirs.max_ahead_ms, theirs.use_complete) == (5000, False)
+    plain = AlignerConfig.model_validate(
+        derive(SiteSpec.model_validate(site_data("s1", 1883)), [other])["aligner-other"].config
+    )
+    assert (plain.max_ahead_ms, plain.use_complete) == (60_000, True)  # the defaults
+
+
+def test_a_bad_aligner_setting_names_its_file_line_and_key(tmp_path: Path) -> None:
+    path = write_site(
+        tmp_path,
+        site_data("s1", 1883),
+        flow_data(aligner={"use_complete": True, "max_ahead_ms": -1}),
+    )
+    with pytest.raises(ConfigError) as err:
+        load_site(path)
+    assert "pump.yaml:" in str(err.value) and "aligner.max_ahead_ms" in str(err.value)
+    site = site_data("s1", 1883, aligner={"max_ahed_ms": 10})
+    with pytest.raises(ConfigError, match=r"site.yaml:\d+: aligner.max_ahed_ms: unknown key"):
+        load_site(write_site(tmp_path / "b", site, flow_data()))
+
+
 def test_a_sink_declared_differently_by_two_flows_is_refused() -> None:
     site = SiteSpec.model_validate(site_data("s1", 1883))
     a = parse_flow(flow_data(sinks=[{"kind": "sqlite", "path": "/tmp/a.db"}]))
