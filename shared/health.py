@@ -45,6 +45,7 @@ class RuntimeHealth(HealthModel):
     clock_skew_ms: dict[str, float] = {}
     pid: int | None = None
     cpu_percent: float | None = None
+    cpu_seconds: float | None = None  # user + system since the process started (for Prometheus)
     rss_mb: float | None = None
 
     def section(self, name: str, model: type[Section]) -> Section | None:
@@ -64,6 +65,21 @@ def health_of(status: Status) -> RuntimeHealth:
         return RuntimeHealth.model_validate(status.health)
     except ValidationError:
         return RuntimeHealth()
+
+
+class HistogramHealth(HealthModel):
+    """A cumulative histogram (shared/histogram.py keeps it): `counts[i]` observations at most
+    `bounds[i]`, as Prometheus has them, `count` of all (the +Inf bucket) and their `sum`."""
+
+    bounds: list[float] = []
+    counts: list[int] = []
+    count: int = 0
+    sum: float = 0.0
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """(`le`, cumulative count) pairs with the +Inf bucket last, for a Prometheus histogram."""
+        pairs = [(repr(float(b)), c) for b, c in zip(self.bounds, self.counts, strict=False)]
+        return [*pairs, ("+Inf", self.count)]
 
 
 # ---------------------------------------------------------------- inference (read by actuator, CLI)
@@ -111,6 +127,10 @@ class InferenceHealth(HealthModel):
     failed_samples: int = 0
     script_errors: int = 0
     last_run_us: float = 0.0
+    # since the start of this run, for Prometheus (shared/histogram.py); None from older builds
+    run_seconds: HistogramHealth | None = None  # the model's run time per batch
+    latency_seconds: HistogramHealth | None = None  # per sample: arrival to result published
+    batch_size: HistogramHealth | None = None  # samples per model run
 
     @classmethod
     def of(cls, status: Status) -> InferenceHealth | None:

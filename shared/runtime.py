@@ -251,6 +251,7 @@ class Runtime:
             clock_skew_ms=h.clock_skew_ms(),
             pid=self._process.pid,
             cpu_percent=self._process.cpu_percent(),
+            cpu_seconds=round(sum(self._process.cpu_times()[:2]), 3),
             rss_mb=round(self._process.memory_info().rss / 2**20, 1),
         ).to_wire()
         for name, section in self._health_sections.items():

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from shared.config import ServiceConfig, StrictModel, TopicId
 from shared.errors import ConfigError
+from shared.metrics import FLEET_PORT, MetricsSettings
 
 
 class S3Config(StrictModel):
@@ -50,6 +51,12 @@ class S3Config(StrictModel):
         raise ConfigError("s3: give secret_key_env or secret_key_file")
 
 
+class FleetMetrics(MetricsSettings):
+    """The fleet's `/metrics` (docs/metrics.md)."""
+
+    port: int = Field(FLEET_PORT, ge=0, le=65535, description="0 picks a free one (tests)")
+
+
 class DebugConfig(StrictModel):
     """Limits of debug sessions (docs/debug.md); each node has its own as well."""
 
@@ -73,4 +80,5 @@ class Config(ServiceConfig):
     # public half. Without one the fleet serves everything but deploy.
     signing_key: Path | None = None
     deploy_check_interval_s: float = Field(1.0, gt=0)  # how often node timeouts are checked
+    metrics: FleetMetrics | None = None  # serve Prometheus /metrics; absent: not served
     debug: DebugConfig = Field(default_factory=lambda: DebugConfig.model_validate({}))

@@ -290,20 +290,23 @@ def _rows(db: sqlite_utils.Database, deployment_id: str) -> list[Row]:
     )
 
 
+def deployment_state(cancelled: bool, counts: dict[str, int]) -> str:
+    """A deployment's state from its nodes' states (and counts of each)."""
+    if cancelled:
+        return "cancelled"
+    if any(s in IN_PROGRESS for s in counts):
+        return "in_progress"
+    if counts.get("failed") or counts.get("rolled_back"):
+        return "failed"
+    if counts and set(counts) == {"superseded"}:
+        return "superseded"
+    return "succeeded"
+
+
 def deployment_view(db: sqlite_utils.Database, row: Row) -> api.DeploymentView:
     counts: dict[str, int] = {}
     for r in _rows(db, row["id"]):
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    if row["cancelled_ns"]:
-        state = "cancelled"
-    elif any(s in IN_PROGRESS for s in counts):
-        state = "in_progress"
-    elif counts.get("failed") or counts.get("rolled_back"):
-        state = "failed"
-    elif counts and set(counts) == {"superseded"}:
-        state = "superseded"
-    else:
-        state = "succeeded"
     return api.DeploymentView(
         id=row["id"],
         flows=json.loads(row["flows"]),
@@ -312,7 +315,7 @@ def deployment_view(db: sqlite_utils.Database, row: Row) -> api.DeploymentView:
         note=row["note"] or "",
         created=iso(row["created_ns"]),
         timeout_s=row["timeout_s"],
-        state=state,
+        state=deployment_state(bool(row["cancelled_ns"]), counts),
         counts=counts,
         cancelled=iso(row["cancelled_ns"]) if row["cancelled_ns"] else None,
     )

@@ -21,6 +21,7 @@ from edgefleet.fleet import commands, deploy, nodes
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
+from edgefleet.fleet.metrics import FleetCollector
 from shared import codec
 from shared.errors import EdgefleetError, PayloadError
 from shared.health import HealthModel
@@ -32,6 +33,7 @@ from shared.messages import (
     ReportedState,
     Status,
 )
+from shared.metrics import MetricsServer
 from shared.mqtt import Received
 from shared.requests import RequestServer
 from shared.runtime import Loop, Runtime
@@ -82,6 +84,7 @@ class FleetService(Service[Config]):
         self.observed: asyncio.Queue[nodes.Observation] = asyncio.Queue(maxsize=100_000)
         self.loop = asyncio.get_running_loop()
         fleet.publish = self.publish_from_thread
+        self.metrics: MetricsServer | None = None
         fleet.debug.publish = self.publish_session_from_thread
 
     async def start(self) -> None:
@@ -89,6 +92,10 @@ class FleetService(Service[Config]):
         await self.rt.subscribe(self.topic, self.enqueue)
         await self.rt.subscribe(every_site(Kind.STATUS, prefix, "agent"), self.on_status)
         await self.rt.subscribe(every_site(Kind.REPORTED, prefix), self.on_reported)
+        if self.config.metrics is not None:
+            collector = FleetCollector(self.fleet.store, self.counters)
+            self.metrics = MetricsServer(collector, self.config.metrics)
+            self.metrics.start()
         await self.rt.subscribe(every_debug_session(prefix), self.on_debug_session)
         key = self.fleet.signing_key
         log.info(
@@ -118,6 +125,19 @@ class FleetService(Service[Config]):
             queued=self.queue.qsize(),
             observations_queued=self.observed.qsize(),
         )
+
+    def counters(self) -> dict[str, int]:
+        """Commands by outcome and the queues, for /metrics (read from a scrape's thread)."""
+        return {
+            **self.server.stats.as_dict(),
+            "queued_commands": self.queue.qsize(),
+            "queued_observations": self.observed.qsize(),
+        }
+
+    async def close(self) -> None:
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
 
     def publish_from_thread(self, topic: str, wire: dict[str, Any]) -> None:
         """From a handler's thread: one retained QoS 1 publish, acked (or buffered)."""

@@ -1,4 +1,4 @@
-"""`edgefleet up`, `edgefleet check` and `edgefleet schema` (wired into edgefleet/cli.py)."""
+"""`edgefleet up`, `check`, `schema` and `metrics` (wired into edgefleet/cli.py)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,28 @@ def cmd_up(args: argparse.Namespace) -> int:
     except (ConfigError, BrokerStartError) as exc:  # e.g. the broker's port taken at start
         print(f"edgefleet up: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from edgefleet.site.load import check_site
+    from edgefleet.site.metrics import run_exporter
+    from shared.runtime import setup_logging
+
+    errors = check_site(Path(args.site))
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_exporter(Path(args.site), stop, port=args.port)
+
+    setup_logging("INFO")
+    asyncio.run(main())
     return 0
 
 
@@ -114,7 +136,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    """Add `up`, `check` and `schema` to the `edgefleet` subcommands."""
+    """Add `up`, `metrics`, `check` and `schema` to the `edgefleet` subcommands."""
     up = sub.add_parser("up", help="run every service of a site.yaml, restarting what dies")
     up.add_argument("site", type=Path, help="the site.yaml")
     up.add_argument("--workdir", default="var/site", help="instance configs, logs, broker data")
@@ -125,6 +147,16 @@ def add_commands(sub: Any) -> None:
         help="run just these instances (repeat or comma-separate); one per container in compose",
     )
     up.set_defaults(fn=cmd_up)
+
+    metrics = sub.add_parser(
+        "metrics",
+        help="serve a site's Prometheus /metrics from its statuses (its services run elsewhere)",
+    )
+    metrics.add_argument("site", type=Path, help="the site.yaml")
+    metrics.add_argument(
+        "--port", type=int, help="instead of site.yaml's metrics.port (default 9720)"
+    )
+    metrics.set_defaults(fn=cmd_metrics)
 
     check = sub.add_parser("check", help="validate a site.yaml, its flows and instance configs")
     check.add_argument("site", type=Path, help="the site.yaml")

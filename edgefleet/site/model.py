@@ -19,6 +19,7 @@ from services.actuator.config import ActuatorConfig
 from services.forwarder.config import ForwarderConfig
 from shared.config import BrokerConfig, ServiceConfig, StrictModel, Timings, TopicId
 from shared.errors import ConfigError
+from shared.metrics import MetricsSettings
 from shared.signing import PublicKey
 from shared.topics import DEFAULT_PREFIX
 
@@ -204,6 +205,11 @@ class SiteSpec(StrictModel):
     )
     fleet: FleetSection | None = Field(
         None, description="run the agent: this node takes desired states from a fleet"
+    )
+    metrics: MetricsSettings | None = Field(
+        None,
+        description="serve Prometheus /metrics from `edgefleet up` (docs/metrics.md); "
+        "absent: not served",
     )
 
 

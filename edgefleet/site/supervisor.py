@@ -53,12 +53,14 @@ from edgefleet.flow import FlowSpec
 from edgefleet.registry import service_spec
 from edgefleet.site.derive import Instance, derive
 from edgefleet.site.load import LoadedSite, load_site
+from edgefleet.site.metrics import SUPERVISOR, Process, SiteCollector, StatusBook, roles
 from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, port_free
 from shared import clock, codec
 from shared.config import overlay
 from shared.errors import ConfigError
 from shared.files import write_atomic
 from shared.messages import ConfigUpdate, Status
+from shared.metrics import MetricsServer
 from shared.mqtt import MqttConnection, Received
 from shared.retry import Backoff
 from shared.service import RESTART_EXIT_CODE
@@ -175,6 +177,8 @@ class SiteSupervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._status: MqttConnection | None = None
         self._changed = asyncio.Condition()
+        self.book = StatusBook()  # every instance's latest status, for /metrics
+        self.metrics: MetricsServer | None = None
         # per instance, the retained configs seen since its file was written: the newest
         # revision with the keys of every one (each is laid over the running config)
         self._configs: dict[str, ConfigUpdate] = {}
@@ -319,6 +323,7 @@ class SiteSupervisor:
             await self._broker.start()
             self._tasks.append(asyncio.create_task(self._broker.run(), name="broker"))
         await self._watch_status()
+        self._serve_metrics()
         self._started = True
         for state in self.instances.values():
             self._run(state)
@@ -344,9 +349,34 @@ class SiteSupervisor:
             for task in stuck:
                 log.warning("site %s: task %s did not stop", self.site.spec.site, task.get_name())
         self._tasks.clear()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)  # waits for its serving thread
+            self.metrics = None
         if self._broker is not None:
             await self._broker.stop()
             self._broker = self.broker = None
+
+    def _serve_metrics(self) -> None:
+        """`/metrics` of the whole site (site.yaml `metrics:`); not from an `--only` part."""
+        settings = self.site.spec.metrics
+        if settings is None or self.only is not None:
+            return
+        collector = SiteCollector(
+            self.site.spec.site, self.book, lambda: roles(self.specs), self._processes
+        )
+        self.metrics = MetricsServer(collector, settings)
+        self.metrics.start()
+
+    def _processes(self) -> dict[str, Process]:
+        """Every process this supervisor runs, by instance (read from a scrape's thread)."""
+        out = {
+            name: Process(st.pid, st.restarts, st.service)
+            for name, st in list(self.instances.items())
+        }
+        out["supervisor"] = SUPERVISOR
+        if self.broker is not None:
+            out["broker"] = Process(self.broker.pid, self.broker.restarts, "mosquitto")
+        return out
 
     async def wait_online(self, timeout: float = 30.0, names: list[str] | None = None) -> None:
         """Wait until every instance (or those named) last reported `online`."""
@@ -528,6 +558,8 @@ class SiteSupervisor:
             status = Status.from_wire(codec.decode(message.payload, message.content_type))
         except Exception:  # a foreign message on our status topic: not ours to judge
             return
+        if parsed.name:
+            self.book.put(parsed.name, status)
         state = self.instances.get(parsed.name or "")
         if state is None or state.pid is None:
             return

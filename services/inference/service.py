@@ -33,6 +33,7 @@ from services.inference.swap import (
 from shared import codec
 from shared.errors import ConfigError, ModelError, PayloadError
 from shared.health import InferenceHealth, ServedModel, ShadowModel, SwapHealth
+from shared.histogram import BATCH_SIZE, LATENCY_SECONDS, RUN_SECONDS, Histogram
 from shared.messages import ResultBatch, SampleBatch, now_ns
 from shared.mqtt import Received
 from shared.runtime import Loop, Runtime
@@ -93,6 +94,10 @@ class InferenceService(Service[InferenceConfig]):
         self.results_topic = rt.topics.results(config.flow)
         self.shadow_topic = rt.topics.shadow(config.flow)
         self.offloaded = 0
+        # the live model's, since this run started (the Prometheus histograms of the site)
+        self.run_seconds = Histogram(RUN_SECONDS)
+        self.latency_seconds = Histogram(LATENCY_SECONDS)
+        self.batch_size = Histogram(BATCH_SIZE)
         self.swaps = SwapStats()
         self.requests: asyncio.Queue[SwapRequest] = asyncio.Queue()
         self.recent_x: Any = None  # the last samples seen, to try candidates on live data
@@ -145,6 +150,9 @@ class InferenceService(Service[InferenceConfig]):
             queued=self.batcher.qsize(),
             offloaded_runs=self.offloaded,
             **stats.as_dict(),
+            run_seconds=self.run_seconds.report(),
+            latency_seconds=self.latency_seconds.report(),
+            batch_size=self.batch_size.report(),
         )
 
     async def handle(self, message: Received) -> None:
@@ -179,10 +187,18 @@ class InferenceService(Service[InferenceConfig]):
             live, shadow = self.live, self.shadow
             outcome = await self.run(live.engine, rows)
             live.health.observe(rows, outcome.result, outcome.run_us)
+            self.observe(rows, outcome)
             await self.publish(outcome)
             self.recent_x = rows.x[-8:]
             if shadow is not None:
                 await self.run_shadow(shadow, rows, outcome.result)
+
+    def observe(self, rows: Rows, outcome: RunOutcome) -> None:
+        self.batch_size.observe([len(rows.x)])
+        if outcome.run_us is not None:
+            self.run_seconds.observe([outcome.run_us / 1e6])
+        if outcome.result is not None:
+            self.latency_seconds.observe(outcome.result.latency_us / 1e6)
 
     async def run(self, engine: Engine, rows: Rows) -> RunOutcome:
         # Inline, a run costs the event loop nothing extra (the thread hop costs ~50-100 µs);
