@@ -15,20 +15,29 @@ from shared.errors import ConfigError
 COMPOSE = Path(__file__).resolve().parents[1] / "compose"
 
 
-def test_every_instance_of_the_site_has_one_container_and_no_more() -> None:
+def test_the_site_runs_up_with_its_agent_beside_the_broker() -> None:
+    """One edgefleet container runs `up` on the whole site.yaml (supervisor, agent and every
+    instance, as `edgefleet up` does on one machine), with its state on a volume."""
     site = COMPOSE / "site" / "site.yaml"
     assert check_site(site) == []
-    instances = set(load_site(site).instances())
+    spec = load_site(site).spec
+    assert spec.fleet is not None and spec.fleet.broker is not None  # the agent runs
     services = yaml.safe_load((COMPOSE / "site.yml").read_text())["services"]
-    only = set()
-    for name, service in services.items():
-        command = service.get("command", [])
-        if command[:1] == ["up"]:
-            assert command[1] == "/config/site.yaml"
-            named = command[command.index("--only") + 1]
-            assert named == name
-            only.add(named)
-    assert only == instances
+    ups = [n for n, svc in services.items() if svc.get("command", [])[:1] == ["up"]]
+    assert ups == ["edgefleet"] and "broker" in services
+    edgefleet = services["edgefleet"]
+    command = edgefleet["command"]
+    assert command[:2] == ["up", "/config/site.yaml"] and "--only" not in command
+    workdir = command[command.index("--workdir") + 1]
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in edgefleet["volumes"]}
+    assert any(workdir.startswith(mount) for mount, src in volumes.items() if "/" not in src)
+    assert volumes["/config"] == "./site"
+    assert spec.broker.host == "broker" and not spec.broker.start_local
+    for flow in load_site(site).flows:  # every model path is inside a mount
+        if flow.model is not None and flow.model.path is not None:
+            assert any(str(flow.model.path).startswith(m + "/") for m in volumes), flow.model.path
+    for name in edgefleet.get("environment", {}):
+        assert f"${{{name}" in (COMPOSE / "site.yml").read_text()
 
 
 def test_only_refuses_an_instance_the_site_does_not_have(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
@@ -43,14 +44,22 @@ from edgefleet.agent.debug import Debugger
 from edgefleet.agent.desired import Accepted, Refused, accept
 from edgefleet.agent.state import AgentState, Revision, StateFile, Step
 from edgefleet.fleet.client import FleetClient
-from edgefleet.flow import FlowSpec, load_flow
+from edgefleet.flow import FlowSpec
 from services.inference.config import InferenceSettings
 from services.inference.signature import check_fits, inspect_model_async
+from services.inference.swap import shadow_settings
 from shared import codec
-from shared.config import BrokerConfig, ServiceConfig
+from shared.config import BrokerConfig, ServiceConfig, resolve_paths, validate
 from shared.errors import EdgefleetError
 from shared.files import write_atomic
-from shared.messages import DeployedFlow, DesiredState, FlowReport, ReportedState, ResultBatch
+from shared.messages import (
+    DeployedFlow,
+    DesiredState,
+    FlowReport,
+    PinnedResource,
+    ReportedState,
+    ResultBatch,
+)
 from shared.mqtt import MqttConnection, NotConnected, Received
 from shared.requests import Requester
 from shared.runtime import Runtime
@@ -62,6 +71,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# libyaml's loader and dumper where PyYAML has them (10x faster: a fleet-wide deploy reads and
+# writes each flow on every node); the same documents either way
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 INSTANCE = "agent"
 FLOW_INSTANCES = ("aligner", "inference", "actuator")  # prefixes of a flow's own instances
 
@@ -70,6 +84,7 @@ class GateFailed(EdgefleetError):
     """The activated revision did not come up healthy in time."""
 
 
+@functools.cache  # read once: the status carries it every time, and reading it parses files
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -77,15 +92,24 @@ def _version(dist: str) -> str | None:
         return None
 
 
+@functools.cache  # the machine's memory does not change; reading /proc/meminfo costs ~1 ms
+def _memory_mb() -> int:
+    total: int = psutil.virtual_memory().total
+    return round(total / 2**20)
+
+
 def pinned_paths(flow: DeployedFlow, cache: BlobCache) -> dict[str, str]:
     """Library reference (`name@N`) → the path of its cached blob."""
-    return {r.ref: str(cache.path(r.sha256)) for r in flow.resources}
+    return {r.ref: str(cache.path(r.sha256)) for r in flow.blobs}
 
 
-def localize(text: str, paths: dict[str, str], origin: str) -> dict[str, Any]:
+def localize(
+    text: str, paths: dict[str, str], origin: str, shadow: PinnedResource | None = None
+) -> dict[str, Any]:
     """The flow file's content with every `{ref: name@N}` of its model section (the model, its
-    scripts, a shadow) turned into `{path: <cached blob>}`."""
-    data = yaml.safe_load(text)
+    scripts, a shadow) turned into `{path: <cached blob>}`; a deployed `shadow` becomes the
+    model's shadow (in place of one the flow text names)."""
+    data = yaml.load(text, Loader=SafeLoader)
     if not isinstance(data, dict):
         raise EdgefleetError(f"{origin}: the flow text is not a mapping")
 
@@ -105,9 +129,14 @@ def localize(text: str, paths: dict[str, str], origin: str) -> dict[str, Any]:
             value = model.get(key)
             if isinstance(value, dict):
                 model[key] = local(value)["path"]
-        if isinstance(model.get("shadow"), dict):
+        if shadow is not None:
+            name, _, version = shadow.ref.partition("@")
+            model["shadow"] = local({"ref": shadow.ref, "name": name, "version": version})
+        elif isinstance(model.get("shadow"), dict):
             model["shadow"] = local(model["shadow"])
         data["model"] = model
+    elif shadow is not None:
+        raise EdgefleetError(f"{origin}: a shadow model for a flow without a model")
     return data
 
 
@@ -220,7 +249,7 @@ class Agent:
             "state": self.step,
             "flows": [f.name for f in self.sup.deployed],
             "cpu_count": os.cpu_count(),
-            "memory_mb": round(psutil.virtual_memory().total / 2**20),
+            "memory_mb": _memory_mb(),
             "disk_free_mb": round(disk.free / 2**20),
             "cache_mb": round(self.cache.size() / 2**20, 1),
             "debug": self.debug.health(),
@@ -300,7 +329,8 @@ class Agent:
         if step != "received":
             self.state = self.state_file.save(self.state.step(step))
         await self._report(desired, step)
-        self.rt.announce_soon()
+        if step == "received":  # the status says busy; each step is on `reported` already
+            self.rt.announce_soon()
 
     async def apply(self, accepted: Accepted) -> None:
         desired = accepted.desired
@@ -361,7 +391,7 @@ class Agent:
         assert self.requester is not None, "start() first"
         client = FleetClient(self.requester, self.config.prefix, self.fleet.command_timeout_s)
         for flow in desired.flows:
-            for resource in flow.resources:
+            for resource in flow.blobs:
                 if self.cache.has(resource.sha256):
                     continue
                 where = await self._ask(client, "library.download_url", {"ref": resource.ref})
@@ -394,9 +424,12 @@ class Agent:
         flows, files = [], {}
         for flow in desired.flows:
             path = folder / f"{flow.name}.yaml"
-            data = localize(flow.flow, pinned_paths(flow, self.cache), flow.ref)
-            write_atomic(path, yaml.safe_dump(data, sort_keys=False).encode())
-            flows.append(load_flow(path))
+            data = localize(flow.flow, pinned_paths(flow, self.cache), flow.ref, flow.shadow)
+            write_atomic(path, yaml.dump(data, Dumper=SafeDumper, sort_keys=False).encode())
+            # from the data just written: parsing the file again would only cost time
+            spec = validate(FlowSpec, data, str(path))
+            resolve_paths(spec, folder.resolve())
+            flows.append(spec)
             files[flows[-1].name] = str(path)
         return flows, files
 
@@ -412,6 +445,12 @@ class Agent:
         for sha256 in target.blobs():
             await asyncio.to_thread(self.cache.verify, sha256)
         flows, files = self._write_flows(target)
+        await self._check_models(desired, flows)
+        self.sup.derive(flows, files)  # every instance config valid before anything changes
+        return flows, files
+
+    async def _check_models(self, desired: DesiredState, flows: list[FlowSpec]) -> None:
+        """Each model loaded and run once in a separate process, and checked against its flow."""
         for deployed, flow in zip(desired.flows, flows, strict=True):
             if flow.model is None or flow.model.path is None:
                 continue
@@ -420,9 +459,15 @@ class Agent:
                 flow.model.path, self.fleet.inspect_timeout_s, origin=deployed.ref
             )
             # with a preprocess script this runs it once, on zeros, to measure its width
-            await asyncio.to_thread(check_fits, signature, settings, origin=deployed.ref)
-        self.sup.derive(flows, files)  # every instance config valid before anything changes
-        return flows, files
+            live = settings.model_copy(update={"shadow": None})
+            await asyncio.to_thread(check_fits, signature, live, origin=deployed.ref)
+            if settings.shadow is not None and settings.shadow.path is not None:
+                origin = f"{deployed.ref}: shadow"
+                candidate = shadow_settings(settings, settings.shadow)
+                signature = await inspect_model_async(
+                    settings.shadow.path, self.fleet.inspect_timeout_s, origin=origin
+                )
+                await asyncio.to_thread(check_fits, signature, candidate, origin=origin)
 
     async def _health_gate(self, flows: list[FlowSpec]) -> None:
         """Every instance of the flows online and results from the pinned model, in time."""

@@ -2,7 +2,8 @@
 
 `blobs/sha256/{hex}` holds each content once; uploads land first under `uploads/{id}` (a key
 only the presigned PUT URL of that upload can write), are read back in full to check size and
-sha256, and are copied server-side to their content address before the version is committed.
+sha256 (the same read streams a model into the process that inspects it), and are copied
+server-side to their content address before the version is committed.
 Blobs never travel over MQTT: clients get short-lived presigned URLs.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -92,6 +94,12 @@ class BlobStore:
 
     def fetch(self, key: str, dest: Path) -> tuple[int, str]:
         """Stream an object to `dest`; return its size and sha256 as read."""
+        with dest.open("wb") as out:
+            return self.stream(key, out.write)
+
+    def stream(self, key: str, sink: Callable[[bytes], object]) -> tuple[int, str]:
+        """Hand an object's bytes to `sink` as they arrive; return its size and sha256 as read
+        (hashed on the way: the one read that verifies it also feeds whoever inspects it)."""
         digest, size = hashlib.sha256(), 0
         try:
             response = self.s3.get_object(self.bucket, key)
@@ -102,11 +110,10 @@ class BlobStore:
                 ) from None
             raise _storage(exc) from None
         try:
-            with dest.open("wb") as out:
-                for chunk in response.stream(CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
+            for chunk in response.stream(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                sink(chunk)
         finally:
             response.close()
             response.release_conn()

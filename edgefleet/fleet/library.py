@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.store import Row, Store
 from services.inference.scripts import inspect_script
-from services.inference.signature import inspect_model
+from services.inference.signature import StreamedInspection
 from shared.errors import EdgefleetError, ModelError
 from shared.messages import iso, now_ns
 from shared.signing import SigningKey
@@ -39,9 +41,6 @@ class Fleet:
     config: Config
     store: Store
     blobs: BlobStore
-    # Held from a blob's copy to its row's commit, and from a delete's tombstone to the blob's
-    # removal: a delete never removes bytes a concurrent commit has just pinned.
-    blob_lock: threading.Lock = field(default_factory=threading.Lock)
     signing_key: SigningKey | None = None  # signs desired states; deploy refuses without one
     # Publishes one retained QoS 1 message and waits for the broker's ack (set by the service:
     # handlers run in threads, the MQTT client in the event loop).
@@ -86,16 +85,19 @@ class Fleet:
 # ---------------------------------------------------------------------------- commands
 
 
-def upload_url(fleet: Fleet, req: api.UploadUrlRequest) -> api.UploadUrlResult:
-    limit = fleet.config.max_upload_mb * 2**20
-    if req.size == 0:
-        raise FleetError("invalid", f"{req.name}: the file is empty; nothing to push")
-    if req.size > limit:
+def _check_size(fleet: Fleet, name: str, size: int) -> None:
+    if size == 0:
+        raise FleetError("invalid", f"{name}: the file is empty; nothing to push")
+    if size > fleet.config.max_upload_mb * 2**20:
         raise FleetError(
             "invalid",
-            f"{req.name}: {req.size} bytes is more than this fleet takes "
+            f"{name}: {size} bytes is more than this fleet takes "
             f"({fleet.config.max_upload_mb} MB, max_upload_mb in its config)",
         )
+
+
+def upload_url(fleet: Fleet, req: api.UploadUrlRequest) -> api.UploadUrlResult:
+    _check_size(fleet, req.name, req.size)
     upload_id = uuid.uuid4().hex
     key = upload_key(upload_id)
     expiry = fleet.config.s3.url_expiry_s
@@ -106,36 +108,70 @@ def upload_url(fleet: Fleet, req: api.UploadUrlRequest) -> api.UploadUrlResult:
 def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
     upload = fleet.store.take_upload(req.upload_id)
     try:
-        with tempfile.TemporaryDirectory(dir=fleet.config.work_dir) as tmp:
-            local = Path(tmp) / f"{req.name}.{'onnx' if req.kind == 'model' else 'py'}"
-            size, sha256 = fleet.blobs.fetch(upload["key"], local)
-            _verify(req, size, sha256)
+        _check_size(fleet, req.name, req.size)  # the inspecting child is told to take that many
+        t0 = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            if req.kind == "model":
+                # The inspecting child starts now and receives the bytes while they are read
+                # back: its start-up and the transfer overlap the download that verifies them.
+                inspection = stack.enter_context(
+                    StreamedInspection(
+                        req.size, fleet.config.inspect_timeout_s, f"{req.name} ({req.kind})"
+                    )
+                )
+                size, sha256 = fleet.blobs.stream(upload["key"], inspection.feed)
+                read_s = time.perf_counter() - t0
+                _verify(req, size, sha256)  # leaving the block kills the child on a refusal
+                inspect = functools.partial(_model_signature, inspection)
+            else:
+                tmp = Path(
+                    stack.enter_context(tempfile.TemporaryDirectory(dir=fleet.config.work_dir))
+                )
+                local = tmp / f"{req.name}.py"
+                size, sha256 = fleet.blobs.fetch(upload["key"], local)
+                read_s = time.perf_counter() - t0
+                _verify(req, size, sha256)
+                inspect = functools.partial(_script_signature, req, local)
             # The server-side copy runs while the model loads (S3's work beside ours); the
-            # check under the lock below is what guarantees the blob of every committed row.
+            # check inside the commit's transaction below is what guarantees every row's blob.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 early = pool.submit(_copy_if_missing, fleet, upload["key"], sha256)
                 try:
-                    signature = _inspect(fleet, req, local)
+                    signature = inspect()
+                    inspect_s = time.perf_counter() - t0 - read_s
                 except FleetError:
                     with contextlib.suppress(FleetError):
                         early.result()
                     _drop_unused(fleet, sha256)
                     raise
                 early.result()
-            with fleet.blob_lock:
-                _copy_if_missing(fleet, upload["key"], sha256)
-                row, created = fleet.store.add_resource(
-                    req.name, req.kind, sha256, size, req.note, req.author, signature
-                )
+                copy_s = time.perf_counter() - t0 - read_s - inspect_s
+        # The blob's last check and the row commit in one transaction: a delete (or a refused
+        # commit's cleanup), in this fleet process or another, never removes bytes between them.
+        row, created = fleet.store.add_resource(
+            req.name,
+            req.kind,
+            sha256,
+            size,
+            req.note,
+            req.author,
+            signature,
+            ensure_blob=functools.partial(_copy_if_missing, fleet, upload["key"], sha256),
+        )
     finally:
         fleet.blobs.remove(upload["key"])  # committed or refused: the staged copy goes
     log.info(
-        "%s %s@%d sha256 %s (%d bytes)",
+        "%s %s@%d sha256 %s (%d bytes; read back %.3f s, inspected %.3f s more, copy %.3f s "
+        "more, whole %.3f s)",
         "committed" if created else "unchanged",
         row["name"],
         row["version"],
         sha256[:12],
         size,
+        read_s,
+        inspect_s,
+        copy_s,
+        time.perf_counter() - t0,
     )
     return api.CommitResult(resource=fleet.resource_view(row), created=created)
 
@@ -147,9 +183,7 @@ def _copy_if_missing(fleet: Fleet, staged: str, sha256: str) -> None:
 
 def _drop_unused(fleet: Fleet, sha256: str) -> None:
     """A refused upload's early copy goes, unless a present version has the same bytes."""
-    with fleet.blob_lock:
-        if not fleet.store.has_blob(sha256):
-            fleet.blobs.remove(blob_key(sha256))
+    fleet.store.drop_blob_if_unused(sha256, lambda sha: fleet.blobs.remove(blob_key(sha)))
 
 
 def _verify(req: api.CommitRequest, size: int, sha256: str) -> None:
@@ -169,14 +203,15 @@ def _verify(req: api.CommitRequest, size: int, sha256: str) -> None:
         )
 
 
-def _inspect(fleet: Fleet, req: api.CommitRequest, local: Path) -> dict[str, Any]:
+def _model_signature(inspection: StreamedInspection) -> dict[str, Any]:
+    try:
+        return inspection.signature().model_dump(mode="json")
+    except ModelError as exc:
+        raise FleetError("invalid_model", str(exc)) from None
+
+
+def _script_signature(req: api.CommitRequest, local: Path) -> dict[str, Any]:
     origin = f"{req.name} ({req.kind})"
-    if req.kind == "model":
-        try:
-            signature = inspect_model(local, fleet.config.inspect_timeout_s, origin=origin)
-        except ModelError as exc:
-            raise FleetError("invalid_model", str(exc)) from None
-        return signature.model_dump(mode="json")
     try:
         return inspect_script(local, origin=origin).model_dump(mode="json")
     except EdgefleetError as exc:
@@ -262,9 +297,7 @@ def archive(fleet: Fleet, req: api.RefRequest) -> api.ArchiveResult:
 
 def delete(fleet: Fleet, req: api.RefRequest) -> api.DeleteResult:
     name, version = _exact(req.ref, "delete")
-    with fleet.blob_lock:
-        row, last_copy = fleet.store.delete(name, version)
-        if last_copy:
-            with contextlib.suppress(FleetError):
-                fleet.blobs.remove(blob_key(row["sha256"]))
+    _row, last_copy = fleet.store.delete(
+        name, version, lambda sha: fleet.blobs.remove(blob_key(sha))
+    )
     return api.DeleteResult(ref=f"{name}@{version}", blob_removed=last_copy)

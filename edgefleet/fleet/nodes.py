@@ -91,12 +91,16 @@ Observation = tuple[str, Status | ReportedState]  # (site, what its agent publis
 
 
 def observe(fleet: Fleet, batch: list[Observation]) -> None:
-    """What agents published, in arrival order, in one transaction (one fsync for a burst of
-    a thousand nodes' reports, not a thousand)."""
+    """What agents (and inference instances) published, in arrival order, in one transaction
+    (one fsync for a burst of a thousand nodes' reports, not a thousand)."""
+    from edgefleet.fleet import shadow  # it reads this module's desired states
+
     now = now_ns()
     with fleet.store.write() as db:
         for site, message in batch:
-            if isinstance(message, Status):
+            if isinstance(message, Status) and message.instance != "agent":
+                shadow.observe_status(db, site, message, now)
+            elif isinstance(message, Status):
                 _status(db, site, message, now)
             else:
                 _reported(db, site, message, now)

@@ -171,7 +171,40 @@ def _v3(db: sqlite_utils.Database) -> None:
     db.table("node_events").create_index(["site", "revision", "state", "t_ns"], unique=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    """Each node's inference instances as their retained status last said (shadow figures)."""
+    db.table("inference_status").create(
+        {
+            "site": str,
+            "flow": str,
+            "state": str,  # online | offline | stopped
+            "inference": str,  # JSON: the status's inference section (model, shadow, ...)
+            "updated_ns": int,
+        },
+        pk=("site", "flow"),
+        not_null={"site", "flow", "state", "updated_ns"},
+    )
+
+
+def _blobs(flow: dict[str, Any]) -> list[dict[str, Any]]:
+    """A desired state's flow (as JSON): its resources and its deployed shadow model."""
+    shadow = flow.get("shadow")
+    return [*flow["resources"], *([shadow] if isinstance(shadow, dict) else [])]
+
+
+def _shadows(db: sqlite_utils.Database) -> set[str]:
+    """`name@N` of every shadow model in a node's latest desired state."""
+    rows = db.query(
+        "SELECT wire FROM desired d WHERE revision = "
+        "(SELECT max(revision) FROM desired WHERE site = d.site)"
+    )
+    return {
+        f["shadow"]["ref"] for row in rows for f in json.loads(row["wire"])["flows"]
+        if isinstance(f.get("shadow"), dict)
+    }  # fmt: skip
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -251,10 +284,16 @@ class Store:
         note: str,
         author: str,
         signature: dict[str, Any],
+        ensure_blob: Callable[[], None] = lambda: None,
     ) -> tuple[Row, bool]:
         """The new version `name@N` (N: one past the highest ever given), or the existing one
-        with the same bytes; True when it was created."""
+        with the same bytes; True when it was created.
+
+        `ensure_blob` (make the blob present at its address) runs inside the transaction: the
+        database lock orders it against `delete` and `drop_blob_if_unused`, in this process or
+        another on the same file, so no removal slips between the blob's check and the row."""
         with self._write() as db:
+            ensure_blob()
             kinds = {
                 r["kind"] for r in db.query("SELECT kind FROM resources WHERE name = ?", [name])
             }
@@ -317,10 +356,16 @@ class Store:
     def has_blob(self, sha256: str) -> bool:
         """Whether a present version holds these bytes."""
         with self._connection() as db:
-            row = one(
-                db, "SELECT id FROM resources WHERE sha256 = ? AND deleted_ns IS NULL", [sha256]
-            )
-        return row is not None
+            return _has_blob(db, sha256)
+
+    def drop_blob_if_unused(self, sha256: str, remove: Callable[[str], None]) -> bool:
+        """`remove(sha256)` unless a present version holds these bytes, under the database lock
+        (see `add_resource`); True when it was called."""
+        with self._write() as db:
+            if _has_blob(db, sha256):
+                return False
+            remove(sha256)
+            return True
 
     def users(self, resource_id: int) -> list[str]:
         """The flow versions that pin this resource, as `flow@N`."""
@@ -336,12 +381,16 @@ class Store:
                 )
             return _resource(db, name, version)
 
-    def delete(self, name: str, version: int) -> tuple[Row, bool]:
-        """Tombstone the version; True when no other present version holds the same bytes
-        (the blob may go)."""
+    def delete(
+        self, name: str, version: int, remove_blob: Callable[[str], None] = lambda _: None
+    ) -> tuple[Row, bool]:
+        """Tombstone the version; when no other present version holds the same bytes,
+        `remove_blob(sha256)` inside the transaction (see `add_resource`) and True."""
         with self._write() as db:
             row = _resource(db, name, version)
             users = _users(db, row["id"])
+            if not users and f"{name}@{version}" in _shadows(db):
+                users = ["a deployed shadow (edgefleet shadow stop first)"]
             if users:
                 raise FleetError(
                     "in_use",
@@ -353,6 +402,8 @@ class Store:
                 "SELECT count(*) FROM resources WHERE sha256 = ? AND deleted_ns IS NULL",
                 [row["sha256"]],
             ).fetchone()
+            if others == 0:
+                remove_blob(row["sha256"])
             return row, others == 0
 
     # ------------------------------------------------------------------ flows
@@ -443,7 +494,7 @@ class Store:
             rows = db.query("SELECT wire FROM desired WHERE site = ?", [site])
             return {
                 r["ref"] for row in rows for f in json.loads(row["wire"])["flows"]
-                for r in f["resources"]
+                for r in _blobs(f)
             }  # fmt: skip
 
     def deployed(self) -> dict[str, int]:
@@ -458,7 +509,7 @@ class Store:
                 refs = set()
                 for f in json.loads(row["wire"])["flows"]:
                     refs.add(f"{f['name']}@{f['version']}")
-                    refs.update(r["ref"] for r in f["resources"])
+                    refs.update(r["ref"] for r in _blobs(f))
                 for ref in refs:
                     counts[ref] = counts.get(ref, 0) + 1
         return counts
@@ -492,6 +543,11 @@ class Store:
             rows = list(db.query("SELECT * FROM uploads WHERE expires_ns < ?", [now]))
             db.execute("DELETE FROM uploads WHERE expires_ns < ?", [now])
             return rows
+
+
+def _has_blob(db: sqlite_utils.Database, sha256: str) -> bool:
+    sql = "SELECT id FROM resources WHERE sha256 = ? AND deleted_ns IS NULL"
+    return one(db, sql, [sha256]) is not None
 
 
 def one(db: sqlite_utils.Database, sql: str, params: list[Any]) -> Row | None:

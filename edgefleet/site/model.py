@@ -104,10 +104,17 @@ class SupervisorSettings(StrictModel):
         30.0, gt=0, description="an instance up this long has its restart delay reset"
     )
     stop_timeout_s: float = Field(10.0, gt=0, description="SIGTERM, then SIGKILL after this")
+    forwarder_first_s: float = Field(
+        30.0,
+        ge=0,
+        description="the forwarder starts first; the flows start once it is online (its session "
+        "then holds their results) or after this long without it",
+    )
 
 
 class FleetBroker(StrictModel):
-    """Where the fleet's commands go (`library.download_url`); default: the site broker."""
+    """The fleet's (cloud) broker: the agent's commands go there (`library.download_url`), and
+    a local site broker (`broker.start_local`) bridges `desired`, `status` and `reported` to it."""
 
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
@@ -133,7 +140,9 @@ class FleetSection(StrictModel):
         description="public keys (`ed25519:...`) whose signed desired states this node runs",
     )
     broker: FleetBroker | None = Field(
-        None, description="the broker the fleet service answers on; default: the site broker"
+        None,
+        description="the fleet's broker (commands; the local broker's bridge); default: the "
+        "site broker",
     )
     cache_max_mb: float = Field(1024.0, gt=0, description="blob cache size before eviction")
     health_timeout_s: float = Field(

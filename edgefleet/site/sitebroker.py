@@ -10,6 +10,12 @@
   when something that must survive a crash changed (see docs/site.md, "The site broker");
 - `stop()` (after every instance): SIGTERM, which saves, then SIGKILL past the timeout.
 
+With `fleet.broker` in site.yaml the broker bridges the control plane to the fleet's broker
+(`fleet_bridge`, the lines of `edgefleet.broker.bridge_config`): `desired` in, `status/+` and
+`reported` out (and debug sessions'), as MQTT v5 so content types survive, with a persistent
+session so a site that was offline gets the latest desired state when it comes back. Results
+and events never cross the bridge (the forwarder carries them).
+
 mosquitto runs in a session of its own, as the instances do: a Ctrl-C in the terminal reaches
 `up` only, and the broker stays up until the instances that depend on it have stopped.
 """
@@ -24,8 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefleet.broker import LocalBroker
-from edgefleet.site.model import SupervisorSettings
+from edgefleet.broker import LocalBroker, bridge_config
+from edgefleet.site.model import SiteSpec, SupervisorSettings
+from edgefleet.site.orphans import PidFile, die_with_parent
 from shared import clock
 from shared.retry import Backoff
 
@@ -66,6 +73,20 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def fleet_bridge(spec: SiteSpec) -> str:
+    """mosquitto lines bridging the site's control plane to `fleet.broker` ("" without one):
+    `edgefleet.broker.bridge_config`, the block compose/mosquitto/site.conf shows."""
+    if spec.fleet is None or spec.fleet.broker is None:
+        return ""
+    remote = spec.fleet.broker
+    return bridge_config(
+        spec.site,
+        f"{remote.host}:{remote.port}",
+        prefix=spec.prefix,
+        settings=("restart_timeout 1 10",),  # reconnect backoff (s): first, cap
+    )
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -97,8 +118,11 @@ class SupervisedBroker:
         *,
         on_down: Callable[[str], None] = lambda _why: None,
         on_up: Callable[[], None] = lambda: None,
+        extra_config: str = "",
+        pids: PidFile | None = None,
     ) -> None:
-        self.local = LocalBroker(data_dir, port=port, host=HOST)
+        self.pids = pids
+        self.local = LocalBroker(data_dir, port=port, host=HOST, extra_config=extra_config)
         self.state = BrokerState(port, data_dir)
         self.settings = settings
         self._emit = emit
@@ -202,7 +226,10 @@ class SupervisedBroker:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=err,
                 start_new_session=True,  # Ctrl-C reaches `up`, which stops the broker last
+                preexec_fn=die_with_parent,  # a SIGKILLed `up` does not leave its port taken
             )
+        if self.pids is not None:
+            self.pids.add("broker", process.pid)
         self._process = process  # from now on `stop()` ends it, even in the middle of a start
         exited = asyncio.ensure_future(process.wait())
         listening = asyncio.ensure_future(self._wait_listening())
@@ -249,4 +276,4 @@ class SupervisedBroker:
         self._emit(state, detail)
 
 
-__all__ = ["BrokerStartError", "BrokerState", "SupervisedBroker", "port_free"]
+__all__ = ["BrokerStartError", "BrokerState", "SupervisedBroker", "fleet_bridge", "port_free"]

@@ -18,6 +18,8 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,92 @@ async def run_isolated_async(
     return _verdict(out, err, proc.returncode, what, error)
 
 
+class Streamed:
+    """`fn((arg, data))` in a child process, `data` (`size` bytes) written by the caller while
+    it arrives (`feed`): the child starts, imports and receives the bytes while the caller is
+    still downloading them, instead of after. `result()` is the verdict, as `run_isolated`'s.
+
+    The child is killed when `timeout_s` pass with no progress (its start, each chunk fed) and
+    `timeout_s` after `result()` is asked for (the work itself), and on leaving the `with` block
+    before a verdict (the caller refused the input). A slow download is not a slow model.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        arg: Any,
+        size: int,
+        timeout_s: float,
+        what: str,
+        doing: str,
+        error: type[EdgefleetError] = ModelError,
+    ) -> None:
+        self.size, self.sent = size, 0
+        self.timeout_s, self.what, self.doing, self.error = timeout_s, what, doing, error
+        self.deadline = time.monotonic() + timeout_s
+        self.proc = subprocess.Popen(
+            _command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(),
+        )
+        self.timed_out, self.finished = threading.Event(), threading.Event()
+        threading.Thread(target=self._watch, name="isolated-watchdog", daemon=True).start()
+        self.broken, self.done = False, False
+        self._write(pickle.dumps((fn, arg, size)))
+
+    def _watch(self) -> None:
+        while not self.finished.wait(max(0.0, self.deadline - time.monotonic())):
+            if time.monotonic() >= self.deadline:
+                self.timed_out.set()
+                self.proc.kill()
+                return
+
+    def _write(self, data: bytes | memoryview) -> None:
+        if self.broken:
+            return
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+        except (BrokenPipeError, OSError):
+            self.broken = True  # the child died or was killed: `result()` says why
+
+    def feed(self, chunk: bytes) -> None:
+        """The next bytes of `data`; what goes past `size` is not sent (the caller refuses)."""
+        room = self.size - self.sent
+        if room > 0:
+            self.deadline = time.monotonic() + self.timeout_s
+            self._write(memoryview(chunk)[:room] if len(chunk) > room else chunk)
+            self.sent += min(room, len(chunk))
+
+    def result(self) -> Any:
+        self.done = True
+        self.deadline = time.monotonic() + self.timeout_s
+        try:
+            out, err = self.proc.communicate(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise self.error(_timeout(self.what, self.doing, self.timeout_s)) from None
+        except (BrokenPipeError, OSError):  # closing stdin of a child that died
+            out, err = self.proc.communicate()
+        finally:
+            self.finished.set()
+        if self.timed_out.is_set():
+            raise self.error(_timeout(self.what, self.doing, self.timeout_s))
+        return _verdict(out, err, self.proc.returncode, self.what, self.error)
+
+    def __enter__(self) -> Streamed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finished.set()
+        if not self.done:
+            self.proc.kill()
+            self.proc.communicate()
+
+
 def _command() -> list[str]:
     return [sys.executable, "-m", __name__]
 
@@ -117,12 +205,20 @@ def _death(returncode: int | None, err: bytes) -> str:
 
 
 def _child() -> None:
-    """`python -m services.inference.isolated`: (function, argument) pickled on stdin."""
+    """`python -m services.inference.isolated`: (function, argument) pickled on stdin, or
+    (function, argument, size) followed by `size` raw bytes (`Streamed`): then `fn((arg, data))`."""
     # A trial is background work: at a lower priority, the live model (and every other service
     # of a small edge box) keeps the CPU while onnxruntime is imported and the candidate runs.
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICE)
-    fn, arg = pickle.loads(sys.stdin.buffer.read())
+    stdin = sys.stdin.buffer
+    header = pickle.load(stdin)
+    if len(header) == 3:
+        fn, arg, size = header
+        data = stdin.read(size)
+        arg = (arg, data)
+    else:
+        fn, arg = header
     try:
         verdict = {"ok": True, "result": fn(arg)}
     except EdgefleetError as exc:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from shared.errors import ConfigError, ModelError
 
 from .config import InferenceSettings
-from .isolated import run_isolated, run_isolated_async
+from .isolated import Streamed, run_isolated, run_isolated_async
 from .outputs import Selector, parse_selectors
 from .scripts import load_script, probe_width
 
@@ -214,7 +214,33 @@ async def inspect_model_async(
     return ModelSignature.model_validate(result)
 
 
+class StreamedInspection:
+    """`inspect_model` of bytes still arriving (a download): the child process starts and
+    receives them while they come. `feed` each chunk, then `signature()`; leaving the `with`
+    block first kills the child (the caller refused the bytes)."""
+
+    def __init__(self, size: int, timeout_s: float, origin: str, trial_run: bool = True) -> None:
+        self.child = Streamed(
+            _inspect_streamed_child, (origin, trial_run), size, timeout_s, f"model {origin}", _DOING
+        )
+        self.feed = self.child.feed
+
+    def signature(self) -> ModelSignature:
+        return ModelSignature.model_validate(self.child.result())
+
+    def __enter__(self) -> StreamedInspection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.child.__exit__(*exc)
+
+
 _DOING = "loading in onnxruntime and one trial run"
+
+
+def _inspect_streamed_child(arg: tuple[tuple[str, bool], bytes]) -> dict[str, Any]:
+    (origin, trial_run), data = arg
+    return _inspect_child((data, origin, trial_run))
 
 
 def _inspect_child(arg: tuple[bytes, str, bool]) -> dict[str, Any]:
