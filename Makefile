@@ -1,7 +1,7 @@
 # The one way to set up, test, lint, run the demo and the benchmarks. CI calls these targets.
 PY := .venv/bin/python
 
-.PHONY: setup test lint typecheck check demo bench faults clean contract
+.PHONY: setup test lint typecheck check demo bench faults clean contract sparkplug-proto
 
 setup:
 	@scripts/bootstrap
@@ -32,6 +32,11 @@ faults: setup
 
 contract: setup
 	$(PY) -m edgefleet.contract > docs/wire-contract.md
+
+# The Sparkplug B payload module, generated from the specification's schema (grpcio-tools'
+# protoc); committed, so a build needs only `protobuf`. tests/sparkplug/test_proto.py checks it.
+sparkplug-proto: setup
+	cd shared/sparkplug && ../../$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. sparkplug_b.proto
 
 clean:
 	rm -rf .venv var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

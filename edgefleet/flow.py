@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from services.actuator.config import ActionSpec
 from services.aligner.config import AlignerConfig, FlowAlign
-from services.forwarder.config import FileSink, HttpSink, MqttSink, SqliteSink
+from services.forwarder.config import FileSink, HttpSink, MqttSink, SparkplugSink, SqliteSink
 from services.inference.config import InferenceSettings, ModelSpec
 from shared.config import ServiceConfig, read_yaml, resolve_paths, validate
 
@@ -102,8 +102,13 @@ class FlowFileSink(_Named, FileSink):
     model_config = NAMED
 
 
+class FlowSparkplugSink(_Named, SparkplugSink):
+    model_config = NAMED
+
+
 FlowSink = Annotated[
-    FlowMqttSink | FlowHttpSink | FlowSqliteSink | FlowFileSink, Field(discriminator="kind")
+    FlowMqttSink | FlowHttpSink | FlowSqliteSink | FlowFileSink | FlowSparkplugSink,
+    Field(discriminator="kind"),
 ]
 
 

@@ -17,6 +17,7 @@ SERVICES: dict[str, str] = {
     "mqtt-ingest": "services.mqtt_ingest.service",
     "modbus": "services.modbus.service",
     "opcua": "services.opcua.service",
+    "sparkplug": "services.sparkplug.service",
     "aligner": "services.aligner.service",
     "inference": "services.inference.service",
     "actuator": "services.actuator.service",

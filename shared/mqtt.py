@@ -15,6 +15,8 @@ per-packet syscalls, no per-message wrapper), which measured 3× raw paho's mess
   packet;
 - acknowledgement of QoS 1 messages under the caller's control (`manual_ack`), so a service can
   commit a message before the broker forgets it.
+- a will made afresh for each connection when `will` is a function, and optionally sent on a
+  clean close too (MQTT 5 reason code 0x04): Sparkplug's NDEATH carries each session's bdSeq.
 
 gmqtt leaves three things to its internals, reached here only: the packet id of a publish, the
 PUBACK reason code and the packet id of a received QoS 1 message (for a later ack).
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("gmqtt").setLevel(logging.WARNING)  # INFO per connect and subscribe is noise
 
 NO_MATCHING_SUBSCRIBERS = 0x10
+DISCONNECT_WITH_WILL = 0x04  # MQTT 5: a clean disconnect after which the broker sends the will
 DISCONNECT_TIMEOUT_S = 2.0
 INBOX_HIGH = 5_000  # received messages waiting for the handler: stop reading the socket there
 BURST_YIELD = 64  # QoS 0 publishes between two yields to the loop (the receive side runs then)
@@ -171,6 +174,8 @@ class _Session:
 
     def __init__(self, owner: MqttConnection, number: int) -> None:
         s, will = owner.settings, owner._will
+        if callable(will):  # a will of its own per connection (Sparkplug's NDEATH carries bdSeq)
+            will = will()
         props: dict[str, Any] = {}
         if s.session_expiry_s is not None:
             props["session_expiry_interval"] = s.session_expiry_s
@@ -298,9 +303,10 @@ class _Session:
                 transport.pause_reading()
 
     async def close(self) -> None:
+        code = DISCONNECT_WITH_WILL if self.owner._will_on_close else 0
         try:
             async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
-                await self.client.disconnect()
+                await self.client.disconnect(reason_code=code)
         except (TimeoutError, OSError, RuntimeError, AttributeError) as exc:
             log.debug("MQTT disconnect: %s", exc)
 
@@ -355,12 +361,16 @@ class MqttConnection:
         settings: BrokerSettings,
         handler: Handler | None = None,
         *,
-        will: Will | None = None,
+        will: Will | Callable[[], Will] | None = None,
         manual_ack: bool = False,
+        will_on_close: bool = False,
     ) -> None:
+        """`will` may be a function: each connection then gets the will it returns. With
+        `will_on_close` a clean close sends the will too (Sparkplug's NDEATH on a stop)."""
         self.settings = settings
         self._handler = handler
         self._will = will
+        self._will_on_close = will_on_close
         self._manual_ack = manual_ack
         self._subscriptions: dict[str, int] = {}
         self._on_connect: list[Hook] = []

@@ -304,3 +304,81 @@ def matches(topic: str, topic_filter: str) -> bool:
         if i >= len(t_parts) or (part != "+" and part != t_parts[i]):
             return False
     return len(t_parts) == len(f_parts)
+
+
+# ---------------------------------------------------------------- Sparkplug B (spBv1.0)
+
+SPARKPLUG_NAMESPACE = "spBv1.0"
+
+
+class SparkplugType(StrEnum):
+    """The message types of the Sparkplug B topic namespace (Sparkplug 3.0, chapter 4)."""
+
+    NBIRTH = "NBIRTH"
+    NDEATH = "NDEATH"
+    DBIRTH = "DBIRTH"
+    DDEATH = "DDEATH"
+    NDATA = "NDATA"
+    DDATA = "DDATA"
+    NCMD = "NCMD"
+    DCMD = "DCMD"
+
+
+_DEVICE_TYPES = {
+    SparkplugType.DBIRTH,
+    SparkplugType.DDEATH,
+    SparkplugType.DDATA,
+    SparkplugType.DCMD,
+}
+
+
+@dataclass(frozen=True)
+class SparkplugTopic:
+    """`spBv1.0/{group}/{type}/{node}[/{device}]`: a device level exactly for the D types."""
+
+    group: str
+    type: SparkplugType
+    node: str
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_id(self.group, "Sparkplug group id")
+        validate_id(self.node, "Sparkplug edge node id")
+        if (self.device is not None) != (self.type in _DEVICE_TYPES):
+            raise TopicError(
+                f"Sparkplug {self.type.value} topics take a device id exactly for D types"
+            )
+        if self.device is not None:
+            validate_id(self.device, "Sparkplug device id")
+
+    def __str__(self) -> str:
+        base = f"{SPARKPLUG_NAMESPACE}/{self.group}/{self.type.value}/{self.node}"
+        return base if self.device is None else f"{base}/{self.device}"
+
+
+def sparkplug(group: str, type: SparkplugType, node: str, device: str | None = None) -> str:
+    """A Sparkplug B topic: `sparkplug("g1", NBIRTH, "edge1")` → `spBv1.0/g1/NBIRTH/edge1`."""
+    return str(SparkplugTopic(group, type, node, device))
+
+
+def sparkplug_filter(group: str = "+", node: str = "+") -> str:
+    """Every Sparkplug message of one group (or all) and one edge node (or all)."""
+    for value, what in ((group, "Sparkplug group id"), (node, "Sparkplug edge node id")):
+        if value != "+":
+            validate_id(value, what)
+    return f"{SPARKPLUG_NAMESPACE}/{group}/+/{node}/#"
+
+
+def parse_sparkplug(topic: str) -> SparkplugTopic:
+    """Split a Sparkplug B topic; `TopicError` for anything else (STATE included: no node)."""
+    parts = topic.split("/")
+    if len(parts) not in (4, 5) or parts[0] != SPARKPLUG_NAMESPACE:
+        raise TopicError(
+            f"expected '{SPARKPLUG_NAMESPACE}/{{group}}/{{type}}/{{node}}[/{{device}}]', "
+            f"got {topic!r}"
+        )
+    try:
+        kind = SparkplugType(parts[2])
+    except ValueError:
+        raise TopicError(f"unknown Sparkplug message type {parts[2]!r} in {topic!r}") from None
+    return SparkplugTopic(parts[1], kind, parts[3], parts[4] if len(parts) == 5 else None)

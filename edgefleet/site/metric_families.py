@@ -285,6 +285,7 @@ SECTIONS: dict[str, Section] = {
     "modbus": modbus,
     "opcua": opcua,
     "ingest": ingest,
+    "sparkplug": ingest,  # the sparkplug source counts readings and batches the same way
     "aligner": aligner,
     "actuator": actuator,
     "agent": agent,

@@ -23,13 +23,14 @@ from shared.metrics import MetricsSettings
 from shared.signing import PublicKey
 from shared.topics import DEFAULT_PREFIX
 
-SourceKind = Literal["modbus", "opcua", "mqtt"]
+SourceKind = Literal["modbus", "opcua", "mqtt", "sparkplug"]
 
 # Source kind -> (service name, instance name prefix).
 ADAPTERS: dict[str, tuple[str, str]] = {
     "modbus": ("modbus", "modbus"),
     "opcua": ("opcua", "opcua"),
     "mqtt": ("mqtt-ingest", "ingest"),
+    "sparkplug": ("sparkplug", "sparkplug"),
 }
 
 # Keys of a service config the site writes itself: a source or a section may not set them.

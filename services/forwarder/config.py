@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config import BrokerConfig, SessionConfig, StrictModel, topic_id
+from shared.config import BrokerConfig, SessionConfig, StrictModel, TopicId, topic_id
 
 
 class QueueLimits(StrictModel):
@@ -86,7 +86,20 @@ class FileSink(SinkBase):
     keep: int = Field(5, ge=1)
 
 
-Sink = Annotated[MqttSink | HttpSink | SqliteSink | FileSink, Field(discriminator="kind")]
+class SparkplugSink(SinkBase):
+    """The site as a Sparkplug B edge node (docs/sparkplug.md): each flow a device, its results,
+    model and decisions as metrics; births, DDATA on change, NDEATH as the will, rebirth on NCMD."""
+
+    kind: Literal["sparkplug"]
+    broker: BrokerConfig  # the broker SCADA/MES host applications read (Ignition's MQTT Engine)
+    group_id: TopicId
+    edge_node_id: TopicId | None = None  # default: the site id
+    client_id: str | None = None  # default: {site}-{instance}-{name}
+
+
+Sink = Annotated[
+    MqttSink | HttpSink | SqliteSink | FileSink | SparkplugSink, Field(discriminator="kind")
+]
 
 
 class ForwarderConfig(SessionConfig):

@@ -20,9 +20,11 @@ from services.forwarder.config import FileSink as FileConfig
 from services.forwarder.config import ForwarderConfig
 from services.forwarder.config import HttpSink as HttpConfig
 from services.forwarder.config import MqttSink as MqttConfig
+from services.forwarder.config import SparkplugSink as SparkplugConfig
 from services.forwarder.config import SqliteSink as SqliteConfig
 from services.forwarder.queue import EVENT, RESULT, DurableQueue, Item, Row
 from services.forwarder.sinks import HttpSink, MqttSink, Sink, SinkError
+from services.forwarder.sparkplug import Report, SparkplugSink
 from services.forwarder.stores import FileSink, SqliteSink
 from shared import codec
 from shared.errors import PayloadError
@@ -39,7 +41,9 @@ NAME = "forwarder"
 log = logging.getLogger(__name__)
 
 
-def make_sink(cfg: Any, config: ForwarderConfig) -> Sink:
+def make_sink(cfg: Any, config: ForwarderConfig, report: Report | None = None) -> Sink:
+    """The sink of one config; `report` takes what a sink rejects of its own input (a
+    malformed Sparkplug command) to the errors topic."""
     if isinstance(cfg, MqttConfig):
         return MqttSink(cfg, config)
     if isinstance(cfg, HttpConfig):
@@ -48,6 +52,8 @@ def make_sink(cfg: Any, config: ForwarderConfig) -> Sink:
         return SqliteSink(cfg, config)
     if isinstance(cfg, FileConfig):
         return FileSink(cfg, config)
+    if isinstance(cfg, SparkplugConfig):
+        return SparkplugSink(cfg, config, report)
     raise TypeError(f"unknown sink config {type(cfg).__name__}")
 
 
@@ -77,9 +83,11 @@ class LaneHealth(HealthModel):
 class Lane:
     """One sink, its queue and its sender."""
 
-    def __init__(self, cfg: Any, config: ForwarderConfig, on_dead: DeadReport) -> None:
+    def __init__(
+        self, cfg: Any, config: ForwarderConfig, on_dead: DeadReport, report: Report | None = None
+    ) -> None:
         self.cfg = cfg
-        self.sink = make_sink(cfg, config)
+        self.sink = make_sink(cfg, config, report)
         self.queue = DurableQueue(
             config.queue_dir / f"{cfg.name}.db",
             cfg.queue,
@@ -169,7 +177,7 @@ DeadReport = Callable[[Lane, Row, str, int], None]
 class ForwarderService(Service[ForwarderConfig]):
     def __init__(self, rt: Runtime, config: ForwarderConfig) -> None:
         super().__init__(rt, config)
-        self.lanes = [Lane(cfg, config, self.on_dead) for cfg in config.sinks]
+        self.lanes = [Lane(cfg, config, self.on_dead, rt.errors.report) for cfg in config.sinks]
         self._pending: list[tuple[Received, Item | None]] = []
         self._arrived = asyncio.Event()
 
