@@ -47,7 +47,7 @@ from cryptography.x509.oid import NameOID
 
 from shared.errors import ConfigError, EdgefleetError
 from shared.files import write_atomic
-from shared.topics import DEFAULT_PREFIX, Topics
+from shared.topics import DEFAULT_PREFIX, Topics, agent_replies
 
 
 def acl_text(sites: dict[str, Any], prefix: str) -> str:
@@ -64,7 +64,7 @@ def acl_text(sites: dict[str, Any], prefix: str) -> str:
             f"topic write {prefix}/{site}/#",
             f"topic write {prefix}/fleet/commands",
             f"topic read {t.desired()}",
-            f"topic read {prefix}/fleet/reply/{site}-agent",
+            f"topic read {agent_replies(site, prefix)}",
         ]
     return "\n".join(lines) + "\n"
 

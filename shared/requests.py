@@ -14,6 +14,12 @@ What is malformed is also reported on the errors topic (it is rejected input); a
 traceback and reported on the errors topic. Counters for the status. `serve_writes` is the
 adapters' write server on top.
 
+Who asks: an MQTT request says nothing trustworthy about its sender, but its response topic
+says who can read the answer. With `replies_under`, a server answers only on topics under that
+root (a request asking for its answer anywhere else is not served: counted `misrouted`, reported
+with the code `reply_topic_refused`), and `asking_site` names the site whose agent alone may
+read the answer (the cloud broker's ACL); what the request claims beyond that is not believed.
+
 Client: `Requester` sends requests and routes answers back by correlation data, on any
 `MqttConnection` (a service's runtime or a command-line tool's own connection); `requester()`
 opens such a connection for a command-line tool.
@@ -36,10 +42,18 @@ from shared.errors import EdgefleetError, PayloadError, ProtocolError
 from shared.messages import Message, WriteRequest, WriteResponse
 from shared.mqtt import BrokerSettings, MqttConnection, NotConnected, Received
 from shared.runtime import Runtime
+from shared.topics import DEFAULT_PREFIX, agent_site_of
 
 log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
+
+
+def asking_site(message: Received, prefix: str = DEFAULT_PREFIX) -> str | None:
+    """The site a request comes from, by its response topic: an answer on
+    `{prefix}/fleet/reply/{site}-agent` can be read by that site only, whatever the request
+    claims. None for a request whose answer goes elsewhere (an operator's tool)."""
+    return agent_site_of(message.response_topic or "", prefix)
 
 
 def encoding_of(message: Received) -> Encoding:
@@ -54,6 +68,7 @@ class RequestStats:
     malformed: int = 0  # could not be decoded or parsed: answered when possible, reported
     failed: int = 0  # the handler raised something unexpected: answered "internal error"
     unanswerable: int = 0  # no response topic: nobody to tell
+    misrouted: int = 0  # a response topic outside `replies_under`: not served, reported
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -69,10 +84,12 @@ class RequestServer(Generic[Req]):
         refuse: Callable[[Exception, Req | None], Message],
         *,
         concurrent: bool = False,
+        replies_under: str | None = None,
     ) -> None:
         self.rt, self.topic_filter = rt, topic_filter
         self.parse, self.handler, self.refuse = parse, handler, refuse
         self.concurrent = concurrent
+        self.replies_under = replies_under
         self.stats = RequestStats()
 
     async def start(self) -> None:
@@ -84,6 +101,17 @@ class RequestServer(Generic[Req]):
         self.rt.spawn(lambda: self.on_request(message), f"request {message.topic}")
 
     async def on_request(self, message: Received) -> None:
+        reply = message.response_topic
+        if self.replies_under is not None and reply and not reply.startswith(self.replies_under):
+            # answering there would let a client route an answer into a tree it may read
+            # (a site's own `desired`): nothing is served, the refusal is on the errors topic
+            self.stats.misrouted += 1
+            self.rt.reject(
+                f"reply_topic_refused: answers go only under {self.replies_under}, "
+                f"not to {reply!r}",
+                message,
+            )
+            return
         request: Req | None = None
         try:
             request = self.parse(codec.decode(message.payload, message.content_type))

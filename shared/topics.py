@@ -272,6 +272,35 @@ def fleet_replies(client: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}/{FLEET_SITE}/reply/{client}"
 
 
+AGENT_CLIENT_SUFFIX = "-agent"  # a site's agent is the fleet client `{site}-agent`
+
+
+def agent_replies(site: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Where a site's agent gets the fleet's answers; the cloud ACL lets only that site read it."""
+    return fleet_replies(f"{site}{AGENT_CLIENT_SUFFIX}", prefix)
+
+
+def replies_root(prefix: str = DEFAULT_PREFIX) -> str:
+    """What every fleet reply topic starts with (the fleet answers nowhere else)."""
+    validate_id(prefix, "prefix")
+    return f"{prefix}/{FLEET_SITE}/reply/"
+
+
+def agent_site_of(reply_topic: str, prefix: str = DEFAULT_PREFIX) -> str | None:
+    """The site whose agent reads `reply_topic` (`{prefix}/fleet/reply/{site}-agent`), or None
+    for any other topic (an operator's command-line run, a console)."""
+    root = replies_root(prefix)
+    client = reply_topic[len(root) :] if reply_topic.startswith(root) else ""
+    site = client.removesuffix(AGENT_CLIENT_SUFFIX)
+    if not client.endswith(AGENT_CLIENT_SUFFIX) or not site:
+        return None
+    try:
+        validate_id(site, "site")
+    except TopicError:
+        return None
+    return site
+
+
 def parse(topic: str) -> ParsedTopic:
     """Split an edgefleet topic into its parts; raise `TopicError` for anything else."""
     parts = topic.split("/")

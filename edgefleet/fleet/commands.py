@@ -84,9 +84,10 @@ COMMANDS: dict[str, Command] = {
             api.DownloadUrlRequest,
             api.DownloadUrlResult,
             library.download_url,
-            "A presigned GET URL of one version's blob, with the digest to verify; with "
-            "`site` (an agent asking), only for a version one of that site's desired states "
-            "pins.",
+            "A presigned GET URL of one version's blob, with the digest to verify; asked "
+            "from a site's agent reply topic (`ef/fleet/reply/{site}-agent`, or with `site`), "
+            "only for a version one of that site's desired states pins (a `site` naming "
+            "another site than the reply topic's is refused).",
             {"ref": "pump-ae@3", "site": "plant1"},
         ),
         Command(
@@ -374,8 +375,11 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def run(fleet: Fleet, cmd: str, args: dict[str, Any]) -> BaseModel:
-    """Parse `args` for `cmd` and run its handler; `FleetError` for a refusal."""
+def run(fleet: Fleet, cmd: str, args: dict[str, Any], asker: str | None = None) -> BaseModel:
+    """Parse `args` for `cmd` and run its handler; `FleetError` for a refusal.
+
+    `asker`: the site the request comes from by its reply topic (`shared.requests.asking_site`);
+    for a download URL it is the site, and a `site` that names another one is refused."""
     command = COMMANDS.get(cmd)
     if command is None:
         raise FleetError(
@@ -385,6 +389,14 @@ def run(fleet: Fleet, cmd: str, args: dict[str, Any]) -> BaseModel:
         request = command.request.model_validate(args)
     except ValidationError as exc:
         raise FleetError("invalid", format_errors(exc, cmd)) from None
+    if asker is not None and isinstance(request, api.DownloadUrlRequest):
+        if request.site not in (None, asker):
+            raise FleetError(
+                "not_allowed",
+                f"asked from site {asker}'s reply topic for site {request.site}: "
+                "a site asks for its own blobs only",
+            )
+        request = request.model_copy(update={"site": asker})
     return command.handler(fleet, request)
 
 

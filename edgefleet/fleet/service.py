@@ -41,7 +41,7 @@ from shared.messages import (
 )
 from shared.metrics import MetricsServer
 from shared.mqtt import Received
-from shared.requests import RequestServer
+from shared.requests import RequestServer, asking_site
 from shared.runtime import Loop, Runtime
 from shared.service import Service, ServiceSpec, run
 from shared.topics import (
@@ -52,6 +52,7 @@ from shared.topics import (
     fleet_commands,
     fleet_deployments,
     parse,
+    replies_root,
 )
 
 PUBLISH_TIMEOUT_S = 30.0
@@ -81,7 +82,7 @@ def refuse(exc: Exception, request: FleetCommand | None) -> Message:
 
 
 class FleetHealth(HealthModel):
-    commands: dict[str, int]  # served, refused, malformed, failed, unanswerable
+    commands: dict[str, int]  # served, refused, malformed, failed, unanswerable, misrouted
     queued: int
     observations_queued: int  # agents' statuses and reports not stored yet
 
@@ -95,7 +96,15 @@ class FleetService(Service[Config]):
         self.topic = fleet_commands(config.prefix)
         self.deployments = fleet_deployments(config.prefix)
         self.queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=config.workers * 16)
-        self.server = RequestServer(rt, self.topic, FleetCommand.from_wire, self.handle, refuse)
+        # answers only on fleet reply topics: a site cannot route one into its own tree
+        self.server = RequestServer(
+            rt,
+            self.topic,
+            FleetCommand.from_wire,
+            self.handle,
+            refuse,
+            replies_under=replies_root(config.prefix),
+        )
         self.observed: asyncio.Queue[nodes.Observation] = asyncio.Queue(maxsize=100_000)
         self.loop = asyncio.get_running_loop()
         fleet.publish = self.publish_from_thread
@@ -239,7 +248,8 @@ class FleetService(Service[Config]):
         log.info("published the latest desired state of %d node(s) again", count)
 
     async def handle(self, request: FleetCommand, message: Received) -> Message:
-        result = await asyncio.to_thread(commands.run, self.fleet, request.cmd, request.args)
+        asker = asking_site(message, self.config.prefix)
+        result = await asyncio.to_thread(commands.run, self.fleet, request.cmd, request.args, asker)
         return FleetAnswer(ok=True, result=result.model_dump(mode="json"))
 
     async def enqueue(self, message: Received) -> None:

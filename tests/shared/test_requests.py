@@ -78,6 +78,7 @@ async def test_answers_by_correlation_in_the_requests_encoding(
         "malformed": 1,
         "failed": 1,
         "unanswerable": 0,
+        "misrouted": 0,
     }
     assert (rt.health.errors, rt.health.rejected) == (1, 1)  # the failure, the malformed one
 
