@@ -136,6 +136,22 @@ class ConnectionStats:
     buffered: int = 0
     dropped: int = 0  # buffered publishes dropped because the buffer was full
     publish_failures: int = 0
+    last_error: str = (
+        ""  # why the last connection attempt or connection failed ("" after a connect)
+    )
+
+
+def connect_error(exc: BaseException, host: str, port: int) -> str:
+    """What a failed connection says to an operator; a certificate the CA does not vouch for is
+    named as such (it is a configuration to fix, not a network outage)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the certificate of {host}:{port} is not trusted by the configured CA "
+            f"(ca_file): {exc.verify_message or exc}"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {host}:{port} failed: {exc}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 Handler = Callable[[Received], Awaitable[None]]
@@ -520,12 +536,13 @@ class MqttConnection:
             await asyncio.gather(dispatcher, return_exceptions=True)
 
     def _lost(self, exc: BaseException) -> None:
+        self.stats.last_error = connect_error(exc, self.settings.host, self.settings.port)
         if self._ready.is_set() or self._backoff.attempts == 0:
             log.warning(
                 "MQTT connection to %s:%s lost: %s; reconnecting",
                 self.settings.host,
                 self.settings.port,
-                exc or type(exc).__name__,
+                self.stats.last_error,
             )
         self._ready.clear()
         self._session = None

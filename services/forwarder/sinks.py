@@ -116,7 +116,12 @@ class MqttSink:
 
     def status(self) -> dict[str, Any]:
         stats = self.connection.stats
-        return {"connected": self.connection.connected, "reconnects": stats.reconnects}
+        connected = self.connection.connected
+        return {
+            "connected": connected,
+            "reconnects": stats.reconnects,
+            "error": "" if connected else stats.last_error,  # e.g. a CA that does not match
+        }
 
 
 class HttpSink:
