@@ -127,6 +127,7 @@ class LocalBroker(LocalProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(config_text(self.port, self.data_dir, self.extra_config))
+        conf.chmod(0o600)  # a bridge's remote_password may be in it
         return [find_mosquitto(), "-c", str(conf)]
 
     def start(self) -> LocalBroker:

@@ -9,12 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.broker import LocalBroker, bridge_config, free_port
+from edgefleet.broker import LocalBroker, free_port
 from edgefleet.cloud_auth import add_site, ensure_tls
+from edgefleet.site.model import SiteSpec
+from edgefleet.site.sitebroker import fleet_bridge
+from shared.signing import SigningKey
 from shared.topics import Topics
 from tests.helpers import Probe, until
 
 PREFIX = "ef"
+KEY = SigningKey.generate().public.text()
 
 
 @pytest.fixture
@@ -40,18 +44,16 @@ def cloud(tmp_path: Path) -> Iterator[tuple[LocalBroker, int]]:
 
 
 def site_broker(tmp_path: Path, site: str, tls_port: int, cafile: Path) -> LocalBroker:
-    password = (tmp_path / "auth" / "sites" / site / "password").read_text()
-    bridge = bridge_config(
-        site,
-        f"127.0.0.1:{tls_port}",
-        prefix=PREFIX,
-        settings=(
-            f"bridge_cafile {cafile}",
-            f"remote_username {site}",
-            f"remote_password {password}",
-        ),
+    """The site's local broker with the bridge `edgefleet up` writes from site.yaml's
+    `fleet.broker`, as `edgefleet site add` told the site to fill it in."""
+    remote = {
+        "host": "127.0.0.1", "port": tls_port, "tls": True, "ca_file": str(cafile),
+        "username": site, "password_file": str(tmp_path / "auth" / "sites" / site / "password"),
+    }  # fmt: skip
+    spec = SiteSpec.model_validate(
+        {"site": site, "prefix": PREFIX, "fleet": {"trusted_keys": [KEY], "broker": remote}}
     )
-    return LocalBroker(tmp_path / site, extra_config=bridge).start()
+    return LocalBroker(tmp_path / site, extra_config=fleet_bridge(spec)).start()
 
 
 async def test_a_desired_state_crosses_the_tls_bridge_and_a_wrong_ca_never_connects(

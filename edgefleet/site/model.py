@@ -112,12 +112,12 @@ class SupervisorSettings(StrictModel):
     )
 
 
-class FleetBroker(StrictModel):
+class FleetBroker(BrokerConfig):
     """The fleet's (cloud) broker: the agent's commands go there (`library.download_url`), and
-    a local site broker (`broker.start_local`) bridges `desired`, `status` and `reported` to it."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
+    a local site broker (`broker.start_local`) bridges `desired`, `status` and `reported` to it.
+    The keys of every broker: `username` with `password_file`/`password_env` (what `edgefleet
+    site add` wrote to `sites/{site}/`), `tls: true` with `ca_file` (its `ca.crt`), and
+    `cert_file`/`key_file` for a client certificate; the agent and the bridge use the same."""
 
 
 class DebugLimits(StrictModel):

@@ -34,6 +34,7 @@ from edgefleet.broker import LocalBroker, bridge_config
 from edgefleet.site.model import SiteSpec, SupervisorSettings
 from edgefleet.site.orphans import PidFile, die_with_parent
 from shared import clock
+from shared.errors import ConfigError
 from shared.retry import Backoff
 
 LISTEN_TIMEOUT_S = 10.0  # a mosquitto that neither listens nor exits by then is stuck
@@ -79,11 +80,21 @@ def fleet_bridge(spec: SiteSpec) -> str:
     if spec.fleet is None or spec.fleet.broker is None:
         return ""
     remote = spec.fleet.broker
+    settings = ["restart_timeout 1 10"]  # reconnect backoff (s): first, cap
+    if remote.tls:  # mosquitto speaks TLS on a bridge that names its CA
+        if remote.ca_file is None:
+            raise ConfigError("fleet.broker: tls for the bridge needs ca_file (the fleet's CA)")
+        settings.append(f"bridge_cafile {remote.ca_file}")
+        if remote.cert_file is not None:
+            settings.append(f"bridge_certfile {remote.cert_file}")
+            settings.append(f"bridge_keyfile {remote.key_file or remote.cert_file}")
+    if remote.username is not None:
+        settings.append(f"remote_username {remote.username}")
+        password = remote.password()
+        if password is not None:
+            settings.append(f"remote_password {password}")
     return bridge_config(
-        spec.site,
-        f"{remote.host}:{remote.port}",
-        prefix=spec.prefix,
-        settings=("restart_timeout 1 10",),  # reconnect backoff (s): first, cap
+        spec.site, f"{remote.host}:{remote.port}", prefix=spec.prefix, settings=tuple(settings)
     )
 
 
