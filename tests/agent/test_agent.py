@@ -4,10 +4,13 @@ under the supervisor against the simulator, and its agent applies, refuses or ro
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
 import yaml
 
 from edgefleet.agent.state import Revision, StateFile
@@ -80,7 +83,21 @@ def desired(
     return key.sign(wire) if key is not None else wire
 
 
-async def deploy(probe: Probe, site: str, wire: dict[str, Any]) -> None:
+def issued(tmp_path: Path, wire: dict[str, Any]) -> None:
+    """Record `wire` in the fleet's database as its deploy does when it signs one: the fleet
+    gives a site download URLs only for what a desired state it issued to that site pins."""
+    db = sqlite_utils.Database(tmp_path / "fleet" / "fleet.db")
+    db["desired"].upsert(  # type: ignore[union-attr]
+        {"site": wire["site"], "revision": wire["revision"], "deployment_id": wire["deployment"],
+         "wire": json.dumps(wire), "changes": "", "issued_ns": time.time_ns()},
+        pk=("site", "revision"),
+    )  # fmt: skip
+    db.close()
+
+
+async def deploy(probe: Probe, site: str, wire: dict[str, Any], tmp_path: Path) -> None:
+    """A desired state as the fleet's deploy publishes it (recorded, then published)."""
+    await asyncio.to_thread(issued, tmp_path, wire)
     await probe.publish(Topics(site, site).desired(), wire, qos=1, retain=True)
 
 
@@ -120,7 +137,7 @@ async def test_applies_a_signed_desired_state_and_refuses_the_rest(
             assert health["cpu_count"] >= 1 and health["disk_free_mb"] > 0
             assert "inference-pump" not in sup.instances
 
-            await deploy(probe, site, desired(site, 5, view))
+            await deploy(probe, site, desired(site, 5, view), tmp_path)
             applied = await reported(probe, site, 5, "applied")
             steps = [r["state"] for r in probe.decoded(Topics(site, site).reported())]
             assert steps == ["received", "downloading", "verifying", "activating", "applied"]
@@ -143,7 +160,7 @@ async def test_applies_a_signed_desired_state_and_refuses_the_rest(
                 (desired(site, 3, view), "replayed"),
                 (desired("elsewhere", 8, view), "wrong_site"),
             ):
-                await deploy(probe, site, wire)
+                await deploy(probe, site, wire, tmp_path)
                 report = await reported(probe, site, wire["revision"], "failed")
                 assert f"refused ({reason})" in report["error"]
                 needle = f"refused ({reason})"
@@ -157,7 +174,7 @@ async def test_applies_a_signed_desired_state_and_refuses_the_rest(
             assert state["current"]["revision"] == 5 and state["pending"] is None
 
             # a desired state without the flow: its instances are stopped
-            await deploy(probe, site, desired(site, 9))
+            await deploy(probe, site, desired(site, 9), tmp_path)
             await reported(probe, site, 9, "applied")
             assert "inference-pump" not in sup.instances and "aligner-pump" not in sup.instances
             assert "modbus-plc1" in sup.instances
@@ -176,9 +193,9 @@ async def test_a_revision_that_fails_its_health_gate_is_rolled_back(
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
-            await deploy(probe, site, desired(site, 1, good))
+            await deploy(probe, site, desired(site, 1, good), tmp_path)
             await reported(probe, site, 1, "applied")
-            await deploy(probe, site, desired(site, 2, bad))
+            await deploy(probe, site, desired(site, 2, bad), tmp_path)
             report = await reported(probe, site, 2, "rolled_back")
             assert "no results from the new model on pump" in report["error"]
             assert report["last_good"] == 1 and "rollback" in report["timings_ms"]
@@ -209,10 +226,10 @@ async def test_a_new_model_only_is_swapped_in_without_a_restart(
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
-            await deploy(probe, site, desired(site, 1, first))
+            await deploy(probe, site, desired(site, 1, first), tmp_path)
             await reported(probe, site, 1, "applied")
             pids = {n: s.pid for n, s in sup.instances.items()}
-            await deploy(probe, site, desired(site, 2, second))
+            await deploy(probe, site, desired(site, 2, second), tmp_path)
             report = await reported(probe, site, 2, "applied")
             assert report["flows"][0]["model_sha256"] == new_sha
             await result_from(probe, site, new_sha)
@@ -248,7 +265,7 @@ async def test_a_revision_cut_short_is_applied_again_after_a_restart(
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), work):
-            await deploy(probe, site, desired(site, 1, first))
+            await deploy(probe, site, desired(site, 1, first), tmp_path)
             await reported(probe, site, 1, "applied")
         # what a SIGKILL in the middle of a download leaves: the state saved at `downloading`
         # and a partial blob; the desired state of revision 2 is retained on the broker

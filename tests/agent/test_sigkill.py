@@ -27,7 +27,7 @@ from edgefleet.locals3 import LocalS3
 from edgefleet.site.orphans import PidFile
 from shared.topics import Topics
 from tests.agent.sites import HoldingProxy, Site
-from tests.agent.test_agent import KEY, desired, push
+from tests.agent.test_agent import KEY, deploy, desired, push
 from tests.helpers import Probe, until
 
 TIMEOUT = 90
@@ -107,12 +107,11 @@ async def test_sigkill_mid_download_resumes_with_a_whole_blob(
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         node.start()
-        topic = Topics(site, site).desired()
-        await probe.publish(topic, desired(site, 1, first), qos=1, retain=True)
+        await deploy(probe, site, desired(site, 1, first), tmp_path)
         await reported(probe, site, 1, "applied")
 
         proxy.hold = True
-        await probe.publish(topic, desired(site, 2, second), qos=1, retain=True)
+        await deploy(probe, site, desired(site, 2, second), tmp_path)
         await reported(probe, site, 2, "downloading")
         await proxy.held.wait()
         await until(lambda: any(cache.glob(".*.part")), timeout=TIMEOUT)
@@ -140,11 +139,10 @@ async def test_sigkill_mid_activation_ends_in_the_new_revision(
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         node.start()
-        topic = Topics(site, site).desired()
         # revision 1 runs no flow; revision 2 starts the flow's aligner and inference
-        await probe.publish(topic, desired(site, 1), qos=1, retain=True)
+        await deploy(probe, site, desired(site, 1), tmp_path)
         await reported(probe, site, 1, "applied")
-        await probe.publish(topic, desired(site, 2, view), qos=1, retain=True)
+        await deploy(probe, site, desired(site, 2, view), tmp_path)
         await reported(probe, site, 2, "activating")
         assert state(node)["pending"]["step"] == "activating"
         await until(lambda: any("inference" in " ".join(p.cmdline()) for p in children(node)))
