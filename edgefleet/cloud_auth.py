@@ -172,10 +172,16 @@ def add_site(auth: Path, site: str, cloud: str, prefix: str, labels: dict[str, s
     os.chmod(out / "password", 0o600)
     shutil.copyfile(auth / "tls" / "ca.crt", out / "ca.crt")
     write_atomic(out / "bridge.conf", bridge_text(site, cloud, prefix).encode())
+    port = int(cloud.rpartition(":")[2]) if ":" in cloud else 8883
+    # the files' paths here; on the site's machine, where this folder's files are put
+    broker = {
+        "host": host, "port": port, "tls": True, "ca_file": str(out.resolve() / "ca.crt"),
+        "username": site, "password_file": str(out.resolve() / "password"),
+    }  # fmt: skip
     fleet = {
         "site": site,
         "labels": labels,
-        "fleet": {"trusted_keys": ["<edgefleet keys show on the fleet side>"]},
+        "fleet": {"trusted_keys": ["<edgefleet keys show on the fleet side>"], "broker": broker},
     }
     write_atomic(out / "fleet.yaml", yaml.safe_dump(fleet, sort_keys=False).encode())
     return out

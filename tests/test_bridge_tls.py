@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from edgefleet.broker import LocalBroker, free_port
 from edgefleet.cloud_auth import add_site, ensure_tls
@@ -46,10 +47,9 @@ def cloud(tmp_path: Path) -> Iterator[tuple[LocalBroker, int]]:
 def site_broker(tmp_path: Path, site: str, tls_port: int, cafile: Path) -> LocalBroker:
     """The site's local broker with the bridge `edgefleet up` writes from site.yaml's
     `fleet.broker`, as `edgefleet site add` told the site to fill it in."""
-    remote = {
-        "host": "127.0.0.1", "port": tls_port, "tls": True, "ca_file": str(cafile),
-        "username": site, "password_file": str(tmp_path / "auth" / "sites" / site / "password"),
-    }  # fmt: skip
+    written = yaml.safe_load((tmp_path / "auth" / "sites" / site / "fleet.yaml").read_text())
+    # as written, but on this test's port (the sites were added for :8883) and `cafile`
+    remote = {**written["fleet"]["broker"], "port": tls_port, "ca_file": str(cafile)}
     spec = SiteSpec.model_validate(
         {"site": site, "prefix": PREFIX, "fleet": {"trusted_keys": [KEY], "broker": remote}}
     )
