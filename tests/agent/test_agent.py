@@ -275,7 +275,7 @@ async def test_a_revision_cut_short_is_applied_again_after_a_restart(
         state.save(cut.step("downloading"))
         partial = work / "agent" / "cache" / "sha256" / f".{new_sha}.1234.part"
         partial.write_bytes(b"half a model")
-        await probe.publish(Topics(site, site).desired(), wire, qos=1, retain=True)
+        await deploy(probe, site, wire, tmp_path)
         async with SiteSupervisor(load_site(path), work):
             await reported(probe, site, 2, "applied")
             await result_from(probe, site, new_sha)
