@@ -92,6 +92,7 @@ class FleetService(Service[Config]):
         await self.rt.subscribe(self.topic, self.enqueue)
         await self.rt.subscribe(every_site(Kind.STATUS, prefix, "agent"), self.on_status)
         await self.rt.subscribe(every_site(Kind.REPORTED, prefix), self.on_reported)
+        await self.rt.subscribe(every_site(Kind.BRIDGE, prefix), self.on_bridge)
         if self.config.metrics is not None:
             collector = FleetCollector(self.fleet.store, self.counters)
             self.metrics = MetricsServer(collector, self.config.metrics)
@@ -172,6 +173,11 @@ class FleetService(Service[Config]):
         site = parse(message.topic).site
         status = Status.from_wire(codec.decode(message.payload, message.content_type))
         await self.observed.put((site, status))
+
+    async def on_bridge(self, message: Received) -> None:
+        """The site bridge's notification: `1` connected, `0` gone (its last will)."""
+        site = parse(message.topic).site
+        await self.observed.put((site, nodes.Bridge.from_payload(message.payload)))
 
     async def on_reported(self, message: Received) -> None:
         site = parse(message.topic).site

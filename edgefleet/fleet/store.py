@@ -1,5 +1,5 @@
 """The fleet's metadata in SQLite (sqlite-utils): resources, flow versions, staged uploads,
-nodes, groups, deployments and desired states (schema 2; their queries are in nodes.py and
+nodes, groups, deployments and desired states (schema 4; their queries are in nodes.py and
 deploy.py).
 
 WAL mode and `synchronous=FULL`: what a command answered as committed survives a SIGKILL or a
@@ -171,7 +171,15 @@ def _v3(db: sqlite_utils.Database) -> None:
     db.table("node_events").create_index(["site", "revision", "state", "t_ns"], unique=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    """A node's bridge and its agent's own state apart: `online` is what both together say
+    (a site whose bridge's last will said 0 is offline, whatever its agent said last)."""
+    db.table("nodes").add_column("agent_state", str)  # the agent's last status state
+    db.table("nodes").add_column("bridge", str)  # up | down | NULL: no notification seen
+    db.execute("UPDATE nodes SET agent_state = online")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
