@@ -174,7 +174,8 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "shadow",
-        help="promote or drop an inference shadow model (edgefleet shadow --help)",
+        help="a shadow model: report or stop it across the fleet (shadow report|stop FLOW), "
+        "or promote or drop it on one site (edgefleet shadow --help)",
         add_help=False,
     )
     for name, text in (
@@ -185,8 +186,10 @@ def parser() -> argparse.ArgumentParser:
         ("deploy", "deploy flow versions to nodes (edgefleet deploy --help)"),
         ("deployment", "deployments and their state per node (edgefleet deployment --help)"),
         ("rollback", "deploy an earlier flow version where it runs (edgefleet rollback --help)"),
+        ("promote", "make a flow's shadow model live across the fleet (edgefleet promote --help)"),
         ("debug", "a node's site topics seen from here, for a while (edgefleet debug --help)"),
         ("cloud", "the cloud side on this machine (edgefleet cloud up --help)"),
+        ("console", "the web console (edgefleet console --help)"),
     ):
         sub.add_parser(name, help=text, add_help=False)
     return p
@@ -200,13 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_actuator(argv[1:])
     if argv[:1] == ["forwarder"]:
         return cmd_forwarder(argv[1:])
-    if argv[:1] == ["shadow"]:
-        return cmd_shadow(argv[1:])
+    if argv[:1] == ["shadow"] and argv[1:2] not in (["report"], ["stop"]):
+        return cmd_shadow(argv[1:])  # on one site: promote | drop --site S --instance I
     if argv[:1] in (["library"], ["flow"], ["node"], ["group"], ["deploy"], ["deployment"],
-                    ["rollback"], ["debug"]):  # fmt: skip
+                    ["rollback"], ["debug"], ["shadow"], ["promote"]):  # fmt: skip
         from edgefleet.fleet.cli import main as fleet_main
 
         return fleet_main(argv)
+    if argv[:1] == ["console"]:
+        from edgefleet.console.cli import main as console_main
+
+        return console_main(argv[1:])
     if argv[:1] == ["cloud"]:
         from edgefleet.fleet.cloud import main as cloud_main
 

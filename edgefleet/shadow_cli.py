@@ -1,5 +1,8 @@
 """`edgefleet shadow promote|drop --site S --instance I`: act on an inference instance's shadow.
 
+This is the one-site form (the broker of that site). Across the fleet: `edgefleet shadow
+report|stop FLOW` and `edgefleet promote FLOW` (edgefleet/fleet/shadow_cli.py).
+
 Both publish a retained ConfigUpdate on `ef/{site}/config/{instance}` with the next revision:
 `promote` makes the shadow model the live one (and runs no shadow), `drop` stops the shadow.
 The running state is read from the instance's retained status (its revision and the shadow it

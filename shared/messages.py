@@ -537,13 +537,19 @@ class PinnedResource(_Part):
 
 class DeployedFlow(_Part):
     """One flow version a node runs: the flow file as pushed (every reference pinned) and the
-    blobs it needs; `shadow` runs its model beside the live one, acting on nothing."""
+    blobs it needs; `shadow`, a library model run beside the live one on the same samples,
+    acting on nothing (it wins over a `model.shadow` the flow text may name)."""
 
     name: str
     version: int = Field(ge=1)
     flow: str = ""  # the flow file text of this version
     resources: list[PinnedResource] = Field(default_factory=list)
-    shadow: bool = False
+    shadow: PinnedResource | None = None
+
+    @property
+    def blobs(self) -> list[PinnedResource]:
+        """Every blob the node needs for this flow: its resources and the shadow model."""
+        return [*self.resources, *([self.shadow] if self.shadow else [])]
 
     @property
     def ref(self) -> str:

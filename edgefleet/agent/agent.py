@@ -47,11 +47,19 @@ from edgefleet.fleet.client import FleetClient
 from edgefleet.flow import FlowSpec
 from services.inference.config import InferenceSettings
 from services.inference.signature import check_fits, inspect_model_async
+from services.inference.swap import shadow_settings
 from shared import codec
 from shared.config import BrokerConfig, ServiceConfig, resolve_paths, validate
 from shared.errors import EdgefleetError
 from shared.files import write_atomic
-from shared.messages import DeployedFlow, DesiredState, FlowReport, ReportedState, ResultBatch
+from shared.messages import (
+    DeployedFlow,
+    DesiredState,
+    FlowReport,
+    PinnedResource,
+    ReportedState,
+    ResultBatch,
+)
 from shared.mqtt import MqttConnection, NotConnected, Received
 from shared.requests import Requester
 from shared.runtime import Runtime
@@ -92,12 +100,15 @@ def _memory_mb() -> int:
 
 def pinned_paths(flow: DeployedFlow, cache: BlobCache) -> dict[str, str]:
     """Library reference (`name@N`) → the path of its cached blob."""
-    return {r.ref: str(cache.path(r.sha256)) for r in flow.resources}
+    return {r.ref: str(cache.path(r.sha256)) for r in flow.blobs}
 
 
-def localize(text: str, paths: dict[str, str], origin: str) -> dict[str, Any]:
+def localize(
+    text: str, paths: dict[str, str], origin: str, shadow: PinnedResource | None = None
+) -> dict[str, Any]:
     """The flow file's content with every `{ref: name@N}` of its model section (the model, its
-    scripts, a shadow) turned into `{path: <cached blob>}`."""
+    scripts, a shadow) turned into `{path: <cached blob>}`; a deployed `shadow` becomes the
+    model's shadow (in place of one the flow text names)."""
     data = yaml.load(text, Loader=SafeLoader)
     if not isinstance(data, dict):
         raise EdgefleetError(f"{origin}: the flow text is not a mapping")
@@ -118,9 +129,14 @@ def localize(text: str, paths: dict[str, str], origin: str) -> dict[str, Any]:
             value = model.get(key)
             if isinstance(value, dict):
                 model[key] = local(value)["path"]
-        if isinstance(model.get("shadow"), dict):
+        if shadow is not None:
+            name, _, version = shadow.ref.partition("@")
+            model["shadow"] = local({"ref": shadow.ref, "name": name, "version": version})
+        elif isinstance(model.get("shadow"), dict):
             model["shadow"] = local(model["shadow"])
         data["model"] = model
+    elif shadow is not None:
+        raise EdgefleetError(f"{origin}: a shadow model for a flow without a model")
     return data
 
 
@@ -375,7 +391,7 @@ class Agent:
         assert self.requester is not None, "start() first"
         client = FleetClient(self.requester, self.config.prefix, self.fleet.command_timeout_s)
         for flow in desired.flows:
-            for resource in flow.resources:
+            for resource in flow.blobs:
                 if self.cache.has(resource.sha256):
                     continue
                 where = await self._ask(client, "library.download_url", {"ref": resource.ref})
@@ -408,7 +424,7 @@ class Agent:
         flows, files = [], {}
         for flow in desired.flows:
             path = folder / f"{flow.name}.yaml"
-            data = localize(flow.flow, pinned_paths(flow, self.cache), flow.ref)
+            data = localize(flow.flow, pinned_paths(flow, self.cache), flow.ref, flow.shadow)
             write_atomic(path, yaml.dump(data, Dumper=SafeDumper, sort_keys=False).encode())
             # from the data just written: parsing the file again would only cost time
             spec = validate(FlowSpec, data, str(path))
@@ -443,7 +459,15 @@ class Agent:
                 flow.model.path, self.fleet.inspect_timeout_s, origin=deployed.ref
             )
             # with a preprocess script this runs it once, on zeros, to measure its width
-            await asyncio.to_thread(check_fits, signature, settings, origin=deployed.ref)
+            live = settings.model_copy(update={"shadow": None})
+            await asyncio.to_thread(check_fits, signature, live, origin=deployed.ref)
+            if settings.shadow is not None and settings.shadow.path is not None:
+                origin = f"{deployed.ref}: shadow"
+                candidate = shadow_settings(settings, settings.shadow)
+                signature = await inspect_model_async(
+                    settings.shadow.path, self.fleet.inspect_timeout_s, origin=origin
+                )
+                await asyncio.to_thread(check_fits, signature, candidate, origin=origin)
 
     async def _health_gate(self, flows: list[FlowSpec]) -> None:
         """Every instance of the flows online and results from the pinned model, in time."""

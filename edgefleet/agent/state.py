@@ -37,7 +37,7 @@ class Revision(BaseModel):
         return {
             r["sha256"]
             for flow in self.desired.get("flows", [])
-            for r in flow.get("resources", [])
+            for r in [*flow.get("resources", []), flow.get("shadow")]
             if isinstance(r, dict) and "sha256" in r
         }
 

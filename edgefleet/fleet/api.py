@@ -386,6 +386,8 @@ class DeployRequest(Api):
     dry_run: bool = False
     note: str = ""
     author: str = ""
+    # A library model (name@N) run in shadow beside the live model of the one flow deployed.
+    shadow: Ref | None = None
 
 
 class NodePlan(Api):
@@ -448,6 +450,92 @@ class RollbackRequest(Api):
     timeout_s: float = Field(120.0, gt=0, le=7 * 24 * 3600)
     dry_run: bool = False
     author: str = ""
+
+
+# ---------------------------------------------------------------------------- shadow
+
+
+class ShadowTarget(Api):
+    """A flow, and the nodes to act on: a group, a selector, named nodes, or (none of them)
+    every node whose latest desired state runs the flow."""
+
+    flow: Name
+    group: Name | None = None
+    nodes: list[Site] | None = None
+    selector: str | None = None
+
+
+class ShadowReportRequest(ShadowTarget):
+    pass
+
+
+class ShadowNode(Api):
+    """One node's shadow figures, from its inference instance's retained status."""
+
+    site: str
+    flow: str  # flow@N in the node's latest desired state
+    desired_shadow: str | None  # name@N the fleet asked for
+    running_shadow: str | None  # what the instance runs now (name version)
+    shadow_sha256: str | None
+    live_model: str | None
+    state: str  # the instance's status: online | offline | stopped | unknown
+    compared: int = 0
+    window_samples: int = 0
+    label_agreement: float | None = None
+    decisions_differ: int = 0
+    score_corr: float | None = None
+    score_diff: dict[str, float | None] = {}  # p50 p90 p99 max of |live - shadow|
+    live_run_us: dict[str, float | None] = {}
+    shadow_run_us: dict[str, float | None] = {}
+    live_latency_us: dict[str, float | None] = {}
+    skipped_batches: int = 0
+    score_sums: dict[str, float] | None = None  # n, Σx, Σy, Σx², Σy², Σxy: pooled over nodes
+    updated: str | None = None
+
+
+class ShadowOverall(Api):
+    """Over the nodes: agreement weighted by samples compared in each window, the score
+    correlation pooled from each node's sums, the worst p99s."""
+
+    nodes: int
+    reporting: int  # nodes whose instance runs the shadow asked for and compared samples
+    compared: int
+    label_agreement: float | None
+    decisions_differ: int
+    score_corr: float | None
+    score_diff_p99: float | None
+    live_run_us_p99: float | None
+    shadow_run_us_p99: float | None
+
+
+class ShadowReportResult(Api):
+    flow: str
+    nodes: list[ShadowNode]
+    overall: ShadowOverall
+
+
+class ShadowStopRequest(ShadowTarget):
+    timeout_s: float = Field(120.0, gt=0, le=7 * 24 * 3600)
+    dry_run: bool = False
+    author: str = ""
+
+
+class ShadowStopResult(Api):
+    deployments: list[DeployResult]
+
+
+class PromoteRequest(ShadowTarget):
+    timeout_s: float = Field(120.0, gt=0, le=7 * 24 * 3600)
+    dry_run: bool = False
+    note: str = ""
+    author: str = ""
+
+
+class PromoteResult(Api):
+    flow: str  # the new flow version: the shadow model live
+    previous: str  # the flow version it replaces: `rollback FLOW --to N` goes back to it
+    model: str  # the model promoted
+    deploy: DeployResult
 
 
 # ---------------------------------------------------------------------------- debug sessions

@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     fdiff.add_argument("b", help="NAME@B (or NAME for the latest)")
     for sp in (fpush, fls, fshow, fhist, fdiff):
         _common(sp)
-    from edgefleet.fleet import nodes_cli  # it uses this module's helpers
+    from edgefleet.fleet import nodes_cli, shadow_cli  # they use this module's helpers
 
     nodes_cli.add_parsers(nouns, _common)
+    shadow_cli.add_parsers(nouns, _common)
     from edgefleet.fleet import debug_cli
 
     debug_cli.add_parsers(nouns, _common)
@@ -383,9 +384,10 @@ VERBS: dict[tuple[str, str], Callable[[FleetClient, argparse.Namespace], Awaitab
 
 
 async def run(args: argparse.Namespace) -> None:
-    from edgefleet.fleet import debug_cli, nodes_cli
+    from edgefleet.fleet import debug_cli, nodes_cli, shadow_cli
 
-    verb = {**VERBS, **nodes_cli.VERBS, **debug_cli.VERBS}[(args.noun, args.verb)]
+    verbs = {**VERBS, **nodes_cli.VERBS, **debug_cli.VERBS, **shadow_cli.VERBS}
+    verb = verbs[(args.noun, args.verb)]
     async with connect(args.fleet, args.prefix, timeout=args.timeout) as fleet:
         result = await verb(fleet, args)
     if args.json:

@@ -1,8 +1,9 @@
 """`edgefleet cloud up`: the cloud side on one machine, no containers.
 
-Starts a local mosquitto as the cloud broker, SeaweedFS as the S3 server and the fleet service
-(`edgefleet run fleet --config {workdir}/fleet.yaml`, a config it writes), restarts the fleet
-service if it dies, and stops all three on Ctrl-C or SIGTERM. State stays in the workdir
+Starts a local mosquitto as the cloud broker, SeaweedFS as the S3 server, the fleet service
+(`edgefleet run fleet --config {workdir}/fleet.yaml`, a config it writes) and the web console
+(`edgefleet console --fleet`, users in {workdir}/console), restarts the fleet service if it
+dies, and stops them all on Ctrl-C or SIGTERM. State stays in the workdir
 (broker persistence, S3 data and its generated secret, fleet.db, the signing key fleet.key made
 on the first run), so the next `cloud up` finds the library, nodes and deployments as they were.
 Production runs the same service from compose/cloud.yml.
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workdir", type=Path, default=Path("var/cloud"))
     up.add_argument("--port", type=int, default=1883, help="the cloud broker's port (1883)")
     up.add_argument("--s3-port", type=int, default=8333, help="the S3 server's port (8333)")
+    up.add_argument(
+        "--console-port", type=int, default=8080, help="the web console's port (8080; 0: none)"
+    )
     return p
 
 
@@ -72,6 +76,25 @@ def fleet_config(workdir: Path, broker: LocalBroker, s3: LocalS3) -> Path:
     return path
 
 
+def start_console(workdir: Path, config: Path, port: int) -> subprocess.Popen[bytes]:
+    """`edgefleet console --fleet` on the fleet's config, its users and key in the workdir."""
+    command = [sys.executable, "-m", "edgefleet.cli", "console", "--fleet", str(config)]
+    command += ["--listen", f"127.0.0.1:{port}", "--state", str(workdir / "console")]
+    with (workdir / "logs" / "console.log").open("ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _end(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _stop(_sig: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -83,6 +106,7 @@ def up(args: argparse.Namespace) -> int:
     broker = LocalBroker(workdir / "broker", port=args.port)
     s3 = LocalS3(workdir / "s3", port=args.s3_port, secret_key=secret_of(workdir / "s3" / "secret"))
     fleet: subprocess.Popen[bytes] | None = None
+    console: subprocess.Popen[bytes] | None = None
     try:
         broker.start()
         print(f"cloud broker   mqtt://{broker.host}:{broker.port}", flush=True)
@@ -97,6 +121,15 @@ def up(args: argparse.Namespace) -> int:
         )
         config = fleet_config(workdir, broker, s3)
         command = [sys.executable, "-m", "edgefleet.cli", "run", "fleet", "--config", str(config)]
+        if args.console_port:
+            console = start_console(workdir, config, args.console_port)
+            print(
+                f"web console    http://127.0.0.1:{args.console_port}/  pid {console.pid}, log "
+                f"{workdir}/logs/console.log\n"
+                f"               users: edgefleet console user add NAME --role operator "
+                f"--state {workdir / 'console'}",
+                flush=True,
+            )
         while True:
             with (workdir / "logs" / "fleet.log").open("ab") as log:
                 fleet = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -112,13 +145,8 @@ def up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopping", flush=True)
     finally:
-        if fleet is not None and fleet.poll() is None:
-            fleet.terminate()
-            try:
-                fleet.wait(10)
-            except subprocess.TimeoutExpired:
-                fleet.kill()
-                fleet.wait()
+        _end(console)
+        _end(fleet)
         s3.stop()
         broker.stop()
     return 0

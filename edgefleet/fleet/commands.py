@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from edgefleet.fleet import api, debug, deploy, flows, library, nodes
+from edgefleet.fleet import api, debug, deploy, flows, library, nodes, shadow
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from shared.config import format_errors
@@ -228,7 +228,9 @@ COMMANDS: dict[str, Command] = {
             deploy.deploy,
             "Flow versions to a group, a selector or named nodes: one deployment record and, "
             "per node, a new signed desired state (every flow it should run, pinned with "
-            "digests; revision + 1) published retained; `dry_run` publishes nothing.",
+            "digests; revision + 1) published retained; `dry_run` publishes nothing. With "
+            "`shadow` (a model name@N), the one flow's nodes run that model beside the live "
+            "one, acting on nothing (checked to fit the flow first).",
             {"flows": ["pump-anomaly@5"], "group": "pumps", "timeout_s": 120},
         ),
         Command(
@@ -263,6 +265,35 @@ COMMANDS: dict[str, Command] = {
             deploy.rollback,
             "Deploy FLOW@N to every node whose latest desired state runs FLOW.",
             {"flow": "pump-anomaly", "to": 4},
+        ),
+        Command(
+            "shadow.report",
+            api.ShadowReportRequest,
+            api.ShadowReportResult,
+            shadow.report,
+            "How the shadow model of FLOW compares with the live one, per node (from each "
+            "node's inference status: label agreement, decisions that differ, score "
+            "correlation and difference, run time of both) and over the nodes.",
+            {"flow": "pump-anomaly", "group": "pumps"},
+        ),
+        Command(
+            "shadow.stop",
+            api.ShadowStopRequest,
+            api.ShadowStopResult,
+            shadow.stop,
+            "Remove FLOW's shadow model: the same flow version deployed again without it, to "
+            "the target's nodes that run one.",
+            {"flow": "pump-anomaly", "group": "pumps"},
+        ),
+        Command(
+            "promote",
+            api.PromoteRequest,
+            api.PromoteResult,
+            shadow.promote,
+            "Make FLOW's shadow model live: a new flow version with the shadow model as its "
+            "model, deployed to the nodes that run the shadow; the version it replaces is "
+            "the rollback target.",
+            {"flow": "pump-anomaly", "group": "pumps", "timeout_s": 120},
         ),
         Command(
             "debug.open",

@@ -23,7 +23,7 @@ from typing import Any
 import sqlite_utils
 import yaml
 
-from edgefleet.fleet import api
+from edgefleet.fleet import api, shadow
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from edgefleet.fleet.nodes import (
@@ -80,6 +80,7 @@ def changes(previous: list[DeployedFlow], now: list[DeployedFlow]) -> str:
             words.append(f"-{name}")
         elif old[name] != new[name]:
             words.append(f"{name} {old[name]}→{new[name]}")
+    words += shadow.changes(previous, now)
     return ", ".join(words) or "unchanged"
 
 
@@ -160,7 +161,7 @@ def _publish(fleet: Fleet, wires: list[dict[str, Any]]) -> None:
 
 
 def deploy(fleet: Fleet, req: api.DeployRequest) -> api.DeployResult:
-    new = [deployed_flow(fleet, ref) for ref in req.flows]
+    new = shadow.attach(fleet, [deployed_flow(fleet, ref) for ref in req.flows], req.shadow)
     if len({f.name for f in new}) != len(new):
         raise FleetError("invalid", "flows: name each flow once")
     if fleet.signing_key is None and not req.dry_run:

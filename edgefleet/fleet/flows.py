@@ -32,9 +32,10 @@ from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet, deployed_of
 from edgefleet.fleet.store import Row
 from edgefleet.flow import FlowSpec, parse_flow
-from services.inference.config import InferenceSettings
+from services.inference.config import InferenceSettings, ShadowSpec
 from services.inference.isolated import run_isolated
 from services.inference.signature import ModelSignature, check_fits
+from services.inference.swap import shadow_settings
 from shared.errors import EdgefleetError
 from shared.messages import iso
 
@@ -179,9 +180,27 @@ def _validate(resolved: dict[str, Any], filename: str) -> FlowSpec:
 
 
 def _check_fits(fleet: Fleet, flow: FlowSpec, pins: dict[str, Row], filename: str) -> None:
-    model = pins["model"]
-    signature = ModelSignature.model_validate(json.loads(model["signature"]))
+    """The live model, and a pinned shadow model, against the flow: what inference checks
+    before serving either (the shadow with the settings inference gives a candidate)."""
     settings = InferenceSettings.model_validate(flow.inference_settings())
+    _fits(fleet, settings.model_copy(update={"shadow": None}), pins["model"], pins, filename)
+    if "shadow" in pins and settings.shadow is not None:
+        _fits(fleet, shadow_settings(settings, settings.shadow), pins["shadow"], pins, filename)
+
+
+def check_shadow(fleet: Fleet, flow_row: Row, model: Row) -> None:
+    """A library model as the shadow of a flow version: does_not_fit unless it would serve."""
+    pins = fleet.store.flow_refs(flow_row["id"])
+    flow = _validate(json.loads(flow_row["resolved"]), _ref(flow_row))
+    settings = InferenceSettings.model_validate(flow.inference_settings())
+    spec = ShadowSpec(ref=_ref(model))
+    _fits(fleet, shadow_settings(settings, spec), model, pins, f"{_ref(model)} as shadow of")
+
+
+def _fits(
+    fleet: Fleet, settings: InferenceSettings, model: Row, pins: dict[str, Row], filename: str
+) -> None:
+    signature = ModelSignature.model_validate(json.loads(model["signature"]))
     origin = _ref(model)
     if "preprocess" not in pins:
         try:

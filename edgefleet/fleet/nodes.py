@@ -119,12 +119,16 @@ def effective(agent_state: str | None, bridge: str | None) -> str:
 
 
 def observe(fleet: Fleet, batch: list[Observation]) -> None:
-    """What agents published, in arrival order, in one transaction (one fsync for a burst of
-    a thousand nodes' reports, not a thousand)."""
+    """What agents (and inference instances) published, in arrival order, in one transaction
+    (one fsync for a burst of a thousand nodes' reports, not a thousand)."""
+    from edgefleet.fleet import shadow  # it reads this module's desired states
+
     now = now_ns()
     with fleet.store.write() as db:
         for site, message in batch:
-            if isinstance(message, Status):
+            if isinstance(message, Status) and message.instance != "agent":
+                shadow.observe_status(db, site, message, now)
+            elif isinstance(message, Status):
                 _status(db, site, message, now)
             elif isinstance(message, Bridge):
                 _bridge(db, site, message, now)

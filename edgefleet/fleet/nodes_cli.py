@@ -65,6 +65,9 @@ def add_parsers(nouns: Any, common: Common) -> None:
     target.add_argument("--selector", "-l", help="a label selector")
     _deploy_options(dep)
     dep.add_argument("--note", default="", help="why, for the history")
+    dep.add_argument(
+        "--shadow", metavar="MODEL@N", help="run this library model beside the flow's live one"
+    )
 
     rb = nouns.add_parser("rollback", help="FLOW --to N: deploy FLOW@N where FLOW runs")
     rb.set_defaults(verb="")
@@ -244,6 +247,8 @@ async def deploy(fleet: FleetClient, args: argparse.Namespace) -> Any:
         "note": args.note,
         "author": author(),
     }
+    if args.shadow:
+        request["shadow"] = args.shadow
     if args.group:
         request["group"] = args.group
     elif args.nodes:

@@ -9,6 +9,8 @@ It also watches every node: `ef/+/status/agent` (online, labels, versions) and `
 (how far a node got with its desired state) update the node table and the deployments; a loop
 fails the nodes of a deployment past their timeout. At start it publishes every node's latest
 desired state again, in case one was committed and the process died before its publish.
+The inference instances' retained statuses (`ef/+/status/inference-{flow}`) are kept too:
+the shadow report reads them (shadow.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from edgefleet.fleet.metrics import FleetCollector
+from edgefleet.fleet.shadow import INFERENCE_PREFIX
 from shared import codec
 from shared.errors import EdgefleetError, PayloadError
 from shared.health import HealthModel
@@ -90,7 +93,8 @@ class FleetService(Service[Config]):
     async def start(self) -> None:
         prefix = self.config.prefix
         await self.rt.subscribe(self.topic, self.enqueue)
-        await self.rt.subscribe(every_site(Kind.STATUS, prefix, "agent"), self.on_status)
+        # Every status: the agents' (nodes) and the inference instances' (shadow figures).
+        await self.rt.subscribe(every_site(Kind.STATUS, prefix), self.on_status)
         await self.rt.subscribe(every_site(Kind.REPORTED, prefix), self.on_reported)
         await self.rt.subscribe(every_site(Kind.BRIDGE, prefix), self.on_bridge)
         if self.config.metrics is not None:
@@ -170,9 +174,15 @@ class FleetService(Service[Config]):
         self.fleet.debug.seen(session, request)
 
     async def on_status(self, message: Received) -> None:
-        site = parse(message.topic).site
+        topic = parse(message.topic)
+        if topic.name != "agent" and not str(topic.name).startswith(INFERENCE_PREFIX):
+            return  # other services' statuses: nothing the fleet keeps
+        if not message.payload:
+            return  # a retained status cleared
         status = Status.from_wire(codec.decode(message.payload, message.content_type))
-        await self.observed.put((site, status))
+        if status.instance != topic.name:
+            raise PayloadError(f"a status of {status.instance!r} on {topic.name}'s topic")
+        await self.observed.put((topic.site, status))
 
     async def on_bridge(self, message: Received) -> None:
         """The site bridge's notification: `1` connected, `0` gone (its last will)."""

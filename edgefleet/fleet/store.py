@@ -1,5 +1,5 @@
 """The fleet's metadata in SQLite (sqlite-utils): resources, flow versions, staged uploads,
-nodes, groups, deployments and desired states (schema 4; their queries are in nodes.py and
+nodes, groups, deployments and desired states (schema 5; their queries are in nodes.py and
 deploy.py).
 
 WAL mode and `synchronous=FULL`: what a command answered as committed survives a SIGKILL or a
@@ -172,6 +172,39 @@ def _v3(db: sqlite_utils.Database) -> None:
 
 
 def _v4(db: sqlite_utils.Database) -> None:
+    """Each node's inference instances as their retained status last said (shadow figures)."""
+    db.table("inference_status").create(
+        {
+            "site": str,
+            "flow": str,
+            "state": str,  # online | offline | stopped
+            "inference": str,  # JSON: the status's inference section (model, shadow, ...)
+            "updated_ns": int,
+        },
+        pk=("site", "flow"),
+        not_null={"site", "flow", "state", "updated_ns"},
+    )
+
+
+def _blobs(flow: dict[str, Any]) -> list[dict[str, Any]]:
+    """A desired state's flow (as JSON): its resources and its deployed shadow model."""
+    shadow = flow.get("shadow")
+    return [*flow["resources"], *([shadow] if isinstance(shadow, dict) else [])]
+
+
+def _shadows(db: sqlite_utils.Database) -> set[str]:
+    """`name@N` of every shadow model in a node's latest desired state."""
+    rows = db.query(
+        "SELECT wire FROM desired d WHERE revision = "
+        "(SELECT max(revision) FROM desired WHERE site = d.site)"
+    )
+    return {
+        f["shadow"]["ref"] for row in rows for f in json.loads(row["wire"])["flows"]
+        if isinstance(f.get("shadow"), dict)
+    }  # fmt: skip
+
+
+def _v5(db: sqlite_utils.Database) -> None:
     """A node's bridge and its agent's own state apart: `online` is what both together say
     (a site whose bridge's last will said 0 is offline, whatever its agent said last)."""
     db.table("nodes").add_column("agent_state", str)  # the agent's last status state
@@ -179,7 +212,7 @@ def _v4(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE nodes SET agent_state = online")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -364,6 +397,8 @@ class Store:
         with self._write() as db:
             row = _resource(db, name, version)
             users = _users(db, row["id"])
+            if not users and f"{name}@{version}" in _shadows(db):
+                users = ["a deployed shadow (edgefleet shadow stop first)"]
             if users:
                 raise FleetError(
                     "in_use",
@@ -467,7 +502,7 @@ class Store:
             rows = db.query("SELECT wire FROM desired WHERE site = ?", [site])
             return {
                 r["ref"] for row in rows for f in json.loads(row["wire"])["flows"]
-                for r in f["resources"]
+                for r in _blobs(f)
             }  # fmt: skip
 
     def deployed(self) -> dict[str, int]:
@@ -482,7 +517,7 @@ class Store:
                 refs = set()
                 for f in json.loads(row["wire"])["flows"]:
                     refs.add(f"{f['name']}@{f['version']}")
-                    refs.update(r["ref"] for r in f["resources"])
+                    refs.update(r["ref"] for r in _blobs(f))
                 for ref in refs:
                     counts[ref] = counts.get(ref, 0) + 1
         return counts

@@ -1,7 +1,8 @@
 """`edgefleet replay` and `edgefleet recording`: trust a model before it acts.
 
-    edgefleet replay REC.parquet --flow FLOW.yaml [--model CANDIDATE.onnx]
-                     [--against LIVE.yaml | --against-model LIVE.onnx]
+    edgefleet replay REC.parquet --flow FLOW.yaml [--model CANDIDATE.onnx | --model NAME@N]
+                     [--against LIVE.yaml | --against-model LIVE.onnx | NAME@N]
+                     [--fleet HOST:PORT] [--prefix ef] [--cache DIR]
                      [--score FIELD] [--threshold X] [--out DIR] [--json]
     edgefleet recording from-csv DATA.csv --out REC.parquet --source NAME [--time COL]
                      [--unit s|ms|us|ns] [--tz ZONE] [--sep ;] [--decimal ,] [--label COL]
@@ -13,6 +14,9 @@ prints a table: when each score crossed its threshold and, with labels, precisio
 the detection delay per labelled anomaly; with `--against`, how far the two agree. The threshold
 is `--threshold`, else the model's `edgefleet.threshold`. Exit 0 done, 1 the replay failed (the
 model does not fit the flow, ...), 2 bad usage or an unreadable file.
+
+A model given as `NAME@N` (or a flow whose model is `{ref: NAME@N}`) is fetched from the fleet's
+library (`--fleet`, else $EDGEFLEET_FLEET), cached by digest and verified (replay/library.py).
 """
 
 from __future__ import annotations
@@ -27,24 +31,34 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from edgefleet.fleet.errors import FleetError
 from edgefleet.flow import FlowSpec, load_flow
 from edgefleet.replay.compare import Scored, compare, render
 from edgefleet.replay.from_csv import convert
+from edgefleet.replay.library import fetch_model, is_ref, resolve_flow_model
 from edgefleet.replay.plot import plot
 from edgefleet.replay.recording import Recording, read_recording
 from edgefleet.replay.run import Replayed, engine_for, replay
 from services.inference.engine import Engine
 from shared.errors import ConfigError, EdgefleetError, ModelError
 from shared.messages import iso
+from shared.topics import DEFAULT_PREFIX
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgefleet replay", description=__doc__.split("\n")[0])
     p.add_argument("recording", type=Path)
     p.add_argument("--flow", type=Path, required=True, help="the (candidate) flow file")
-    p.add_argument("--model", type=Path, help="run this model file instead of the flow's")
+    p.add_argument(
+        "--model", "--ref", help="run this model (a file, or NAME@N from the fleet) instead"
+    )
     p.add_argument("--against", type=Path, help="a second flow file to compare with")
-    p.add_argument("--against-model", type=Path, help="the same flow with this model, compared")
+    p.add_argument(
+        "--against-model", help="the same flow with this model (a file or NAME@N), compared"
+    )
+    p.add_argument("--fleet", help="the fleet's broker host:port, for NAME@N models")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="the fleet's topic prefix (ef)")
+    p.add_argument("--cache", type=Path, help="model cache (default: ~/.cache/edgefleet/models)")
     p.add_argument("--score", help="the result field compared (default: score, else the first)")
     p.add_argument("--threshold", type=float, help="default: the model's edgefleet.threshold")
     p.add_argument(
@@ -55,18 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def with_model(flow: FlowSpec, model: Path) -> FlowSpec:
+def with_model(flow: FlowSpec, model: str, args: argparse.Namespace) -> FlowSpec:
+    """The flow with `model` (a file, or a library NAME@N fetched and verified) as its model."""
     if flow.model is None:
         raise ConfigError(f"flow {flow.name!r} has no model to replace")
-    spec = flow.model.model_copy(update={"path": model.resolve(), "ref": None, "name": model.stem})
-    return flow.model_copy(update={"model": spec})
+    if is_ref(model):
+        path = fetch_model(model, args.fleet, args.prefix, args.cache)
+        name, _, version = model.partition("@")
+        keys: dict[str, Any] = {"path": path, "ref": None, "name": name, "version": version}
+    else:
+        keys = {"path": Path(model).resolve(), "ref": None, "name": Path(model).stem}
+    return flow.model_copy(update={"model": flow.model.model_copy(update=keys)})
+
+
+def _load(path: Path, args: argparse.Namespace) -> FlowSpec:
+    return resolve_flow_model(load_flow(path), args.fleet, args.prefix, args.cache)
 
 
 def model_name(flow: FlowSpec) -> str:
     m = flow.model
     if m is None:
         return flow.name
-    return m.name or (m.path.stem if m.path else None) or m.ref or flow.name
+    name = m.name or (m.path.stem if m.path else None) or m.ref or flow.name
+    return f"{name}@{m.version}" if m.version and "@" not in name else name
 
 
 def scored(
@@ -121,19 +146,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     rec = read_recording(args.recording)
     args.out.mkdir(parents=True, exist_ok=True)
     flow = load_flow(args.flow)
-    if args.model:
-        flow = with_model(flow, args.model)
+    flow = with_model(flow, args.model, args) if args.model else _load(args.flow, args)
     runs = [(f"candidate:{model_name(flow)}", flow)]
     if args.against:
-        other = load_flow(args.against)
+        other = _load(args.against, args)
         runs.append((f"against:{model_name(other)}", other))
     elif args.against_model:
-        runs.append(
-            (
-                f"against:{args.against_model.stem}",
-                with_model(load_flow(args.flow), args.against_model),
-            )
-        )
+        other = with_model(load_flow(args.flow), args.against_model, args)
+        runs.append((f"against:{model_name(other)}", other))
     results = [run_one(rec, f, name, args, args.out) for name, f in runs]
     report = compare([s for _, s in results], rec.meta.labels, round(args.grace_s * 1e9))
     body = report.to_json()
@@ -173,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return cmd_replay(args)
-    except ModelError as exc:
+    except (ModelError, FleetError) as exc:
         print(f"edgefleet replay: {exc}", file=sys.stderr)
         return 1
     except EdgefleetError as exc:

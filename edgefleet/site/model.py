@@ -103,6 +103,12 @@ class SupervisorSettings(StrictModel):
         30.0, gt=0, description="an instance up this long has its restart delay reset"
     )
     stop_timeout_s: float = Field(10.0, gt=0, description="SIGTERM, then SIGKILL after this")
+    forwarder_first_s: float = Field(
+        30.0,
+        ge=0,
+        description="the forwarder starts first; the flows start once it is online (its session "
+        "then holds their results) or after this long without it",
+    )
 
 
 class FleetBroker(StrictModel):

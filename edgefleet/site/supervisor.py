@@ -14,7 +14,8 @@ What it does:
 - writes each instance's config to `{workdir}/config/{instance}.yaml` and starts it as
   `python -m edgefleet.cli run SERVICE --config FILE` in a session of its own (a Ctrl-C in the
   terminal reaches the supervisor only, which then stops the instances in order); output goes
-  to `{workdir}/logs/{instance}.log`;
+  to `{workdir}/logs/{instance}.log`; the forwarder first, the others once it is online, so its
+  persistent session holds their results from the first (`_start_in_order`);
 - with `broker.start_local: true` starts a mosquitto first (persistence in `{workdir}/broker`)
   and stops it last, and supervises it (`sitebroker.py`): a death is a `broker exited` line
   and every running instance is shown `waiting` for the broker until it reports `online` to
@@ -45,7 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import yaml
 
@@ -254,9 +255,9 @@ class SiteSupervisor:
             self._runners.pop(name, None)
             self._emit(name, "removed", f"was {old[name].service}")
         for name in (*changed, *new):
-            state = self.instances[name] = self._new_state(name, wanted[name])
+            self.instances[name] = self._new_state(name, wanted[name])
             self._write_config(name)
-            self._run(state)
+        await self._start_in_order([*changed, *new])
         for name in swapped:
             await self._hot_swap(name)
         return result
@@ -271,7 +272,7 @@ class SiteSupervisor:
         revision = revisions[name] = max(revisions.get(name, 0), seen.revision if seen else 0) + 1
         write_atomic(self._revisions_file, json.dumps(revisions).encode())
         self._write_config(name)
-        update = ConfigUpdate(instance=name, revision=revision, config=self.specs[name].config)
+        update = ConfigUpdate(instance=name, revision=revision, config=self._full(name))
         payload, content_type = codec.encode(update.to_wire())
         assert self._status is not None, "start() first"
         result = await self._status.publish(
@@ -280,6 +281,16 @@ class SiteSupervisor:
         if not result.ok:
             raise ConfigError(f"{name}: the broker refused its new config: {result.reason}")
         self._emit(name, "swapping", f"config revision {revision}")
+
+    def _full(self, name: str) -> dict[str, Any]:
+        """The instance's config with every live key it leaves out at its default: a service
+        lays an update over what it runs, so a key the flow no longer has (a shadow model, a
+        script) would otherwise stay as it was."""
+        instance = self.specs[name]
+        spec = service_spec(instance.service)
+        defaults = spec.config.model_construct().model_dump(mode="json", warnings=False)
+        cleared = {k: defaults[k] for k in spec.live_keys if k in defaults}
+        return {**cleared, **instance.config}
 
     @property
     def _revisions_file(self) -> Path:
@@ -297,6 +308,29 @@ class SiteSupervisor:
         task = asyncio.create_task(self._keep_running(state), name=state.name)
         self._runners[state.name] = task
         self._tasks.append(task)
+
+    async def _start_in_order(self, names: list[str]) -> None:
+        """The forwarder first, the others once it is online: results published before its
+        persistent session exists on the broker would go nowhere (a fresh site lost its first
+        results so). A forwarder that does not come online within `forwarder_first_s` (a bad
+        sink config, say) must not keep the flows and their actuators from running: they start
+        then, and a line says what may be lost."""
+        first = [n for n in names if self.instances[n].service == "forwarder"]
+        for name in first:
+            self._run(self.instances[name])
+        if first:
+            try:
+                await self.wait_online(self.settings.forwarder_first_s, first)
+            except TimeoutError:
+                self._emit(
+                    first[0],
+                    self.instances[first[0]].state,
+                    f"not online {self.settings.forwarder_first_s:g} s after its start: the "
+                    "flows start without it; results before its session exists are not kept",
+                )
+        for name in names:
+            if name not in first:
+                self._run(self.instances[name])
 
     async def start(self) -> None:
         """Write the configs, start the local broker if asked, then every instance (and the
@@ -332,8 +366,7 @@ class SiteSupervisor:
         await self._watch_status()
         self._serve_metrics()
         self._started = True
-        for state in self.instances.values():
-            self._run(state)
+        await self._start_in_order(list(self.instances))
         if self.agent is not None:
             await self.agent.start()
 

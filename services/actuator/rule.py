@@ -8,7 +8,8 @@ A due transition that is suppressed (cooldown, rate limit) or whose write fails 
 as it was and the streak counted, so it is tried again on the next sample that still meets the
 condition. While active only the reset condition is watched (hysteresis: `when` and `reset.when`
 are separate thresholds). Without a reset, the output latches until the safe state or a hold.
-A held rule is suspended: it neither counts nor decides until released.
+A held rule is suspended: it neither counts nor decides until released. A streak counts the
+results of one model: when trusted results of another come (a swap), the streaks start again.
 At start the rule assumes the output is in its reset state.
 """
 
@@ -71,6 +72,11 @@ class Rule:
     def force(self, active: bool) -> None:
         """The output was put in a known state from outside the rule (safe state, hold)."""
         self.active = active
+        self.set_streak = self.reset_streak = 0
+
+    def new_model(self) -> None:
+        """Results of another model come: the streaks counted the last one's scores, which
+        say nothing in the new one's terms, so they start again (the state stays)."""
         self.set_streak = self.reset_streak = 0
 
     def hold(self) -> None:

@@ -92,6 +92,7 @@ class ActuatorService(Service[ActuatorConfig]):
             for a in config.actions
         }
         self.interlocks = Interlocks(config)
+        self.counted_model: str | None = None  # sha256 of the model whose results the streaks count
         self.requester = Requester(rt, config.write_timeout_s)
         self.queue: asyncio.Queue[ResultBatch | Command | SafeState] = asyncio.Queue(QUEUE_MAX)
         self.fed = asyncio.Event()  # trusted results arrived: feeds the watchdog
@@ -241,6 +242,13 @@ class ActuatorService(Service[ActuatorConfig]):
         if rows.size == 0:
             return
         self.fed.set()
+        if batch.model.sha256 != self.counted_model:
+            # a model swap mid-debounce: two results of the old model and one of the new
+            # must not make a streak of three
+            if self.counted_model is not None:
+                for rule in self.rules.values():
+                    rule.new_model()
+            self.counted_model = batch.model.sha256
         columns = self.columns(batch)
         n = len(batch)
         for name, action in self.actions.items():

@@ -242,13 +242,18 @@ def numeric_columns(outputs: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
 
 
 class Agreement:
-    """Live against shadow on the same samples: label agreement and score difference."""
+    """Live against shadow on the same samples: label agreement, score difference, score
+    correlation and the decisions that differ. `score_sums` are the sufficient statistics of
+    the correlation over the window, so the fleet can pool nodes exactly."""
 
     def __init__(self, window: int, label: str | None, score: str | None) -> None:
         self.label, self.score = label, score
         self.equal = Ring(window, dtype=np.bool_)
         self.diff = Ring(window)
+        self.live_score = Ring(window)
+        self.shadow_score = Ring(window)
         self.compared = 0  # samples both models produced, since the shadow started
+        self.differ = 0  # samples whose labels differ, since the shadow started
 
     def observe(self, live: ResultBatch, shadow: ResultBatch) -> None:
         _, li, si = np.intersect1d(live.t, shadow.t, assume_unique=True, return_indices=True)
@@ -256,23 +261,59 @@ class Agreement:
         if self.label is not None:
             a, b = live.outputs.get(self.label), shadow.outputs.get(self.label)
             if a is not None and b is not None:
-                self.equal.extend(np.asarray(a)[li] == np.asarray(b)[si])
+                equal = np.asarray(a)[li] == np.asarray(b)[si]
+                self.equal.extend(equal)
+                self.differ += int(len(equal) - np.count_nonzero(equal))
         if self.score is not None:
             a, b = live.outputs.get(self.score), shadow.outputs.get(self.score)
             if a is not None and b is not None:
-                d = np.abs(np.asarray(a, np.float64)[li] - np.asarray(b, np.float64)[si])
-                self.diff.extend(d.reshape(len(li), -1).max(axis=1))
+                x = np.asarray(a, np.float64)[li].reshape(len(li), -1)
+                y = np.asarray(b, np.float64)[si].reshape(len(si), -1)
+                self.diff.extend(np.abs(x - y).max(axis=1))
+                self.live_score.extend(x[:, 0])  # the first column of a multi-column score
+                self.shadow_score.extend(y[:, 0])
 
     def report(self) -> dict[str, Any]:
         eq = self.equal.values()
+        sums = score_sums(self.live_score.values(), self.shadow_score.values())
         return {
             "compared": self.compared,
             "window_samples": int(max(self.equal.count, self.diff.count)),
             "label": self.label,
             "label_agreement": round(float(eq.mean()), 6) if len(eq) else None,
+            "decisions_differ": self.differ,
             "score": self.score,
             "score_diff": percentiles(self.diff.values()),
+            "score_corr": correlation(sums),
+            "score_sums": sums,
         }
+
+
+def score_sums(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> dict[str, float]:
+    """n, Σx, Σy, Σx², Σy², Σxy of finite pairs: what a (pooled) correlation needs."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    return {
+        "n": float(len(x)),
+        "sx": float(x.sum()),
+        "sy": float(y.sum()),
+        "sxx": float((x * x).sum()),
+        "syy": float((y * y).sum()),
+        "sxy": float((x * y).sum()),
+    }
+
+
+def correlation(s: Mapping[str, float]) -> float | None:
+    """Pearson's r from `score_sums` (also summed over nodes); None without spread."""
+    n = s.get("n", 0.0)
+    if n < 2:
+        return None
+    vx = s["sxx"] - s["sx"] ** 2 / n
+    vy = s["syy"] - s["sy"] ** 2 / n
+    if vx <= 1e-12 * max(1.0, s["sxx"]) or vy <= 1e-12 * max(1.0, s["syy"]):
+        return None
+    r = (s["sxy"] - s["sx"] * s["sy"] / n) / float(np.sqrt(vx * vy))
+    return round(max(-1.0, min(1.0, r)), 6)
 
 
 def pick_fields(

@@ -8,6 +8,12 @@ there too, and the service goes on.
 A newer retained config or a changed model file is swapped in without losing a sample (see
 swap.py); a shadow model runs beside the live one on the same samples and publishes on
 `ef/{site}/shadow/{flow}`; the status carries each model's health (health.py).
+
+The shadow is off the live path: the live loop hands each batch (after its result is published)
+to `shadow_loop` through a bounded queue and goes on; the candidate runs in a worker thread and
+its results go out at QoS 0, so neither its run nor its PUBACK wait delays a live batch. When the
+candidate cannot keep up, batches are dropped from its queue (counted as `skipped_batches`),
+never held back from the live model.
 """
 
 from __future__ import annotations
@@ -67,6 +73,18 @@ class Serving:
         }
 
 
+SHADOW_QUEUE = 64  # batches waiting for the candidate; past it the oldest is dropped
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    """One live batch for the candidate: the samples and the live result to compare with."""
+
+    shadow: Serving
+    rows: Rows
+    live: ResultBatch | None
+
+
 @dataclass
 class SwapStats:
     done: int = 0
@@ -100,6 +118,8 @@ class InferenceService(Service[InferenceConfig]):
         self.batch_size = Histogram(BATCH_SIZE)
         self.swaps = SwapStats()
         self.requests: asyncio.Queue[SwapRequest] = asyncio.Queue()
+        self.shadow_queue: asyncio.Queue[ShadowJob] = asyncio.Queue(SHADOW_QUEUE)
+        self.shadow_skipped = 0  # batches the candidate did not see: it could not keep up
         self.recent_x: Any = None  # the last samples seen, to try candidates on live data
         self._files: dict[str, tuple[int, int] | None] = {}
         if config.shadow is not None:  # tried and loaded like any candidate, once serving
@@ -121,6 +141,7 @@ class InferenceService(Service[InferenceConfig]):
     def loops(self) -> dict[str, Loop]:
         return {
             "infer_loop": self.infer_loop,
+            "shadow_loop": self.shadow_loop,
             "swap_loop": self.swap_loop,
             "watch_loop": self.watch_loop,
         }
@@ -141,6 +162,7 @@ class InferenceService(Service[InferenceConfig]):
                 "failed_samples": self.shadow.engine.stats.failed_samples,
             }
             report["agreement"] = self.agreement.report() if self.agreement else None
+            report["skipped_batches"] = self.shadow_skipped
             shadow = ShadowModel.model_validate(report)
         return InferenceHealth(
             revision=self.config.revision,  # the last config revision applied or refused
@@ -191,7 +213,21 @@ class InferenceService(Service[InferenceConfig]):
             await self.publish(outcome)
             self.recent_x = rows.x[-8:]
             if shadow is not None:
-                await self.run_shadow(shadow, rows, outcome.result)
+                self.hand_to_shadow(ShadowJob(shadow, rows, outcome.result))
+
+    def hand_to_shadow(self, job: ShadowJob) -> None:
+        """Queue the batch for the candidate; a full queue drops its oldest batch (the newest
+        data is what the comparison is about) and never waits."""
+        if self.shadow_queue.full():
+            self.shadow_queue.get_nowait()
+            self.shadow_skipped += 1
+        self.shadow_queue.put_nowait(job)
+
+    async def shadow_loop(self) -> None:
+        while True:
+            job = await self.shadow_queue.get()
+            if job.shadow is self.shadow:  # a batch queued before a swap or drop is not run
+                await self.run_shadow(job.shadow, job.rows, job.live)
 
     def observe(self, rows: Rows, outcome: RunOutcome) -> None:
         self.batch_size.observe([len(rows.x)])
@@ -209,23 +245,30 @@ class InferenceService(Service[InferenceConfig]):
             return await asyncio.to_thread(engine.infer, rows)
         return engine.infer(rows)
 
-    async def publish(self, outcome: RunOutcome, topic: str | None = None) -> None:
+    async def publish(self, outcome: RunOutcome) -> None:
         if outcome.error is not None:
-            self.rt.errors.error(outcome.error if topic is None else f"shadow: {outcome.error}")
+            self.rt.errors.error(outcome.error)
         if outcome.result is not None:
             wire = outcome.result.to_wire(self.config.encoding)
             await self.rt.publish(
-                topic or self.results_topic,
+                self.results_topic,
                 wire,
                 encoding=self.config.encoding,
                 qos=self.config.publish_qos,
             )
 
     async def run_shadow(self, shadow: Serving, rows: Rows, live: ResultBatch | None) -> None:
-        """After the live result is out: the candidate on the same samples, then the comparison."""
-        outcome = await self.run(shadow.engine, rows)
+        """The candidate on the samples the live model had, then the comparison. Always in a
+        worker thread (onnxruntime releases the GIL): the event loop goes on reading and
+        publishing live batches however slow the candidate is."""
+        outcome = await asyncio.to_thread(shadow.engine.infer, rows)
         shadow.health.observe(rows, outcome.result, outcome.run_us)
-        await self.publish(outcome, self.shadow_topic)
+        if outcome.error is not None:
+            self.rt.errors.error(f"shadow: {outcome.error}")
+        if outcome.result is not None:
+            # QoS 0: nothing acts on shadow results, and a PUBACK wait would hold this loop.
+            wire = outcome.result.to_wire(self.config.encoding)
+            await self.rt.publish(self.shadow_topic, wire, encoding=self.config.encoding, qos=0)
         if live is None or outcome.result is None or shadow is not self.shadow:
             return
         if self.agreement is None:
@@ -348,6 +391,7 @@ class InferenceService(Service[InferenceConfig]):
             else self._serving(engine, spec.model_dump(mode="json") if spec else {})
         )
         self.agreement = None
+        self.shadow_skipped = 0  # the count is the new candidate's
         self._files.pop("shadow", None)
         self._files.pop("shadow.settled", None)
         log.info("shadow %s: %s", "dropped" if engine is None else engine.model.origin, reason)

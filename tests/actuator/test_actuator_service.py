@@ -314,3 +314,19 @@ async def test_a_hold_survives_a_kill_of_the_actuator(
         finally:
             process.terminate()
             process.wait(10)
+
+
+async def test_a_model_swap_mid_debounce_starts_the_streak_again(
+    base_config: dict[str, Any], site: str, probe: Probe
+) -> None:
+    # two highs of the old model and one of the new made a streak of three and lit the lamp
+    async with plant(base_config, site, probe, actions=[lamp_action(for_samples=3)]) as p:
+        await p.send(0.9, 0.9)
+        await p.status(sha=OTHER_SHA)
+        await p.settled()
+        await p.send(0.9, sha=OTHER_SHA)
+        await p.settled()
+        assert not p.lamp and not p.events("acted")
+        await p.send(0.9, 0.9, sha=OTHER_SHA)
+        await p.event("acted")
+        assert p.lamp

@@ -19,7 +19,12 @@ from tests.helpers import running
 
 @pytest.fixture
 def s3(tmp_path: Path) -> Iterator[LocalS3]:
-    server = LocalS3(tmp_path / "s3").start()
+    try:
+        server = LocalS3(tmp_path / "s3").start(timeout=60)
+    except RuntimeError:
+        # a free port taken by another process between the pick and weed's bind (7 ports each,
+        # many test runs on one machine): once more on other ports
+        server = LocalS3(tmp_path / "s3-again").start(timeout=60)
     try:
         yield server
     finally:

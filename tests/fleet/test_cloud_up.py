@@ -6,17 +6,18 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
-from edgefleet.broker import free_port
+from edgefleet.broker import free_port, wait_port
 from shared.signing import SigningKey
 
 
 def test_cloud_up_serves_the_cli_and_stops_cleanly(tmp_path: Path) -> None:
-    port, s3_port = free_port(), free_port()
+    port, s3_port, console_port = free_port(), free_port(), free_port()
     up = subprocess.Popen(
         [sys.executable, "-m", "edgefleet.cli", "cloud", "up", "--workdir", str(tmp_path / "cloud"),
-         "--port", str(port), "--s3-port", str(s3_port)],
+         "--port", str(port), "--s3-port", str(s3_port), "--console-port", str(console_port)],
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -39,6 +40,10 @@ def test_cloud_up_serves_the_cli_and_stops_cleanly(tmp_path: Path) -> None:
             if listed.returncode == 0:
                 break
         assert listed.returncode == 0 and "the library is empty" in listed.stdout, listed.stderr
+        assert any(f"http://127.0.0.1:{console_port}/" in line for line in lines), lines
+        wait_port("127.0.0.1", console_port, timeout=60)
+        with urllib.request.urlopen(f"http://127.0.0.1:{console_port}/login", timeout=30) as page:
+            assert "Sign in" in page.read().decode()
     finally:
         up.send_signal(signal.SIGTERM)
         assert up.wait(30) == 0

@@ -451,10 +451,10 @@ def test_a_schema_1_database_is_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = Store(path)
-    assert store.schema_version() == len(MIGRATIONS) == 4
+    assert store.schema_version() == len(MIGRATIONS) == 5
     with store.read() as db2:
         tables = {"nodes", "groups", "deployments", "deployment_nodes", "desired", "node_events"}
-        assert tables <= set(db2.table_names())
+        assert tables | {"inference_status"} <= set(db2.table_names())
 
 
 async def test_a_restarted_fleet_publishes_the_latest_desired_states_again(

@@ -214,3 +214,20 @@ async def test_float64_linear_and_preprocess_width(fleet: FleetClient, tmp_path:
     assert ok["flow"]["pins"]["preprocess"]["ref"] == "pick2@1"
     error = await refused(fleet, flow_text({"ref": "l2"}, name="no-script"))
     assert error.code == "does_not_fit"
+
+
+async def test_a_pinned_shadow_model_is_checked_like_the_live_one(
+    fleet: FleetClient, tmp_path: Path
+) -> None:
+    """`model.shadow: {ref: ...}` goes through the same check_fits as the live model."""
+    await fleet.push(models.mlp(tmp_path / "live.onnx"), "live-ae", "model")
+    await fleet.push(models.mlp(tmp_path / "cand.onnx", seed=5), "cand-ae", "model")
+    wide = len(models.FEATURES) + 1
+    await fleet.push(models.mlp(tmp_path / "wide.onnx", f=wide), "wide-ae", "model")
+    ok = await push_flow(fleet, flow_text({"ref": "live-ae", "shadow": {"ref": "cand-ae"}}))
+    assert ok["flow"]["pins"]["shadow"]["ref"] == "cand-ae@1"
+    error = await refused(
+        fleet, flow_text({"ref": "live-ae", "shadow": {"ref": "wide-ae"}}, name="bad-shadow")
+    )
+    assert error.code == "does_not_fit" and "wide-ae@1" in error.message
+    assert f"takes {wide} features" in error.message, error.message

@@ -329,6 +329,11 @@ def mlp(path: Path, f: int = len(FEATURES), hidden: int = 32, seed: int = 2) -> 
 
 def hanging(path: Path, f: int = len(FEATURES)) -> Path:
     """A valid model that fits the flow and never finishes a run: a Loop of 10^12 additions."""
+    return slow(path, 10**12, f)
+
+
+def slow(path: Path, trips: int, f: int = len(FEATURES)) -> Path:
+    """A valid model that fits the flow and takes `trips` Loop iterations per run."""
     one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
     body = helper.make_graph(
         [
@@ -348,7 +353,7 @@ def hanging(path: Path, f: int = len(FEATURES)) -> Path:
         [one],
     )
     inits = [
-        helper.make_tensor("trips", TensorProto.INT64, [], [10**12]),
+        helper.make_tensor("trips", TensorProto.INT64, [], [trips]),
         helper.make_tensor("go", TensorProto.BOOL, [], [True]),
         helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
     ]

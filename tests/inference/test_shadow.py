@@ -63,10 +63,15 @@ async def test_agreement_figures_match_the_topics(
     a, b = joined(live_results, shadow_results, "label")
     assert agreement["label_agreement"] == round(float(np.mean(a == b)), 6)
     assert 0.5 < agreement["label_agreement"] < 1.0  # two forests: mostly, not always, agree
+    assert agreement["decisions_differ"] == int(np.sum(a != b)) > 0
     a, b = joined(live_results, shadow_results, "scores")
     diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
     for q in (50, 90, 99):
         assert abs(agreement["score_diff"][f"p{q}"] - np.percentile(diff, q)) < 1e-3
+    x, y = a.reshape(len(a), -1)[:, 0], b.reshape(len(b), -1)[:, 0]
+    assert abs(agreement["score_corr"] - np.corrcoef(x, y)[0, 1]) < 1e-4
+    assert agreement["score_sums"]["n"] == len(x)
+    assert state["shadow"]["skipped_batches"] == 0
     for side in (state["model"], state["shadow"]):
         assert side["health"]["run_us"]["p50"] > 0 and side["health"]["latency_us"]["p99"] > 0
 
@@ -108,3 +113,27 @@ async def test_promote_and_drop_are_one_command_each(
     assert dropped["shadow"] is None and dropped["model"]["sha256"] == after["model"]["sha256"]
     retained = probe.decoded(topics.config(INSTANCE))[-1]
     assert retained["revision"] == 4 and retained["config"]["shadow"] is None
+
+
+async def test_a_slow_shadow_never_holds_up_the_live_results(
+    base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
+) -> None:
+    """A candidate that takes ~0.4 s a batch: every live result still comes at the pace of the
+    samples (run on the live loop, 200 batches would take 80 s), the candidate sees what it
+    can, and what it could not see is counted, not queued without bound."""
+    live = models.mlp(tmp_path / "live.onnx")
+    slow = models.slow(tmp_path / "slow.onnx", 3 * 10**5)
+    kw = {"max_batch": 4, "settle_passes": 0}  # one message, one batch: 200 shadow jobs
+    async with serving(base_config, probe, site, live, shadow={"path": str(slow)}, **kw) as topics:
+        await status_where(probe, topics, lambda s: s["shadow"] is not None)
+        feed = Feed(probe, topics, per_message=4)
+        for _ in range(200):
+            await feed.send()
+            await asyncio.sleep(0.005)  # the scenario: a steady stream of samples
+        await all_results(probe, topics, feed, timeout=60)
+        shadow_batches = len(probe.received(topics.shadow("f1")))
+        assert shadow_batches < 50, shadow_batches  # the candidate is still far behind
+        state = await status_where(
+            probe, topics, lambda s: (s["shadow"] or {}).get("skipped_batches", 0) > 0
+        )
+    assert state["shadow"]["skipped_batches"] <= 200 - 64  # the queue holds 64 batches

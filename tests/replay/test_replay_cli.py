@@ -47,7 +47,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*EDGEFLEET, *args], capture_output=True, text=True, timeout=120)
 
 
-def test_csv_to_recording_to_replay_against_another_model(tmp_path: Path) -> None:
+def pump_recording(tmp_path: Path) -> Path:
+    """A CSV of 60 s of pump data (pressure leaves 5 bar from 30 s to 40 s, labelled
+    cavitation) converted to a recording with `edgefleet recording from-csv`."""
     rng = np.random.default_rng(1)
     lines = ["time;pressure;state"]
     for i in range(600):  # 60 s at 10 Hz; the pressure leaves 5 bar from 30 s to 40 s
@@ -78,18 +80,24 @@ def test_csv_to_recording_to_replay_against_another_model(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     shown = json.loads(run("recording", "show", str(rec), "--json").stdout)
     assert shown["signals"] == ["plc1/pressure"] and len(shown["labels"]) == 1
+    return rec
 
+
+PUMP_FLOW = {
+    "name": "pump",
+    "align": {
+        "period_ms": 100,
+        "max_delay_ms": 200,
+        "features": [{"signal": "plc1/pressure", "fill": "hold", "max_age_ms": 500}],
+    },
+}
+
+
+def test_csv_to_recording_to_replay_against_another_model(tmp_path: Path) -> None:
+    rec = pump_recording(tmp_path)
     score_model(tmp_path / "live.onnx", weight=0.5)  # crosses 1.0 only 2 bar off
     score_model(tmp_path / "candidate.onnx", weight=2.0)  # crosses 0.5 bar off
-    flow = {
-        "name": "pump",
-        "align": {
-            "period_ms": 100,
-            "max_delay_ms": 200,
-            "features": [{"signal": "plc1/pressure", "fill": "hold", "max_age_ms": 500}],
-        },
-        "model": {"path": "candidate.onnx"},
-    }
+    flow = {**PUMP_FLOW, "model": {"path": "candidate.onnx"}}
     (tmp_path / "flow.yaml").write_text(yaml.safe_dump(flow))
     out = tmp_path / "replay"
     replayed = run(

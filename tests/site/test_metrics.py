@@ -170,7 +170,12 @@ async def test_the_exporter_serves_a_site_whose_services_run_elsewhere(
                 while True:
                     try:
                         _, got = await asyncio.to_thread(scrape, port)
-                        if got.get("edgefleet_inference_results_total", [({}, 0)])[0][1] > 0:
+                        # each figure comes from its own service's last status: wait for all
+                        if got.get("edgefleet_inference_results_total", [({}, 0)])[0][
+                            1
+                        ] > 0 and any(
+                            v > 0 for _, v in got.get("edgefleet_aligner_samples_total", [])
+                        ):
                             break
                     except OSError:  # not listening yet
                         pass

@@ -114,3 +114,20 @@ async def test_run_site_api_with_a_local_broker(tmp_path: Path, site: str, simul
     stop.set()
     done = await run_site(path, tmp_path / "w", stop)
     assert all(s.pid is None for s in done.instances.values())
+
+
+async def test_the_forwarder_is_online_before_any_flow_instance_starts(
+    tmp_path: Path, broker: LocalBroker, site: str, simulator: int
+) -> None:
+    # results published before the forwarder's persistent session exists go nowhere: on a
+    # fresh site the first results were lost while every instance started at once
+    (tmp_path / "flows").mkdir()
+    mlp(tmp_path / "flows" / "pump.onnx", f=len(FEATURES))
+    data = site_data(site, broker.port, simulator, forwarder={"queue_dir": str(tmp_path / "q")})
+    path = write_site(tmp_path, data, flow_data(sinks=[{"kind": "sqlite", "path": "h.db"}]))
+    changes: list[StatusChange] = []
+    async with SiteSupervisor(path, tmp_path / "w", on_status=changes.append) as sup:
+        await sup.wait_online(timeout=60)
+    states = [(c.instance, c.state) for c in changes]
+    online = states.index(("forwarder", "online"))
+    assert all((name, "starting") in states[online:] for name in INSTANCES), states
