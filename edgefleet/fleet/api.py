@@ -571,6 +571,7 @@ class ShadowStopResult(Api):
 
 class PromoteRequest(ShadowTarget):
     timeout_s: float = Field(120.0, gt=0, le=7 * 24 * 3600)
+    strategy: Strategy | None = None  # as a deploy's; None: every node at once
     dry_run: bool = False
     note: str = ""
     author: str = ""

@@ -336,9 +336,14 @@ COMMANDS: dict[str, Command] = {
             api.PromoteResult,
             shadow.promote,
             "Make FLOW's shadow model live: a new flow version with the shadow model as its "
-            "model, deployed to the nodes that run the shadow; the version it replaces is "
-            "the rollback target.",
-            {"flow": "pump-anomaly", "group": "pumps", "timeout_s": 120},
+            "model, deployed to the nodes that run the shadow (with `strategy`, in stages, "
+            "as `deploy`); the version it replaces is the rollback target.",
+            {
+                "flow": "pump-anomaly",
+                "group": "pumps",
+                "timeout_s": 120,
+                "strategy": {"stages": ["1", "100%"]},
+            },
         ),
         Command(
             "debug.open",

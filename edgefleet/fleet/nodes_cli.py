@@ -68,18 +68,7 @@ def add_parsers(nouns: Any, common: Common) -> None:
     dep.add_argument(
         "--shadow", metavar="MODEL@N", help="run this library model beside the flow's live one"
     )
-    staged = dep.add_mutually_exclusive_group()
-    staged.add_argument(
-        "--stages", help="cumulative stages, each a count or a percentage: 1,10%%,100%%"
-    )
-    staged.add_argument("--canary", help="a count or a percentage first, then the rest")
-    dep.add_argument(
-        "--abort-above",
-        default="0",
-        help="per stage, failures (count or %%) beyond which the deployment aborts (0)",
-    )
-    dep.add_argument("--soak", type=duration, default=0.0, help="wait after a stage held")
-    dep.add_argument("--seed", help="a stable shuffled node order (default: by site id)")
+    strategy_options(dep)
 
     rb = nouns.add_parser("rollback", help="FLOW --to N: deploy FLOW@N where FLOW runs")
     rb.set_defaults(verb="")
@@ -114,6 +103,35 @@ def _deploy_options(p: argparse.ArgumentParser) -> None:
         help="per node: fail it when not applied within this (120s)",
     )
     p.add_argument("--dry-run", action="store_true", help="show what each node would get")
+
+
+def strategy_options(p: argparse.ArgumentParser) -> None:
+    """A staged rollout's options (api.Strategy): `deploy` and `promote` take the same."""
+    staged = p.add_mutually_exclusive_group()
+    staged.add_argument(
+        "--stages", help="cumulative stages, each a count or a percentage: 1,10%%,100%%"
+    )
+    staged.add_argument("--canary", help="a count or a percentage first, then the rest")
+    p.add_argument(
+        "--abort-above",
+        default="0",
+        help="per stage, failures (count or %%) beyond which the deployment aborts (0)",
+    )
+    p.add_argument("--soak", type=duration, default=0.0, help="wait after a stage held")
+    p.add_argument("--seed", help="a stable shuffled node order (default: by site id)")
+
+
+def strategy(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The request's `strategy` from strategy_options' arguments; None: every node at once."""
+    stages = [args.canary, "100%"] if args.canary else args.stages and args.stages.split(",")
+    if not (stages or args.abort_above != "0" or args.soak or args.seed):
+        return None
+    return {
+        "stages": stages or ["100%"],
+        "abort_above": args.abort_above,
+        "soak_s": args.soak,
+        "seed": args.seed,
+    }
 
 
 def _when(text: str | None) -> str:
@@ -268,14 +286,9 @@ async def deploy(fleet: FleetClient, args: argparse.Namespace) -> Any:
     }
     if args.shadow:
         request["shadow"] = args.shadow
-    stages = [args.canary, "100%"] if args.canary else args.stages and args.stages.split(",")
-    if stages or args.abort_above != "0" or args.soak or args.seed:
-        request["strategy"] = {
-            "stages": stages or ["100%"],
-            "abort_above": args.abort_above,
-            "soak_s": args.soak,
-            "seed": args.seed,
-        }
+    staged = strategy(args)
+    if staged is not None:
+        request["strategy"] = staged
     if args.group:
         request["group"] = args.group
     elif args.nodes:

@@ -10,7 +10,8 @@ two compare on every node, promote the candidate or stop it.
   out) as it arrives; `report` reads the shadow's figures from them (per node, and pooled).
 - `stop`: a new deployment of the same flow version without the shadow.
 - `promote`: a new flow version, the flow with the candidate as its model, deployed to the
-  nodes that run the shadow. The version it replaces stays the rollback target
+  nodes that run the shadow, in stages when the request has a strategy (as `deploy`). The
+  version it replaces stays the rollback target
   (`edgefleet rollback FLOW --to N`), and the node's agent keeps it as its last good revision.
 """
 
@@ -253,8 +254,8 @@ def promote(fleet: Fleet, req: api.PromoteRequest) -> api.PromoteResult:
     result = deploy(
         fleet,
         api.DeployRequest(
-            flows=[new_ref], nodes=sites, timeout_s=req.timeout_s, dry_run=req.dry_run,
-            note=note, author=req.author,
+            flows=[new_ref], nodes=sites, timeout_s=req.timeout_s, strategy=req.strategy,
+            dry_run=req.dry_run, note=note, author=req.author,
         ),
     )  # fmt: skip
     return api.PromoteResult(

@@ -13,7 +13,14 @@ from typing import Any
 
 from edgefleet.fleet.cli import out, table
 from edgefleet.fleet.client import FleetClient, author
-from edgefleet.fleet.nodes_cli import Common, Verb, _deploy_options, _print_plan
+from edgefleet.fleet.nodes_cli import (
+    Common,
+    Verb,
+    _deploy_options,
+    _print_plan,
+    strategy,
+    strategy_options,
+)
 
 
 def add_parsers(nouns: Any, common: Common) -> None:
@@ -33,6 +40,7 @@ def add_parsers(nouns: Any, common: Common) -> None:
         common(p)
     for p in (stop, pro):
         _deploy_options(p)
+    strategy_options(pro)  # promote goes out like any deployment: in stages when asked
 
 
 def _target(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,6 +114,9 @@ async def promote(fleet: FleetClient, args: argparse.Namespace) -> Any:
         "note": args.note,
         "author": author(),
     }
+    staged = strategy(args)
+    if staged is not None:
+        request["strategy"] = staged
     result = await fleet.call("promote", request)
     if not args.json:
         out.print(

@@ -3,12 +3,15 @@ signed deployments) and a real site (supervisor, agent, aligner, inference) on t
 
 deploy --shadow → the agent downloads and verifies the candidate, inference runs it beside the
 live model (a hot swap: nothing restarts) → shadow report from the node's inference status →
-promote (a new flow version, the previous one the rollback target) → shadow stop.
+promote (a new flow version, the previous one the rollback target) → shadow stop; and a
+promotion in stages to two sites (`--canary 1`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,11 @@ from edgefleet.fleet.shadow import overall
 from edgefleet.site.load import load_site
 from edgefleet.site.supervisor import SiteSupervisor
 from services.inference.health import score_sums
-from shared.signing import PublicKey
+from shared import codec
+from shared.signing import PublicKey, SigningKey
 from shared.topics import Topics
 from tests.agent.test_agent import push, write_site
+from tests.agent.test_rollout import write_node
 from tests.fleet.test_deploy import fleet_config, key_path, public_key
 from tests.helpers import Probe
 from tests.inference.models import mlp
@@ -219,3 +224,66 @@ def test_overall_pools_nodes_exactly() -> None:
     assert o.score_corr == pytest.approx(pooled, abs=1e-5)
     assert o.label_agreement == pytest.approx((50 * 1.0 + 200 * 0.5) / 250)
     assert o.compared == 250 and o.decisions_differ == 1 and o.reporting == 2
+
+
+async def test_promote_in_stages_canary_first_then_the_rest(
+    tmp_path: Path,
+    broker: LocalBroker,
+    fleet: FleetClient,
+    fleet_config: dict[str, Any],
+    site: str,
+    simulator: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    key = SigningKey.load(Path(fleet_config["signing_key"]))
+    live = await push(fleet, tmp_path, "pump-ae", seed=2)
+    candidate = mlp(tmp_path / "candidate.onnx", f=len(FEATURES), seed=7)
+    cand = (await fleet.push(candidate, "pump-ae", "model"))["resource"]
+    a, b = f"{site}a", f"{site}b"
+    paths = {n: write_node(tmp_path / n, n, site, broker, simulator, key) for n in (a, b)}
+    cli_args = ["promote", "pump", "--nodes", f"{a},{b}", "--canary", "1"]
+    cli_args += ["--fleet", f"{broker.host}:{broker.port}", "--prefix", site]
+    async with Probe(broker.host, broker.port) as probe, contextlib.AsyncExitStack() as stack:
+        await probe.subscribe(f"{site}/+/desired")
+        await probe.subscribe(f"{site}/+/reported")
+        for n in (a, b):
+            await stack.enter_async_context(SiteSupervisor(load_site(paths[n]), tmp_path / "w" / n))
+        shadowed = await fleet.call(
+            "deploy", {"flows": [live["ref"]], "nodes": [a, b], "shadow": cand["ref"]}
+        )
+        await applied(fleet, shadowed["deployment"]["id"])
+
+        # a dry run shows each node's stage: the canary (first by site id), then the rest
+        capsys.readouterr()
+        assert await asyncio.to_thread(cli.main, [*cli_args, "--dry-run"]) == 0
+        shown = capsys.readouterr().out
+        assert "dry run: nothing published" in shown
+        rows = [line.split() for line in shown.splitlines() if a in line or b in line]
+        assert [(r[1], r[0]) for r in rows] == [(a, "1"), (b, "2")], shown
+        assert (await fleet.call("flow.show", {"ref": "pump"}))["flow"]["version"] == 1
+
+        assert await asyncio.to_thread(cli.main, [*cli_args, "--json"]) == 0
+        promoted = json.loads(capsys.readouterr().out)
+        dep = promoted["deploy"]["deployment"]
+        assert dep["strategy"]["stages"] == ["1", "100%"]
+        assert [(p["site"], p["stage"]) for p in promoted["deploy"]["plan"]] == [(a, 0), (b, 1)]
+        await applied(fleet, dep["id"])
+        shown = (await fleet.call("deployment.show", {"id": dep["id"]}))["deployment"]
+        assert shown["state"] == "succeeded" and shown["strategy"] == dep["strategy"]
+        assert [s["state"] for s in shown["stages"]] == ["held", "held"]
+
+        # b got the promotion's desired state only once the canary had reported it applied
+        def first(topic: str, check: Any) -> tuple[int, Any]:
+            return next(
+                (i, body)
+                for i, m in enumerate(probe.messages)
+                if m.topic == topic and check(body := codec.decode(m.payload, m.content_type))
+            )
+
+        ta, tb = Topics(a, site), Topics(b, site)
+        a_desired, got = first(ta.desired(), lambda d: d["deployment"] == dep["id"])
+        a_applied, _ = first(
+            ta.reported(), lambda r: r["revision"] == got["revision"] and r["state"] == "applied"
+        )
+        b_desired, _ = first(tb.desired(), lambda d: d["deployment"] == dep["id"])
+        assert a_desired < a_applied < b_desired
