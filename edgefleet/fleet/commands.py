@@ -380,6 +380,10 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+# What an agent asks the fleet (edgefleet/agent/agent.py); from a site, everything else is refused.
+SITE_COMMANDS = frozenset({"library.download_url"})
+
+
 def run(fleet: Fleet, cmd: str, args: dict[str, Any], asker: str | None = None) -> BaseModel:
     """Parse `args` for `cmd` and run its handler; `FleetError` for a refusal.
 
@@ -394,6 +398,14 @@ def run(fleet: Fleet, cmd: str, args: dict[str, Any], asker: str | None = None) 
         request = command.request.model_validate(args)
     except ValidationError as exc:
         raise FleetError("invalid", format_errors(exc, cmd)) from None
+    if asker is not None and cmd not in SITE_COMMANDS:
+        # every site may publish to the commands topic (cloud ACL); what a site's agent may ask
+        # is its own blobs, nothing that changes the fleet or reads another site's
+        raise FleetError(
+            "not_allowed",
+            f"{cmd} asked from site {asker}'s reply topic: a site may ask only "
+            f"{', '.join(sorted(SITE_COMMANDS))}",
+        )
     if asker is not None and isinstance(request, api.DownloadUrlRequest):
         if request.site not in (None, asker):
             raise FleetError(

@@ -158,9 +158,14 @@ async def test_a_key_rotation_moves_a_node_to_the_new_key_and_retires_the_old(
         await probe.subscribe(desired_topic)
         await probe.subscribe(reported_topic)
         ref = f"pump@{good['version']}"
-        await fleet.call("deploy", {"flows": [ref], "nodes": [node]})
+        deployed = await fleet.call("deploy", {"flows": [ref], "nodes": [node]})
         await reported(1, "applied")
 
+        async def ended() -> bool:  # the node's report is processed after it reached us
+            shown = await fleet.call("deployment.show", {"id": deployed["deployment"]["id"]})
+            return bool(shown["deployment"]["state"] == "succeeded")
+
+        await eventually(ended, timeout=TIMEOUT)  # a rotation waits for no deployment
         started = await fleet.call("keys.rotate", {"new_key": str(new_path)})
         assert started["rotation"]["phase"] == "announcing"
         assert started["trust"] == [old.public.text(), new.public.text()]

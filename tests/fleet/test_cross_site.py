@@ -49,7 +49,11 @@ def fleet_config(fleet_config: dict[str, Any], tmp_path: Path) -> dict[str, Any]
 
 def request(ref: str, site: str | None) -> bytes:
     args: dict[str, Any] = {"ref": ref} | ({"site": site} if site else {})
-    wire = FleetCommand(cmd="library.download_url", args=args).to_wire("json")
+    return command("library.download_url", args)
+
+
+def command(cmd: str, args: dict[str, Any]) -> bytes:
+    wire = FleetCommand(cmd=cmd, args=args).to_wire(codec.Encoding.JSON)
     return codec.encode(wire, "json")[0]
 
 
@@ -128,3 +132,19 @@ async def test_a_site_cannot_get_a_download_url_for_another_sites_blob(
             # all A ever got: the refusals on its own reply topic, nothing else
             assert {m.topic for m in pa.messages} == {own}
             assert len(pa.messages) == 2 * ATTEMPTS
+            # fleet commands as a site: a deployment to B, a deletion, reading B's node
+            others: list[tuple[str, dict[str, Any]]] = [
+                ("deploy", {"flows": ["pump-anomaly@1"], "nodes": ["plantB"]}),
+                ("library.delete", {"ref": ref}),
+                ("node.show", {"site": "plantB"}),
+            ]
+            for i, (cmd, args) in enumerate(others):
+                await pa.publish_raw(
+                    fleet_commands(prefix), command(cmd, args), content_type=codec.JSON,
+                    qos=1, response_topic=own, correlation_data=f"c{i}".encode(),
+                )  # fmt: skip
+            answers = await pa.wait_for(own, count=2 * ATTEMPTS + len(others), timeout=60)
+            for answer in answers[2 * ATTEMPTS :]:
+                assert not answer["ok"] and answer["error"]["code"] == "not_allowed", answer
+                assert "reply topic: a site may ask only" in answer["error"]["message"]
+        assert len((await fleet.call("deployment.list", {"limit": 10}))["deployments"]) == 1
