@@ -128,10 +128,10 @@ def operate(browser: WebDriver, console: ConsoleProcess, site: str) -> None:
     screenshot(browser, "model")
 
     browser.get(f"{console.url}/flows/pump")
-    browser.find_element(By.ID, "compare").click()  # @1 → @2, chosen by default
+    browser.find_element(By.ID, "compare").click()  # @2 → @3, chosen by default
     wait(browser).until(ec.presence_of_element_located((By.ID, "flow-diff")))
     changed = text_of(browser, "#flow-diff tr.changed")
-    assert "max_delay_ms: 200" in changed and "max_delay_ms: 300" in changed
+    assert "max_delay_ms: 300" in changed and "max_delay_ms: 400" in changed
     screenshot(browser, "flow-diff")
 
     browser.get(f"{console.url}/deployments")
