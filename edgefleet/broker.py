@@ -95,16 +95,24 @@ def bridge_config(
     `Topics.bridged()` lists it: desired states and debug session requests in; statuses,
     reported states and debug sessions' states and data out. Debug data crosses only while a
     session is open because the agent publishes it only then. `settings` adds lines (TLS,
-    credentials) after the address; compose/mosquitto/site.conf shows this block commented."""
+    credentials) after the address; compose/mosquitto/site.conf shows this block commented.
+
+    Bridge notifications on `Topics.bridge()`: the bridge publishes a retained `1` on the cloud
+    broker once connected and leaves `0` there as its last will, so the fleet learns that the
+    whole site went away (the agent's own last will dies with the site broker)."""
+    topics = Topics(site, prefix)
     lines = [
         f"connection {connection}",
         f"address {address}",
         "bridge_protocol_version mqttv50",
         f"remote_clientid site-{site}",
         "cleansession false",
+        "notifications true",
+        "notifications_local_only false",
+        f"notification_topic {topics.bridge()}",
         *settings,
     ]
-    lines += [f"topic {t} {d} {q}" for t, d, q in Topics(site, prefix).bridged()]
+    lines += [f"topic {t} {d} {q}" for t, d, q in topics.bridged()]
     return "\n".join(lines) + "\n"
 
 

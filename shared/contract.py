@@ -287,6 +287,20 @@ def _json(body: Any) -> str:
     )
 
 
+BRIDGE_NOTE = """\
+### the site bridge's notification (not a message)
+
+Topic `bridge`, retained, written by the site broker's mosquitto bridge itself
+(`notification_topic`) on the cloud broker (and a copy on the site broker; never bridged): the
+single byte `1` once the bridge is connected; `0` when the site broker stops, and as the
+bridge's last will when it dies (killed, powered off, cut off: the cloud broker notices after
+the bridge's keepalive, 60 s by default, times 1.5). No `v`, no `kind`, no content type: it is
+mosquitto's. The fleet shows a node online only while this is not `0` and the agent's status
+says online (the agent's own last will is held by the site broker and dies with it). Anything
+but `0` or `1` is refused and reported on the fleet's errors topic.
+"""
+
+
 def render() -> str:
     out = [INTRO, "## Hot path (column-wise, cheap checks)\n"]
     for kind, wire in hot_path_examples():
@@ -304,6 +318,7 @@ def render() -> str:
             _json(message.to_wire(Encoding.JSON)),
             "```\n",
         ]
+    out.append(BRIDGE_NOTE)
     return "\n".join(out)
 
 

@@ -33,6 +33,7 @@ class Kind(StrEnum):
     DESIRED = "desired"
     REPORTED = "reported"
     REPLY = "reply"
+    BRIDGE = "bridge"
 
 
 # What the last level names, for error messages.
@@ -46,7 +47,7 @@ _ENTITY = {
 }
 
 # Kinds that name no entity after the kind.
-_SITE_LEVEL = {Kind.DESIRED, Kind.REPORTED}
+_SITE_LEVEL = {Kind.DESIRED, Kind.REPORTED, Kind.BRIDGE}
 FLEET_SITE = "fleet"  # `{prefix}/fleet/commands` is the fleet service's own topic
 
 # Debug sessions (docs/debug.md) live under `{prefix}/{site}/debug/`: `session/{id}` (the
@@ -140,6 +141,12 @@ class Topics:
 
     def reported(self) -> str:
         return f"{self.prefix}/{self.site}/{Kind.REPORTED.value}"
+
+    def bridge(self) -> str:
+        """Retained, written by the site broker's bridge on the cloud broker (mosquitto's bridge
+        notification, not JSON): `1` once connected, `0` as its last will. Outside `status/+`,
+        whose consumers expect a JSON status; never bridged (the bridge writes it remotely)."""
+        return f"{self.prefix}/{self.site}/{Kind.BRIDGE.value}"
 
     def reply(self, instance: str) -> str:
         """Where `instance` receives responses to its requests (the MQTT v5 response topic)."""

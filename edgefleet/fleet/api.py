@@ -256,6 +256,7 @@ class NodeView(Api):
     agent_labels: dict[str, str]
     fleet_labels: dict[str, str]
     online: str  # online | offline | stopped | unknown (never heard from)
+    bridge: str | None = None  # up | down (its last will): the site bridge; None: not seen
     first_seen: str | None
     last_seen: str | None
     desired_revision: int

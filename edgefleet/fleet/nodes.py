@@ -1,7 +1,10 @@
 """Nodes (one site stack each, id = site id) and groups (named label selectors).
 
 The fleet learns of a node from its agent: the retained `status/agent` says online, stopped or
-(the last will) offline, and its health carries an `agent` section:
+(the last will) offline, and its health carries an `agent` section. The agent's last will lives
+on the site broker and dies with it, so the site bridge's own notification (`bridge`: `1`
+connected, `0` its last will on the cloud broker) says whether the site is there at all: a
+node is `online` only when its bridge is not down and its agent says online.
 
     {"agent": {"labels": {"plant": "p1", "role": "pump"},
                "versions": {"edgefleet": "0.4.0", "onnxruntime": "1.20.1"}, ...}}
@@ -14,6 +17,7 @@ control. `k-` removes the fleet's label (the agent's value, if any, shows again)
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
@@ -23,6 +27,7 @@ from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
 from edgefleet.fleet.selectors import Selector, SelectorError, explain, parse
 from edgefleet.fleet.store import Row, one
+from shared.errors import PayloadError
 from shared.messages import DesiredState, ReportedState, Status, iso, now_ns
 
 IN_PROGRESS = ("pending", "received", "downloading", "verifying", "activating")
@@ -71,6 +76,7 @@ def view(db: sqlite_utils.Database, row: Row) -> api.NodeView:
         agent_labels=json.loads(row["agent_labels"]),
         fleet_labels=json.loads(row["fleet_labels"]),
         online=row["online"],
+        bridge=row["bridge"],
         first_seen=iso(row["first_seen_ns"]) if row["first_seen_ns"] else None,
         last_seen=iso(row["last_seen_ns"]) if row["last_seen_ns"] else None,
         desired_revision=row["desired_revision"],
@@ -89,7 +95,29 @@ def members(db: sqlite_utils.Database, selector: Selector) -> list[Row]:
     return [r for r in all_nodes(db) if selector.matches(labels_of(r))]
 
 
-Observation = tuple[str, Status | ReportedState]  # (site, what its agent published)
+@dataclass(frozen=True)
+class Bridge:
+    """The site bridge's notification on the cloud broker: connected, or gone (its will)."""
+
+    up: bool
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Bridge:
+        if payload not in (b"0", b"1"):
+            raise PayloadError(f"a bridge notification is 0 or 1, got {payload[:20]!r}")
+        return cls(up=payload == b"1")
+
+
+# (site, what its agent or its bridge published)
+Observation = tuple[str, Status | ReportedState | Bridge]
+
+
+def effective(agent_state: str | None, bridge: str | None) -> str:
+    """What `online` says: the agent's state, unless the site's bridge is down (a clean stop
+    of the whole site, agent first, stays `stopped`: the agent said so itself)."""
+    if bridge == "down" and agent_state != "stopped":
+        return "offline"
+    return agent_state or "unknown"
 
 
 def observe(fleet: Fleet, batch: list[Observation]) -> None:
@@ -104,6 +132,8 @@ def observe(fleet: Fleet, batch: list[Observation]) -> None:
                 shadow.observe_status(db, site, message, now)
             elif isinstance(message, Status):
                 _status(db, site, message, now)
+            elif isinstance(message, Bridge):
+                _bridge(db, site, message, now)
             else:
                 _reported(db, site, message, now)
 
@@ -111,7 +141,11 @@ def observe(fleet: Fleet, batch: list[Observation]) -> None:
 def _status(db: sqlite_utils.Database, site: str, status: Status, now: int) -> None:
     """The agent's retained status: online state, and labels and versions while online."""
     row = ensure_node(db, site)
-    updates: dict[str, Any] = {"online": status.state, "last_seen_ns": now}
+    updates: dict[str, Any] = {
+        "agent_state": status.state,
+        "online": effective(status.state, row["bridge"]),
+        "last_seen_ns": now,
+    }
     if row["first_seen_ns"] is None:
         updates["first_seen_ns"] = now
     section = status.health.get("agent")
@@ -120,6 +154,18 @@ def _status(db: sqlite_utils.Database, site: str, status: Status, now: int) -> N
         if isinstance(labels, dict):
             updates["agent_labels"] = json.dumps({str(k): str(v) for k, v in labels.items()})
         updates["agent"] = json.dumps({k: v for k, v in section.items() if k != "labels"})
+    db.table("nodes").update(site, updates)
+
+
+def _bridge(db: sqlite_utils.Database, site: str, bridge: Bridge, now: int) -> None:
+    """The site bridge connected (the agent's last status counts again) or went away."""
+    row = ensure_node(db, site)
+    state = "up" if bridge.up else "down"
+    updates: dict[str, Any] = {"bridge": state, "online": effective(row["agent_state"], state)}
+    if bridge.up:  # a will is the cloud broker speaking, not the site: not a sighting
+        updates["last_seen_ns"] = now
+        if row["first_seen_ns"] is None:
+            updates["first_seen_ns"] = now
     db.table("nodes").update(site, updates)
 
 

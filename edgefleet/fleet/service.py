@@ -109,6 +109,7 @@ class FleetService(Service[Config]):
         # Every status: the agents' (nodes) and the inference instances' (shadow figures).
         await self.rt.subscribe(every_site(Kind.STATUS, prefix), self.on_status)
         await self.rt.subscribe(every_site(Kind.REPORTED, prefix), self.on_reported)
+        await self.rt.subscribe(every_site(Kind.BRIDGE, prefix), self.on_bridge)
         if self.config.metrics is not None:
             collector = FleetCollector(self.fleet.store, self.counters)
             self.metrics = MetricsServer(collector, self.config.metrics)
@@ -201,6 +202,11 @@ class FleetService(Service[Config]):
         if status.instance != topic.name:
             raise PayloadError(f"a status of {status.instance!r} on {topic.name}'s topic")
         await self.observed.put((topic.site, status))
+
+    async def on_bridge(self, message: Received) -> None:
+        """The site bridge's notification: `1` connected, `0` gone (its last will)."""
+        site = parse(message.topic).site
+        await self.observed.put((site, nodes.Bridge.from_payload(message.payload)))
 
     async def on_reported(self, message: Received) -> None:
         site = parse(message.topic).site

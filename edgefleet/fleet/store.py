@@ -1,7 +1,8 @@
 """The fleet's metadata in SQLite (sqlite-utils): resources, flow versions, staged uploads,
 nodes, groups, deployments and desired states (schema 2), nodes' reported transitions (schema
 3), inference statuses for the shadow report (schema 4), staged rollouts and key rotations
-(schema 5); their queries are in nodes.py, deploy.py, shadow.py, rollout.py and rotation.py.
+(schema 5), a node's bridge apart from its agent (schema 6); their queries are in nodes.py,
+deploy.py, shadow.py, rollout.py and rotation.py.
 
 WAL mode and `synchronous=FULL`: what a command answered as committed survives a SIGKILL or a
 power cut. An explicit `schema_version` table and forward migrations (`MIGRATIONS[i]` takes
@@ -240,7 +241,15 @@ def _v5(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database) -> None:
+    """A node's bridge and its agent's own state apart: `online` is what both together say
+    (a site whose bridge's last will said 0 is offline, whatever its agent said last)."""
+    db.table("nodes").add_column("agent_state", str)  # the agent's last status state
+    db.table("nodes").add_column("bridge", str)  # up | down | NULL: no notification seen
+    db.execute("UPDATE nodes SET agent_state = online")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

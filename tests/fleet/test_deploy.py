@@ -451,7 +451,7 @@ def test_a_schema_1_database_is_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = Store(path)
-    assert store.schema_version() == len(MIGRATIONS) == 5
+    assert store.schema_version() == len(MIGRATIONS) == 6
     with store.read() as db2:
         tables = {"nodes", "groups", "deployments", "deployment_nodes", "desired", "node_events"}
         assert tables | {"inference_status"} <= set(db2.table_names())

@@ -12,7 +12,7 @@ ids = st.text(
     min_size=1,
     max_size=40,
 )
-NAMED = [k for k in Kind if k not in (Kind.DESIRED, Kind.REPORTED)]
+NAMED = [k for k in Kind if k not in (Kind.DESIRED, Kind.REPORTED, Kind.BRIDGE)]
 
 
 @given(site=ids, name=ids, kind=st.sampled_from(NAMED))
@@ -36,6 +36,7 @@ def test_site_level_topics(site: str) -> None:
     assert parse(topics.desired()).kind is Kind.DESIRED
     assert parse(topics.reported()).name is None
     assert topics.desired().startswith("acme/")
+    assert parse(topics.bridge()).kind is Kind.BRIDGE
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a+", "#", "$SYS", "tab\there", "x" * 129])

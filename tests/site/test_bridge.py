@@ -30,3 +30,12 @@ def test_the_bridge_carries_desired_in_and_status_and_reported_out() -> None:
     assert {"acme/plant1/desired", "acme/plant1/status/+", "acme/plant1/reported"} <= set(topics)
     # no results, events or raw data: the forwarder carries those
     assert not [t for t in topics if "/results/" in t or "/events/" in t or "/raw/" in t]
+
+
+def test_the_bridge_leaves_its_notification_under_the_site_tree_on_the_cloud() -> None:
+    lines = fleet_bridge(spec(broker={"host": "cloud.example", "port": 8883})).splitlines()
+    assert {"notifications true", "notifications_local_only false"} <= set(lines)
+    assert "notification_topic acme/plant1/bridge" in lines
+    # not under status/+ (JSON statuses) and not bridged out: the bridge writes it remotely
+    topics = [line.split()[1] for line in lines if line.startswith("topic ")]
+    assert "acme/plant1/bridge" not in topics
