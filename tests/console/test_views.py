@@ -31,6 +31,9 @@ def test_a_viewer_reads_and_an_operator_changes_as_themselves() -> None:
     viewer, operator = User("olga", Role.VIEWER), User("ana", Role.OPERATOR)
     assert authorize(viewer, "deployment.list", {}) == {}
     changing = sorted(set(COMMANDS) - READ_ONLY - {"library.upload_url", "library.commit"})
+    # a staged rollout's pause and resume are changes: operators only, like deploy
+    assert {"deployment.pause", "deployment.resume"} <= set(changing)
+    assert authorize(operator, "deployment.pause", {"id": "x"}) == {"id": "x"}
     for cmd in changing:
         if cmd == "library.download_url":
             continue

@@ -1,37 +1,54 @@
-// One deployment, per node, updated while it is in progress; cancel and roll back.
+// One deployment, per stage and per node, updated while it goes on; cancel, pause, resume and
+// roll back.
 "use strict";
 (() => {
   const table = document.getElementById("dep-nodes");
   const dep = table.dataset.dep;
   const stateEl = document.getElementById("dep-state");
+  const pausedEl = document.getElementById("dep-paused");
+  const stagesEl = document.getElementById("dep-stages");
   const cancel = document.getElementById("dep-cancel");
+  const pause = document.getElementById("dep-pause");
+  const resume = document.getElementById("dep-resume");
+  const going = (state) => state === "in_progress" || state === "paused";
   const timings = (t) => Object.entries(t).map(([k, v]) => `${k} ${Math.round(v)}`).join(", ");
+  const counts = (c) => Object.entries(c).map(([k, v]) => `${k} ${v}`).join(", ");
+
+  function row(cells, data) {
+    const tr = document.createElement("tr");
+    Object.assign(tr.dataset, data);
+    for (const [text, cls] of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (cls) td.className = cls;
+      tr.append(td);
+    }
+    return tr;
+  }
 
   function render(shown) {
     const d = shown.deployment;
     stateEl.textContent = d.state;
     stateEl.className = `state-${d.state}`;
-    if (cancel) cancel.disabled = d.state !== "in_progress";
-    const body = table.tBodies[0];
-    body.replaceChildren(...shown.nodes.map((n) => {
-      const tr = document.createElement("tr");
-      tr.dataset.site = n.site;
-      for (const [text, cls] of [[n.site], [n.revision], [n.state, `state state-${n.state}`],
-        [n.error || ""], [timings(n.timings_ms)], [n.updated]]) {
-        const td = document.createElement("td");
-        td.textContent = text;
-        if (cls) td.className = cls;
-        tr.append(td);
-      }
-      return tr;
-    }));
+    if (pausedEl) pausedEl.textContent = d.paused || "-";
+    if (cancel) cancel.disabled = !going(d.state);
+    if (pause) pause.disabled = d.state !== "in_progress";
+    if (resume) resume.disabled = d.state !== "paused";
+    if (stagesEl) stagesEl.tBodies[0].replaceChildren(...d.stages.map((s) => row([
+      [`${s.index + 1} of ${d.stages.length}`], [s.state, `state state-${s.state}`],
+      [s.sites.join(", ")], [counts(s.counts)],
+    ], {stage: s.index + 1})));
+    table.tBodies[0].replaceChildren(...shown.nodes.map((n) => row([
+      [n.site], [n.stage + 1, "stage"], [n.revision || "-", "revision"],
+      [n.state, `state state-${n.state}`], [n.error || ""], [timings(n.timings_ms)], [n.updated],
+    ], {site: n.site})));
     return d.state;
   }
 
   async function poll() {
     try {
       const state = render(await ef.call("deployment.show", {id: dep}));
-      setTimeout(poll, state === "in_progress" ? 1000 : 5000);
+      setTimeout(poll, going(state) ? 1000 : 5000);
     } catch (e) {
       ef.notice(`deployment.show: ${e.message}`);
       setTimeout(poll, 5000);
@@ -44,6 +61,13 @@
     const r = await ef.command("deployment.cancel", {id: dep});
     if (r) render(r);
   });
+  // Pause lets the stage in progress finish and holds the next one; Resume lets it go on.
+  for (const [button, cmd] of [[pause, "deployment.pause"], [resume, "deployment.resume"]]) {
+    if (button) button.addEventListener("click", async () => {
+      const r = await ef.command(cmd, {id: dep});
+      if (r) render(r);
+    });
+  }
   for (const b of document.querySelectorAll("button.rollback")) {
     b.addEventListener("click", async () => {
       if (!confirm(`Deploy ${b.dataset.flow}@${b.dataset.to} to every node that runs ${b.dataset.flow}?`)) return;
