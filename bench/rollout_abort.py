@@ -22,23 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench.deploy_fanout import _answers, eventually
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet.client import FleetClient, connect
-from edgefleet.fleet.config import Config
-from edgefleet.fleet.service import main as fleet_main
-from edgefleet.locals3 import LocalS3
-from shared.config import validate
-from shared.messages import ReportedState, Status
-from shared.signing import SigningKey
+from bench.deploy_fanout import eventually, simulated_fleet
+from edgefleet.fleet.client import FleetClient
+from shared.messages import ReportedState
 from shared.topics import Topics
-from tests.helpers import Probe, running
+from tests.helpers import Probe
 from tests.inference import models
 
 PREFIX = "bench"
@@ -76,120 +69,78 @@ async def round_trip(fleet: FleetClient, rounds: int = 30) -> float:
 async def run(n: int, fail_rate: float) -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        broker = LocalBroker(tmp / "broker").start()
-        s3 = LocalS3(tmp / "s3").start()
-        key = tmp / "fleet.key"
-        SigningKey.generate().save(key)
-        os.environ["BENCH_S3_SECRET"] = s3.secret_key
-        config = validate(
-            Config,
-            {
-                "prefix": PREFIX,
-                "broker": {"host": broker.host, "port": broker.port},
-                "db": str(tmp / "fleet.db"),
-                "work_dir": str(tmp / "work"),
-                "signing_key": str(key),
-                "s3": {"endpoint": s3.endpoint, "access_key": s3.access_key,
-                       "secret_key_env": "BENCH_S3_SECRET"},
-            },
-            "fleet.yaml",
-        )  # fmt: skip
-        try:
-            async with (
-                running(fleet_main(config)),
-                connect(f"{broker.host}:{broker.port}", prefix=PREFIX, timeout=300) as fleet,
-                Probe(broker.host, broker.port) as agents,
-                Probe(broker.host, broker.port) as watcher,
-            ):
-                await eventually(lambda: _answers(fleet))
-                await flows(fleet, tmp)
-                sites = [f"n{i:04d}" for i in range(n)]
-                for site in sites:
-                    health = {"agent": {"labels": {"role": "pump"}}}
-                    body = Status(instance="agent", service="agent", state="online", health=health)
-                    await agents.publish(
-                        Topics(site, PREFIX).status("agent"), body.to_wire(), qos=1, retain=True
-                    )
+        async with simulated_fleet(n, tmp) as sim:
+            fleet, agents, watcher, sites = sim.fleet, sim.agents, sim.watcher, sim.sites
+            await flows(fleet, tmp)
+            rtt_before = await round_trip(fleet)
+            staged = {"stages": ["10%", "100%"], "abort_above": "20%"}
 
-                async def all_known() -> bool:
-                    return len((await fleet.call("node.list"))["nodes"]) == n
+            # 1. advance
+            first = await fleet.call(
+                "deploy",
+                {"flows": ["pump-anomaly@1"], "group": "pumps", "strategy": staged},
+            )
+            canary = [p["site"] for p in first["plan"] if p["stage"] == 0]
+            rest = set(sites) - set(canary)
+            await watcher.wait_for(f"{PREFIX}/+/desired", count=len(canary), timeout=300)
+            for site in canary[:-1]:
+                await report(agents, site, 1, "applied")
+            t0 = time.perf_counter()
+            await report(agents, canary[-1], 1, "applied")
+            await watcher.wait_for(f"{PREFIX}/+/desired", lambda d: d["site"] in rest, timeout=300)
+            t_advance = time.perf_counter() - t0
+            await watcher.wait_for(
+                f"{PREFIX}/+/desired", lambda d: d["site"] in rest, count=len(rest),
+                timeout=300,
+            )  # fmt: skip
+            t_stage2 = time.perf_counter() - t0
+            for site in sorted(rest):
+                await report(agents, site, 1, "applied")
 
-                await eventually(all_known)
-                await fleet.call("group.create", {"name": "pumps", "selector": "role=pump"})
-                await watcher.subscribe(f"{PREFIX}/+/desired")
-                rtt_before = await round_trip(fleet)
-                staged = {"stages": ["10%", "100%"], "abort_above": "20%"}
+            async def succeeded() -> bool:
+                shown = await fleet.call("deployment.show", {"id": first["deployment"]["id"]})
+                return bool(shown["deployment"]["state"] == "succeeded")
 
-                # 1. advance
-                first = await fleet.call(
-                    "deploy",
-                    {"flows": ["pump-anomaly@1"], "group": "pumps", "strategy": staged},
-                )
-                canary = [p["site"] for p in first["plan"] if p["stage"] == 0]
-                rest = set(sites) - set(canary)
-                await watcher.wait_for(f"{PREFIX}/+/desired", count=len(canary), timeout=300)
-                for site in canary[:-1]:
-                    await report(agents, site, 1, "applied")
-                t0 = time.perf_counter()
-                await report(agents, canary[-1], 1, "applied")
-                await watcher.wait_for(
-                    f"{PREFIX}/+/desired", lambda d: d["site"] in rest, timeout=300
-                )
-                t_advance = time.perf_counter() - t0
-                await watcher.wait_for(
-                    f"{PREFIX}/+/desired", lambda d: d["site"] in rest, count=len(rest),
-                    timeout=300,
-                )  # fmt: skip
-                t_stage2 = time.perf_counter() - t0
-                for site in sorted(rest):
-                    await report(agents, site, 1, "applied")
+            await eventually(succeeded)
 
-                async def succeeded() -> bool:
-                    shown = await fleet.call("deployment.show", {"id": first["deployment"]["id"]})
-                    return bool(shown["deployment"]["state"] == "succeeded")
-
-                await eventually(succeeded)
-
-                # 2. abort: fail_rate of the canary fails, beyond the 20 % threshold
-                second = await fleet.call(
-                    "deploy",
-                    {"flows": ["pump-anomaly@2"], "group": "pumps", "strategy": staged},
-                )
-                dep = second["deployment"]["id"]
-                await watcher.wait_for(
-                    f"{PREFIX}/+/desired", lambda d: d["revision"] == 2, count=len(canary),
-                    timeout=300,
-                )  # fmt: skip
-                allowed = math.floor(0.2 * len(canary))
-                failing = max(allowed + 1, math.ceil(fail_rate * len(canary)))
-                for site in canary[:allowed]:
-                    await report(agents, site, 2, "rolled_back")
-                t1 = time.perf_counter()
-                await report(agents, canary[allowed], 2, "rolled_back")  # crosses it
-                await watcher.wait_for(
-                    f"{PREFIX}/+/desired", lambda d: d["revision"] == 3, timeout=300
-                )
-                t_abort = time.perf_counter() - t1
-                await watcher.wait_for(
-                    f"{PREFIX}/+/desired", lambda d: d["revision"] == 3, count=len(canary),
-                    timeout=300,
-                )  # fmt: skip
-                t_reverted = time.perf_counter() - t1
-                for site in canary[allowed + 1 : failing]:
-                    await report(agents, site, 2, "rolled_back")
-                shown = await fleet.call("deployment.show", {"id": dep})
-                touched = sorted(
-                    {
-                        d["site"]
-                        for d in watcher.decoded(f"{PREFIX}/+/desired")
-                        if d["site"] in rest and d.get("deployment") == dep
-                    }
-                )
-                rtt_after = await round_trip(fleet)
+            # 2. abort: fail_rate of the canary fails, beyond the 20 % threshold
+            second = await fleet.call(
+                "deploy",
+                {"flows": ["pump-anomaly@2"], "group": "pumps", "strategy": staged},
+            )
+            dep = second["deployment"]["id"]
+            await watcher.wait_for(
+                f"{PREFIX}/+/desired", lambda d: d["revision"] == 2, count=len(canary),
+                timeout=300,
+            )  # fmt: skip
+            allowed = math.floor(0.2 * len(canary))
+            failing = max(allowed + 1, math.ceil(fail_rate * len(canary)))
+            for site in canary[:allowed]:
+                await report(agents, site, 2, "rolled_back")
+            t1 = time.perf_counter()
+            await report(agents, canary[allowed], 2, "rolled_back")  # crosses it
+            await watcher.wait_for(f"{PREFIX}/+/desired", lambda d: d["revision"] == 3, timeout=300)
+            t_abort = time.perf_counter() - t1
+            await watcher.wait_for(
+                f"{PREFIX}/+/desired", lambda d: d["revision"] == 3, count=len(canary),
+                timeout=300,
+            )  # fmt: skip
+            t_reverted = time.perf_counter() - t1
+            for site in canary[allowed + 1 : failing]:
+                await report(agents, site, 2, "rolled_back")
+            shown = await fleet.call("deployment.show", {"id": dep})
+            touched = sorted(
+                {
+                    d["site"]
+                    for d in watcher.decoded(f"{PREFIX}/+/desired")
+                    if d["site"] in rest and d.get("deployment") == dep
+                }
+            )
+            rtt_after = await round_trip(fleet)
             rtt = statistics.median([rtt_before, rtt_after])
             print(f"nodes {n}, stages 10%,100% (canary {len(canary)}), abort above 20%")
             print(f"command round trip (keys.status, median) {rtt * 1000:.1f} ms "
-                  f"(before {rtt_before * 1000:.1f}, after {rtt_after * 1000:.1f})")  # fmt: skip
+              f"(before {rtt_before * 1000:.1f}, after {rtt_after * 1000:.1f})")  # fmt: skip
             print(
                 f"stage advance: last canary report → first stage-2 desired state "
                 f"{t_advance * 1000:.1f} ms ({t_advance / rtt:.1f}x the round trip); "
@@ -204,9 +155,6 @@ async def run(n: int, fail_rate: float) -> None:
                 f"injected failures {failing} of {len(canary)}; deployment "
                 f"{shown['deployment']['state']}; nodes beyond the canary touched: {len(touched)}"
             )
-        finally:
-            s3.stop()
-            broker.stop()
 
 
 def main() -> None:
