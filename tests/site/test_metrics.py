@@ -77,6 +77,8 @@ async def test_a_running_site_exports_its_statuses_and_the_counters_move(
         assert sup.metrics is not None
         await wait_health(sup, "inference-pump", lambda h: results(h) > 0)
         await wait_health(sup, "forwarder", lambda h: "sink_sqlite" in h)
+        # each figure comes from its own service's last status: the actuator's, once it decided
+        await wait_health(sup, "actuator-pump", lambda h: sum(decisions(h).values()) > 0)
         text, first = await asyncio.to_thread(scrape, sup.metrics.port)
 
         inference = {"site": site, "instance": "inference-pump", "flow": "pump"}
@@ -137,6 +139,13 @@ def family_of(sample: str, names: frozenset[str] = NAMES) -> str:
         if sample.endswith(suffix) and sample.removesuffix(suffix) in names:
             return sample.removesuffix(suffix)
     return sample
+
+
+def decisions(health: dict[str, object]) -> dict[str, float]:
+    """The decisions by outcome an actuator status counts."""
+    section = health.get("actuator")
+    found = section.get("decisions") if isinstance(section, dict) else None
+    return {str(k): float(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 def results(health: dict[str, object]) -> float:
