@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edgefleet.broker import bridge_config
 from shared.errors import ConfigError, EdgefleetError
 from shared.files import write_atomic
 from shared.topics import DEFAULT_PREFIX, Topics, agent_replies
@@ -70,21 +71,15 @@ def acl_text(sites: dict[str, Any], prefix: str) -> str:
 
 
 def bridge_text(site: str, cloud: str, prefix: str) -> str:
-    t = Topics(site, prefix)
-    return f"""# The site broker's bridge to the cloud (append to its mosquitto.conf): MQTT v5 so
-# content types survive, TLS against the fleet's CA; the control plane only.
-connection cloud
-address {cloud}
-bridge_protocol_version mqttv50
-bridge_cafile /mosquitto/config/tls/ca.crt
-remote_clientid {site}-bridge
-remote_username {site}
-remote_password {{the content of sites/{site}/password}}
-cleansession false
-topic {t.desired()} in 1
-topic {prefix}/{site}/status/+ out 1
-topic {t.reported()} out 1
-"""
+    """The site broker's bridge to the cloud (append to its mosquitto.conf): the one bridge
+    `edgefleet up` writes (`edgefleet.broker.bridge_config`), with TLS against the fleet's CA
+    and the site's credentials."""
+    settings = (
+        "bridge_cafile /mosquitto/config/tls/ca.crt",
+        f"remote_username {site}",
+        f"remote_password {{the content of sites/{site}/password}}",
+    )
+    return bridge_config(site, cloud, prefix=prefix, settings=settings)
 
 
 def _cert(

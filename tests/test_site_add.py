@@ -40,6 +40,9 @@ async def test_a_site_cannot_publish_into_another_sites_tree(tmp_path: Path) -> 
     out = auth / "sites" / "plantA"
     bridge = (out / "bridge.conf").read_text()
     assert "remote_username plantA" in bridge and "topic ef/plantA/desired in 1" in bridge
+    # the bridge `up` writes: debug sessions cross it, and its last will marks the site offline
+    assert "topic ef/plantA/debug/data/# out 0" in bridge
+    assert "notification_topic ef/plantA/bridge" in bridge
     password = (out / "password").read_text()
     # the fleet's own user, for this test only (in compose it uses the internal listener)
     await asyncio.to_thread(
