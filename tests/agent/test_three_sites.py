@@ -243,6 +243,9 @@ async def test_a_site_offline_during_two_deployments_applies_only_the_last(
     third = await push(client, tmp_path, "pump-ae", seed=8)
     first_d, plan = await deploy_plan(client, second["version"])
     await reported(probes[online], online, first_d, "applied")
+    # the fleet hears the report over the bridge, after the probe on the site's broker: a
+    # deployment issued before then supersedes the row the report was about to close
+    await until_states(client, first_d, {online: "applied", away: "pending"})
     last_d = await deploy(client, third["version"])
     await reported(probes[online], online, last_d, "applied")
     await until_states(client, first_d, {online: "applied", away: "superseded"})
