@@ -42,6 +42,7 @@ from tests.fleet.conftest import fleet, fleet_config, s3
 from tests.helpers import Probe, until
 from tests.inference.models import mlp
 from tests.site.helpers import FEATURES, flow_data
+from tests.site.test_broker_restart import Results, queued_sample_times
 
 __all__ = ["fleet", "fleet_config", "s3"]  # the fleet's fixtures, for this module
 
@@ -166,6 +167,11 @@ def at_step(node: Site, revision: int, step: str) -> bool:
     return state.current is not None and state.current.revision == revision
 
 
+def history_times(history: Path) -> set[int]:
+    with sqlite3.connect(f"file:{history}?mode=ro", uri=True, timeout=30) as db:
+        return {t for (t,) in db.execute("SELECT t FROM results")}
+
+
 def settled_on(node: Site, revision: int) -> bool:
     state = agent_state(node)
     return (
@@ -200,6 +206,12 @@ async def test_power_cut_again_and_again(
     at_cut: collections.Counter[str] = collections.Counter()
     back: list[float] = []  # power back → the first result of the right model
     checked = leftovers = processes = 0
+    cut_ns: list[int] = []
+    # every result the site broker delivered, to a subscriber of its own (reconnecting after
+    # each cut): what of it never reached the history was lost by a cut
+    seen = Results(node.port, Topics(site, site).results("pump"))
+    await seen.connection.subscribe(seen.topic)
+    receiving = asyncio.create_task(seen.connection.run())
     try:
         async with Probe(broker.host, broker.port) as probe:
             await probe.subscribe(Topics(site, site).everything())
@@ -217,6 +229,7 @@ async def test_power_cut_again_and_again(
                     await asyncio.sleep(rng.uniform(0, 0.5))
                 else:  # anywhere in steady running (or in the start that came before)
                     await asyncio.sleep(rng.uniform(0, 3))
+                cut_ns.append(time.time_ns())
                 processes = max(processes, power_cut(node))
                 bad, n, left = corrupt_files(node.workdir, history)
                 corrupt += [f"cut {cut + 1}: {b}" for b in bad]
@@ -232,7 +245,16 @@ async def test_power_cut_again_and_again(
                 back.append(time.monotonic() - powered)
                 await until(functools.partial(settled_on, node, revision), timeout=TIMEOUT)
                 applied = revision
+            # the forwarder has sent on what the restarted broker still held for it once a
+            # sample taken after power back is in the history
+            powered_ns = time.time_ns()
+            await until(lambda: max(history_times(history), default=0) > powered_ns, TIMEOUT)
+            before = {t for _, ts in seen.sampled for t in ts if t < cut_ns[-1]}
+            queue = node.workdir / "forwarder" / "sqlite.db"
+            lost = before - history_times(history) - queued_sample_times(queue)
     finally:
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
         node.stop()
     bad, n, left = corrupt_files(node.workdir, history)
     corrupt += [f"at the end: {b}" for b in bad]
@@ -250,7 +272,8 @@ async def test_power_cut_again_and_again(
         f"and history SQLite files; at most {leftovers} temporary files left by a cut write); "
         f"recovered on the revision due {cuts - len(halves)}/{cuts}, never half of one; first "
         f"result of that revision's model {statistics.median(back):.1f} s after power back "
-        f"(p50, max {max(back):.1f} s)",
+        f"(p50, max {max(back):.1f} s); results lost per cut {len(lost) / cuts:.1f} ({len(lost)} "
+        f"of {len(before):,} the site broker delivered before the last cut)",
         ok,
     )
     assert ok, (corrupt[:5], halves[:5])

@@ -9,8 +9,10 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 from services.inference.candidate import TRIAL_NICE, Trial, trial_process, try_candidate
@@ -18,10 +20,11 @@ from services.inference.config import InferenceSettings
 from services.inference.isolated import Warm, run_isolated, run_isolated_async
 from services.inference.model import ModelBlob
 from shared.errors import ModelError
-from tests.helpers import until
+from tests.helpers import Probe, until
 from tests.inference import models
 from tests.inference.helpers import echo as identity
 from tests.inference.helpers import hang, niceness, noisy, segfault
+from tests.inference.live import publish_config, serving, status_where
 
 
 def alive(pid: int) -> bool:
@@ -165,3 +168,26 @@ async def test_a_candidate_trial_in_the_warm_process(tmp_path: Path) -> None:
     finally:
         await warm.close()
     assert shapes == again and shapes and warm.started == 1
+
+
+def trial_processes() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "--warm" in p.cmdline() and "services.inference.candidate" in p.cmdline()
+    ]
+
+
+async def test_an_instance_tries_every_candidate_in_its_one_trial_process(
+    base_config: dict[str, Any], probe: Probe, site: str, tmp_path: Path
+) -> None:
+    live = models.isolation_forest(tmp_path / "live.onnx")
+    wrong = models.linear(tmp_path / "wrong.onnx", f=3)  # the flow has 4 features
+    async with serving(base_config, probe, site, live, candidate_timeout_s=60) as topics:
+        [trials] = trial_processes()  # started with the instance
+        for revision in (1, 2):
+            await publish_config(probe, topics, revision, model={"path": str(wrong)})
+            await status_where(probe, topics, lambda s, r=revision: s["swaps"]["refused"] == r)
+        assert [p.pid for p in trial_processes()] == [trials.pid]  # both tried there
+    await asyncio.to_thread(psutil.wait_procs, [trials], 30)
+    assert not trials.is_running() and not trial_processes()  # stopped with the instance
