@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import yaml
 
 from edgefleet.agent.state import AgentState, StateFile
@@ -47,6 +48,7 @@ from tests.site.test_broker_restart import Results, queued_sample_times
 __all__ = ["fleet", "fleet_config", "s3"]  # the fleet's fixtures, for this module
 
 TIMEOUT = 120
+CUTS = scaled(100, least=2)
 # Two flow versions, each with its own model and alignment period: every new revision swaps
 # the model and restarts the aligner, so activation starts and stops processes.
 VERSIONS = ((2, 100), (7, 200))
@@ -187,11 +189,12 @@ async def first_result(node: Site, sha256: str) -> None:
         await probe.wait_for(topic, lambda r: r["model"]["sha256"] == sha256, timeout=TIMEOUT)
 
 
+@pytest.mark.timeout(120 + 60 * CUTS)  # 10-30 s a cut on a loaded machine: past the 300 s
 async def test_power_cut_again_and_again(
     tmp_path: Path, broker: LocalBroker, fleet: FleetClient, site: str, simulator: int,
     figure: Figure,
 ) -> None:  # fmt: skip
-    cuts = scaled(100, least=2)
+    cuts = CUTS
     rng = random.Random(20)
     history = tmp_path / "history.db"
     views = [await push(fleet, tmp_path, seed, ms, history) for seed, ms in VERSIONS]
