@@ -213,6 +213,7 @@ class Warm:
             stdout=asyncio.subprocess.PIPE,
             stderr=self.stderr,
             env=_env(),
+            limit=_ANSWER_LIMIT,
         )
         self.started += 1
 
@@ -232,6 +233,9 @@ class Warm:
             except TimeoutError:
                 await self._restart()
                 raise self.error(_timeout(what, doing, timeout_s)) from None
+            except ValueError:  # an answer past _ANSWER_LIMIT: not one the child meant
+                await self._restart()
+                raise self.error(f"{what} made the process that tried it answer garbage") from None
             except BaseException:  # cancelled mid-call: its answer must not be the next's
                 await self._kill()
                 raise
@@ -313,6 +317,7 @@ def _death(returncode: int | None, err: bytes) -> str:
     return f"exit code {returncode}: {tail[0][:200]}"
 
 
+_ANSWER_LIMIT = 16 << 20  # an answer line (an error message, output shapes) is far shorter
 _READY = b"ready\n"  # a warm child's first line: imported, waiting for calls
 
 

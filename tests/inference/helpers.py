@@ -75,3 +75,7 @@ def hang(marker: str | None) -> None:
     if marker:
         Path(marker).touch()  # the call has begun
     signal.pause()
+
+
+def huge(_: Any) -> str:
+    return "x" * (17 << 20)  # past the warm child's answer limit

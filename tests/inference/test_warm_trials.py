@@ -23,7 +23,7 @@ from shared.errors import ModelError
 from tests.helpers import Probe, until
 from tests.inference import models
 from tests.inference.helpers import echo as identity
-from tests.inference.helpers import hang, niceness, noisy, segfault
+from tests.inference.helpers import hang, huge, niceness, noisy, segfault
 from tests.inference.live import publish_config, serving, status_where
 
 
@@ -76,6 +76,16 @@ async def test_a_hang_is_killed_at_its_timeout_and_the_next_call_is_served() -> 
             await warm.run(hang, None, 1, "candidate c", "trying")
         assert not alive(hung)
         assert (await warm.run(identity, 3, 60, "input", "echo"))["arg"] == 3
+    finally:
+        await warm.close()
+
+
+async def test_an_answer_past_the_limit_is_an_error_and_the_next_call_is_served() -> None:
+    warm = Warm("json")
+    try:
+        with pytest.raises(ModelError, match="answer garbage"):
+            await warm.run(huge, None, 60, "input", "answering")
+        assert (await warm.run(identity, 5, 60, "input", "echo"))["arg"] == 5
     finally:
         await warm.close()
 
