@@ -603,18 +603,49 @@ class SiteSupervisor:
             return
         if parsed.name:
             self.book.put(parsed.name, status)
+        restored = message.retain and status.t < self._broker_since_ns
+        if restored and status.state == "online" and not self._alive(parsed.name or ""):
+            await self._leave_will(parsed.name or "", status)
+            return
         state = self.instances.get(parsed.name or "")
         if state is None or state.pid is None:
             return
         if status.t < state.started_ns - 1_000_000_000:
             return  # retained from an earlier run
-        if message.retain and status.t < self._broker_since_ns:
+        if restored:
             # restored by a restarted broker: the instance has not spoken to this one yet (a
             # last will comes live, with the time of the instance's start: it is not stale)
             return
         new = status.state
         if new != state.state:
             self._set(state, new, f"pid {state.pid}")
+
+    def _alive(self, name: str) -> bool:
+        """Whether a process of ours runs (or is about to run) as `name`: it speaks for itself
+        on the restarted broker, and an `offline` of ours could land after its `online`."""
+        if self.agent is not None and name == self.agent.rt.instance:
+            return self.agent.alive
+        state = self.instances.get(name)
+        return state is not None and state.pid is not None
+
+    async def _leave_will(self, name: str, stale: Status) -> None:
+        """A restarted broker restored `online` for an instance that is not running (it died
+        with the broker, or is no longer in site.yaml): its last will died with the old broker,
+        so leave it now, retained, or the site (and the fleet, over the bridge) would show a
+        dead instance online for good. Same `t` as the stale status: a will is about that run."""
+        gone = stale.model_copy(update={"state": "offline", "health": {}})
+        payload, content_type = codec.encode(gone.to_wire())
+        assert self._status is not None
+        await self._status.publish(
+            self.topics.status(name), payload, content_type=content_type, qos=1, retain=True
+        )
+        log.info(
+            "site %s: %s said online to the broker's last run; offline now",
+            self.site.spec.site,
+            name,
+        )
+        if self._broker is not None:
+            self._broker.save()
 
     def _note_config(self, message: Received, name: str) -> None:
         try:
