@@ -174,7 +174,7 @@ class SiteSupervisor:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self.broker: BrokerState | None = None  # the local broker's state while it is ours
         self._broker: SupervisedBroker | None = None
-        self._broker_since_ns = 0  # wall clock of the broker's latest start: older is stale
+        self._broker_since_ns = 0  # wall clock of the broker's latest start or death: older is stale
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._status: MqttConnection | None = None
@@ -612,9 +612,11 @@ class SiteSupervisor:
             return
         if status.t < state.started_ns - 1_000_000_000:
             return  # retained from an earlier run
-        if restored:
-            # restored by a restarted broker: the instance has not spoken to this one yet (a
-            # last will comes live, with the time of the instance's start: it is not stale)
+        earlier = status.t < self._broker_since_ns  # said to the broker's previous run
+        if earlier and (message.retain or status.state == "online"):
+            # restored by a restarted broker, or an `online` that was in flight when the old
+            # one died and is read only now: the instance has not spoken to this one yet (a
+            # last will comes live, with the time of the instance's start: it is news)
             return
         new = status.state
         if new != state.state:
@@ -668,6 +670,9 @@ class SiteSupervisor:
 
     def _broker_down(self, why: str) -> None:
         """Every running instance has lost its broker: say so, rather than `online`."""
+        # what was said before now was said to the dead broker: an `online` still on its way
+        # to us (read after this, under load) is no news of the next one
+        self._broker_since_ns = clock.now_ns()
         for state in self.instances.values():
             if state.pid is not None and state.state != "waiting":
                 self._set(state, "waiting", f"for the broker ({why}); pid {state.pid}")
