@@ -174,7 +174,7 @@ class SiteSupervisor:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self.broker: BrokerState | None = None  # the local broker's state while it is ours
         self._broker: SupervisedBroker | None = None
-        self._broker_since_ns = 0  # wall clock of the broker's latest start or death: older is stale
+        self._broker_since_ns = 0  # the broker's last start or death (wall clock): older is stale
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._status: MqttConnection | None = None
