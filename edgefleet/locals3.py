@@ -66,6 +66,9 @@ class LocalS3(LocalProcess):
     access_key: str = "edgefleet"
     secret_key: str = field(default_factory=lambda: secrets.token_hex(16))
     process: subprocess.Popen[bytes] | None = None
+    # volumes the server may hold (weed's default: 8); each bucket is a collection that takes 7
+    # at its first write, so a server for many buckets (the tests': one per test) needs more
+    max_volumes: int | None = None
     _ports: list[int] = field(default_factory=list)
     # weed's graceful stop can hang for long; what it acknowledged is already on disk
     stop_grace_s = 3.0
@@ -78,6 +81,7 @@ class LocalS3(LocalProcess):
         if not self._ports:
             self._ports = _free_ports(7)  # s3 gRPC, master and its gRPC, volume, filer, ...
         grpc_s3, master, grpc_master, volume, grpc_volume, filer, grpc_filer = self._ports
+        more = [] if self.max_volumes is None else [f"-volume.max={self.max_volumes}"]
         return [
             find_weed(),
             "server",
@@ -99,6 +103,7 @@ class LocalS3(LocalProcess):
             "-volume.preStopSeconds=0",
             f"-filer.port={filer}",
             f"-filer.port.grpc={grpc_filer}",
+            *more,
         ]
 
     def _write_identities(self) -> None:
