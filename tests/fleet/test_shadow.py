@@ -54,6 +54,17 @@ async def applied(fleet: FleetClient, deployment: str) -> None:
             await asyncio.sleep(0.2)
 
 
+async def succeeded(fleet: FleetClient, deployment: str) -> dict[str, Any]:
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            shown: dict[str, Any] = (await fleet.call("deployment.show", {"id": deployment}))[
+                "deployment"
+            ]
+            if shown["state"] == "succeeded":
+                return shown
+            await asyncio.sleep(0.2)
+
+
 async def report_where(fleet: FleetClient, flow: str, check: Any) -> dict[str, Any]:
     async with asyncio.timeout(TIMEOUT):
         while True:
@@ -284,9 +295,11 @@ async def test_promote_in_stages_canary_first_then_the_rest(
         assert dep["strategy"]["stages"] == ["1", "100%"]
         assert [(p["site"], p["stage"]) for p in promoted["deploy"]["plan"]] == [(a, 0), (b, 1)]
         await applied(fleet, dep["id"])
-        shown = (await fleet.call("deployment.show", {"id": dep["id"]}))["deployment"]
-        assert shown["state"] == "succeeded" and shown["strategy"] == dep["strategy"]
-        assert [s["state"] for s in shown["stages"]] == ["held", "held"]
+        # the rows, then the deployment's state: two steps of the fleet (nodes.observe, then
+        # rollout.progress), and an answer may come between them
+        view = await succeeded(fleet, dep["id"])
+        assert view["state"] == "succeeded" and view["strategy"] == dep["strategy"]
+        assert [s["state"] for s in view["stages"]] == ["held", "held"]
 
         # b got the promotion's desired state only once the canary had reported it applied
         def first(topic: str, check: Any) -> tuple[int, Any]:
