@@ -39,13 +39,13 @@ from shared.config import validate
 from shared.topics import Topics
 from tests.agent.sites import Site
 from tests.agent.test_agent import KEY, deploy, desired, reported
-from tests.fleet.conftest import fleet, fleet_config, s3
+from tests.fleet.conftest import bucket, fleet, fleet_config, s3, shared_s3
 from tests.helpers import Probe, until
 from tests.inference.models import mlp
 from tests.site.helpers import FEATURES, flow_data
 from tests.site.test_broker_restart import Results, queued_sample_times
 
-__all__ = ["fleet", "fleet_config", "s3"]  # the fleet's fixtures, for this module
+__all__ = ["bucket", "fleet", "fleet_config", "s3", "shared_s3"]  # the fleet's fixtures, here
 
 TIMEOUT = 120
 CUTS = scaled(100, least=2)
