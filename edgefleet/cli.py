@@ -8,10 +8,10 @@ import contextlib
 import sys
 from pathlib import Path
 
+from edgefleet.cli_errors import cli_errors
 from edgefleet.registry import SERVICES, service_spec
 from edgefleet.site.commands import add_commands as add_site_commands
 from shared.config import load_config
-from shared.errors import EdgefleetError
 from shared.mqtt import BrokerSettings
 from shared.runtime import setup_logging
 from shared.service import RESTART_EXIT_CODE, RestartForConfig
@@ -235,20 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         from edgefleet.opcua_browse import main as browse_main
 
         return browse_main(argv[2:])
-    args = parser().parse_args(argv)
-    try:
-        return int(args.fn(args))
-    except EdgefleetError as exc:
-        print(f"edgefleet: {exc}", file=sys.stderr)
-        return 2
-    except ExceptionGroup as group:  # raised inside a service's TaskGroup
-        known, other = group.split(EdgefleetError)
-        if other is not None:
-            raise
-        assert known is not None
-        for error in known.exceptions:
-            print(f"edgefleet: {error}", file=sys.stderr)
-        return 2
+    return run_parsed(parser().parse_args(argv))
+
+
+@cli_errors("edgefleet")
+def run_parsed(args: argparse.Namespace) -> int:
+    return int(args.fn(args))
 
 
 if __name__ == "__main__":

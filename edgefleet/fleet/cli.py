@@ -30,11 +30,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from edgefleet.cli_errors import INTERRUPTED, OK, UsageError, cli_errors
 from edgefleet.fleet.client import ENV_ADDRESS, FleetClient, author, connect
 from edgefleet.fleet.diff import FlowDiff
 from edgefleet.fleet.diff import render as render_diff
-from edgefleet.fleet.errors import FleetError
-from shared.errors import EdgefleetError
 from shared.topics import DEFAULT_PREFIX
 
 PROGRESS_ABOVE = 4 * 2**20  # bytes: smaller transfers are over before a bar would help
@@ -42,10 +41,6 @@ KIND_BY_SUFFIX = {".onnx": "model", ".py": "script"}
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class UsageError(Exception):
-    """Bad usage: exit 2."""
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -394,23 +389,15 @@ async def run(args: argparse.Namespace) -> None:
         print_json(result)
 
 
+@cli_errors("edgefleet")
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    prepare(args)
     try:
-        prepare(args)
         asyncio.run(run(args))
-    except UsageError as exc:
-        err.print(f"edgefleet: {exc}", markup=False)
-        return 2
-    except FleetError as exc:
-        err.print(f"edgefleet: {exc.message} [{exc.code}]", markup=False)
-        return 1
-    except EdgefleetError as exc:
-        err.print(f"edgefleet: {exc}", markup=False)
-        return 1
     except KeyboardInterrupt:
         if (args.noun, args.verb) == ("debug", "watch"):
-            return 0  # Ctrl-C is how a watch ends; the session was closed on the way out
+            return OK  # Ctrl-C is how a watch ends; the session was closed on the way out
         err.print("edgefleet: interrupted; nothing was committed by this command unless it said so")
-        return 1
-    return 0
+        return INTERRUPTED
+    return OK

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgefleet.fleet.errors import FleetError
+from edgefleet.fleet.errors import FleetError, FleetUnreachable
 from shared.codec import Encoding
-from shared.errors import ProtocolError
+from shared.errors import ConfigError, ProtocolError
 from shared.messages import FleetCommand
 from shared.mqtt import BrokerSettings, NotConnected
 from shared.requests import Requester, RequestTimeout, requester
@@ -39,7 +39,7 @@ Progress = Callable[[int], None]  # called with the bytes just moved
 def parse_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"fleet address {address!r}: expected host:port (127.0.0.1:1883)")
+        raise ConfigError(f"fleet address {address!r}: expected host:port (127.0.0.1:1883)")
     return host or "127.0.0.1", int(port)
 
 
@@ -70,8 +70,7 @@ class FleetClient:
                 encoding=Encoding.JSON,  # readable with mosquitto_sub when debugging
             )
         except RequestTimeout:
-            raise FleetError(
-                "internal",
+            raise FleetUnreachable(
                 f"the fleet did not answer {cmd} within {timeout:g} s: is the fleet service "
                 "running on that broker? (edgefleet cloud up starts one)",
             ) from None
@@ -134,8 +133,7 @@ async def connect(
         ) as req:
             yield FleetClient(req, prefix, timeout)
     except NotConnected as exc:
-        raise FleetError(
-            "internal",
+        raise FleetUnreachable(
             f"cannot reach the fleet's broker at {host}:{port} ({exc}); give --fleet HOST:PORT "
             f"or set {ENV_ADDRESS}",
         ) from None

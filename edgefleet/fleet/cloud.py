@@ -24,6 +24,7 @@ from types import FrameType
 import yaml
 
 from edgefleet.broker import LocalBroker
+from edgefleet.cli_errors import cli_errors
 from edgefleet.locals3 import LocalS3
 from shared.signing import SigningKey
 
@@ -152,6 +153,7 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+@cli_errors("edgefleet cloud")
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     return up(args)

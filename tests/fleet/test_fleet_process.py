@@ -145,11 +145,11 @@ def test_cli_tables_json_and_exit_codes(
     odd = tmp_path / "model.bin"
     odd.write_bytes(model.read_bytes())
     assert cli(broker, site, "library", "push", str(odd), "--name", "x").returncode == 2
-    # no fleet there: 1, naming the address and how to give another
+    # no fleet there: 3, naming the address and how to give another
     env_less = subprocess.run(
         [sys.executable, "-m", "edgefleet.cli", "library", "list", "--fleet", "127.0.0.1:1"],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert env_less.returncode == 1 and "--fleet" in env_less.stderr
+    assert env_less.returncode == 3 and "--fleet" in env_less.stderr
