@@ -17,6 +17,7 @@ from services.mqtt_ingest.config import IngestConfig, Input
 from services.mqtt_ingest.mapping import Extractor
 from services.mqtt_ingest.per_topic import TopicNamer, ValueReader
 from shared import clock, codec
+from shared.coalesce import Coalescer
 from shared.codec import JSON, MSGPACK
 from shared.health import HealthModel
 from shared.mqtt import Received
@@ -49,7 +50,7 @@ class MqttIngestService(Service[IngestConfig]):
         self.readings = 0
         self.batches = 0
         self.buffers: dict[str, SourceBuffer] = {}
-        self._dirty = asyncio.Event()
+        self._coalescer = Coalescer(config.coalesce_ms / 1000)
         self._publishing: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -79,7 +80,7 @@ class MqttIngestService(Service[IngestConfig]):
             if spec.timestamp.path is not None:
                 self.rt.health.note_clock(spec.source, int(batch.t.max()), arrival)
             buffer.add_batch(batch)
-            self._dirty.set()
+            self._coalescer.mark()
 
         return handle
 
@@ -98,22 +99,18 @@ class MqttIngestService(Service[IngestConfig]):
             if device_clock and t != arrival:
                 self.rt.health.note_clock(spec.source, t, arrival)
             buffer.add(name, t, value, q, arrival)
-            self._dirty.set()
+            self._coalescer.mark()
 
         return handle
 
     async def coalesce_loop(self) -> None:
         """Wait for a first reading, let the tick fill up, publish one batch per source."""
-        tick = self.config.coalesce_ms / 1000
-        while True:
-            await self._dirty.wait()
-            await clock.sleep(tick)
-            await self.flush()
+        await self._coalescer.run(self.flush)
 
     async def flush(self) -> None:
         """Publish what the buffers hold. The PUBACK is not awaited here: on a busy connection
         it comes behind the incoming stream, and the next tick must not wait for it."""
-        self._dirty.clear()
+        self._coalescer.clear()
         for source, buffer in self.buffers.items():
             if not buffer:
                 continue
