@@ -79,7 +79,7 @@ class BrokerSettings:
     keepalive_s: int = 30
     clean_start: bool = True
     session_expiry_s: int | None = None  # with clean_start False: a persistent session
-    max_inflight: int = 100  # QoS 1 messages awaiting PUBACK at once
+    max_inflight: int = 100  # QoS 1 messages awaiting PUBACK at once (below the broker's maximum)
     outbox_max: int = 10_000  # publishes buffered while the broker is away
     reconnect_initial_s: float = 0.2
     reconnect_max_s: float = 10.0
@@ -224,6 +224,17 @@ class _Session:
         handler._handle_puback_packet = self._on_puback
         handler._handle_qos_1_publish_packet = self._on_qos1
         self.client, self._handler = client, handler
+        self.limit = s.max_inflight  # set again from the CONNACK
+        self.inflight = asyncio.Semaphore(self.limit)
+
+    def window(self, wanted: int) -> int:
+        """QoS 1 publishes this connection may have awaiting their PUBACK: `wanted`, below the
+        broker's receive maximum (CONNACK). gmqtt hands out at most receive maximum - 1 packet
+        ids and raises OverflowError past them; one is kept for a subscribe or unsubscribe."""
+        values = self._handler._connack_properties.get("receive_maximum")
+        if not values:
+            return wanted  # absent: 65,535 (MQTT v5 3.2.2.3.3)
+        return max(1, min(wanted, int(values[0]) - 2))
 
     async def connect(self) -> None:
         s = self.owner.settings
@@ -249,6 +260,13 @@ class _Session:
                     raise self._handler.propagate_error()
                 raise NotConnected("the broker closed the connection before its CONNACK")
             connecting.result()
+        self.limit = self.window(s.max_inflight)
+        self.inflight = asyncio.Semaphore(self.limit)
+        if self.limit < s.max_inflight:
+            log.info(
+                "%s:%s: at most %d QoS 1 publishes in flight (the broker's receive maximum)",
+                s.host, s.port, self.limit,
+            )  # fmt: skip
         sock = self.client._connection._transport.get_extra_info("socket")
         if sock is not None:  # asyncio sets it too; say so here, where it matters
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -393,7 +411,6 @@ class MqttConnection:
         self._session: _Session | None = None
         self._ready = asyncio.Event()
         self._outbox: deque[Outgoing] = deque()
-        self._inflight = asyncio.Semaphore(settings.max_inflight)
         self._backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
         self._inbox: list[Received] = []
         self._inbox_ready = asyncio.Event()
@@ -433,6 +450,12 @@ class MqttConnection:
     @property
     def connected(self) -> bool:
         return self._ready.is_set()
+
+    @property
+    def inflight_limit(self) -> int:
+        """QoS 1 publishes that may await their PUBACK at once on the current connection."""
+        session = self._session
+        return self.settings.max_inflight if session is None else session.limit
 
     @property
     def buffered(self) -> int:  # publishes waiting in the outbox for the broker
@@ -493,7 +516,7 @@ class MqttConnection:
                 self._since_yield = 0
                 await asyncio.sleep(0)
             return _SUCCESS
-        async with self._inflight:
+        async with session.inflight:
             code = await session.publish_acked(msg)
         if code < 0x80:
             self.stats.published += 1
