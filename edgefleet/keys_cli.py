@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.cli_errors import cli_errors
+from edgefleet.fleet.address import add_fleet_options
 from shared.signing import SigningKey
 from shared.topics import DEFAULT_PREFIX
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("new_key", help="the new private key's path on the fleet's host")
     status = sub.add_parser("status", help="the signing key and the latest rotation")
     for sp in (rotate, status):
-        sp.add_argument("--fleet", help="the fleet's broker host:port (default 127.0.0.1:1883)")
+        add_fleet_options(sp)
         sp.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (ef)")
         sp.add_argument("--timeout", type=float, default=30.0, help="seconds for an answer")
         sp.add_argument("--json", action="store_true", help="print the fleet's answer")
@@ -45,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _ask(args: argparse.Namespace, cmd: str, request: dict[str, Any]) -> Any:
+    from edgefleet.fleet.address import fleet_of
     from edgefleet.fleet.client import connect
 
-    async with connect(args.fleet, args.prefix, timeout=args.timeout) as fleet:
+    async with connect(fleet_of(args), args.prefix, timeout=args.timeout) as fleet:
         return await fleet.call(cmd, request)
 
 

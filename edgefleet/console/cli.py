@@ -139,7 +139,7 @@ async def sources(
         filters,
         f"cloud broker {broker.host}:{broker.port}: statuses and results of every site",
     )
-    async with connect(f"{broker.host}:{broker.port}", prefix=config.prefix) as fleet:
+    async with connect(broker, prefix=config.prefix) as fleet:  # its credentials and TLS
         live = DebugFeed(feed, fleet)
         yield "cloud", fleet, live, LiveStore(args.keep_s), None, config.prefix
 

@@ -31,7 +31,8 @@ from rich.progress import (
 from rich.table import Table
 
 from edgefleet.cli_errors import INTERRUPTED, OK, UsageError, cli_errors
-from edgefleet.fleet.client import ENV_ADDRESS, FleetClient, author, connect
+from edgefleet.fleet.address import add_fleet_options, fleet_of
+from edgefleet.fleet.client import FleetClient, author, connect
 from edgefleet.fleet.diff import FlowDiff
 from edgefleet.fleet.diff import render as render_diff
 from shared.topics import DEFAULT_PREFIX
@@ -44,9 +45,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--fleet", help=f"the fleet's broker host:port (${ENV_ADDRESS}; default 127.0.0.1:1883)"
-    )
+    add_fleet_options(p)
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (ef)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
@@ -383,7 +382,7 @@ async def run(args: argparse.Namespace) -> None:
 
     verbs = {**VERBS, **nodes_cli.VERBS, **debug_cli.VERBS, **shadow_cli.VERBS}
     verb = verbs[(args.noun, args.verb)]
-    async with connect(args.fleet, args.prefix, timeout=args.timeout) as fleet:
+    async with connect(fleet_of(args), args.prefix, timeout=args.timeout) as fleet:
         result = await verb(fleet, args)
     if args.json:
         print_json(result)

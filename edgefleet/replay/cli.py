@@ -2,7 +2,7 @@
 
     edgefleet replay REC.parquet --flow FLOW.yaml [--model CANDIDATE.onnx | --model NAME@N]
                      [--against LIVE.yaml | --against-model LIVE.onnx | NAME@N]
-                     [--fleet HOST:PORT] [--prefix ef] [--cache DIR]
+                     [--fleet HOST:PORT | mqtts://USER@HOST:PORT] [--prefix ef] [--cache DIR]
                      [--score FIELD] [--threshold X] [--out DIR] [--json]
     edgefleet recording from-csv DATA.csv --out REC.parquet --source NAME [--time COL]
                      [--unit s|ms|us|ns] [--tz ZONE] [--sep ;] [--decimal ,] [--label COL]
@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--against-model", help="the same flow with this model (a file or NAME@N), compared"
     )
-    p.add_argument("--fleet", help="the fleet's broker host:port, for NAME@N models")
+    p.add_argument(
+        "--fleet",
+        help="the fleet's broker, for NAME@N models: host:port or mqtt[s]://[user@]host[:port] "
+        "(TLS files and password from $EDGEFLEET_FLEET_CA, _CERT, _KEY, _PASSWORD)",
+    )
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="the fleet's topic prefix (ef)")
     p.add_argument("--cache", type=Path, help="model cache (default: ~/.cache/edgefleet/models)")
     p.add_argument("--score", help="the result field compared (default: score, else the first)")
