@@ -21,24 +21,13 @@ from edgefleet.site.supervisor import SiteSupervisor
 from shared.messages import DeployedFlow, DesiredState, PinnedResource
 from shared.signing import SigningKey
 from shared.topics import Topics
+from tests.agent.sites import write_node
 from tests.helpers import Probe
 from tests.inference.models import mlp
-from tests.site.helpers import FEATURES, flow_data, site_data
+from tests.site.helpers import FEATURES, flow_data
 
 KEY = SigningKey.generate()
 TIMEOUT = 60
-
-
-def write_site(root: Path, site: str, broker: LocalBroker, modbus: int, **fleet: Any) -> Path:
-    """A site with one Modbus source and no flow of its own: the fleet deploys them."""
-    data = site_data(site, broker.port, modbus, prefix=site, labels={"role": "pump"})
-    data["flows"] = []
-    data["timings"]["error_report_interval_s"] = 0.1
-    data["fleet"] = {"trusted_keys": [KEY.public.text()], "health_timeout_s": 20, **fleet}
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "site.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 async def push(
@@ -124,7 +113,7 @@ async def test_applies_a_signed_desired_state_and_refuses_the_rest(
 ) -> None:
     view = await push(fleet, tmp_path, "pump-ae", seed=2)
     sha = view["pins"]["model"]["sha256"]
-    path = write_site(tmp_path / "site", site, broker, simulator)
+    path = write_node(tmp_path / "site", site, broker, simulator, KEY)
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
@@ -189,7 +178,7 @@ async def test_a_revision_that_fails_its_health_gate_is_rolled_back(
     bad = await push(fleet, tmp_path, "pump-ae", seed=5, signal_source="plc9")
     bad_sha = bad["pins"]["model"]["sha256"]
     assert bad_sha != good_sha
-    path = write_site(tmp_path / "site", site, broker, simulator, health_timeout_s=8)
+    path = write_node(tmp_path / "site", site, broker, simulator, KEY, health_timeout_s=8)
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
@@ -222,7 +211,7 @@ async def test_a_new_model_only_is_swapped_in_without_a_restart(
     second = await push(fleet, tmp_path, "pump-ae", seed=7)
     new_sha = second["pins"]["model"]["sha256"]
     assert second["version"] == first["version"] + 1
-    path = write_site(tmp_path / "site", site, broker, simulator)
+    path = write_node(tmp_path / "site", site, broker, simulator, KEY)
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
@@ -260,7 +249,7 @@ async def test_a_revision_cut_short_is_applied_again_after_a_restart(
     first = await push(fleet, tmp_path, "pump-ae", seed=2)
     second = await push(fleet, tmp_path, "pump-ae", seed=7)
     new_sha = second["pins"]["model"]["sha256"]
-    path = write_site(tmp_path / "site", site, broker, simulator)
+    path = write_node(tmp_path / "site", site, broker, simulator, KEY)
     work = tmp_path / "w"
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())

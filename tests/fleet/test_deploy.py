@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from shared.messages import ReportedState, Status
 from shared.signing import PublicKey, SignatureError, SigningKey, verify
 from shared.topics import Topics
 from tests.fleet.conftest import fleet_of, wait_serving
-from tests.fleet.test_fleet_process import FleetProcess, cli, fleet_process, wait_ready
+from tests.fleet.test_fleet_process import FleetProcess, cli_of, fleet_process, wait_ready
 from tests.fleet.test_flows import flow_text, push_flow
 
 __all__ = ["fleet_process"]  # the fixture, shared with test_fleet_process.py
@@ -340,11 +339,7 @@ async def test_timeout_supersede_cancel_and_dry_run(
 async def test_cli_nodes_groups_deploy(
     fleet_process: FleetProcess, broker: LocalBroker, probe: Probe, site: str, tmp_path: Path
 ) -> None:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return cli(broker, site, *args)
-
-    async def arun(*args: str) -> subprocess.CompletedProcess[str]:
-        return await asyncio.to_thread(run, *args)
+    arun = cli_of(broker, site)
 
     await asyncio.to_thread(wait_ready, broker, site)
     model = models.isolation_forest(tmp_path / "m.onnx")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ import yaml
 from edgefleet.broker import LocalBroker
 from tests.fleet.conftest import fleet_of
 from tests.inference import models
+
+Completed = subprocess.CompletedProcess[str]
 
 
 class FleetProcess:
@@ -65,6 +69,16 @@ def cli(
         env=env,
         timeout=timeout,
     )
+
+
+def cli_of(broker: LocalBroker, prefix: str) -> Callable[..., Awaitable[Completed]]:
+    """The command line against this fleet, run off the event loop (the test's probes and the
+    fleet client live on it)."""
+
+    async def arun(*args: str) -> Completed:
+        return await asyncio.to_thread(cli, broker, prefix, *args)
+
+    return arun
 
 
 def wait_ready(broker: LocalBroker, prefix: str) -> None:
