@@ -242,7 +242,7 @@ async def library_show(fleet: FleetClient, args: argparse.Namespace) -> dict[str
     out.print(f"created:   {when(r['created'])} by {r['author'] or '-'}")
     out.print(f"note:      {r['note'] or '-'}")
     if r["archived"]:
-        out.print(f"archived:  {when(r['archived'])}")
+        out.print(f"archived:  {when(r['archived'])} by {r['archived_by'] or '-'}")
     out.print(f"used by:   {', '.join(r['used_by']) or '-'}")
     if r["kind"] == "model":
         _print_signature(r["signature"])
@@ -276,7 +276,7 @@ async def library_pull(fleet: FleetClient, args: argparse.Namespace) -> dict[str
 
 
 async def library_archive(fleet: FleetClient, args: argparse.Namespace) -> dict[str, Any]:
-    result = await fleet.call("library.archive", {"ref": args.ref})
+    result = await fleet.call("library.archive", {"ref": args.ref, "author": author()})
     if not args.json:
         out.print(f"archived {result['resource']['ref']}: no new flow version may use it")
     return result

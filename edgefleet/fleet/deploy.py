@@ -404,6 +404,7 @@ def deployment_view(db: sqlite_utils.Database, row: Row) -> api.DeploymentView:
         state=state,
         counts=counts,
         cancelled=iso(row["cancelled_ns"]) if row["cancelled_ns"] else None,
+        cancelled_by=row["cancelled_by"] if row["cancelled_ns"] else None,
     )
     if staged is not None:
         view.strategy = api.Strategy.model_validate_json(staged["strategy"])
@@ -466,14 +467,16 @@ def revert(
     return issue(fleet, db, site, flows, None, what)[1]
 
 
-def deployment_cancel(fleet: Fleet, req: api.DeploymentRequest) -> api.DeploymentShowResult:
+def deployment_cancel(fleet: Fleet, req: api.DeploymentCancelRequest) -> api.DeploymentShowResult:
     now = now_ns()
     wires = []
     with fleet.deploy_lock:
         with fleet.store.write() as db:
             row = _deployment(db, req.id)
             if row["cancelled_ns"] is None:
-                db.table("deployments").update(req.id, {"cancelled_ns": now})
+                db.table("deployments").update(
+                    req.id, {"cancelled_ns": now, "cancelled_by": req.author}
+                )
             for r in _rows(db, req.id):
                 if r["state"] not in IN_PROGRESS and r["state"] != WAITING:
                     continue

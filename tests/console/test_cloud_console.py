@@ -234,6 +234,8 @@ def staged(
     assert text_of(browser, f"{canary} td.state") == "cancelled"
     assert text_of(browser, f"{node} td.state") == "applied"  # what had applied stays
     assert browser.find_element(By.ID, "dep-cancel").get_attribute("disabled") is not None
+    browser.refresh()  # the fleet's own record says who cancelled it
+    assert text_of(browser, "#dep-cancelled").endswith("by ana@console")
     browser.get(f"{console.url}/audit")
     audit = text_of(browser, "#audit")
     for action in ("deployment.pause", "deployment.resume", "rollback", "deployment.cancel"):

@@ -311,8 +311,13 @@ async def test_timeout_supersede_cancel_and_dry_run(
     ] == "superseded"
 
     # cancel: b goes back to what it had before (revision 1's flows), as revision 3
-    cancelled = await fleet.call("deployment.cancel", {"id": new["deployment"]["id"]})
+    cancelled = await fleet.call(
+        "deployment.cancel", {"id": new["deployment"]["id"], "author": "ana@laptop"}
+    )
     assert cancelled["deployment"]["state"] == "cancelled"
+    assert cancelled["deployment"]["cancelled_by"] == "ana@laptop"  # who, kept with it
+    again = await fleet.call("deployment.cancel", {"id": new["deployment"]["id"], "author": "bo"})
+    assert again["deployment"]["cancelled_by"] == "ana@laptop"  # the first cancel stays
     assert cancelled["nodes"][0]["state"] == "cancelled"
     (back,) = await probe.wait_for(Topics("b", prefix).desired(), lambda d: d["revision"] == 3)
     assert [f["ref"] if "ref" in f else f"{f['name']}@{f['version']}" for f in back["flows"]] == [
@@ -446,10 +451,12 @@ def test_a_schema_1_database_is_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = Store(path)
-    assert store.schema_version() == len(MIGRATIONS) == 6
+    assert store.schema_version() == len(MIGRATIONS) == 7
     with store.read() as db2:
         tables = {"nodes", "groups", "deployments", "deployment_nodes", "desired", "node_events"}
         assert tables | {"inference_status"} <= set(db2.table_names())
+        assert "archived_by" in db2.table("resources").columns_dict
+        assert "cancelled_by" in db2.table("deployments").columns_dict
 
 
 async def test_a_restarted_fleet_publishes_the_latest_desired_states_again(
