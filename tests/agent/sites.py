@@ -41,6 +41,7 @@ def write_node(
     data["fleet"] = {
         "trusted_keys": [public.text()],
         "health_timeout_s": health_timeout_s,
+        "inspect_timeout_s": 60,  # the default 30 s ran out in a cold process under load
         **fleet,
     }
     root.mkdir(parents=True, exist_ok=True)
