@@ -13,7 +13,7 @@ Pure functions plus the rollout's row (no publishing here; rollout.py moves a ro
   what the deployment will do.
 - Abort threshold: per stage, a count (`2`: a third failure aborts) or a percentage of that
   stage's nodes (`20%`: more than a fifth fail). A failed node is one that reported `failed` or
-  `rolled_back`, or did not report an end state within the health timeout (an offline node).
+  `rolled_back`, `rollback_failed`, or did not report an end state within the health timeout (an offline node).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import sqlite_utils
 from edgefleet.fleet import api
 from edgefleet.fleet.store import Row, one
 
-FAILED = ("failed", "rolled_back")
-STAGE_ENDED = ("applied", "failed", "rolled_back", "superseded", "cancelled")
+FAILED = ("failed", "rolled_back", "rollback_failed")
+STAGE_ENDED = ("applied", *FAILED, "superseded", "cancelled")
 
 
 def share(text: str, total: int) -> int:
