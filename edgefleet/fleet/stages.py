@@ -12,8 +12,9 @@ Pure functions plus the rollout's row (no publishing here; rollout.py moves a ro
   Either way the same target and strategy give the same stages, so `--dry-run` shows exactly
   what the deployment will do.
 - Abort threshold: per stage, a count (`2`: a third failure aborts) or a percentage of that
-  stage's nodes (`20%`: more than a fifth fail). A failed node is one that reported `failed` or
-  `rolled_back`, `rollback_failed`, or did not report an end state within the health timeout (an offline node).
+  stage's nodes (`20%`: more than a fifth fail). A failed node is one that reported `failed`,
+  `rolled_back` or `rollback_failed`, or did not report an end state within the health timeout
+  (an offline node).
 """
 
 from __future__ import annotations
