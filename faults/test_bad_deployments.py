@@ -103,6 +103,23 @@ async def fleet_of(
                 await node.stop()
 
 
+WHY = ("is not in the cache", "changed on disk")  # what the node says, per way of spoiling
+
+
+def spoil(node: Node, blobs: set[str], r: int) -> None:
+    """The blobs removed from the node's cache (even rounds) or changed on disk (odd ones)."""
+    for sha in blobs:
+        if r % 2 == 0:
+            node.blob(sha).unlink(missing_ok=True)
+        else:
+            node.blob(sha).write_bytes(b"changed on disk")
+
+
+def _model(revision: dict[str, Any]) -> str:
+    sha: str = revision["desired"]["flows"][0]["resources"][0]["sha256"]
+    return sha
+
+
 async def versions(fleet: FleetClient, tmp_path: Path, n: int, seed: int) -> list[dict[str, Any]]:
     """`n` good flow versions, each with a model of its own."""
     return [await push(fleet, tmp_path, "pump-ae", seed=seed + i) for i in range(n)]
@@ -241,14 +258,14 @@ async def test_a_failing_gate_rolls_back_and_a_failing_rollback_says_so_blocking
     figure: Figure,
 ) -> None:
     rounds = scaled(2)
-    goods = await versions(fleet, tmp_path, 1 + 2 * rounds, seed=70)
+    goods = await versions(fleet, tmp_path, 1 + 3 * rounds, seed=70)
     # each bad version reads a source no device feeds: no results, its health gate fails
     bads = [
         await push(fleet, tmp_path, "pump-ae", seed=90 + i, signal_source="plc9")
-        for i in range(2 * rounds)
+        for i in range(3 * rounds)
     ]
     self_rolled, back_to_good, gate_runs = 0, 0, 0
-    clear, left_running, rollback_runs = 0, 0, 0
+    clear, left_running, rollback_runs, fell_back, fallback_runs = 0, 0, 0, 0, 0
     blocked, nexts = 0, 0
     async with fleet_of(tmp_path, broker, fleet, fleet_config, site, simulator, "ab") as f:
         a, b = f.nodes
@@ -269,43 +286,59 @@ async def test_a_failing_gate_rolls_back_and_a_failing_rollback_says_so_blocking
         for r in range(rounds):
             # a version that fails its health gate on both: each node rolls back by itself
             seen = {n: f.results_seen(n) for n in (a, b)}
-            dep, plan = await f.deploy(bads[2 * r]["version"], [a, b])
+            dep, plan = await f.deploy(bads[3 * r]["version"], [a, b])
             for n in (a, b):
                 gate_runs += 1
                 report = await f.ended(n, plan[n])
                 self_rolled += report["state"] == "rolled_back" and "health gate" in report["error"]
                 sha = good["pins"]["model"]["sha256"]
                 back_to_good += await f.results_from(n, sha, seen[n])
-            good = goods[1 + 2 * r]
+            good = goods[1 + 3 * r]
             await next_deployment(good)
 
-            # the same on both, but node a's last good model is gone from its cache or changed
-            sha = good["pins"]["model"]["sha256"]
-            if r % 2 == 0:
-                f.nodes[a].blob(sha).unlink()
-            else:
-                f.nodes[a].blob(sha).write_bytes(b"changed on disk")
-            dep, plan = await f.deploy(bads[2 * r + 1]["version"], [a, b])
+            # the same on both, but node a's last good model is gone from its cache or changed:
+            # it goes back to the revision before that one instead
+            gone = f.nodes[a].blobs("current")
+            spoil(f.nodes[a], gone, r)
+            dep, plan = await f.deploy(bads[3 * r + 1]["version"], [a, b])
+            fallback_runs += 1
+            seen_a = f.results_seen(a)
+            report = await f.ended(a, plan[a])
+            before = f.nodes[a].state()["current"]
+            fell_back += (
+                report["state"] == "rolled_back"
+                and f"restoring revision {plan[a] - 1} failed" in report["error"]
+                and WHY[r % 2] in report["error"]
+                and before is not None and before["revision"] == report["last_good"]
+                and await f.results_from(a, _model(before), seen_a)
+            )  # fmt: skip
+            assert (await f.ended(b, plan[b]))["state"] == "rolled_back"
+            good = goods[2 + 3 * r]
+            await next_deployment(good)
+
+            # and with the revision before that one spoiled too: nothing to go back to
+            spoil(f.nodes[a], f.nodes[a].blobs("current") | f.nodes[a].blobs("last_good"), r)
+            dep, plan = await f.deploy(bads[3 * r + 2]["version"], [a, b])
             rollback_runs += 1
             report = await f.ended(a, plan[a])
-            why = "is not in the cache" if r % 2 == 0 else "changed on disk"
             clear += (
                 report["state"] == "rollback_failed"
                 and f"restoring revision {plan[a] - 1} failed" in report["error"]
-                and why in report["error"]
+                and WHY[r % 2] in report["error"]
+                and "runs none of the deployed flows" in report["error"]
             )
             sup = f.nodes[a].sup
             assert sup is not None
             left_running += any(name.endswith("-pump") for name in sup.instances)
             assert (await f.ended(b, plan[b]))["state"] == "rolled_back"
             shown = await shown_when(
-                fleet, dep, lambda s: s["deployment"]["state"] not in ("in_progress",)
+                fleet, dep, lambda s: s["deployment"]["state"] != "in_progress"
             )
             clear -= states(shown)[a] != "rollback_failed"  # the fleet shows it as it came
-            good = goods[2 + 2 * r]
+            good = goods[3 + 3 * r]
             await next_deployment(good)
     ok = self_rolled == back_to_good == gate_runs and clear == rollback_runs
-    ok = ok and left_running == 0 and blocked == 0
+    ok = ok and fell_back == fallback_runs and left_running == 0 and blocked == 0
     figure(
         "bad deployments: health gate fails",
         f"{rounds} versions whose flow gets no data, each deployed to two nodes "
@@ -317,12 +350,17 @@ async def test_a_failing_gate_rolls_back_and_a_failing_rollback_says_so_blocking
     )
     figure(
         "bad deployments: rollback fails",
-        f"{rollback_runs} failing versions deployed while the node's last good model was "
-        "removed from its cache or changed on disk",
+        f"{fallback_runs + rollback_runs} failing versions deployed while the node's last good "
+        f"model was removed from its cache or changed on disk ({fallback_runs}), and the one "
+        f"before it too ({rollback_runs})",
+        f"went back to the one before, said why, results again {fell_back}/{fallback_runs}; "
         f"reported `rollback_failed` with the revision and the reason {clear}/{rollback_runs} "
-        f"(node and fleet); the failed revision left running {left_running}; next deployment "
+        f"(node and fleet), the failed revision left running {left_running}; next deployment "
         f"blocked {blocked}/{nexts} (before the fix: `rolled_back` reported, the failed "
-        "revision left running)",
-        clear == rollback_runs and left_running == 0 and blocked == 0,
+        "revision left running, the state file naming a revision that did not run)",
+        clear == rollback_runs
+        and fell_back == fallback_runs
+        and left_running == 0
+        and blocked == 0,
     )
-    assert ok, (self_rolled, back_to_good, gate_runs, clear, left_running, blocked)
+    assert ok, (self_rolled, back_to_good, gate_runs, fell_back, clear, left_running, blocked)

@@ -67,6 +67,13 @@ class Node:
         data: dict[str, Any] = json.loads((self.work / "agent" / "state.json").read_text())
         return data
 
+    def blobs(self, which: str) -> set[str]:
+        """sha256 of the blobs of the agent's `current` or `last_good` revision."""
+        revision = self.state()[which]
+        if revision is None:
+            return set()
+        return {r["sha256"] for f in revision["desired"]["flows"] for r in f["resources"]}
+
     def blob(self, sha256: str) -> Path:
         return self.work / "agent" / "cache" / "sha256" / sha256
 
