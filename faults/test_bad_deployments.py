@@ -239,7 +239,8 @@ async def test_a_flapping_node_converges_to_the_latest_and_blocks_nothing(
     figure(
         "bad deployments: node flapping",
         f"{deployments} deployments issued 0.2-4 s apart to two nodes; one of them (site and "
-        f"agent) stopped or started after each, {flaps} flaps, some mid-apply",
+        f"agent) stopped or started after each, {flaps} flaps ({f.nodes[c].cut_short} stops "
+        "while it applied)",
         f"converged to the latest {converged}/2 nodes; deployments left in progress (blocked) "
         f"{stuck}; an older revision applied after a newer {backwards}; revisions the flapping "
         f"node applied on the way {len(set(applied))} of {deployments + 1}",
@@ -341,8 +342,7 @@ async def test_a_failing_gate_rolls_back_and_a_failing_rollback_says_so_blocking
     ok = ok and fell_back == fallback_runs and left_running == 0 and blocked == 0
     figure(
         "bad deployments: health gate fails",
-        f"{rounds} versions whose flow gets no data, each deployed to two nodes "
-        f"({gate_runs} gates)",
+        f"a version whose flow gets no data deployed to two nodes, ×{rounds} ({gate_runs} gates)",
         f"rolled back by the node itself {self_rolled}/{gate_runs}, results from the last good "
         f"model again {back_to_good}/{gate_runs}; next deployment blocked {blocked}/{nexts} "
         "(with the row below)",

@@ -45,6 +45,7 @@ class Node:
     def __init__(self, root: Path, name: str, path: Path) -> None:
         self.name, self.path, self.work = name, path, root / "w" / name
         self.sup: SiteSupervisor | None = None
+        self.cut_short = 0  # stops that came while the agent was applying a revision
 
     async def start(self) -> SiteSupervisor:
         assert self.sup is None, f"{self.name} runs already"
@@ -56,6 +57,7 @@ class Node:
     async def stop(self) -> None:
         if self.sup is not None:
             sup, self.sup = self.sup, None
+            self.cut_short += sup.agent is not None and sup.agent.step != "idle"
             await sup.__aexit__(None, None, None)
 
     @property
