@@ -30,7 +30,8 @@ from tests.helpers import Probe
 
 __all__ = ["fleet_config", "key_path"]  # the fleet signs with a key of the test's
 
-pytestmark = pytest.mark.slow
+# minutes each, on a loaded machine: past the suite's 300 s per test
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 TIMEOUT = 180
 ENDS = ("applied", "failed", "rolled_back", "rollback_failed")
 

@@ -11,11 +11,14 @@ import random
 import statistics
 from typing import Any
 
+import pytest
+
 from faults.conftest import Figure, scaled
 from tests.helpers import Probe
 from tests.modbus.outages import Kind, run_outages
 
 
+@pytest.mark.timeout(900)  # ~6 s an outage, 30 of them: past the suite's 300 s per test
 async def test_a_silent_or_vanished_device_is_reported_and_never_gives_wrong_values(
     base_config: dict[str, Any], probe: Probe, site: str, figure: Figure
 ) -> None:
