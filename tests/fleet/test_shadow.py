@@ -30,8 +30,8 @@ from services.inference.health import score_sums
 from shared import codec
 from shared.signing import PublicKey, SigningKey
 from shared.topics import Topics
+from tests.agent.nodes import write_node
 from tests.agent.test_agent import push, write_site
-from tests.agent.test_rollout import write_node
 from tests.fleet.test_deploy import fleet_config, key_path, public_key
 from tests.helpers import Probe
 from tests.inference.models import mlp
