@@ -565,7 +565,8 @@ class Agent:
             reason += "; the node runs none of the deployed flows until the next deployment"
         timings["rollback"] = round((time.monotonic() - t) * 1000, 1)
         self.state = self.state_file.save(self.state.rolled_back_to(back))
-        self.rt.reject(f"revision {desired.revision} rolled back: {reason}")
+        what = "rolled back" if restored else "failed and could not be rolled back"
+        self.rt.reject(f"revision {desired.revision} {what}: {reason}")
         step = "rolled_back" if restored else "rollback_failed"
         await self._report(desired, step, error=reason, timings=timings)
 
