@@ -209,14 +209,14 @@ class Receiver:
         self.proc.wait()
 
 
-def wait_flowing(port: int, receiver: Receiver, system: System, timeout: float = 60.0) -> None:
+def wait_flowing(port: int, receiver: Receiver, system: System, timeout: float = 180.0) -> None:
     """Publish probes to the system's input until one comes out: connected and subscribed."""
     deadline = time.monotonic() + timeout
     while True:
         receiver.collect()
         if system.rows:
             return
-        if time.monotonic() > deadline:
+        if not psutil.pid_exists(system.pid) or time.monotonic() > deadline:
             raise TimeoutError(f"{system.name}: nothing on {system.output} after {timeout:.0f} s")
         subprocess.run(
             ["mosquitto_pub", "-p", str(port), "-t", f"{system.prefix}/probe/p", "-m", "0"],
@@ -266,6 +266,20 @@ def cpu_s(pid: int) -> float:
     return float(times.user + times.system)
 
 
+def drain(receiver: Receiver, system: System, quiet_s: float = 0.5, limit_s: float = 120.0) -> int:
+    """Wait until the system has sent everything it still holds (a backlog must not spill into
+    the next window); the readings that came after the window closed."""
+    late, deadline = 0, time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        receiver.collect()
+        rows, system.rows = system.rows, []
+        if not rows:
+            break
+        late += sum(len(send_times(system, p)) for _, p in rows)
+    return late
+
+
 def window(port: int, receiver: Receiver, system: System, rate: float, seconds: float) -> str:
     """Offer `rate` to one system; one table row."""
     cpu0, t0 = cpu_s(system.pid), time.time()
@@ -277,12 +291,14 @@ def window(port: int, receiver: Receiver, system: System, rate: float, seconds: 
     rows, system.rows = system.rows, []
     mine = [(at, p) for at, p in rows if t0 <= at < t1]
     lats = [at - send_times(system, p) for at, p in mine]
-    lat = np.concatenate(lats) * 1e3 if lats else np.zeros(1)
+    late = drain(receiver, system) + sum(len(send_times(system, p)) for at, p in rows if at >= t1)
+    lat = np.concatenate(lats) * 1e3 if lats else np.full(1, np.nan)
     readings = sum(len(x) for x in lats)
+    per_msg = f"{cpu / readings * 1e6:>10.1f}" if readings else f"{'-':>10}"
     return (
         f"{sent / elapsed:>13.0f} {system.name:>22} {readings / elapsed:>11.0f} "
-        f"{readings / max(sent, 1):>6.2f} {len(mine) / elapsed:>10.0f} "
-        f"{cpu / max(readings, 1) * 1e6:>10.1f} {cpu / (t1 - t0) * 100:>6.0f} "
+        f"{readings / max(sent, 1):>6.2f} {late:>7} {len(mine) / elapsed:>10.0f} "
+        f"{per_msg} {cpu / (t1 - t0) * 100:>6.0f} "
         f"{np.percentile(lat, 50):>7.1f} {np.percentile(lat, 99):>7.1f}"
     )
 
@@ -307,23 +323,17 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp, LocalBroker(Path(tmp) / "broker") as broker:
         port = broker.port
-        offered, delivered = c_ceiling(port, max(args.rates), args.seconds)
-        print(
-            f"generators ({GENERATORS} processes) → mosquitto_sub (C): offered {offered:.0f} "
-            f"msg/s, delivered {delivered:.0f} msg/s ({delivered / offered:.2f})",
-            flush=True,
-        )
         receiver = Receiver(port, systems, Path(tmp) / "received.txt")
         service = ctx.Process(target=ingest_process, args=(port, args.coalesce_ms))
-        service.start()
-        assert service.pid is not None
-        ours.pid = service.pid
         node_red = None
-        if len(systems) > 1:
-            node_red = start_node_red(args.node_red, port, Path(tmp))
-            for s in systems[1:]:
-                s.pid = node_red.pid
         try:
+            service.start()
+            assert service.pid is not None
+            ours.pid = service.pid
+            if len(systems) > 1:
+                node_red = start_node_red(args.node_red, port, Path(tmp))
+                for s in systems[1:]:
+                    s.pid = node_red.pid
             for s in systems:
                 wait_flowing(port, receiver, s)
                 run_generators(port, s.prefix, 10e3, 1.0)  # warm-up: caches, V8's JIT
@@ -334,9 +344,15 @@ def main() -> None:
             for rnd in range(1, args.rounds + 1):
                 load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
                 print(f"\nround {rnd}: load average {load} (2 cores)")
+                offered, delivered = c_ceiling(port, max(args.rates), args.seconds)
+                print(
+                    f"generators ({GENERATORS} processes) → mosquitto_sub (C): offered "
+                    f"{offered:.0f} msg/s, delivered {delivered:.0f} msg/s "
+                    f"({delivered / offered:.2f})"
+                )
                 print(
                     f"{'offered msg/s':>13} {'system':>22} {'readings/s':>11} {'ratio':>6} "
-                    f"{'out msg/s':>10} {'CPU µs/msg':>10} {'CPU %':>6} {'p50 ms':>7} "
+                    f"{'late':>7} {'out msg/s':>10} {'CPU µs/msg':>10} {'CPU %':>6} {'p50 ms':>7} "
                     f"{'p99 ms':>7}"
                 )
                 for rate in args.rates:
@@ -344,8 +360,9 @@ def main() -> None:
                     for s in turn:  # who goes first changes per round: no fixed advantage
                         print(window(port, receiver, s, rate, args.seconds), flush=True)
         finally:
-            os.kill(ours.pid, signal.SIGTERM)
-            service.join(15)
+            if service.pid is not None:
+                os.kill(service.pid, signal.SIGTERM)
+                service.join(15)
             if node_red is not None:
                 node_red.terminate()
                 node_red.wait(15)
