@@ -225,16 +225,21 @@ def wait_flowing(port: int, receiver: Receiver, system: System, timeout: float =
         time.sleep(0.3)
 
 
-def send_times(system: System, payload_hex: bytes) -> np.ndarray[Any, Any]:
-    """The send times (the generator's payloads) of the readings of one output message."""
+def times(system: System, payload_hex: bytes) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """(send time, time the system read it) in seconds, per reading of one output message:
+    the generator's payload, and mqtt-ingest's arrival stamp or Node-RED's `Date.now()`."""
     payload = bytes.fromhex(payload_hex.decode())
     if system.prefix == "gw":
         from shared import codec
         from shared.messages import ReadingBatch
 
-        return ReadingBatch.from_wire(codec.decode(payload, None)).value
-    value = json.loads(payload)["value"]
-    return np.asarray(value if isinstance(value, list) else [value], np.float64)
+        batch = ReadingBatch.from_wire(codec.decode(payload, None))
+        return batch.value, batch.t / 1e9
+    d = json.loads(payload)
+    value, t = d["value"], d["t"]
+    if not isinstance(value, list):
+        value, t = [value], [t]
+    return np.asarray(value, np.float64), np.asarray(t, np.float64) / 1e3
 
 
 def c_ceiling(port: int, rate: float, seconds: float) -> tuple[float, float]:
@@ -276,7 +281,7 @@ def drain(receiver: Receiver, system: System, quiet_s: float = 0.5, limit_s: flo
         rows, system.rows = system.rows, []
         if not rows:
             break
-        late += sum(len(send_times(system, p)) for _, p in rows)
+        late += sum(len(times(system, p)[0]) for _, p in rows)
     return late
 
 
@@ -290,16 +295,29 @@ def window(port: int, receiver: Receiver, system: System, rate: float, seconds: 
     receiver.collect()
     rows, system.rows = system.rows, []
     mine = [(at, p) for at, p in rows if t0 <= at < t1]
-    lats = [at - send_times(system, p) for at, p in mine]
-    late = drain(receiver, system) + sum(len(send_times(system, p)) for at, p in rows if at >= t1)
-    lat = np.concatenate(lats) * 1e3 if lats else np.full(1, np.nan)
-    readings = sum(len(x) for x in lats)
+    sent_read = [times(system, p) for _, p in mine]
+    late = drain(receiver, system) + sum(len(times(system, p)[0]) for at, p in rows if at >= t1)
+    readings = sum(len(x) for x, _ in sent_read)
+    if readings:
+        sent_at = np.concatenate([x for x, _ in sent_read])
+        read_at = np.concatenate([r for _, r in sent_read])
+        out_at = np.concatenate(
+            [np.full(len(x), at) for (at, _), (x, _) in zip(mine, sent_read, strict=True)]
+        )
+        total, before, after = (
+            (out_at - sent_at) * 1e3,
+            (read_at - sent_at) * 1e3,
+            (out_at - read_at) * 1e3,
+        )
+    else:
+        total = before = after = np.full(1, np.nan)
     per_msg = f"{cpu / readings * 1e6:>10.1f}" if readings else f"{'-':>10}"
     return (
         f"{sent / elapsed:>13.0f} {system.name:>22} {readings / elapsed:>11.0f} "
         f"{readings / max(sent, 1):>6.2f} {late:>7} {len(mine) / elapsed:>10.0f} "
         f"{per_msg} {cpu / (t1 - t0) * 100:>6.0f} "
-        f"{np.percentile(lat, 50):>7.1f} {np.percentile(lat, 99):>7.1f}"
+        f"{np.percentile(total, 50):>7.1f} {np.percentile(total, 99):>7.1f} "
+        f"{np.percentile(before, 99):>7.1f} {np.percentile(after, 99):>7.1f}"
     )
 
 
@@ -353,7 +371,7 @@ def main() -> None:
                 print(
                     f"{'offered msg/s':>13} {'system':>22} {'readings/s':>11} {'ratio':>6} "
                     f"{'late':>7} {'out msg/s':>10} {'CPU µs/msg':>10} {'CPU %':>6} {'p50 ms':>7} "
-                    f"{'p99 ms':>7}"
+                    f"{'p99 ms':>7} {'p99 in':>7} {'p99 out':>7}"
                 )
                 for rate in args.rates:
                     turn = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
