@@ -119,10 +119,11 @@ def generator(
     elapsed = time.perf_counter() - start
     sock.sendall(b"\xe0\x00")
     sock.close()
-    out.put((sent, elapsed))
+    out.put((sent, elapsed, float(stamp)))
 
 
-def run_generators(port: int, prefix: str, rate: float, seconds: float) -> tuple[int, float]:
+def run_generators(port: int, prefix: str, rate: float, seconds: float) -> tuple[int, float, float]:
+    """(messages sent, seconds, the last send time) of GENERATORS processes."""
     ctx = mp.get_context("spawn")
     go, out = ctx.Event(), ctx.Queue()
     procs = [
@@ -136,7 +137,7 @@ def run_generators(port: int, prefix: str, rate: float, seconds: float) -> tuple
     results = [out.get(timeout=seconds + 30) for _ in procs]
     for p in procs:
         p.join(10)
-    return sum(r[0] for r in results), max(r[1] for r in results)
+    return sum(r[0] for r in results), max(r[1] for r in results), max(r[2] for r in results)
 
 
 def ingest_process(port: int, coalesce_ms: float) -> None:
@@ -257,7 +258,7 @@ def c_ceiling(port: int, rate: float, seconds: float) -> tuple[float, float]:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     time.sleep(0.4)
-    sent, elapsed = run_generators(port, "gw", rate, seconds)
+    sent, elapsed, _ = run_generators(port, "gw", rate, seconds)
     time.sleep(1.0)
     proc.terminate()
     proc.wait()
@@ -271,24 +272,27 @@ def cpu_s(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def drain(receiver: Receiver, system: System, quiet_s: float = 0.5, limit_s: float = 120.0) -> int:
-    """Wait until the system has sent everything it still holds (a backlog must not spill into
-    the next window); the readings that came after the window closed."""
-    late, deadline = 0, time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        time.sleep(quiet_s)
+def drain(receiver: Receiver, system: System, last_sent: float, limit_s: float = 120.0) -> int:
+    """Wait until the system has sent everything it still holds, so that a backlog does not spill
+    into the next window: the last reading the generators sent has come out, or nothing has for
+    2 s (it was dropped). Returns the readings that came after the window closed."""
+    late, quiet, deadline = 0, 0.0, time.monotonic() + limit_s
+    while time.monotonic() < deadline and quiet < 2.0:
+        time.sleep(0.25)
         receiver.collect()
         rows, system.rows = system.rows, []
-        if not rows:
+        quiet = 0.0 if rows else quiet + 0.25
+        sent = [times(system, p)[0] for _, p in rows]
+        late += sum(len(x) for x in sent)
+        if any(x.max() >= last_sent for x in sent):
             break
-        late += sum(len(times(system, p)[0]) for _, p in rows)
     return late
 
 
 def window(port: int, receiver: Receiver, system: System, rate: float, seconds: float) -> str:
     """Offer `rate` to one system; one table row."""
     cpu0, t0 = cpu_s(system.pid), time.time()
-    sent, elapsed = run_generators(port, system.prefix, rate, seconds)
+    sent, elapsed, last_sent = run_generators(port, system.prefix, rate, seconds)
     time.sleep(1.0)  # the last ticks and anything queued at the broker
     t1 = time.time()
     cpu = cpu_s(system.pid) - cpu0
@@ -296,7 +300,10 @@ def window(port: int, receiver: Receiver, system: System, rate: float, seconds: 
     rows, system.rows = system.rows, []
     mine = [(at, p) for at, p in rows if t0 <= at < t1]
     sent_read = [times(system, p) for _, p in mine]
-    late = drain(receiver, system) + sum(len(times(system, p)[0]) for at, p in rows if at >= t1)
+    came_late = [times(system, p)[0] for at, p in rows if at >= t1]
+    late = sum(len(x) for x in came_late)
+    if not any(x.max() >= last_sent for x in [x for x, _ in sent_read] + came_late):
+        late += drain(receiver, system, last_sent)
     readings = sum(len(x) for x, _ in sent_read)
     if readings:
         sent_at = np.concatenate([x for x, _ in sent_read])
@@ -329,6 +336,7 @@ def main() -> None:
     parser.add_argument("--coalesce-ms", type=float, default=5.0)
     parser.add_argument("--node-red", type=Path, default=Path(os.environ.get("NODE_RED", NODE_RED)))
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the finally below stops what it started
     ours = System("mqtt-ingest", "gw", "ef/bench/raw/plant")
     systems = [ours]
     if args.node_red.exists():
@@ -383,7 +391,10 @@ def main() -> None:
                 service.join(15)
             if node_red is not None:
                 node_red.terminate()
-                node_red.wait(15)
+                try:
+                    node_red.wait(15)
+                except subprocess.TimeoutExpired:  # still chewing through a backlog
+                    node_red.kill()
             receiver.stop()
 
 
