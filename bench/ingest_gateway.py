@@ -230,7 +230,7 @@ def times(system: System, payload_hex: bytes) -> tuple[np.ndarray[Any, Any], np.
     """(send time, time the system read it) in seconds, per reading of one output message:
     the generator's payload, and mqtt-ingest's arrival stamp or Node-RED's `Date.now()`."""
     payload = bytes.fromhex(payload_hex.decode())
-    if system.prefix == "gw":
+    if "/raw/" in system.output:  # a ReadingBatch of mqtt-ingest
         from shared import codec
         from shared.messages import ReadingBatch
 
