@@ -275,9 +275,10 @@ def cpu_s(pid: int) -> float:
 def drain(receiver: Receiver, system: System, last_sent: float, limit_s: float = 120.0) -> int:
     """Wait until the system has sent everything it still holds, so that a backlog does not spill
     into the next window: the last reading the generators sent has come out, or nothing has for
-    2 s (it was dropped). Returns the readings that came after the window closed."""
+    5 s (it was dropped; a starved Node-RED can be silent for 2 s with a backlog). Returns the
+    readings that came after the window closed."""
     late, quiet, deadline = 0, 0.0, time.monotonic() + limit_s
-    while time.monotonic() < deadline and quiet < 2.0:
+    while time.monotonic() < deadline and quiet < 5.0:
         time.sleep(0.25)
         receiver.collect()
         rows, system.rows = system.rows, []
