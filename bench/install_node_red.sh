@@ -12,5 +12,4 @@ mkdir -p "$DIR"
 cd "$DIR"
 [ -f package.json ] || echo '{"name": "edgefleet-bench-node-red", "private": true}' > package.json
 npm install --no-audit --no-fund --save-exact "node-red@$VERSION"
-"$DIR/node_modules/.bin/node-red" --help >/dev/null 2>&1 || true
 echo "node-red $VERSION in $DIR/node_modules/.bin/node-red"
