@@ -57,7 +57,10 @@ GENERATORS = 2
 SLICE_S = 0.002
 NODE_RED_DIR = ROOT / "bench" / "node_red"
 NODE_RED = ROOT / "var" / "node-red" / "node_modules" / ".bin" / "node-red"
-INSTALL_HINT = "sh bench/install_node_red.sh (needs node and npm: apt-get install -y nodejs npm)"
+INSTALL_HINT = (
+    "make bench-deps (sh bench/install_node_red.sh; needs node and npm: "
+    "apt-get install -y nodejs npm)"
+)
 
 
 @dataclass
