@@ -40,7 +40,7 @@ from gmqtt.mqtt.constants import MQTTCommands, MQTTv50
 from gmqtt.mqtt.handler import MQTTConnectError
 
 from shared.errors import ProtocolError
-from shared.retry import Backoff
+from shared.retry import Backoff, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 logging.getLogger("gmqtt").setLevel(logging.WARNING)  # INFO per connect and subscribe is noise
@@ -529,8 +529,10 @@ class MqttConnection:
                             f"broker {self.settings.host}:{self.settings.port} refused the "
                             f"credentials ({exc}); not retrying"
                         ) from None
+                    raise_if_cancelled()
                     self._lost(exc)
                 except (NotConnected, OSError, TimeoutError) as exc:
+                    raise_if_cancelled()
                     self._lost(exc)
                 await asyncio.sleep(self._backoff.next_delay())
         finally:
