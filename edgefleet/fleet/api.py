@@ -299,7 +299,8 @@ class NodeLabelResult(Api):
 
 
 class NodeEvent(Api):
-    state: str  # received, downloading, verifying, activating, applied, failed, rolled_back
+    state: str  # received, downloading, verifying, activating, applied, failed, rolled_back,
+    # rollback_failed
     at: str  # when the node reported it (ISO-8601 UTC, the node's clock)
     error: str | None = None
 

@@ -42,7 +42,7 @@ from shared.topics import Topics
 
 log = logging.getLogger(__name__)
 
-ENDED = ("applied", "failed", "rolled_back", "superseded", "cancelled")
+ENDED = ("applied", "failed", "rolled_back", "rollback_failed", "superseded", "cancelled")
 # a node of a later stage waits (no desired state issued yet); an aborted rollout skips it,
 # reverts the nodes that applied, aborts those in progress
 WAITING = "waiting"
@@ -376,7 +376,7 @@ def deployment_state(
         return "aborted"
     if any(s in IN_PROGRESS or s == WAITING for s in counts):
         return "paused" if paused else "in_progress"
-    if counts.get("failed") or counts.get("rolled_back"):
+    if counts.get("failed") or counts.get("rolled_back") or counts.get("rollback_failed"):
         return "failed"
     if counts and set(counts) == {"superseded"}:
         return "superseded"

@@ -8,61 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from edgefleet.broker import LocalBroker, free_port, wait_port
+from edgefleet.broker import free_port, wait_port
 from shared.signing import PublicKey, SigningKey
 from tests.site.helpers import site_data
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_node(
-    root: Path,
-    node: str,
-    broker: LocalBroker,
-    modbus: int,
-    key: SigningKey | PublicKey,
-    *,
-    prefix: str | None = None,
-    health_timeout_s: float = 20,
-    **fleet: Any,
-) -> Path:
-    """A node's site.yaml under `root`: one Modbus source (the simulator), no flow of its own
-    (the fleet deploys them), trusting `key`; `fleet` keys override the node's fleet section."""
-    public = key.public if isinstance(key, SigningKey) else key
-    data = site_data(node, broker.port, modbus, prefix=prefix or node, labels={"role": "pump"})
-    data["flows"] = []
-    data["timings"]["error_report_interval_s"] = 0.1
-    data["fleet"] = {
-        "trusted_keys": [public.text()],
-        "health_timeout_s": health_timeout_s,
-        "inspect_timeout_s": 60,  # the default 30 s ran out in a cold process under load
-        **fleet,
-    }
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "site.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def write_nodes(
-    tmp_path: Path,
-    nodes: Iterable[str],
-    prefix: str,
-    broker: LocalBroker,
-    modbus: int,
-    key: SigningKey,
-    **fleet: Any,
-) -> dict[str, Path]:
-    """Several nodes under one prefix (tmp_path / NODE / site.yaml), as a staged rollout needs."""
-    return {
-        n: write_node(tmp_path / n, n, broker, modbus, key, prefix=prefix, **fleet) for n in nodes
-    }
 
 
 def _end(process: subprocess.Popen[Any] | None, timeout: float = 30) -> None:

@@ -21,7 +21,7 @@ from edgefleet.site.supervisor import SiteSupervisor
 from shared.messages import DeployedFlow, DesiredState, PinnedResource
 from shared.signing import SigningKey
 from shared.topics import Topics
-from tests.agent.sites import write_node
+from tests.agent.nodes import write_node
 from tests.helpers import Probe
 from tests.inference.models import mlp
 from tests.site.helpers import FEATURES, flow_data
@@ -113,7 +113,7 @@ async def test_applies_a_signed_desired_state_and_refuses_the_rest(
 ) -> None:
     view = await push(fleet, tmp_path, "pump-ae", seed=2)
     sha = view["pins"]["model"]["sha256"]
-    path = write_node(tmp_path / "site", site, broker, simulator, KEY)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY, 20)
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
@@ -178,7 +178,7 @@ async def test_a_revision_that_fails_its_health_gate_is_rolled_back(
     bad = await push(fleet, tmp_path, "pump-ae", seed=5, signal_source="plc9")
     bad_sha = bad["pins"]["model"]["sha256"]
     assert bad_sha != good_sha
-    path = write_node(tmp_path / "site", site, broker, simulator, KEY, health_timeout_s=8)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY)
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
@@ -204,6 +204,42 @@ async def test_a_revision_that_fails_its_health_gate_is_rolled_back(
             assert sup_config["model"]["path"].endswith(good_sha)
 
 
+async def test_a_rollback_that_cannot_restore_the_last_good_says_so_and_blocks_nothing(
+    tmp_path: Path, broker: LocalBroker, fleet: FleetClient, site: str, simulator: int
+) -> None:
+    good = await push(fleet, tmp_path, "pump-ae", seed=2)
+    bad = await push(fleet, tmp_path, "pump-ae", seed=5, signal_source="plc9")
+    after = await push(fleet, tmp_path, "pump-ae", seed=7)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY)
+    work = tmp_path / "w"
+    async with Probe(broker.host, broker.port) as probe:
+        await probe.subscribe(Topics(site, site).everything())
+        async with SiteSupervisor(load_site(path), work) as sup:
+            await deploy(probe, site, desired(site, 1, good), tmp_path)
+            await reported(probe, site, 1, "applied")
+            # the last good revision's model is gone from the cache (a disk cleaned by hand)
+            (work / "agent" / "cache" / "sha256" / good["pins"]["model"]["sha256"]).unlink()
+            await deploy(probe, site, desired(site, 2, bad), tmp_path)
+            report = await reported(probe, site, 2, "rollback_failed")
+            assert "no results from the new model on pump" in report["error"]
+            assert "restoring revision 1 failed" in report["error"]
+            assert "is not in the cache" in report["error"]
+            assert "runs none of the deployed flows" in report["error"]
+            assert report.get("last_good") is None
+            # the revision that failed its gate is not left running, the adapter is
+            assert "inference-pump" not in sup.instances and "aligner-pump" not in sup.instances
+            assert sup.instances["modbus-plc1"].online
+            errors = probe.decoded(Topics(site, site).errors("agent"))
+            assert any("restoring revision 1 failed" in e["reason"] for e in errors)
+            state = json.loads((work / "agent" / "state.json").read_text())
+            assert state["current"] is None and state["pending"] is None and state["taken"] == 2
+            # the next deployment is not blocked: downloaded, applied, running
+            await deploy(probe, site, desired(site, 3, after), tmp_path)
+            report = await reported(probe, site, 3, "applied")
+            assert report.get("last_good") is None
+            await result_from(probe, site, after["pins"]["model"]["sha256"])
+
+
 async def test_a_new_model_only_is_swapped_in_without_a_restart(
     tmp_path: Path, broker: LocalBroker, fleet: FleetClient, site: str, simulator: int
 ) -> None:
@@ -211,7 +247,7 @@ async def test_a_new_model_only_is_swapped_in_without_a_restart(
     second = await push(fleet, tmp_path, "pump-ae", seed=7)
     new_sha = second["pins"]["model"]["sha256"]
     assert second["version"] == first["version"] + 1
-    path = write_node(tmp_path / "site", site, broker, simulator, KEY)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY, 20)
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
@@ -249,7 +285,7 @@ async def test_a_revision_cut_short_is_applied_again_after_a_restart(
     first = await push(fleet, tmp_path, "pump-ae", seed=2)
     second = await push(fleet, tmp_path, "pump-ae", seed=7)
     new_sha = second["pins"]["model"]["sha256"]
-    path = write_node(tmp_path / "site", site, broker, simulator, KEY)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY, 20)
     work = tmp_path / "w"
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())

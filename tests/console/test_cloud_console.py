@@ -25,7 +25,7 @@ from edgefleet.broker import LocalBroker
 from edgefleet.fleet.client import FleetClient
 from edgefleet.site.load import load_site
 from edgefleet.site.supervisor import SiteSupervisor
-from tests.agent.sites import write_node
+from tests.agent.nodes import write_node
 from tests.agent.test_agent import KEY
 from tests.console.conftest import (
     ConsoleProcess,
@@ -96,7 +96,7 @@ async def test_deploy_from_the_page_and_a_viewer_cannot(
 
     fleet_yaml = tmp_path / "fleet.yaml"
     fleet_yaml.write_text(yaml.safe_dump(fleet_config))
-    path = write_node(tmp_path / "site", site, broker, simulator, KEY)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY, 20)
     async with SiteSupervisor(load_site(path), tmp_path / "w"):
         await node_online(fleet, site)
         console = consoles("cloud", "--fleet", str(fleet_yaml))

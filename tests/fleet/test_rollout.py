@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet.client import FleetClient, connect
 from shared.topics import Topics, fleet_deployments
+from tests.agent.nodes import shown_when, states
 from tests.fleet.test_deploy import (
     announce,
     desired_of,
@@ -28,31 +28,12 @@ from tests.helpers import Probe
 __all__ = ["fleet_config", "fleet_process", "key_path", "probe"]
 
 
-async def shown_when(
-    fleet: FleetClient, dep: str, check: Any, timeout: float = 30
-) -> dict[str, Any]:
-    """The deployment as `deployment.show` gives it, once `check` holds for it."""
-    shown: dict[str, Any] = {}
-
-    async def ok() -> bool:
-        nonlocal shown
-        shown = await fleet.call("deployment.show", {"id": dep})
-        return bool(check(shown))
-
-    await eventually(ok, timeout=timeout)
-    return shown
-
-
 async def watched(fleet: FleetClient, probe: Probe, prefix: str, tmp_path: Path) -> str:
     """The flow versions pushed; the probe sees every desired state and deployment move."""
     await flow_versions(fleet, tmp_path)
     await probe.subscribe(f"{prefix}/+/desired")
     await probe.subscribe(fleet_deployments(prefix))
     return prefix
-
-
-def states(shown: dict[str, Any]) -> dict[str, str]:
-    return {n["site"]: n["state"] for n in shown["nodes"]}
 
 
 async def test_an_offline_canary_holds_its_stage_until_the_timeout(
