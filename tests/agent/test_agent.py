@@ -229,8 +229,13 @@ async def test_a_rollback_that_cannot_restore_the_last_good_says_so_and_blocks_n
             # the revision that failed its gate is not left running, the adapter is
             assert "inference-pump" not in sup.instances and "aligner-pump" not in sup.instances
             assert sup.instances["modbus-plc1"].online
-            errors = probe.decoded(Topics(site, site).errors("agent"))
-            assert any("restoring revision 1 failed" in e["reason"] for e in errors)
+            # reported on the errors topic too (once per error_report_interval_s: it may come
+            # after the reported state)
+            await probe.wait_for(
+                Topics(site, site).errors("agent"),
+                lambda e: "restoring revision 1 failed" in e["reason"],
+                timeout=TIMEOUT,
+            )
             state = json.loads((work / "agent" / "state.json").read_text())
             assert state["current"] is None and state["pending"] is None and state["taken"] == 2
             # the next deployment is not blocked: downloaded, applied, running
