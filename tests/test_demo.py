@@ -62,6 +62,7 @@ def test_the_fleet_story_converges_detects_promotes_and_rolls_back(tmp_path: Pat
     d = summary["detection"]
     assert d["fault"] == "cavitation" and d["site"] in others
     assert d["detected_s"] >= 0 and d["lamp_s"] >= 0 and d["cloud_event_s"] is not None
+    assert d["lamp_reset_s"] is not None  # after the fault, by the actuator's reset rule
     assert d["score_during_median"] > summary["threshold"] > d["score_before_max"], d
     assert summary["cloud_events"] >= 1
     assert all(summary["cloud_results"].get(s, 0) > 0 for s in stations)

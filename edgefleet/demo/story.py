@@ -11,9 +11,10 @@
    delivered to the cloud by the station's forwarder;
 5. a model retrained on two stations' recordings, deployed in shadow, its agreement shown,
    promoted;
-6. a broken version (its flow reads a PLC the stations do not have: the model never yields a
-   result) in stages: the canary's health gate fails, its agent rolls back by itself, the
-   rollout stops and the other stations are never touched;
+6. a broken model version (broken.py: it passes the library's checks and the trial run on
+   zeros, and fails on real data) in stages: the canary's health gate fails (no result from
+   the new model), its agent rolls back by itself, the rollout stops and the other stations
+   are never touched;
 7. a summary with figures (printed, and in {workdir}/summary.json).
 
 SIGINT or SIGTERM at any moment stops everything it started (sites, simulators, the cloud).
@@ -38,6 +39,7 @@ import yaml
 
 from edgefleet.broker import free_port
 from edgefleet.console.users import Role, Users
+from edgefleet.demo.broken import broken_model
 from edgefleet.demo.feed import CloudFeed, Scores
 from edgefleet.demo.single import EXAMPLES, Colours, connected, train
 from edgefleet.demo.stations import FAST_FLEET, FLEET, RunningStation, Station, quiet
@@ -153,12 +155,15 @@ class FleetStory:
                     every_site(Kind.EVENTS),
                 )
             )
-            for station in self.stations:
-                stack.push_async_callback(station.close)
+            stack.push_async_callback(self._close_stations)
             await self._stations(cloud, client)
             await self._story(client)
             self.say("stopping the sites, the simulators and the cloud ...")
         self.say("everything stopped")
+
+    async def _close_stations(self) -> None:
+        """All at once: each waits for its services to exit (up to their stop timeout)."""
+        await asyncio.gather(*(s.close() for s in self.stations), return_exceptions=True)
 
     async def _cloud(self, stack: contextlib.AsyncExitStack) -> CloudProcess:
         root = self.workdir / "cloud"
@@ -216,7 +221,7 @@ class FleetStory:
         await self._cavitation()
         v2 = await self._train_and_push(client, both, "retrained on two stations")
         promoted = await self._shadow_and_promote(client, flow["ref"], v2)
-        await self._broken(client, promoted)
+        await self._broken(client, promoted, Path(v2["path"]))
 
     # ---------------------------------------------------------------- 2. data and training
     async def _record(self) -> tuple[Path, Path]:
@@ -259,26 +264,22 @@ class FleetStory:
             f"pushed {pushed['ref']} sha256 {pushed['sha256'][:12]}, features "
             f"{', '.join(trained['features'])}{'; with ' + stats if stats else ''}"
         )
-        pushed["threshold"] = trained["threshold"]
+        pushed["threshold"], pushed["path"] = trained["threshold"], str(model)
         if self.summary.threshold is None:
             self.summary.threshold = trained["threshold"]
         return dict(pushed)
 
-    async def _push_flow(
-        self, client: FleetClient, model: dict[str, Any], signals_from: str = "plc1"
-    ) -> dict[str, Any]:
+    async def _push_flow(self, client: FleetClient, model: dict[str, Any]) -> dict[str, Any]:
         """The example flow pinning `model`, its lamp at the model's threshold, and a sink to
         the cloud broker (each station's forwarder delivers its results and events there)."""
         flow = yaml.safe_load((EXAMPLES / "pump-anomaly.yaml").read_text())
         flow["model"] = {"ref": model["ref"]}
-        threshold = float(self.summary.threshold or model["threshold"])
+        threshold = float(self.summary.threshold or model.get("threshold", 1.0))
         lamp = flow["actions"][0]
         lamp["when"] = f"score > {threshold:.3f}"
         lamp["reset"]["when"] = f"score < {threshold * 0.7:.3f}"
         cloud = self.cloud_broker
         flow["sinks"] = [{"kind": "mqtt", "name": "cloud", "broker": cloud}]
-        for feature in flow["align"]["features"]:
-            feature["signal"] = feature["signal"].replace("plc1/", f"{signals_from}/")
         text = yaml.safe_dump(flow, sort_keys=False)
         view: dict[str, Any] = (
             await client.call("flow.push", {"text": text, "filename": f"{FLOW}.yaml"})
@@ -390,7 +391,9 @@ class FleetStory:
                     f"began; event delivered to the cloud "
                     f"{(self.cloud_feed.acted(station.name, at) or at) - at:.1f} s after it"
                 )
-                await self._until_true(lambda: "off" in lamp or clock.monotonic() > at + fault_s)
+                # the fault ends by itself; the actuator resets the lamp once scores are low
+                with contextlib.suppress(TimeoutError):
+                    await self._until_true(lambda: "off" in lamp, timeout=fault_s + 60)
                 median = scores.median(at, at + fault_s)
         finally:
             station.sim.tick_hooks.remove(watch_lamp)
@@ -400,6 +403,7 @@ class FleetStory:
             "fault": "cavitation",
             "detected_s": round(detected - at, 1),
             "lamp_s": round(lamp["on"] - at, 1),
+            "lamp_reset_s": round(lamp["off"] - at - fault_s, 1) if "off" in lamp else None,
             "cloud_event_s": round(cloud_at - at, 1) if cloud_at is not None else None,
             "score_before_max": round(normal, 3),
             "score_during_median": round(median, 3) if median is not None else None,
@@ -464,14 +468,15 @@ class FleetStory:
         return str(promoted["flow"])
 
     # ---------------------------------------------------------------- 6. a broken version
-    async def _broken(self, client: FleetClient, good: str) -> None:
-        model = (await client.call("flow.show", {"ref": good}))["flow"]["pins"]["model"]
+    async def _broken(self, client: FleetClient, good: str, good_model: Path) -> None:
+        path = broken_model(good_model, self.workdir / f"{MODEL}-broken.onnx")
+        model = (await client.push(path, MODEL, "model", note="a broken export"))["resource"]
         self.say(
-            f"a broken version: {FLOW} on {model['ref']}, its flow reading plc9 (a PLC "
-            "the stations do not have): the model never yields a result",
+            f"a broken model: {model['ref']} has the features and train stats of the good one "
+            "and runs on zeros (the trial run passes), but fails on every real sample",
             "1;33",
         )
-        bad = await self._push_flow(client, {"ref": model["ref"], "threshold": 0}, "plc9")
+        bad = await self._push_flow(client, model)
         request = {"flows": [bad["ref"]], "group": "pumps", "strategy": STAGED, "timeout_s": WAIT_S}
         began = clock.monotonic()
         dep = (await client.call("deploy", request))["deployment"]

@@ -49,11 +49,12 @@ class Summary:
             )
         d = self.detection
         if d:
-            cloud = d.get("cloud_event_s")
+            cloud, reset = d.get("cloud_event_s"), d.get("lamp_reset_s")
             lines.append(
                 f"{d['fault']} at {d['site']}: detected after {d['detected_s']:.1f} s, alarm lamp "
                 f"set after {d['lamp_s']:.1f} s, event at the cloud after "
-                f"{'-' if cloud is None else f'{cloud:.1f}'} s"
+                f"{'-' if cloud is None else f'{cloud:.1f}'} s; lamp reset "
+                + ("never" if reset is None else f"{reset:.1f} s after the fault ended")
             )
         sh = self.shadow
         if sh:
