@@ -106,7 +106,11 @@ def test_a_signal_mid_story_stops_everything_it_started(
             pytest.fail(f"the demo ended before {when!r}: {demo.wait()}")
         assert started_in(tmp_path), "the demo's processes, running"
         demo.send_signal(sig)
-        rest = demo.communicate(timeout=120)[0]
+        try:
+            rest = demo.communicate(timeout=240)[0]
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            pytest.fail(f"the demo did not stop within 240 s: {demo.communicate()[0]}")
     finally:
         if demo.poll() is None:
             demo.kill()

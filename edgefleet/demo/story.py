@@ -116,6 +116,7 @@ class FleetStory:
         def interrupt() -> None:
             if not self.interrupted:
                 self.interrupted = True
+                self.say("interrupted: stopping everything the demo started ...", "1;33")
                 task.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
