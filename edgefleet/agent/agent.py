@@ -223,6 +223,11 @@ class Agent:
             self.rt.serve(loops, handle_signals=False), name="agent"
         )
 
+    @property
+    def alive(self) -> bool:
+        """Serving, or created and not started yet (it announces itself once it connects)."""
+        return self._serving is None or not self._serving.done()
+
     async def stop(self) -> None:
         if self._serving is None:
             return

@@ -291,7 +291,9 @@ def issue_to(
             "error": None,
             "timings": "{}",
             "updated_ns": now,
-            "deadline_ns": now + int(deployment["timeout_s"] * 1e9),
+            # from the desired state's own time (what the node and its watchers see), not the
+            # start of this transaction: on a loaded fleet the two are tens of ms apart
+            "deadline_ns": int(wire["issued"]) + int(deployment["timeout_s"] * 1e9),
         },
         pk=("deployment_id", "site"),
     )

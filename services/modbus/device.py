@@ -16,7 +16,7 @@ from pymodbus.framer import FramerType
 
 from services.modbus.config import ModbusConfig
 from shared import clock
-from shared.retry import Backoff
+from shared.retry import Backoff, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class Device:
                     getattr(self.client, name)(*args, **kw), self.config.timeout_s * 1.5
                 )
             except (TimeoutError, ModbusException, OSError) as exc:
+                raise_if_cancelled()
                 self._silent()
                 raise DeviceError(0, f"no answer: {exc}") from None
             self.last_ok, self.down = clock.monotonic(), False

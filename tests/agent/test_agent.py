@@ -34,7 +34,12 @@ def write_site(root: Path, site: str, broker: LocalBroker, modbus: int, **fleet:
     data = site_data(site, broker.port, modbus, prefix=site, labels={"role": "pump"})
     data["flows"] = []
     data["timings"]["error_report_interval_s"] = 0.1
-    data["fleet"] = {"trusted_keys": [KEY.public.text()], "health_timeout_s": 20, **fleet}
+    data["fleet"] = {
+        "trusted_keys": [KEY.public.text()],
+        "health_timeout_s": 20,
+        "inspect_timeout_s": 60,  # the default 30 s ran out in a cold process under load
+        **fleet,
+    }
     root.mkdir(parents=True, exist_ok=True)
     path = root / "site.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

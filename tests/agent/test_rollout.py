@@ -29,7 +29,11 @@ def write_node(
 ) -> Path:
     data = site_data(node, broker.port, modbus, prefix=prefix, labels={"role": "pump"})
     data["flows"] = []
-    data["fleet"] = {"trusted_keys": [key.public.text()], "health_timeout_s": 8}
+    data["fleet"] = {
+        "trusted_keys": [key.public.text()],
+        "health_timeout_s": 8,
+        "inspect_timeout_s": 60,  # the default 30 s ran out in a cold process under load
+    }
     root.mkdir(parents=True, exist_ok=True)
     path = root / "site.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -81,7 +81,11 @@ async def test_an_offline_canary_holds_its_stage_until_the_timeout(
     assert d3["issued"] >= d1["issued"] + 2e9  # not before n1's timeout
     for node in ("n3", "n4"):
         await report(probe, prefix, node, 1, "applied")
-    done = await shown_when(fleet, dep, lambda s: s["deployment"]["state"] != "in_progress")
+    # the deployment's state follows its rows at once, its last stage once the rollout has
+    # moved on (a step of its own): wait for that step
+    done = await shown_when(
+        fleet, dep, lambda s: s["deployment"]["stages"][-1]["state"] != "in_progress"
+    )
     assert done["deployment"]["state"] == "failed"  # n1 failed, within the threshold
     assert [s["state"] for s in done["deployment"]["stages"]] == ["held", "held"]
     # n1 comes back: its retained desired state is there; its late report updates its row
