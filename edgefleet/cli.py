@@ -46,7 +46,15 @@ def cmd_tap(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgefleet.demo import run_demo
 
-    return int(run_demo(Path(args.workdir), duration=args.duration, fast=args.fast))
+    if args.json and args.site:
+        print("edgefleet demo: --json is for the fleet story (without --site)", file=sys.stderr)
+        return 2
+    return int(
+        run_demo(
+            Path(args.workdir), duration=args.duration, fast=args.fast, site=args.site,
+            json=args.json,
+        )
+    )  # fmt: skip
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -130,11 +138,19 @@ def parser() -> argparse.ArgumentParser:
     tap.set_defaults(fn=cmd_tap)
 
     demo = sub.add_parser(
-        "demo", help="simulated pump, recording, training, the site, a fault detected live"
+        "demo",
+        help="the fleet story: cloud, console, pump stations, a model trained, rolled out, "
+        "shadowed, promoted, a broken version rolled back (--site: one site)",
     )
     demo.add_argument("--workdir", default="var/demo", help="where state and logs go")
-    demo.add_argument("--fast", action="store_true", help="shorter phases; ends after the fault")
+    demo.add_argument(
+        "--fast", action="store_true", help="shorter phases, three stations (CI's form)"
+    )
+    demo.add_argument(
+        "--site", action="store_true", help="the single-site story: one site detecting a fault"
+    )
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--json", action="store_true", help="the final summary as JSON")
     demo.set_defaults(fn=cmd_demo)
 
     rec = sub.add_parser("record", help="record a flow's aligned samples to CSV, for training")
