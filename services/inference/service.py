@@ -160,6 +160,7 @@ class InferenceService(Service[InferenceConfig]):
         live["health"]["rejected"] = {
             "malformed_messages": self.rt.health.rejected,
             "skipped_nan": stats.skipped_nan,
+            "nan_outputs": stats.nan_outputs,
             "failed_samples": stats.failed_samples,
         }
         shadow = None
@@ -167,6 +168,7 @@ class InferenceService(Service[InferenceConfig]):
             report = self.shadow.report()
             report["health"]["rejected"] = {
                 "skipped_nan": self.shadow.engine.stats.skipped_nan,
+                "nan_outputs": self.shadow.engine.stats.nan_outputs,
                 "failed_samples": self.shadow.engine.stats.failed_samples,
             }
             report["agreement"] = self.agreement.report() if self.agreement else None

@@ -110,6 +110,7 @@ class Device:
         self.connects += 1
         with contextlib.suppress(asyncio.TimeoutError, OSError):
             await asyncio.wait_for(self.client.connect(), self.config.timeout_s)
+        raise_if_cancelled()  # a stop that landed as the connect failed: not a retry
         if not self.client.connected:
             self._next_connect = clock.monotonic() + self.backoff.next_delay()
             self._silent()

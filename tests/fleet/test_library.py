@@ -200,8 +200,11 @@ async def test_archive_and_delete(
     b = models.mlp(tmp_path / "b.onnx", seed=2)
     await fleet.push(a, "m", "model")
     await fleet.push(b, "m", "model")
-    archived = await fleet.call("library.archive", {"ref": "m@2"})
-    assert archived["resource"]["archived"]
+    archived = await fleet.call("library.archive", {"ref": "m@2", "author": "ana@laptop"})
+    assert archived["resource"]["archived"] and archived["resource"]["archived_by"] == "ana@laptop"
+    shown = (await fleet.call("library.show", {"ref": "m@2"}))["resource"]
+    assert shown["archived_by"] == "ana@laptop"
+    assert (await fleet.call("library.show", {"ref": "m@1"}))["resource"]["archived_by"] is None
     listed = (await fleet.call("library.list"))["resources"]
     assert listed[0]["latest"] == 1  # the latest active version
     error = await refused(fleet.call("library.archive", {"ref": "m"}))

@@ -30,8 +30,8 @@ from services.inference.health import score_sums
 from shared import codec
 from shared.signing import PublicKey, SigningKey
 from shared.topics import Topics
-from tests.agent.test_agent import push, write_site
-from tests.agent.test_rollout import write_node
+from tests.agent.nodes import write_node, write_nodes
+from tests.agent.test_agent import push
 from tests.fleet.test_deploy import fleet_config, key_path, public_key
 from tests.helpers import Probe
 from tests.inference.models import mlp
@@ -100,7 +100,7 @@ async def test_deploy_report_promote_stop(
     cand = (await fleet.push(candidate, "pump-ae", "model"))["resource"]
     wide = mlp(tmp_path / "wide.onnx", f=len(FEATURES) + 1, seed=3)
     await fleet.push(wide, "wide-ae", "model")
-    path = write_site(tmp_path / "site", site, broker, simulator, trusted_keys=[public_key.text()])
+    path = write_node(tmp_path / "site", site, site, broker, simulator, public_key, 20)
     topics = Topics(site, site)
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(topics.everything())
@@ -269,7 +269,7 @@ async def test_promote_in_stages_canary_first_then_the_rest(
     candidate = mlp(tmp_path / "candidate.onnx", f=len(FEATURES), seed=7)
     cand = (await fleet.push(candidate, "pump-ae", "model"))["resource"]
     a, b = f"{site}a", f"{site}b"
-    paths = {n: write_node(tmp_path / n, n, site, broker, simulator, key) for n in (a, b)}
+    paths = write_nodes(tmp_path, (a, b), site, broker, simulator, key)
     cli_args = ["promote", "pump", "--nodes", f"{a},{b}", "--canary", "1"]
     cli_args += ["--fleet", f"{broker.host}:{broker.port}", "--prefix", site]
     async with Probe(broker.host, broker.port) as probe, contextlib.AsyncExitStack() as stack:
