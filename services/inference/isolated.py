@@ -37,6 +37,8 @@ def run_isolated(
     what: str,
     doing: str,
     error: type[EdgefleetError] = ModelError,
+    *,
+    nice: int = CHILD_NICE,
 ) -> Any:
     """`fn(arg)` in a child process; its JSON-serialisable result, or `error` saying why not.
 
@@ -45,7 +47,7 @@ def run_isolated(
     payload = pickle.dumps((fn, arg))
     try:
         proc = subprocess.run(
-            _command(), input=payload, capture_output=True, env=_env(), timeout=timeout_s
+            _command(nice), input=payload, capture_output=True, env=_env(), timeout=timeout_s
         )
     except subprocess.TimeoutExpired:  # subprocess.run has killed and reaped the child
         raise error(_timeout(what, doing, timeout_s)) from None
@@ -59,10 +61,12 @@ async def run_isolated_async(
     what: str,
     doing: str,
     error: type[EdgefleetError] = ModelError,
+    *,
+    nice: int = CHILD_NICE,
 ) -> Any:
     """`run_isolated` for async callers."""
     proc = await asyncio.create_subprocess_exec(
-        *_command(),
+        *_command(nice),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -98,12 +102,14 @@ class Streamed:
         what: str,
         doing: str,
         error: type[EdgefleetError] = ModelError,
+        *,
+        nice: int = CHILD_NICE,
     ) -> None:
         self.size, self.sent = size, 0
         self.timeout_s, self.what, self.doing, self.error = timeout_s, what, doing, error
         self.deadline = time.monotonic() + timeout_s
         self.proc = subprocess.Popen(
-            _command(),
+            _command(nice),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -165,8 +171,8 @@ class Streamed:
             self.proc.communicate()
 
 
-def _command() -> list[str]:
-    return [sys.executable, "-m", __name__]
+def _command(nice: int) -> list[str]:
+    return [sys.executable, "-m", __name__, "--nice", str(nice)]
 
 
 def _env() -> dict[str, str]:
@@ -204,13 +210,15 @@ def _death(returncode: int | None, err: bytes) -> str:
     return f"exit code {returncode}: {tail[0][:200]}"
 
 
-def _child() -> None:
-    """`python -m services.inference.isolated`: (function, argument) pickled on stdin, or
-    (function, argument, size) followed by `size` raw bytes (`Streamed`): then `fn((arg, data))`."""
+def _child(argv: list[str]) -> None:
+    """`python -m services.inference.isolated --nice N`: (function, argument) pickled on stdin,
+    or (function, argument, size) followed by `size` raw bytes (`Streamed`): then
+    `fn((arg, data))`."""
+    nice = int(argv[argv.index("--nice") + 1]) if "--nice" in argv else CHILD_NICE
     # A trial is background work: at a lower priority, the live model (and every other service
     # of a small edge box) keeps the CPU while onnxruntime is imported and the candidate runs.
     with contextlib.suppress(OSError):
-        os.nice(CHILD_NICE)
+        os.nice(nice)
     stdin = sys.stdin.buffer
     header = pickle.load(stdin)
     if len(header) == 3:
@@ -230,4 +238,4 @@ def _child() -> None:
 
 
 if __name__ == "__main__":
-    _child()
+    _child(sys.argv[1:])
