@@ -58,13 +58,13 @@ class UploadUrlRequest(Api):
     name: Name
     size: int = Field(ge=0, description="bytes the client will upload")
     sha256: Sha256 | None = Field(
-        None,
+        default=None,
         description="the file's digest, when known before the upload: an S3 server that "
         "checks checksums then refuses other bytes, and the fleet need not read them back to "
         "verify them",
     )
     kind: Kind | None = Field(
-        None,
+        default=None,
         description="what `library.commit` will say it is, when known: for a model the fleet "
         "starts the process that will load it while the upload runs",
     )
