@@ -138,8 +138,8 @@ def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
         head_s = time.perf_counter() - t0
         with contextlib.ExitStack() as stack:
             if req.kind == "model":
-                # The inspecting child starts now and receives the bytes while they are read
-                # back: its start-up and the transfer overlap the download that verifies them.
+                # The inspecting child (started with the upload URL, else now) receives the
+                # bytes while they are read back: one read verifies and feeds it.
                 inspection = stack.enter_context(_inspection(fleet, req, warm))
                 warm = None
                 size, sha256 = fleet.blobs.stream(upload["key"], inspection.feed)
