@@ -83,6 +83,13 @@ class Fleet:
             used_by=self.store.users(row["id"]) if users else [],
         )
 
+    def close(self) -> None:
+        """Stop the inspecting children still waiting for an upload."""
+        with self.warm_lock:
+            ids = list(self.warm)
+        for upload_id in ids:
+            _close_warm(self, upload_id)
+
     def sweep(self, now: int | None = None) -> int:
         """Remove staged uploads that were never committed and whose URL expired."""
         now = now_ns() if now is None else now

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,11 @@ def test_presign_without_extra_headers_is_the_minio_clients() -> None:
 
 
 @pytest.fixture
-def fleet(fleet_config: dict[str, Any]) -> library.Fleet:
+def fleet(fleet_config: dict[str, Any]) -> Iterator[library.Fleet]:
     """The fleet's handlers in this process (no transport): what they leave is inspected."""
-    return library.Fleet.open(fleet_of(fleet_config))
+    fleet = library.Fleet.open(fleet_of(fleet_config))
+    yield fleet
+    fleet.close()
 
 
 def upload(fleet: library.Fleet, data: bytes, **extra: Any) -> api.UploadUrlResult:
@@ -202,5 +205,6 @@ def test_the_inspecting_child_starts_with_the_upload_url(
     # at most `workers` wait at once: the oldest goes first
     ups = [upload(fleet, data, kind="model") for _ in range(fleet.config.workers + 1)]
     assert list(fleet.warm) == [u.upload_id for u in ups[1:]]
-    for u in ups[1:]:
-        library._close_warm(fleet, u.upload_id)
+    waiting = [warm for _, warm in fleet.warm.values()]
+    fleet.close()  # the service stopping
+    assert fleet.warm == {} and all(w.child.proc.returncode is not None for w in waiting)
