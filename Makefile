@@ -1,7 +1,7 @@
 # The one way to set up, test, lint, run the demo and the benchmarks. CI calls these targets.
 PY := .venv/bin/python
 
-.PHONY: setup test lint typecheck check demo bench faults clean contract sparkplug-proto
+.PHONY: setup test lint typecheck check demo bench bench-deps faults clean contract sparkplug-proto
 
 setup:
 	@scripts/bootstrap
@@ -24,6 +24,11 @@ demo: setup
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; PYTHONPATH=. $(PY) $$b || exit 1; done
+
+# What the benchmarks compare against and pip does not bring: Node-RED (pinned, into var/) for
+# bench/ingest_gateway.py. Needs node and npm (apt-get install -y nodejs npm).
+bench-deps:
+	sh bench/install_node_red.sh
 
 # The fault suite: long scenarios with real processes; on demand, never in `make test`.
 # FAULTS_SCALE=0.1 for a quick look; the table goes to var/faults/report.md (docs/reliability.md).

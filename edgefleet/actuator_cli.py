@@ -8,8 +8,8 @@ number) through the adapter and reports the value read back. The actuator keeps 
 set it (`--by`, default the user running the command), when and why, across restarts, and shows
 it in its status. `release` lets the rule act again.
 The request goes to `ef/{site}/cmd/{instance}` (MQTT v5 request/response); the answer, and the
-actuator's event, say what happened. Exit status 0 when the actuator confirmed, 1 when it refused
-or the write failed, 2 when it did not answer.
+actuator's event, say what happened. Exit codes (edgefleet/cli_errors.py): 0 the actuator
+confirmed, 1 it refused or the write failed, 2 bad usage, 3 it did not answer.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from shared.errors import EdgefleetError
+from edgefleet.cli_errors import UsageError, cli_errors
 from shared.messages import ActuatorCommand, WriteResponse
 from shared.mqtt import BrokerSettings, NotConnected
 from shared.requests import RequestTimeout, requester
@@ -58,13 +58,11 @@ def parse_value(text: str | None) -> bool | int | float | None:
         return None
     value: Any = yaml.safe_load(text)
     if not isinstance(value, (bool, int, float)):
-        raise SystemExit(
-            f"edgefleet actuator: --value must be true, false or a number, got {text!r}"
-        )
+        raise UsageError(f"--value must be true, false or a number, got {text!r}")
     return value
 
 
-async def request(args: argparse.Namespace) -> tuple[WriteResponse | None, str]:
+async def request(args: argparse.Namespace) -> WriteResponse:
     topics = Topics(args.site, args.prefix)
     client = f"cli-{uuid.uuid4().hex[:10]}"
     command = ActuatorCommand(
@@ -81,21 +79,20 @@ async def request(args: argparse.Namespace) -> tuple[WriteResponse | None, str]:
             answer = await req.request(
                 topics.cmd(args.instance), command, timeout=args.timeout, request_id=client
             )
-        return WriteResponse.from_wire(answer), ""
+        response: WriteResponse = WriteResponse.from_wire(answer)
+        return response
     except (NotConnected, RequestTimeout):
-        return None, f"no answer from {args.instance} on site {args.site} within {args.timeout:g} s"
-    except EdgefleetError as exc:  # the broker refused the request, or the answer is malformed
-        return None, str(exc)
+        raise RequestTimeout(
+            f"no answer from {args.instance} on site {args.site} within {args.timeout:g} s"
+        ) from None
 
 
+@cli_errors("edgefleet actuator")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.op == "release" and args.value is not None:
-        raise SystemExit("edgefleet actuator: release takes no --value")
-    response, problem = asyncio.run(request(args))
-    if response is None:
-        print(f"edgefleet actuator: {problem}")
-        return 2
+        raise UsageError("release takes no --value")
+    response = asyncio.run(request(args))
     what = f"{args.op} {args.action}"
     if response.ok:
         readback = "" if response.readback is None else f", read back {response.readback!r}"

@@ -8,10 +8,10 @@ import contextlib
 import sys
 from pathlib import Path
 
+from edgefleet.cli_errors import cli_errors
 from edgefleet.registry import SERVICES, service_spec
 from edgefleet.site.commands import add_commands as add_site_commands
 from shared.config import load_config
-from shared.errors import EdgefleetError
 from shared.mqtt import BrokerSettings
 from shared.runtime import setup_logging
 from shared.service import RESTART_EXIT_CODE, RestartForConfig
@@ -46,7 +46,15 @@ def cmd_tap(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgefleet.demo import run_demo
 
-    return int(run_demo(Path(args.workdir), duration=args.duration, fast=args.fast))
+    if args.json and args.site:
+        print("edgefleet demo: --json is for the fleet story (without --site)", file=sys.stderr)
+        return 2
+    return int(
+        run_demo(
+            Path(args.workdir), duration=args.duration, fast=args.fast, site=args.site,
+            json=args.json,
+        )
+    )  # fmt: skip
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -130,11 +138,19 @@ def parser() -> argparse.ArgumentParser:
     tap.set_defaults(fn=cmd_tap)
 
     demo = sub.add_parser(
-        "demo", help="simulated pump, recording, training, the site, a fault detected live"
+        "demo",
+        help="the fleet story: cloud, console, pump stations, a model trained, rolled out, "
+        "shadowed, promoted, a broken version rolled back (--site: one site)",
     )
     demo.add_argument("--workdir", default="var/demo", help="where state and logs go")
-    demo.add_argument("--fast", action="store_true", help="shorter phases; ends after the fault")
+    demo.add_argument(
+        "--fast", action="store_true", help="shorter phases, three stations (CI's form)"
+    )
+    demo.add_argument(
+        "--site", action="store_true", help="the single-site story: one site detecting a fault"
+    )
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--json", action="store_true", help="the final summary as JSON")
     demo.set_defaults(fn=cmd_demo)
 
     rec = sub.add_parser("record", help="record a flow's aligned samples to CSV, for training")
@@ -235,20 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         from edgefleet.opcua_browse import main as browse_main
 
         return browse_main(argv[2:])
-    args = parser().parse_args(argv)
-    try:
-        return int(args.fn(args))
-    except EdgefleetError as exc:
-        print(f"edgefleet: {exc}", file=sys.stderr)
-        return 2
-    except ExceptionGroup as group:  # raised inside a service's TaskGroup
-        known, other = group.split(EdgefleetError)
-        if other is not None:
-            raise
-        assert known is not None
-        for error in known.exceptions:
-            print(f"edgefleet: {error}", file=sys.stderr)
-        return 2
+    return run_parsed(parser().parse_args(argv))
+
+
+@cli_errors("edgefleet")
+def run_parsed(args: argparse.Namespace) -> int:
+    return int(args.fn(args))
 
 
 if __name__ == "__main__":

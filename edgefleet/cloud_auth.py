@@ -35,7 +35,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgefleet.broker import bridge_config
+from edgefleet.cli_errors import Failed, cli_errors
 from shared.errors import ConfigError, EdgefleetError
 from shared.files import write_atomic
 from shared.topics import DEFAULT_PREFIX, Topics, agent_replies
@@ -146,7 +146,7 @@ def add_site(auth: Path, site: str, cloud: str, prefix: str, labels: dict[str, s
     registry = auth / "sites.json"
     sites: dict[str, Any] = json.loads(registry.read_text()) if registry.exists() else {}
     if site in sites:
-        raise EdgefleetError(f"site {site} exists already in {registry}")
+        raise Failed(f"site {site} exists already in {registry}")
     password = secrets.token_urlsafe(24)
     passwd = auth / "passwd"
     create = [] if passwd.exists() else ["-c"]
@@ -197,6 +197,7 @@ def remove_site(auth: Path, site: str, prefix: str) -> None:
     shutil.rmtree(auth / "sites" / site, ignore_errors=True)
 
 
+@cli_errors("edgefleet site")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edgefleet site", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="op", required=True)
@@ -218,9 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         labels = dict(kv.split("=", 1) for kv in args.labels.split(",") if "=" in kv)
         out = add_site(args.auth_dir, args.site, args.cloud, args.prefix, labels)
-    except (EdgefleetError, subprocess.CalledProcessError) as exc:
-        print(f"edgefleet site: {exc}", file=sys.stderr)
-        return 1
+    except subprocess.CalledProcessError as exc:  # mosquitto_passwd said no
+        raise Failed(str(exc)) from None
     print(f"site {args.site}: user and ACL in {args.auth_dir} (reload the broker: SIGHUP)")
     print(f"for the site: {out}/ (password, ca.crt, bridge.conf, fleet.yaml)")
     return 0

@@ -8,17 +8,17 @@ WHICH is `--id N` (repeated) or `--all`.
 Works on the sinks' queue files directly, whether the forwarder runs or not: `retry` puts the
 messages back at the head of their queue (a running forwarder sends them within
 `timings.status_interval_s`), `drop` deletes them. A site started with `edgefleet up` keeps its
-queues in `var/forwarder` next to site.yaml (its `forwarder.queue_dir`). Exit status 0 done,
-1 nothing matched or a queue file is missing, 2 bad usage.
+queues in `var/forwarder` next to site.yaml (its `forwarder.queue_dir`). Exit codes
+(edgefleet/cli_errors.py): 0 done, 1 nothing matched or a queue file is missing, 2 bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from edgefleet.cli_errors import Failed, UsageError, cli_errors
 from services.forwarder import deadletters
 from services.forwarder.config import ForwarderConfig
 from shared.config import load_config
@@ -98,24 +98,19 @@ def run(args: argparse.Namespace) -> int:
                 verb = "put back in the queue" if args.op == "retry" else "dropped"
                 print(f"{sink}: {len(ids)} {verb}: {', '.join(map(str, ids))}")
     if not any(done.values()):
-        print(f"edgefleet: no dead letter matched in {', '.join(files)}", file=sys.stderr)
-        return 1
+        raise Failed(f"no dead letter matched in {', '.join(files)}")
     return 0
 
 
+@cli_errors("edgefleet forwarder")
 def main(argv: list[str]) -> int:
     if argv[:1] != ["dead-letters"]:
-        print("usage: edgefleet forwarder dead-letters list|retry|drop …", file=sys.stderr)
-        return 2
+        raise UsageError("usage: edgefleet forwarder dead-letters list|retry|drop …")
     parser = build_parser()
     args = parser.parse_args(argv[1:])  # bad usage: exit 2
     if args.op != "list" and not args.all and not args.ids:
         parser.error(f"{args.op} needs --id N or --all")
     try:
         return run(args)
-    except ConfigError as exc:
-        print(f"edgefleet: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"edgefleet: {exc}; has the forwarder run with this config?", file=sys.stderr)
-        return 1
+    except FileNotFoundError as exc:  # nothing to list or retry: the operation found nothing
+        raise Failed(f"{exc}; has the forwarder run with this config?") from None

@@ -8,19 +8,19 @@
 A site trusts the public key by listing it in site.yaml (`fleet.trusted_keys`); a rotation
 (edgefleet/fleet/rotation.py) tells every node, under the old key, to trust the new one, then
 switches, then retires the old key. `rotate` names the new key's path on the fleet's host (make
-it there with `keys create`). Exit status 0 on success, 1 when the fleet refused or cannot be
-reached, 2 on bad usage or an unreadable key.
+it there with `keys create`). Exit codes: edgefleet/cli_errors.py (0 done, 1 the fleet refused,
+2 bad usage or an unreadable key, 3 the fleet cannot be reached).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError, EdgefleetError
+from edgefleet.cli_errors import cli_errors
+from edgefleet.fleet.address import add_fleet_options
 from shared.signing import SigningKey
 from shared.topics import DEFAULT_PREFIX
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("new_key", help="the new private key's path on the fleet's host")
     status = sub.add_parser("status", help="the signing key and the latest rotation")
     for sp in (rotate, status):
-        sp.add_argument("--fleet", help="the fleet's broker host:port (default 127.0.0.1:1883)")
+        add_fleet_options(sp)
         sp.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (ef)")
         sp.add_argument("--timeout", type=float, default=30.0, help="seconds for an answer")
         sp.add_argument("--json", action="store_true", help="print the fleet's answer")
@@ -46,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _ask(args: argparse.Namespace, cmd: str, request: dict[str, Any]) -> Any:
+    from edgefleet.fleet.address import fleet_of
     from edgefleet.fleet.client import connect
 
-    async with connect(args.fleet, args.prefix, timeout=args.timeout) as fleet:
+    async with connect(fleet_of(args), args.prefix, timeout=args.timeout) as fleet:
         return await fleet.call(cmd, request)
 
 
@@ -56,21 +57,13 @@ def _fleet(args: argparse.Namespace) -> int:
     import asyncio
 
     from edgefleet.fleet.client import author
-    from edgefleet.fleet.errors import FleetError
 
     cmd, request = (
         ("keys.rotate", {"new_key": args.new_key, "author": author()})
         if args.op == "rotate"
         else ("keys.status", {})
     )
-    try:
-        result = asyncio.run(_ask(args, cmd, request))
-    except FleetError as exc:
-        print(f"edgefleet keys: {exc.message} [{exc.code}]", file=sys.stderr)
-        return 1
-    except EdgefleetError as exc:
-        print(f"edgefleet keys: {exc}", file=sys.stderr)
-        return 1
+    result = asyncio.run(_ask(args, cmd, request))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -86,19 +79,16 @@ def _fleet(args: argparse.Namespace) -> int:
     return 0
 
 
+@cli_errors("edgefleet keys")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.op in ("rotate", "status"):
         return _fleet(args)
-    try:
-        if args.op == "create":
-            key = SigningKey.generate()
-            key.save(args.out)
-        else:
-            key = SigningKey.load(args.key)
-    except ConfigError as exc:
-        print(f"edgefleet keys: {exc}", file=sys.stderr)
-        return 2
+    if args.op == "create":
+        key = SigningKey.generate()
+        key.save(args.out)  # ConfigError when the file exists: exit 2
+    else:
+        key = SigningKey.load(args.key)
     if args.json:
         print(json.dumps({"key_id": key.public.key_id, "public_key": key.public.text()}))
     else:

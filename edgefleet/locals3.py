@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -24,6 +25,17 @@ from edgefleet.broker import free_port
 from edgefleet.local_process import LocalProcess
 
 S3_PORTS = ("s3", "master", "volume", "filer")
+START_ATTEMPTS = 3  # a port of ours taken meanwhile: others are chosen, this many times in all
+_TAKEN = re.compile(r"listen tcp [^ ]*:(\d+): bind: address already in use")
+
+
+class PortTaken(RuntimeError):
+    """weed could not bind `port` (None if its log did not say which): another process took it
+    between our check that it was free and weed's bind."""
+
+    def __init__(self, message: str, port: int | None) -> None:
+        super().__init__(message)
+        self.port = port
 
 
 def find_weed() -> str:
@@ -54,6 +66,9 @@ class LocalS3(LocalProcess):
     access_key: str = "edgefleet"
     secret_key: str = field(default_factory=lambda: secrets.token_hex(16))
     process: subprocess.Popen[bytes] | None = None
+    # volumes the server may hold (weed's default: 8); each bucket is a collection that takes 7
+    # at its first write, so a server for many buckets (the tests': one per test) needs more
+    max_volumes: int | None = None
     _ports: list[int] = field(default_factory=list)
     # weed's graceful stop can hang for long; what it acknowledged is already on disk
     stop_grace_s = 3.0
@@ -66,6 +81,7 @@ class LocalS3(LocalProcess):
         if not self._ports:
             self._ports = _free_ports(7)  # s3 gRPC, master and its gRPC, volume, filer, ...
         grpc_s3, master, grpc_master, volume, grpc_volume, filer, grpc_filer = self._ports
+        more = [] if self.max_volumes is None else [f"-volume.max={self.max_volumes}"]
         return [
             find_weed(),
             "server",
@@ -87,6 +103,7 @@ class LocalS3(LocalProcess):
             "-volume.preStopSeconds=0",
             f"-filer.port={filer}",
             f"-filer.port.grpc={grpc_filer}",
+            *more,
         ]
 
     def _write_identities(self) -> None:
@@ -104,21 +121,41 @@ class LocalS3(LocalProcess):
         os.chmod(path, 0o600)
 
     def start(self, timeout: float = 30.0) -> LocalS3:
+        """`PortTaken` if the S3 port (the caller's) is taken; the other six are our own
+        choice, so one taken meanwhile (many processes pick free ports on a busy machine) is
+        chosen again. `RuntimeError` with weed's last words for anything else."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._start_once(timeout)
+            except PortTaken as exc:
+                if exc.port == self.port or attempt == START_ATTEMPTS:
+                    raise
+                self._ports = []
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> LocalS3:
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         self._write_identities()
-        log = (self.data_dir / "weed.log").open("ab")
-        self.process = subprocess.Popen(
-            self._command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir
-        )
-        log.close()
+        log_file = self.data_dir / "weed.log"
+        with log_file.open("ab") as log:
+            offset = log.tell()
+            self.process = subprocess.Popen(
+                self._command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir
+            )
         try:
             self._wait_ready(timeout)
         except (TimeoutError, RuntimeError) as exc:
             self.stop()
-            tail = (self.data_dir / "weed.log").read_text(errors="replace")[-800:]
-            raise RuntimeError(
-                f"SeaweedFS did not start on port {self.port}: {exc}\n{tail}"
-            ) from None
+            with log_file.open("rb") as log:
+                log.seek(offset)
+                said = log.read().decode(errors="replace")
+            message = f"SeaweedFS did not start on port {self.port}: {exc}\n{said[-800:]}"
+            taken = _TAKEN.search(said)
+            if taken is not None:  # weed's own words first: its stack trace follows them
+                raise PortTaken(f"SeaweedFS: {taken[0]}\n{message}", int(taken[1])) from None
+            if "address already in use" in said:
+                raise PortTaken(message, None) from None
+            raise RuntimeError(message) from None
         return self
 
     def _wait_ready(self, timeout: float) -> None:

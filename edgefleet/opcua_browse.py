@@ -23,6 +23,9 @@ from asyncua.common.node import Node
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIdNames, ObjectIds
 
+from edgefleet.cli_errors import Failed, cli_errors
+from shared.errors import ProtocolError
+
 ACCESS = {1: "read", 2: "write"}
 NUMERIC = {
     "Boolean",
@@ -159,15 +162,15 @@ async def browse(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+@cli_errors("edgefleet opcua browse")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return asyncio.run(browse(args, sys.stdout))
-    except (OSError, TimeoutError, ua.UaError) as exc:  # type: ignore[attr-defined]
-        print(
-            f"edgefleet opcua browse: {args.endpoint}: {exc or type(exc).__name__}", file=sys.stderr
-        )
-        return 2
+    except (OSError, TimeoutError) as exc:  # the server cannot be reached: 3
+        raise ProtocolError(f"{args.endpoint}: {exc or type(exc).__name__}") from None
+    except ua.UaError as exc:  # type: ignore[attr-defined]  # the server said no (an unknown node): 1
+        raise Failed(f"{args.endpoint}: {exc or type(exc).__name__}") from None
 
 
 if __name__ == "__main__":

@@ -225,8 +225,10 @@ async def record(
     stop: asyncio.Event | None = None,
     on_rows: Callable[[int], None] | None = None,
     quiet_warn_s: float = 10.0,
+    handle_signals: bool = True,
 ) -> Recording:
-    """Record until `duration_s` passes, `stop` is set, or SIGINT/SIGTERM."""
+    """Record until `duration_s` passes, `stop` is set, or SIGINT/SIGTERM (unless
+    `handle_signals` is False: a caller that owns the signals, as the fleet demo)."""
     flow = recording_flow(flow)
     config = validate(
         AlignerConfig,
@@ -271,7 +273,8 @@ async def record(
                 "emit_loop": recorder.emit_loop,
                 "until_done_loop": until_done,
                 "quiet_warning_loop": warn_when_quiet,
-            }
+            },
+            handle_signals=handle_signals,
         )
     finally:
         sink.close()

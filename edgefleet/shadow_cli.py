@@ -18,6 +18,7 @@ import contextlib
 import sys
 from typing import Any
 
+from edgefleet.cli_errors import cli_errors
 from shared import codec
 from shared.errors import EdgefleetError, PayloadError
 from shared.health import InferenceHealth, health_of
@@ -164,10 +165,7 @@ def _decode(message: Received) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+@cli_errors("edgefleet shadow")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return asyncio.run(run(args))
-    except EdgefleetError as exc:
-        print(f"edgefleet shadow: {exc}", file=sys.stderr)
-        return 2
+    return asyncio.run(run(args))

@@ -18,12 +18,14 @@ import pytest
 from shared import codec
 from shared.messages import ResultBatch
 from tests.conftest import base_config, broker, no_leftover_processes, probe, site
+from tests.fleet.conftest import bucket, fleet, fleet_config, s3, shared_s3
 from tests.forwarder.conftest import cloud
 from tests.helpers import Probe
 from tests.site.conftest import simulator
 
 __all__ = [
-    "base_config", "broker", "cloud", "no_leftover_processes", "probe", "simulator", "site",
+    "base_config", "broker", "bucket", "cloud", "fleet", "fleet_config", "no_leftover_processes",
+    "probe", "s3", "shared_s3", "simulator", "site",
 ]  # fmt: skip
 
 REPORT = Path("var/faults")

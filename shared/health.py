@@ -123,6 +123,7 @@ class InferenceHealth(HealthModel):
     results: int = 0
     runs: int = 0
     skipped_nan: int = 0
+    nan_outputs: int = 0  # samples whose result was NaN or infinite: not published
     failed_batches: int = 0
     failed_samples: int = 0
     script_errors: int = 0

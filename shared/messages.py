@@ -580,9 +580,12 @@ class DesiredState(Message):
     signature: Signature | None = None
 
 
+# rollback_failed: the revision failed its health gate and the one before could not run again
+# (its files removed or changed on disk); the node runs none of the deployed flows
 ReportedStep = Literal[
-    "received", "downloading", "verifying", "activating", "applied", "failed", "rolled_back"
-]
+    "received", "downloading", "verifying", "activating", "applied", "failed", "rolled_back",
+    "rollback_failed",
+]  # fmt: skip
 
 
 class FlowReport(_Part):

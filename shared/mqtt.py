@@ -12,7 +12,8 @@ per-packet syscalls, no per-message wrapper), which measured 3× raw paho's mess
   subscribers" counts as success), a cap on QoS 1 messages in flight;
 - a bounded buffer for publishes made while the broker is away, oldest dropped first and counted;
 - received messages handed to the handler in bursts: one loop wakeup per socket read, not per
-  packet;
+  packet, and a yield to the loop every DISPATCH_YIELD messages of a long burst (the timers and
+  publishes due meanwhile run then: a service's 5 ms tick does not wait for 5,000 messages);
 - acknowledgement of QoS 1 messages under the caller's control (`manual_ack`), so a service can
   commit a message before the broker forgets it.
 - a will made afresh for each connection when `will` is a function, and optionally sent on a
@@ -39,7 +40,7 @@ from gmqtt.mqtt.constants import MQTTCommands, MQTTv50
 from gmqtt.mqtt.handler import MQTTConnectError
 
 from shared.errors import ProtocolError
-from shared.retry import Backoff
+from shared.retry import Backoff, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 logging.getLogger("gmqtt").setLevel(logging.WARNING)  # INFO per connect and subscribe is noise
@@ -49,6 +50,7 @@ DISCONNECT_WITH_WILL = 0x04  # MQTT 5: a clean disconnect after which the broker
 DISCONNECT_TIMEOUT_S = 2.0
 INBOX_HIGH = 5_000  # received messages waiting for the handler: stop reading the socket there
 BURST_YIELD = 64  # QoS 0 publishes between two yields to the loop (the receive side runs then)
+DISPATCH_YIELD = 256  # received messages handled between two yields to the loop (timers run then)
 _BAD_CREDENTIALS = {0x86, 0x87, 4, 5}  # v5 bad user name or password / not authorized; v3 codes
 _NO_RECONNECT = -2  # gmqtt reconnects while failures <= retries: never, so we supervise alone
 _REASONS = {
@@ -79,7 +81,7 @@ class BrokerSettings:
     keepalive_s: int = 30
     clean_start: bool = True
     session_expiry_s: int | None = None  # with clean_start False: a persistent session
-    max_inflight: int = 100  # QoS 1 messages awaiting PUBACK at once
+    max_inflight: int = 100  # QoS 1 messages awaiting PUBACK at once (below the broker's maximum)
     outbox_max: int = 10_000  # publishes buffered while the broker is away
     reconnect_initial_s: float = 0.2
     reconnect_max_s: float = 10.0
@@ -224,6 +226,17 @@ class _Session:
         handler._handle_puback_packet = self._on_puback
         handler._handle_qos_1_publish_packet = self._on_qos1
         self.client, self._handler = client, handler
+        self.limit = s.max_inflight  # set again from the CONNACK
+        self.inflight = asyncio.Semaphore(self.limit)
+
+    def window(self, wanted: int) -> int:
+        """QoS 1 publishes this connection may have awaiting their PUBACK: `wanted`, below the
+        broker's receive maximum (CONNACK). gmqtt hands out at most receive maximum - 1 packet
+        ids and raises OverflowError past them; one is kept for a subscribe or unsubscribe."""
+        values = self._handler._connack_properties.get("receive_maximum")
+        if not values:
+            return wanted  # absent: 65,535 (MQTT v5 3.2.2.3.3)
+        return max(1, min(wanted, int(values[0]) - 2))
 
     async def connect(self) -> None:
         s = self.owner.settings
@@ -249,6 +262,13 @@ class _Session:
                     raise self._handler.propagate_error()
                 raise NotConnected("the broker closed the connection before its CONNACK")
             connecting.result()
+        self.limit = self.window(s.max_inflight)
+        self.inflight = asyncio.Semaphore(self.limit)
+        if self.limit < s.max_inflight:
+            log.info(
+                "%s:%s: at most %d QoS 1 publishes in flight (the broker's receive maximum)",
+                s.host, s.port, self.limit,
+            )  # fmt: skip
         sock = self.client._connection._transport.get_extra_info("socket")
         if sock is not None:  # asyncio sets it too; say so here, where it matters
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -393,7 +413,6 @@ class MqttConnection:
         self._session: _Session | None = None
         self._ready = asyncio.Event()
         self._outbox: deque[Outgoing] = deque()
-        self._inflight = asyncio.Semaphore(settings.max_inflight)
         self._backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
         self._inbox: list[Received] = []
         self._inbox_ready = asyncio.Event()
@@ -433,6 +452,12 @@ class MqttConnection:
     @property
     def connected(self) -> bool:
         return self._ready.is_set()
+
+    @property
+    def inflight_limit(self) -> int:
+        """QoS 1 publishes that may await their PUBACK at once on the current connection."""
+        session = self._session
+        return self.settings.max_inflight if session is None else session.limit
 
     @property
     def buffered(self) -> int:  # publishes waiting in the outbox for the broker
@@ -493,7 +518,7 @@ class MqttConnection:
                 self._since_yield = 0
                 await asyncio.sleep(0)
             return _SUCCESS
-        async with self._inflight:
+        async with session.inflight:
             code = await session.publish_acked(msg)
         if code < 0x80:
             self.stats.published += 1
@@ -527,8 +552,10 @@ class MqttConnection:
                             f"broker {self.settings.host}:{self.settings.port} refused the "
                             f"credentials ({exc}); not retrying"
                         ) from None
+                    raise_if_cancelled()
                     self._lost(exc)
                 except (NotConnected, OSError, TimeoutError) as exc:
+                    raise_if_cancelled()
                     self._lost(exc)
                 await asyncio.sleep(self._backoff.next_delay())
         finally:
@@ -631,8 +658,10 @@ class MqttConnection:
             self.stats.received += len(burst)
             if self._handler is None:
                 continue
-            for received in burst:
+            for n, received in enumerate(burst, 1):
                 await self._dispatch(received)
+                if n % DISPATCH_YIELD == 0:  # a coalescing tick must not wait for a whole burst
+                    await asyncio.sleep(0)
 
     async def _dispatch(self, received: Received) -> None:
         assert self._handler is not None

@@ -257,7 +257,9 @@ async def requester(
 ) -> AsyncIterator[Requester]:
     """A connection of its own with a `Requester` on it, for a command-line tool.
 
-    Raises `NotConnected` when the broker cannot be reached within `connect_timeout`."""
+    Raises `NotConnected` when the broker cannot be reached within `connect_timeout` (with the
+    last attempt's error: a refused connection, a certificate the CA does not vouch for), and
+    `ProtocolError` at once when the broker refuses the credentials."""
     holder: list[Requester] = []
 
     async def route(message: Received) -> None:
@@ -268,12 +270,21 @@ async def requester(
     await connection.subscribe(reply_topic)
     task = asyncio.create_task(connection.run(), name="requester_mqtt_loop")
     try:
+        connected = asyncio.ensure_future(connection.wait_connected())
         try:
-            await asyncio.wait_for(connection.wait_connected(), connect_timeout)
-        except TimeoutError:
+            await asyncio.wait(
+                {connected, task}, timeout=connect_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            connected.cancel()
+        if task.done():
+            task.result()  # the connection gave up: bad credentials (ProtocolError)
+        if not connection.connected:
+            why = connection.stats.last_error
             raise NotConnected(
-                f"broker {settings.host}:{settings.port} not reachable within {connect_timeout:g} s"
-            ) from None
+                f"broker {settings.host}:{settings.port} not reachable within "
+                f"{connect_timeout:g} s" + (f": {why}" if why else "")
+            )
         yield holder[0]
     finally:
         task.cancel()

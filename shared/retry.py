@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
 
@@ -31,3 +32,17 @@ class Backoff:
     @property
     def attempts(self) -> int:
         return self._attempt
+
+
+def raise_if_cancelled() -> None:
+    """Raise `CancelledError` if the current task was asked to stop; for retry loops, in the
+    handler of the errors they retry on.
+
+    Python 3.11's `asyncio.wait_for` (and the libraries that use it: asyncua, pymodbus) returns
+    the inner call's error instead of the cancellation when a cancel lands just as that call
+    fails (a refused OPC UA session, under load): the loop that retries on that error would
+    then run for ever, and whoever cancelled it waits for ever. The task still counts the
+    request (`Task.cancelling`), so the loop can honour it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -13,12 +13,15 @@ import pytest
 from edgefleet.broker import LocalBroker
 from tests.helpers import Probe
 
+SHARED: set[int] = set()  # pids of servers a module-scoped fixture keeps between its tests
+
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes() -> Iterator[None]:
-    """Fail a test that leaves a child process running (and end that process)."""
+    """Fail a test that leaves a child process running (and end that process); the servers a
+    module's tests share (`SHARED`) live on until the module ends."""
     yield
-    children = psutil.Process().children(recursive=True)
+    children = [c for c in psutil.Process().children(recursive=True) if c.pid not in SHARED]
     for child in children:
         child.kill()
     if children:

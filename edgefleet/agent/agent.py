@@ -18,8 +18,9 @@ reported retained on `reported`:
   online, results on `results/{flow}` from the model the revision pins, no restart, within
   `health_timeout_s`;
 - `applied`, or `rolled_back` with the reason (the revision that ran before is reconciled
-  again, from the cache and its deployed files: no download, no fleet), or `failed` (a step
-  before activation failed: nothing changed).
+  again, from the cache and its deployed files: no download, no fleet), or `rollback_failed`
+  (it could not run again, nor the one before it: the deployed flows are stopped), or `failed`
+  (a step before activation failed: nothing changed).
 """
 
 from __future__ import annotations
@@ -222,6 +223,11 @@ class Agent:
         self._serving = asyncio.create_task(
             self.rt.serve(loops, handle_signals=False), name="agent"
         )
+
+    @property
+    def alive(self) -> bool:
+        """Serving, or created and not started yet (it announces itself once it connects)."""
+        return self._serving is None or not self._serving.done()
 
     async def stop(self) -> None:
         if self._serving is None:
@@ -538,18 +544,44 @@ class Agent:
     async def _roll_back(
         self, desired: DesiredState, reason: str, timings: dict[str, float]
     ) -> None:
+        """Back to the revision that ran before; if it cannot run again (its blobs removed or
+        changed on disk), to the one before that; if neither can, the deployed flows are
+        stopped (a revision that failed its gate is not left running, its actuators included)
+        and the node says `rollback_failed`. The next desired state is taken in either way."""
         log.warning("agent: revision %d rolled back: %s", desired.revision, reason)
-        back = self.state.current
         t = time.monotonic()
-        try:
-            flows, files = self._deployed(back) if back is not None else ([], {})
-            await self.sup.reconcile(flows, files)
-        except EdgefleetError as exc:  # the last good is gone: say so, keep what the site has
-            reason = f"{reason}; restoring revision {back.revision if back else 0} failed: {exc}"
+        back: Revision | None = None
+        failures: list[str] = []
+        candidates = _distinct(self.state.current, self.state.last_good)
+        for candidate in candidates:
+            try:
+                flows, files = self._deployed(candidate)
+                await self.sup.reconcile(flows, files)
+            except EdgefleetError as exc:
+                failures.append(f"restoring revision {candidate.revision} failed: {exc}")
+                continue
+            back = candidate
+            break
+        if back is None:  # nothing ran before (a first revision), or nothing can run again
+            await self.sup.reconcile([], {})  # site.yaml's own instances keep running
+        restored = back is not None or not candidates
+        reason = "; ".join([reason, *failures])
+        if not restored:
+            reason += "; the node runs none of the deployed flows until the next deployment"
         timings["rollback"] = round((time.monotonic() - t) * 1000, 1)
-        self.state = self.state_file.save(self.state.abandoned())
-        self.rt.reject(f"revision {desired.revision} rolled back: {reason}")
-        await self._report(desired, "rolled_back", error=reason, timings=timings)
+        self.state = self.state_file.save(self.state.rolled_back_to(back))
+        what = "rolled back" if restored else "failed and could not be rolled back"
+        self.rt.reject(f"revision {desired.revision} {what}: {reason}")
+        step = "rolled_back" if restored else "rollback_failed"
+        await self._report(desired, step, error=reason, timings=timings)
+
+
+def _distinct(*revisions: Revision | None) -> list[Revision]:
+    out: list[Revision] = []
+    for r in revisions:
+        if r is not None and all(r.revision != o.revision for o in out):
+            out.append(r)
+    return out
 
 
 def _flow_of(instance: str) -> str | None:

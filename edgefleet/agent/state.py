@@ -101,6 +101,13 @@ class AgentState(BaseModel):
             trusted_keys=self.trusted_keys,
         )
 
+    def rolled_back_to(self, back: Revision | None) -> AgentState:
+        """The pending revision failed its health gate and `back` runs again: current, or the
+        last good when current could not run again, or None (no deployed revision runs)."""
+        if back is not None and self.current is not None and back.revision == self.current.revision:
+            return self.abandoned()
+        return self.model_copy(update={"pending": None, "current": back, "last_good": None})
+
     def abandoned(self) -> AgentState:
         """The pending revision failed (or was cut short): current stays."""
         return self.model_copy(update={"pending": None})

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefleet.cli_errors import Failed, cli_errors
+from shared.errors import ProtocolError
+
 HERE = Path(__file__).parent
 LOCK = HERE / "uplot.lock.json"
 VENDOR = HERE / "vendor"
@@ -88,15 +91,17 @@ def fetch(timeout: float = 60.0) -> Path:
     return out
 
 
+@cli_errors("console assets")
 def main() -> int:
     if status().ok:
         print(f"console assets: {status().message} in {folder()}")
         return 0
     try:
         out = fetch()
-    except (OSError, ValueError, tarfile.TarError) as exc:
-        print(f"console assets: fetching uPlot failed: {exc}", file=sys.stderr)
-        return 1
+    except OSError as exc:  # the registry cannot be reached
+        raise ProtocolError(f"fetching uPlot failed: {exc}") from None
+    except (ValueError, tarfile.TarError) as exc:  # a digest or an archive that does not fit
+        raise Failed(f"fetching uPlot failed: {exc}") from None
     print(f"console assets: uPlot {pin()['version']} verified and unpacked in {out}")
     return 0
 

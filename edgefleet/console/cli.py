@@ -17,6 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
+from edgefleet.cli_errors import Failed, UsageError, cli_errors
 from edgefleet.console import assets
 from edgefleet.console.app import Console, create_app
 from edgefleet.console.backend import Fleet, NoFleet
@@ -25,10 +26,8 @@ from edgefleet.console.live import BrokerFeed, LiveFeed, LiveStore, units_of
 from edgefleet.console.users import Role, Users
 from edgefleet.fleet.client import connect
 from edgefleet.fleet.config import Config as FleetConfig
-from edgefleet.fleet.errors import FleetError
 from edgefleet.site.load import load_site
 from shared.config import load_config
-from shared.errors import EdgefleetError
 from shared.runtime import setup_logging
 from shared.topics import Kind, Topics, every_site
 
@@ -75,6 +74,7 @@ def read_password() -> str:
     return first
 
 
+@cli_errors("edgefleet console user")
 def user_main(argv: list[str]) -> int:
     args = user_parser().parse_args(argv)
     users = Users(args.state / "users.db")
@@ -86,11 +86,9 @@ def user_main(argv: list[str]) -> int:
             for u in users.all():
                 print(f"{u.name}\t{u.role}")
         elif not users.remove(args.name):
-            print(f"edgefleet console: no user {args.name!r}", file=sys.stderr)
-            return 1
-    except ValueError as exc:
-        print(f"edgefleet console: {exc}", file=sys.stderr)
-        return 2
+            raise Failed(f"no user {args.name!r}")
+    except ValueError as exc:  # a weak password, two that differ, a taken name
+        raise UsageError(str(exc)) from None
     return 0
 
 
@@ -141,7 +139,7 @@ async def sources(
         filters,
         f"cloud broker {broker.host}:{broker.port}: statuses and results of every site",
     )
-    async with connect(f"{broker.host}:{broker.port}", prefix=config.prefix) as fleet:
+    async with connect(broker, prefix=config.prefix) as fleet:  # its credentials and TLS
         live = DebugFeed(feed, fleet)
         yield "cloud", fleet, live, LiveStore(args.keep_s), None, config.prefix
 
@@ -183,6 +181,7 @@ async def serve(args: argparse.Namespace, announce: Callable[[str], None] = prin
         await server.serve(sockets=[sock])
 
 
+@cli_errors("edgefleet console")
 def main(argv: list[str]) -> int:
     if argv[:1] == ["user"]:
         return user_main(argv[1:])
@@ -194,10 +193,6 @@ def main(argv: list[str]) -> int:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(args, lambda text: print(text, flush=True)))
-    except (EdgefleetError, FleetError) as exc:
-        print(f"edgefleet console: {exc}", file=sys.stderr)
-        return 2
     except OSError as exc:
-        print(f"edgefleet console: cannot listen on {args.listen}: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot listen on {args.listen}: {exc}") from None
     return 0

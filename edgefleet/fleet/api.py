@@ -102,6 +102,7 @@ class ResourceView(Api):
     author: str
     created: str  # ISO-8601 UTC
     archived: str | None = None  # when, if archived
+    archived_by: str | None = None  # who, if archived
     signature: dict[str, Any]  # a model's signature; a script's functions
     used_by: list[str] = []  # flow versions that pin it
 
@@ -131,6 +132,10 @@ class ListResult(Api):
 
 class RefRequest(Api):
     ref: Ref  # name (the latest) or name@N
+
+
+class ArchiveRequest(RefRequest):
+    author: str = ""  # who archives it, kept with the version
 
 
 class DownloadUrlRequest(Api):
@@ -308,7 +313,8 @@ class NodeLabelResult(Api):
 
 
 class NodeEvent(Api):
-    state: str  # received, downloading, verifying, activating, applied, failed, rolled_back
+    state: str  # received, downloading, verifying, activating, applied, failed, rolled_back,
+    # rollback_failed
     at: str  # when the node reported it (ISO-8601 UTC, the node's clock)
     error: str | None = None
 
@@ -472,6 +478,7 @@ class DeploymentView(Api):
     state: str  # in_progress | paused | succeeded | failed | aborted | cancelled | superseded
     counts: dict[str, int]  # nodes per state
     cancelled: str | None = None
+    cancelled_by: str | None = None
     strategy: Strategy | None = None  # a staged rollout's
     stage: int | None = None  # the stage in progress
     stages: list[StageView] = Field(default_factory=list)
@@ -496,6 +503,10 @@ class DeploymentListResult(Api):
 
 class DeploymentRequest(Api):
     id: str
+
+
+class DeploymentCancelRequest(DeploymentRequest):
+    author: str = ""  # who cancels it, kept with the deployment
 
 
 class DeploymentShowResult(Api):

@@ -30,11 +30,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edgefleet.fleet.client import ENV_ADDRESS, FleetClient, author, connect
+from edgefleet.cli_errors import INTERRUPTED, OK, UsageError, cli_errors
+from edgefleet.fleet.address import add_fleet_options, fleet_of
+from edgefleet.fleet.client import FleetClient, author, connect
 from edgefleet.fleet.diff import FlowDiff
 from edgefleet.fleet.diff import render as render_diff
-from edgefleet.fleet.errors import FleetError
-from shared.errors import EdgefleetError
 from shared.topics import DEFAULT_PREFIX
 
 PROGRESS_ABOVE = 4 * 2**20  # bytes: smaller transfers are over before a bar would help
@@ -44,14 +44,8 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class UsageError(Exception):
-    """Bad usage: exit 2."""
-
-
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--fleet", help=f"the fleet's broker host:port (${ENV_ADDRESS}; default 127.0.0.1:1883)"
-    )
+    add_fleet_options(p)
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (ef)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
@@ -248,7 +242,7 @@ async def library_show(fleet: FleetClient, args: argparse.Namespace) -> dict[str
     out.print(f"created:   {when(r['created'])} by {r['author'] or '-'}")
     out.print(f"note:      {r['note'] or '-'}")
     if r["archived"]:
-        out.print(f"archived:  {when(r['archived'])}")
+        out.print(f"archived:  {when(r['archived'])} by {r['archived_by'] or '-'}")
     out.print(f"used by:   {', '.join(r['used_by']) or '-'}")
     if r["kind"] == "model":
         _print_signature(r["signature"])
@@ -282,7 +276,7 @@ async def library_pull(fleet: FleetClient, args: argparse.Namespace) -> dict[str
 
 
 async def library_archive(fleet: FleetClient, args: argparse.Namespace) -> dict[str, Any]:
-    result = await fleet.call("library.archive", {"ref": args.ref})
+    result = await fleet.call("library.archive", {"ref": args.ref, "author": author()})
     if not args.json:
         out.print(f"archived {result['resource']['ref']}: no new flow version may use it")
     return result
@@ -388,29 +382,21 @@ async def run(args: argparse.Namespace) -> None:
 
     verbs = {**VERBS, **nodes_cli.VERBS, **debug_cli.VERBS, **shadow_cli.VERBS}
     verb = verbs[(args.noun, args.verb)]
-    async with connect(args.fleet, args.prefix, timeout=args.timeout) as fleet:
+    async with connect(fleet_of(args), args.prefix, timeout=args.timeout) as fleet:
         result = await verb(fleet, args)
     if args.json:
         print_json(result)
 
 
+@cli_errors("edgefleet")
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    prepare(args)
     try:
-        prepare(args)
         asyncio.run(run(args))
-    except UsageError as exc:
-        err.print(f"edgefleet: {exc}", markup=False)
-        return 2
-    except FleetError as exc:
-        err.print(f"edgefleet: {exc.message} [{exc.code}]", markup=False)
-        return 1
-    except EdgefleetError as exc:
-        err.print(f"edgefleet: {exc}", markup=False)
-        return 1
     except KeyboardInterrupt:
         if (args.noun, args.verb) == ("debug", "watch"):
-            return 0  # Ctrl-C is how a watch ends; the session was closed on the way out
+            return OK  # Ctrl-C is how a watch ends; the session was closed on the way out
         err.print("edgefleet: interrupted; nothing was committed by this command unless it said so")
-        return 1
-    return 0
+        return INTERRUPTED
+    return OK

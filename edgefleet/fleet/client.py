@@ -13,34 +13,28 @@ import hashlib
 import http.client
 import os
 import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgefleet.fleet.errors import FleetError
+from edgefleet.fleet.address import ENV_ADDRESS, FleetBroker
+from edgefleet.fleet.errors import FleetError, FleetUnreachable
 from shared.codec import Encoding
-from shared.errors import ProtocolError
+from shared.config import BrokerConfig
+from shared.errors import ConfigError, ProtocolError
 from shared.messages import FleetCommand
-from shared.mqtt import BrokerSettings, NotConnected
+from shared.mqtt import NotConnected
 from shared.requests import Requester, RequestTimeout, requester
 from shared.topics import DEFAULT_PREFIX, fleet_commands, fleet_replies
 
 CHUNK = 1 << 20
-DEFAULT_ADDRESS = "127.0.0.1:1883"
-ENV_ADDRESS = "EDGEFLEET_FLEET"
 COMMAND_TIMEOUT_S = 30.0
 COMMIT_TIMEOUT_S = 600.0  # reads the whole blob and loads the model on the fleet's side
 
 Progress = Callable[[int], None]  # called with the bytes just moved
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"fleet address {address!r}: expected host:port (127.0.0.1:1883)")
-    return host or "127.0.0.1", int(port)
 
 
 def author() -> str:
@@ -70,8 +64,7 @@ class FleetClient:
                 encoding=Encoding.JSON,  # readable with mosquitto_sub when debugging
             )
         except RequestTimeout:
-            raise FleetError(
-                "internal",
+            raise FleetUnreachable(
                 f"the fleet did not answer {cmd} within {timeout:g} s: is the fleet service "
                 "running on that broker? (edgefleet cloud up starts one)",
             ) from None
@@ -127,25 +120,32 @@ class FleetClient:
 
 @contextlib.asynccontextmanager
 async def connect(
-    address: str | None = None,
+    fleet: str | FleetBroker | BrokerConfig | None = None,
     prefix: str = DEFAULT_PREFIX,
     connect_timeout: float = 10.0,
     timeout: float = COMMAND_TIMEOUT_S,
 ) -> AsyncIterator[FleetClient]:
-    """A client on the fleet's broker (`address`, else $EDGEFLEET_FLEET, else 127.0.0.1:1883)."""
-    host, port = parse_address(address or os.environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS)
+    """A client on the fleet's broker: an address (`host:port` or an `mqtt[s]://` URL, else
+    $EDGEFLEET_FLEET, else 127.0.0.1:1883; edgefleet/fleet/address.py), or a broker config
+    with its credentials and TLS (fleet.yaml's)."""
+    if isinstance(fleet, BrokerConfig):
+        fleet = FleetBroker(fleet)
+    elif not isinstance(fleet, FleetBroker):
+        fleet = FleetBroker.of(fleet)
     client_id = f"cli-{uuid.uuid4().hex[:12]}"
-    settings = BrokerSettings(host=host, port=port, client_id=client_id, reconnect_max_s=1.0)
+    try:
+        settings = fleet.settings(client_id)
+    except (OSError, ssl.SSLError) as exc:  # a CA file or client certificate that cannot be read
+        raise ConfigError(f"TLS for the fleet's broker: {exc}") from None
     try:
         async with requester(
             settings, fleet_replies(client_id, prefix), connect_timeout=connect_timeout
         ) as req:
             yield FleetClient(req, prefix, timeout)
     except NotConnected as exc:
-        raise FleetError(
-            "internal",
-            f"cannot reach the fleet's broker at {host}:{port} ({exc}); give --fleet HOST:PORT "
-            f"or set {ENV_ADDRESS}",
+        raise FleetUnreachable(
+            f"cannot reach the fleet's broker at {fleet.where} ({exc}); give --fleet "
+            f"HOST:PORT or mqtts://USER@HOST:PORT, or set {ENV_ADDRESS}",
         ) from None
 
 

@@ -12,20 +12,25 @@ Production runs the same service from compose/cloud.yml.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import IO, Any
 
 import yaml
 
-from edgefleet.broker import LocalBroker
+from edgefleet.broker import LocalBroker, free_port
+from edgefleet.cli_errors import cli_errors
 from edgefleet.locals3 import LocalS3
-from shared.signing import SigningKey
+from shared.signing import PublicKey, SigningKey
 
 RESTART_DELAY_S = 1.0
 
@@ -84,12 +89,12 @@ def start_console(workdir: Path, config: Path, port: int) -> subprocess.Popen[by
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _end(process: subprocess.Popen[bytes] | None) -> None:
+def _end(process: subprocess.Popen[Any] | None, timeout: float = 10) -> None:
     if process is None or process.poll() is not None:
         return
     process.terminate()
     try:
-        process.wait(10)
+        process.wait(timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -152,6 +157,63 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+class CloudProcess:
+    """`edgefleet cloud up` in a child process, on free ports, for the fleet demo and the
+    end-to-end tests: `start()` returns once it printed `ready:`; `stop()` ends it (SIGTERM:
+    it stops the console, the fleet service, S3 and the broker in order)."""
+
+    def __init__(self, workdir: Path, console_port: int = 0, log: Path | None = None) -> None:
+        self.workdir, self.console_port, self.log = workdir, console_port, log
+        self.port, self.s3_port = free_port(), free_port()
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> CloudProcess:
+        command = [sys.executable, "-m", "edgefleet.cli", "cloud", "up", "--workdir",
+                   str(self.workdir), "--port", str(self.port), "--s3-port", str(self.s3_port),
+                   "--console-port", str(self.console_port)]  # fmt: skip
+        # its own session: a Ctrl-C in the terminal reaches the parent, which stops it last
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+        assert self.process.stdout is not None
+        lines = []
+        for line in self.process.stdout:
+            lines.append(line)
+            if line.startswith("ready:"):
+                break
+        else:
+            raise RuntimeError(f"cloud up ended ({self.process.wait()}): {''.join(lines)}")
+        # the rest of what it prints goes on to the log (a closed pipe would break its prints)
+        threading.Thread(
+            target=_drain, args=(self.process.stdout, lines, self.log), daemon=True
+        ).start()
+        return self
+
+    @property
+    def key(self) -> PublicKey:
+        """The fleet's public key: what each site lists in its fleet.trusted_keys."""
+        return SigningKey.load(self.workdir / "fleet.key").public
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        _end(process, 30)  # it stops its own children first
+
+
+def _drain(out: IO[str], lines: list[str], log: Path | None) -> None:
+    with contextlib.ExitStack() as stack:
+        to = stack.enter_context(log.open("a")) if log is not None else None
+        for line in itertools.chain(lines, out):
+            if to is not None:
+                to.write(line)
+                to.flush()
+        out.close()
+
+
+@cli_errors("edgefleet cloud")
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     return up(args)

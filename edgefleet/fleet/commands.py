@@ -95,11 +95,12 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "library.archive",
-            api.RefRequest,
+            api.ArchiveRequest,
             api.ArchiveResult,
             library.archive,
-            "No new flow version may pin it; flow versions that pin it keep it.",
-            {"ref": "pump-ae@2"},
+            "No new flow version may pin it; flow versions that pin it keep it. The author is "
+            "kept with the version (`archived_by`).",
+            {"ref": "pump-ae@2", "author": "ana@laptop"},
         ),
         Command(
             "library.delete",
@@ -263,12 +264,13 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "deployment.cancel",
-            api.DeploymentRequest,
+            api.DeploymentCancelRequest,
             api.DeploymentShowResult,
             deploy.deployment_cancel,
             "Stop a deployment: each node still in progress gets a new revision with the "
-            "flows it had before it; nodes that applied it keep it.",
-            {"id": "3f2a9c1b7d4e"},
+            "flows it had before it; nodes that applied it keep it. The author is kept with "
+            "the deployment (`cancelled_by`).",
+            {"id": "3f2a9c1b7d4e", "author": "ana@laptop"},
         ),
         Command(
             "deployment.pause",

@@ -42,7 +42,7 @@ from shared.topics import Topics
 
 log = logging.getLogger(__name__)
 
-ENDED = ("applied", "failed", "rolled_back", "superseded", "cancelled")
+ENDED = ("applied", "failed", "rolled_back", "rollback_failed", "superseded", "cancelled")
 # a node of a later stage waits (no desired state issued yet); an aborted rollout skips it,
 # reverts the nodes that applied, aborts those in progress
 WAITING = "waiting"
@@ -291,7 +291,9 @@ def issue_to(
             "error": None,
             "timings": "{}",
             "updated_ns": now,
-            "deadline_ns": now + int(deployment["timeout_s"] * 1e9),
+            # from the desired state's own time (what the node and its watchers see), not the
+            # start of this transaction: on a loaded fleet the two are tens of ms apart
+            "deadline_ns": int(wire["issued"]) + int(deployment["timeout_s"] * 1e9),
         },
         pk=("deployment_id", "site"),
     )
@@ -374,7 +376,7 @@ def deployment_state(
         return "aborted"
     if any(s in IN_PROGRESS or s == WAITING for s in counts):
         return "paused" if paused else "in_progress"
-    if counts.get("failed") or counts.get("rolled_back"):
+    if counts.get("failed") or counts.get("rolled_back") or counts.get("rollback_failed"):
         return "failed"
     if counts and set(counts) == {"superseded"}:
         return "superseded"
@@ -404,6 +406,7 @@ def deployment_view(db: sqlite_utils.Database, row: Row) -> api.DeploymentView:
         state=state,
         counts=counts,
         cancelled=iso(row["cancelled_ns"]) if row["cancelled_ns"] else None,
+        cancelled_by=row["cancelled_by"] if row["cancelled_ns"] else None,
     )
     if staged is not None:
         view.strategy = api.Strategy.model_validate_json(staged["strategy"])
@@ -466,14 +469,16 @@ def revert(
     return issue(fleet, db, site, flows, None, what)[1]
 
 
-def deployment_cancel(fleet: Fleet, req: api.DeploymentRequest) -> api.DeploymentShowResult:
+def deployment_cancel(fleet: Fleet, req: api.DeploymentCancelRequest) -> api.DeploymentShowResult:
     now = now_ns()
     wires = []
     with fleet.deploy_lock:
         with fleet.store.write() as db:
             row = _deployment(db, req.id)
             if row["cancelled_ns"] is None:
-                db.table("deployments").update(req.id, {"cancelled_ns": now})
+                db.table("deployments").update(
+                    req.id, {"cancelled_ns": now, "cancelled_by": req.author}
+                )
             for r in _rows(db, req.id):
                 if r["state"] not in IN_PROGRESS and r["state"] != WAITING:
                     continue

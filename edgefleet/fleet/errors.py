@@ -40,3 +40,10 @@ class FleetError(EdgefleetError):
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
+
+
+class FleetUnreachable(FleetError):
+    """The fleet's broker cannot be reached, or the fleet did not answer in time."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("internal", message)

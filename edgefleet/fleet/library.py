@@ -79,6 +79,7 @@ class Fleet:
             author=row["author"] or "",
             created=iso(row["created_ns"]),
             archived=iso(row["archived_ns"]) if row["archived_ns"] else None,
+            archived_by=row["archived_by"] if row["archived_ns"] else None,
             signature=json.loads(row["signature"] or "{}"),
             used_by=self.store.users(row["id"]) if users else [],
         )
@@ -391,9 +392,10 @@ def _exact(ref: str, verb: str) -> tuple[str, int]:
     return name, version
 
 
-def archive(fleet: Fleet, req: api.RefRequest) -> api.ArchiveResult:
+def archive(fleet: Fleet, req: api.ArchiveRequest) -> api.ArchiveResult:
     name, version = _exact(req.ref, "archive")
-    return api.ArchiveResult(resource=fleet.resource_view(fleet.store.archive(name, version)))
+    row = fleet.store.archive(name, version, req.author)
+    return api.ArchiveResult(resource=fleet.resource_view(row))
 
 
 def delete(fleet: Fleet, req: api.RefRequest) -> api.DeleteResult:

@@ -333,13 +333,16 @@ async def deployment_list(fleet: FleetClient, args: argparse.Namespace) -> Any:
 
 
 async def deployment_show(fleet: FleetClient, args: argparse.Namespace) -> Any:
-    result = await fleet.call(f"deployment.{args.verb}", {"id": args.id})
+    request = {"id": args.id} | ({"author": author()} if args.verb == "cancel" else {})
+    result = await fleet.call(f"deployment.{args.verb}", request)
     if not args.json:
         d = result["deployment"]
         out.print(f"[bold]{d['id']}[/bold]  {', '.join(d['flows'])}  {d['state']}")
         out.print(
             f"created {_when(d['created'])} by {d['author'] or '-'}; timeout {d['timeout_s']:g} s"
         )
+        if d["cancelled"]:
+            out.print(f"cancelled {_when(d['cancelled'])} by {d['cancelled_by'] or '-'}")
         if d["strategy"]:
             s = d["strategy"]
             paused = f"; paused {_when(d['paused'])}" if d["paused"] else ""

@@ -43,7 +43,7 @@ from shared.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
-TOOK_IT_IN = ("applied", "rolled_back")
+TOOK_IT_IN = ("applied", "rolled_back", "rollback_failed")
 
 
 def _key(path: str) -> SigningKey:

@@ -12,8 +12,9 @@ Pure functions plus the rollout's row (no publishing here; rollout.py moves a ro
   Either way the same target and strategy give the same stages, so `--dry-run` shows exactly
   what the deployment will do.
 - Abort threshold: per stage, a count (`2`: a third failure aborts) or a percentage of that
-  stage's nodes (`20%`: more than a fifth fail). A failed node is one that reported `failed` or
-  `rolled_back`, or did not report an end state within the health timeout (an offline node).
+  stage's nodes (`20%`: more than a fifth fail). A failed node is one that reported `failed`,
+  `rolled_back` or `rollback_failed`, or did not report an end state within the health timeout
+  (an offline node).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import sqlite_utils
 from edgefleet.fleet import api
 from edgefleet.fleet.store import Row, one
 
-FAILED = ("failed", "rolled_back")
-STAGE_ENDED = ("applied", "failed", "rolled_back", "superseded", "cancelled")
+FAILED = ("failed", "rolled_back", "rollback_failed")
+STAGE_ENDED = ("applied", *FAILED, "superseded", "cancelled")
 
 
 def share(text: str, total: int) -> int:

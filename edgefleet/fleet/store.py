@@ -249,7 +249,13 @@ def _v6(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE nodes SET agent_state = online")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(db: sqlite_utils.Database) -> None:
+    """Who archived a resource version and who cancelled a deployment (NULL before v7)."""
+    db.table("resources").add_column("archived_by", str)
+    db.table("deployments").add_column("cancelled_by", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -417,12 +423,13 @@ class Store:
         with self._connection() as db:
             return _users(db, resource_id)
 
-    def archive(self, name: str, version: int) -> Row:
+    def archive(self, name: str, version: int, author: str = "") -> Row:
         with self._write() as db:
             row = _resource(db, name, version)
-            if row["archived_ns"] is None:
+            if row["archived_ns"] is None:  # archived once: the first time and author stay
                 db.execute(
-                    "UPDATE resources SET archived_ns = ? WHERE id = ?", [now_ns(), row["id"]]
+                    "UPDATE resources SET archived_ns = ?, archived_by = ? WHERE id = ?",
+                    [now_ns(), author, row["id"]],
                 )
             return _resource(db, name, version)
 

@@ -2,7 +2,7 @@
 
     edgefleet replay REC.parquet --flow FLOW.yaml [--model CANDIDATE.onnx | --model NAME@N]
                      [--against LIVE.yaml | --against-model LIVE.onnx | NAME@N]
-                     [--fleet HOST:PORT] [--prefix ef] [--cache DIR]
+                     [--fleet HOST:PORT | mqtts://USER@HOST:PORT] [--prefix ef] [--cache DIR]
                      [--score FIELD] [--threshold X] [--out DIR] [--json]
     edgefleet recording from-csv DATA.csv --out REC.parquet --source NAME [--time COL]
                      [--unit s|ms|us|ns] [--tz ZONE] [--sep ;] [--decimal ,] [--label COL]
@@ -12,8 +12,9 @@
 writes `samples-*.parquet`, `results-*.parquet`, `report.json` and `scores.png` to `--out`, and
 prints a table: when each score crossed its threshold and, with labels, precision, recall and
 the detection delay per labelled anomaly; with `--against`, how far the two agree. The threshold
-is `--threshold`, else the model's `edgefleet.threshold`. Exit 0 done, 1 the replay failed (the
-model does not fit the flow, ...), 2 bad usage or an unreadable file.
+is `--threshold`, else the model's `edgefleet.threshold`. Exit codes (edgefleet/cli_errors.py):
+0 done, 1 the fleet refused (no such NAME@N), 2 bad usage, an unreadable file or a model that
+does not fit the flow, 3 the fleet cannot be reached.
 
 A model given as `NAME@N` (or a flow whose model is `{ref: NAME@N}`) is fetched from the fleet's
 library (`--fleet`, else $EDGEFLEET_FLEET), cached by digest and verified (replay/library.py).
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from edgefleet.fleet.errors import FleetError
+from edgefleet.cli_errors import UsageError, cli_errors
 from edgefleet.flow import FlowSpec, load_flow
 from edgefleet.replay.compare import Scored, compare, render
 from edgefleet.replay.from_csv import convert
@@ -40,7 +40,7 @@ from edgefleet.replay.plot import plot
 from edgefleet.replay.recording import Recording, read_recording
 from edgefleet.replay.run import Replayed, engine_for, replay
 from services.inference.engine import Engine
-from shared.errors import ConfigError, EdgefleetError, ModelError
+from shared.errors import ConfigError
 from shared.messages import iso
 from shared.topics import DEFAULT_PREFIX
 
@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--against-model", help="the same flow with this model (a file or NAME@N), compared"
     )
-    p.add_argument("--fleet", help="the fleet's broker host:port, for NAME@N models")
+    p.add_argument(
+        "--fleet",
+        help="the fleet's broker, for NAME@N models: host:port or mqtt[s]://[user@]host[:port] "
+        "(TLS files and password from $EDGEFLEET_FLEET_CA, _CERT, _KEY, _PASSWORD)",
+    )
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="the fleet's topic prefix (ef)")
     p.add_argument("--cache", type=Path, help="model cache (default: ~/.cache/edgefleet/models)")
     p.add_argument("--score", help="the result field compared (default: score, else the first)")
@@ -186,21 +190,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+@cli_errors("edgefleet replay")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.against and args.against_model:
-        print("edgefleet replay: give --against or --against-model, not both", file=sys.stderr)
-        return 2
-    try:
-        return cmd_replay(args)
-    except (ModelError, FleetError) as exc:
-        print(f"edgefleet replay: {exc}", file=sys.stderr)
-        return 1
-    except EdgefleetError as exc:
-        print(f"edgefleet replay: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError("give --against or --against-model, not both")
+    return cmd_replay(args)
 
 
+@cli_errors("edgefleet recording")
 def recording_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edgefleet recording", description="recordings of raw data")
     sub = p.add_subparsers(dest="op", required=True)
@@ -221,29 +219,25 @@ def recording_main(argv: list[str] | None = None) -> int:
     show.add_argument("recording", type=Path)
     show.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    try:
-        if args.op == "from-csv":
-            done = convert(
-                args.csv,
-                args.out,
-                source=args.source,
-                time_column=args.time,
-                unit=args.unit,
-                tz=args.tz,
-                sep=args.sep,
-                decimal=args.decimal,
-                label_column=args.label,
-                normal=args.normal,
-            )
-            print(
-                f"{args.out}: {done.rows} rows, {done.readings} readings ({done.bad} bad), "
-                f"{len(done.labels)} labelled intervals"
-            )
-            return 0
-        rec = read_recording(args.recording)
-    except EdgefleetError as exc:
-        print(f"edgefleet recording: {exc}", file=sys.stderr)
-        return 2
+    if args.op == "from-csv":
+        done = convert(
+            args.csv,
+            args.out,
+            source=args.source,
+            time_column=args.time,
+            unit=args.unit,
+            tz=args.tz,
+            sep=args.sep,
+            decimal=args.decimal,
+            label_column=args.label,
+            normal=args.normal,
+        )
+        print(
+            f"{args.out}: {done.rows} rows, {done.readings} readings ({done.bad} bad), "
+            f"{len(done.labels)} labelled intervals"
+        )
+        return 0
+    rec = read_recording(args.recording)
     span = rec.span_ns
     info = {
         "site": rec.meta.site,

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 
+from edgefleet.cli_errors import UsageError, cli_errors
 from edgefleet.sim.faults import load_schedule
 from edgefleet.sim.plant import PlantSimulator
 from edgefleet.sim.replay import Replay
@@ -83,6 +84,7 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@cli_errors("edgefleet sim")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -92,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return asyncio.run(run(args))
-    except (OSError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+    except (OSError, ValueError) as exc:  # a port taken, a faults file that does not parse
+        raise UsageError(str(exc)) from None
 
 
 if __name__ == "__main__":

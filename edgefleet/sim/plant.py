@@ -22,7 +22,7 @@ from edgefleet.sim import registers as regmap
 from edgefleet.sim.faults import write_labels
 from edgefleet.sim.modbus_server import Framer, ModbusSimServer
 from edgefleet.sim.opcua_server import OpcUaSimServer, SimSecurity
-from edgefleet.sim.pump import TICK_S, Fault, PumpModel, PumpState, due, tank_level
+from edgefleet.sim.pump import TICK_S, Fault, PumpModel, PumpParams, PumpState, due, tank_level
 from edgefleet.sim.replay import Replay
 from shared import clock as clocks
 
@@ -60,9 +60,10 @@ class PlantSimulator:
         start_ns: int | None = None,
         opcua_security: SimSecurity | None = None,
         clock: clocks.Clock | None = None,
+        params: PumpParams | None = None,  # another pump (the fleet demo's stations differ)
     ) -> None:
         self.clock = clock or clocks.current()  # a test passes a ManualClock to drive the ticks
-        self.model = PumpModel(seed, tuple(faults))
+        self.model = PumpModel(seed, tuple(faults), params)
         self.state: PumpState = self.model.initial_state()
         self.replay = replay
         self.host = host

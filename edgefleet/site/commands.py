@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.cli_errors import USAGE, Failed
+
 if TYPE_CHECKING:
     from edgefleet.site.supervisor import StatusChange
 
@@ -23,12 +25,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from edgefleet.site.load import check_site
     from edgefleet.site.sitebroker import BrokerStartError
     from edgefleet.site.supervisor import run_site
-    from shared.errors import ConfigError
 
     errors = check_site(Path(args.site))
     if errors:
         print("\n".join(errors), file=sys.stderr)
-        return 2
+        return USAGE
 
     def show(change: StatusChange) -> None:
         print(change.line(), flush=True)
@@ -47,9 +48,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except (ConfigError, BrokerStartError) as exc:  # e.g. the broker's port taken at start
-        print(f"edgefleet up: {exc}", file=sys.stderr)
-        return 1
+    except BrokerStartError as exc:  # e.g. the broker's port taken at start
+        raise Failed(str(exc)) from None
     return 0
 
 
@@ -61,7 +61,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     errors = check_site(Path(args.site))
     if errors:
         print("\n".join(errors), file=sys.stderr)
-        return 2
+        return USAGE
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -82,7 +82,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if errors:
         print("\n".join(errors), file=sys.stderr)
         print(f"{args.site}: {len(errors)} error(s)", file=sys.stderr)
-        return 2
+        return USAGE
     print(f"{args.site}: valid (site, flows and every instance config)")
     return 0
 

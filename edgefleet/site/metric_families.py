@@ -201,7 +201,11 @@ def inference(s: Samples, lb: Labels, h: RuntimeHealth) -> None:
     s.add("edgefleet_inference_samples_total", lb, inf.samples)
     s.add("edgefleet_inference_results_total", lb, inf.results)
     s.add("edgefleet_inference_runs_total", lb, inf.runs)
-    for reason, n in (("skipped_nan", inf.skipped_nan), ("failed", inf.failed_samples)):
+    rejected = (
+        ("skipped_nan", inf.skipped_nan), ("nan_output", inf.nan_outputs),
+        ("failed", inf.failed_samples),
+    )  # fmt: skip
+    for reason, n in rejected:
         s.add("edgefleet_inference_rejected_samples_total", {**lb, "reason": reason}, n)
     s.add("edgefleet_inference_failed_batches_total", lb, inf.failed_batches)
     s.add("edgefleet_inference_script_errors_total", lb, inf.script_errors)

@@ -174,7 +174,7 @@ class SiteSupervisor:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self.broker: BrokerState | None = None  # the local broker's state while it is ours
         self._broker: SupervisedBroker | None = None
-        self._broker_since_ns = 0  # wall clock of the broker's latest start: older is stale
+        self._broker_since_ns = 0  # the broker's last start or death (wall clock): older is stale
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._status: MqttConnection | None = None
@@ -603,18 +603,51 @@ class SiteSupervisor:
             return
         if parsed.name:
             self.book.put(parsed.name, status)
+        restored = message.retain and status.t < self._broker_since_ns
+        if restored and status.state == "online" and not self._alive(parsed.name or ""):
+            await self._leave_will(parsed.name or "", status)
+            return
         state = self.instances.get(parsed.name or "")
         if state is None or state.pid is None:
             return
         if status.t < state.started_ns - 1_000_000_000:
             return  # retained from an earlier run
-        if message.retain and status.t < self._broker_since_ns:
-            # restored by a restarted broker: the instance has not spoken to this one yet (a
-            # last will comes live, with the time of the instance's start: it is not stale)
+        earlier = status.t < self._broker_since_ns  # said to the broker's previous run
+        if earlier and (message.retain or status.state == "online"):
+            # restored by a restarted broker, or an `online` that was in flight when the old
+            # one died and is read only now: the instance has not spoken to this one yet (a
+            # last will comes live, with the time of the instance's start: it is news)
             return
         new = status.state
         if new != state.state:
             self._set(state, new, f"pid {state.pid}")
+
+    def _alive(self, name: str) -> bool:
+        """Whether a process of ours runs (or is about to run) as `name`: it speaks for itself
+        on the restarted broker, and an `offline` of ours could land after its `online`."""
+        if self.agent is not None and name == self.agent.rt.instance:
+            return self.agent.alive
+        state = self.instances.get(name)
+        return state is not None and state.pid is not None
+
+    async def _leave_will(self, name: str, stale: Status) -> None:
+        """A restarted broker restored `online` for an instance that is not running (it died
+        with the broker, or is no longer in site.yaml): its last will died with the old broker,
+        so leave it now, retained, or the site (and the fleet, over the bridge) would show a
+        dead instance online for good. Same `t` as the stale status: a will is about that run."""
+        gone = stale.model_copy(update={"state": "offline", "health": {}})
+        payload, content_type = codec.encode(gone.to_wire())
+        assert self._status is not None
+        await self._status.publish(
+            self.topics.status(name), payload, content_type=content_type, qos=1, retain=True
+        )
+        log.info(
+            "site %s: %s said online to the broker's last run; offline now",
+            self.site.spec.site,
+            name,
+        )
+        if self._broker is not None:
+            self._broker.save()
 
     def _note_config(self, message: Received, name: str) -> None:
         try:
@@ -637,6 +670,9 @@ class SiteSupervisor:
 
     def _broker_down(self, why: str) -> None:
         """Every running instance has lost its broker: say so, rather than `online`."""
+        # what was said before now was said to the dead broker: an `online` still on its way
+        # to us (read after this, under load) is no news of the next one
+        self._broker_since_ns = clock.now_ns()
         for state in self.instances.values():
             if state.pid is not None and state.state != "waiting":
                 self._set(state, "waiting", f"for the broker ({why}); pid {state.pid}")

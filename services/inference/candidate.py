@@ -3,7 +3,8 @@
 onnxruntime can abort or crash the process on a malformed model, and a model can hang in a
 run. So a candidate is opened, checked against the flow and run on a few samples in a separate
 process with a timeout (`isolated.py`); only a candidate that passes there is loaded in the
-service itself.
+service itself. Each instance keeps one such process warm (`trial_process`): onnxruntime is
+imported there once, so trying a candidate costs the live model next to nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +15,17 @@ from typing import Any
 import numpy as np
 
 from .config import InferenceSettings
-from .isolated import run_isolated_async
+from .isolated import Warm, run_isolated_async
 from .model import ModelBlob, open_model
 from .signature import check_fits
+
+# A trial is background work: below the live model (and the other services of a small box).
+TRIAL_NICE = 10
+
+
+def trial_process() -> Warm:
+    """The instance's warm trial process: this module (so onnxruntime) imported, at TRIAL_NICE."""
+    return Warm(__name__, nice=TRIAL_NICE)
 
 
 @dataclass(frozen=True)
@@ -40,10 +49,13 @@ def run_trial(trial: Trial) -> dict[str, Any]:
     return {name: list(np.shape(v)) for name, v in outputs.items()}
 
 
-async def try_candidate(trial: Trial, timeout_s: float) -> dict[str, Any]:
-    """Run the trial in a separate process; raise ModelError if it fails, crashes or hangs."""
+async def try_candidate(trial: Trial, timeout_s: float, warm: Warm | None = None) -> dict[str, Any]:
+    """Run the trial in a separate process (`warm`, or a new one); raise ModelError if it
+    fails, crashes or hangs."""
     doing = f"loading and a trial run of {len(trial.x)} samples"
-    result = await run_isolated_async(
-        run_trial, trial, timeout_s, f"candidate {trial.blob.origin}", doing
-    )
+    what = f"candidate {trial.blob.origin}"
+    if warm is not None:
+        result = await warm.run(run_trial, trial, timeout_s, what, doing)
+    else:
+        result = await run_isolated_async(run_trial, trial, timeout_s, what, doing, nice=TRIAL_NICE)
     return dict(result or {})

@@ -68,7 +68,8 @@ class InferenceSettings(BaseModel):
     intra_op_threads: int = Field(default=1, ge=1)
     # A batch whose last run took longer than this is run in a worker thread (see README).
     offload_above_us: float = Field(default=2000.0, ge=0)
-    on_nan: Literal["skip", "pass"] = "skip"  # skip: drop and count samples with NaN/Inf
+    # skip: drop and count samples with NaN/Inf, and results that are NaN/Inf (reported)
+    on_nan: Literal["skip", "pass"] = "skip"
     preprocess: Path | None = None  # a script defining preprocess(x) -> x
     postprocess: Path | None = None  # a script defining postprocess(outputs) -> outputs
     # Result field -> model output selector (`name`, `name[column]`, `name[map key]`).

@@ -35,6 +35,7 @@ class Stats:
     results: int = 0
     runs: int = 0
     skipped_nan: int = 0
+    nan_outputs: int = 0  # samples whose result was NaN or infinite: not published
     failed_batches: int = 0
     failed_samples: int = 0
     script_errors: int = 0
@@ -81,10 +82,46 @@ class Engine:
             self.stats.failed_samples += n
             self.stats.script_errors += isinstance(exc, ScriptError)
             return RunOutcome(None, f"batch of {n} samples at t={int(rows.t[0])} lost: {exc}")
+        result, error = self._finite(result)
         if result is None:
-            return RunOutcome(None)
+            return RunOutcome(None, error, run_us=self.stats.last_run_us if error else None)
         self.stats.results += len(result)
-        return RunOutcome(result, run_us=self.stats.last_run_us)
+        return RunOutcome(result, error, run_us=self.stats.last_run_us)
+
+    def _finite(self, result: ResultBatch | None) -> tuple[ResultBatch | None, str | None]:
+        """Without the samples whose result is NaN or infinite (with `on_nan: skip`): such a
+        result is not a number an action or another system may take as the model's answer
+        (`score < 0.5` is false for NaN, but `not score > 0.8` is true), so it is dropped,
+        counted and said, like a sample that is not a number going in."""
+        if result is None or self.settings.on_nan != "skip":
+            return result, None
+        bad = np.zeros(len(result), bool)
+        fields = []
+        for name, column in result.outputs.items():
+            arr = np.asarray(column)
+            if arr.dtype.kind not in "fc":  # labels, integers: always numbers or strings
+                continue
+            rows = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+            if rows.any():
+                bad |= rows
+                fields.append(repr(name))
+        if not bad.any():
+            return result, None
+        n, dropped = len(result), int(bad.sum())
+        self.stats.nan_outputs += dropped
+        error = (
+            # the words that do not change first: the error channel merges reports by them
+            f"model {self.model.ref.name}: results that are not a number (NaN or infinite in "
+            f"{', '.join(fields)}) for {dropped} of {n} samples, first at "
+            f"t={int(result.t[bad][0])}; not published"
+        )
+        if dropped == n:
+            return None, error
+        keep = ~bad
+        outputs = {k: _take(v, keep) for k, v in result.outputs.items()}
+        kept = ResultBatch(result.flow, result.model, result.t[keep], outputs,
+                           result.latency_us[keep])  # fmt: skip
+        return kept, error
 
     def _infer(self, rows: Rows) -> ResultBatch | None:
         x = rows.x
@@ -109,6 +146,13 @@ class Engine:
         # which is what an action waiting on the result sees.
         latency = ((clock.now_ns() - rows.received_ns) / 1000).astype(np.float32)
         return ResultBatch(self.flow, self.model.ref, rows.t, outputs, latency)  # ids derived
+
+
+def _take(column: Any, keep: np.ndarray[Any, Any]) -> Any:
+    """The kept rows of one output column (an array, or a list of strings)."""
+    if isinstance(column, np.ndarray):
+        return column[keep]
+    return [v for v, k in zip(column, keep.tolist(), strict=True) if k]
 
 
 def build_engine(settings: InferenceSettings, source: ModelSource = resolve_model) -> Engine:

@@ -5,24 +5,29 @@ a user script runs whatever it imports. So such work runs in a child process (a 
 subprocess: multiprocessing's spawn leaves a resource tracker process behind): a module-level
 function and its argument are pickled to its stdin, the verdict comes back as JSON on the last
 line of its stdout. A hang, a crash or an error all become one exception for the caller
-(`ModelError` unless told otherwise).
+(`ModelError` unless told otherwise). `Warm` keeps one such child for many calls, so a caller
+that tries inputs again and again (inference's candidate models) pays the child's start and
+imports once. A child runs at `nice` added to its niceness (`CHILD_NICE` unless told otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import importlib
 import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from shared.errors import EdgefleetError, ModelError
 
@@ -171,8 +176,110 @@ class Streamed:
             self.proc.communicate()
 
 
-def _command(nice: int) -> list[str]:
-    return [sys.executable, "-m", __name__, "--nice", str(nice)]
+class Warm:
+    """One child process kept for many calls (`run`), one at a time. It imports `preload` once
+    (for inference, onnxruntime: seconds on a small box), so a call costs pickling its argument
+    and the work itself, not a Python start and an import. A call that crashes the child, hangs
+    past its timeout or is cancelled kills it (the call is `error`, as with `run_isolated`) and a
+    fresh child is started at once for the next call; one call's leftovers in the child's memory
+    are only garbage for the next.
+
+    `start()` (or the first call) starts it, `close()` kills it; a child whose parent dies, by
+    SIGKILL too, is killed by the kernel (PR_SET_PDEATHSIG) or ends on its stdin's EOF.
+    """
+
+    def __init__(
+        self, preload: str, nice: int = CHILD_NICE, error: type[EdgefleetError] = ModelError
+    ) -> None:
+        self.preload, self.nice, self.error = preload, nice, error
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stderr: IO[bytes] | None = None  # the child's stderr, for a death's message
+        self.lock = asyncio.Lock()  # the child serves one call at a time
+        self.started = 0  # children started in all (a crash or a hang starts another)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    async def start(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            return
+        await self._kill()  # a child that died between calls: reap it
+        # O_APPEND: truncated before each call, the child's writes start again at 0
+        self.stderr = tempfile.TemporaryFile("a+b")  # noqa: SIM115 (closed by _kill)
+        self.proc = await asyncio.create_subprocess_exec(
+            *_command(self.nice, self.preload),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self.stderr,
+            env=_env(),
+            limit=_ANSWER_LIMIT,
+        )
+        self.started += 1
+
+    async def run(
+        self, fn: Callable[[Any], Any], arg: Any, timeout_s: float, what: str, doing: str
+    ) -> Any:
+        """`fn(arg)` in the warm child within `timeout_s`: its result, or `self.error`."""
+        async with self.lock:
+            await self.start()
+            proc, stderr = self.proc, self.stderr
+            assert proc is not None and proc.stdin is not None and stderr is not None
+            stderr.truncate(0)
+            payload = pickle.dumps((fn, arg))
+            proc.stdin.write(len(payload).to_bytes(8, "big") + payload)
+            try:
+                line = await asyncio.wait_for(self._answer(proc), timeout_s)
+            except TimeoutError:
+                await self._restart()
+                raise self.error(_timeout(what, doing, timeout_s)) from None
+            except ValueError:  # an answer past _ANSWER_LIMIT: not one the child meant
+                await self._restart()
+                raise self.error(f"{what} made the process that tried it answer garbage") from None
+            except BaseException:  # cancelled mid-call: its answer must not be the next's
+                await self._kill()
+                raise
+            if not line:  # stdout closed: the child died in the call
+                await proc.wait()
+                stderr.seek(0)
+                err = stderr.read()
+                await self._restart()
+                raise self.error(
+                    f"{what} crashed the process that tried it ({_death(proc.returncode, err)})"
+                )
+            return _verdict(line, b"", proc.returncode, what, self.error)
+
+    @staticmethod
+    async def _answer(proc: asyncio.subprocess.Process) -> bytes:
+        assert proc.stdin is not None and proc.stdout is not None
+        with contextlib.suppress(ConnectionError):  # a child that died: its stdout says so
+            await proc.stdin.drain()
+        while True:
+            line = await proc.stdout.readline()
+            if line != _READY:
+                return line
+
+    async def _restart(self) -> None:
+        await self._kill()
+        await self.start()
+
+    async def close(self) -> None:
+        await self._kill()  # a call in progress ends as crashed; the service is stopping
+
+    async def _kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+        if self.stderr is not None:
+            self.stderr.close()
+            self.stderr = None
+
+
+def _command(nice: int, preload: str | None = None) -> list[str]:
+    warm = ["--warm", preload] if preload else []
+    return [sys.executable, "-m", __name__, "--nice", str(nice), *warm]
 
 
 def _env() -> dict[str, str]:
@@ -210,15 +317,23 @@ def _death(returncode: int | None, err: bytes) -> str:
     return f"exit code {returncode}: {tail[0][:200]}"
 
 
+_ANSWER_LIMIT = 16 << 20  # an answer line (an error message, output shapes) is far shorter
+_READY = b"ready\n"  # a warm child's first line: imported, waiting for calls
+
+
 def _child(argv: list[str]) -> None:
     """`python -m services.inference.isolated --nice N`: (function, argument) pickled on stdin,
     or (function, argument, size) followed by `size` raw bytes (`Streamed`): then
-    `fn((arg, data))`."""
+    `fn((arg, data))`. With `--warm MODULE`: MODULE imported, then calls one after the other,
+    each an 8-byte length and a pickled (function, argument), each answered by one line."""
     nice = int(argv[argv.index("--nice") + 1]) if "--nice" in argv else CHILD_NICE
     # A trial is background work: at a lower priority, the live model (and every other service
     # of a small edge box) keeps the CPU while onnxruntime is imported and the candidate runs.
     with contextlib.suppress(OSError):
         os.nice(nice)
+    if "--warm" in argv:
+        _serve(argv[argv.index("--warm") + 1])
+        return
     stdin = sys.stdin.buffer
     header = pickle.load(stdin)
     if len(header) == 3:
@@ -227,14 +342,33 @@ def _child(argv: list[str]) -> None:
         arg = (arg, data)
     else:
         fn, arg = header
-    try:
-        verdict = {"ok": True, "result": fn(arg)}
-    except EdgefleetError as exc:
-        verdict = {"ok": False, "error": str(exc)}
-    except BaseException as exc:  # anything else is still the input's verdict
-        verdict = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    sys.stdout.write("\n" + json.dumps(verdict) + "\n")
+    sys.stdout.write("\n" + json.dumps(_call(fn, arg)) + "\n")
     sys.stdout.flush()
+
+
+def _serve(preload: str) -> None:
+    with contextlib.suppress(OSError, AttributeError):  # Linux: die with the parent
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    answers = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # what the work prints goes to stderr, never among the answers
+    importlib.import_module(preload)
+    answers.write(_READY)
+    stdin = sys.stdin.buffer
+    while len(head := stdin.read(8)) == 8:
+        fn, arg = pickle.loads(stdin.read(int.from_bytes(head, "big")))
+        answers.write(json.dumps(_call(fn, arg)).encode() + b"\n")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _call(fn: Callable[[Any], Any], arg: Any) -> dict[str, Any]:
+    try:
+        return {"ok": True, "result": fn(arg)}
+    except EdgefleetError as exc:
+        return {"ok": False, "error": str(exc)}
+    except BaseException as exc:  # anything else is still the input's verdict
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
 if __name__ == "__main__":

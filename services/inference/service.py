@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from services.inference.batching import MicroBatcher, Pending, Rows
+from services.inference.candidate import trial_process
 from services.inference.config import InferenceConfig, InferenceSettings, ShadowSpec
 from services.inference.engine import Engine, RunOutcome, build_engine
 from services.inference.health import Agreement, ModelHealth, pick_fields
@@ -122,6 +123,7 @@ class InferenceService(Service[InferenceConfig]):
         self.shadow_skipped = 0  # batches the candidate did not see: it could not keep up
         self.recent_x: Any = None  # the last samples seen, to try candidates on live data
         self._files: dict[str, tuple[int, int] | None] = {}
+        self.trials = trial_process()  # candidates are tried there, one at a time
         if config.shadow is not None:  # tried and loaded like any candidate, once serving
             self.requests.put_nowait(SwapRequest(config, "shadow in the startup config"))
 
@@ -137,6 +139,12 @@ class InferenceService(Service[InferenceConfig]):
 
     async def start(self) -> None:
         await self.rt.subscribe(self.rt.topics.samples(self.config.flow), self.handle)
+        # Started now, it imports onnxruntime while the instance starts, not when a candidate
+        # comes; at its nice level that costs the live model nothing either way.
+        await self.trials.start()
+
+    async def close(self) -> None:
+        await self.trials.close()
 
     def loops(self) -> dict[str, Loop]:
         return {
@@ -152,6 +160,7 @@ class InferenceService(Service[InferenceConfig]):
         live["health"]["rejected"] = {
             "malformed_messages": self.rt.health.rejected,
             "skipped_nan": stats.skipped_nan,
+            "nan_outputs": stats.nan_outputs,
             "failed_samples": stats.failed_samples,
         }
         shadow = None
@@ -159,6 +168,7 @@ class InferenceService(Service[InferenceConfig]):
             report = self.shadow.report()
             report["health"]["rejected"] = {
                 "skipped_nan": self.shadow.engine.stats.skipped_nan,
+                "nan_outputs": self.shadow.engine.stats.nan_outputs,
                 "failed_samples": self.shadow.engine.stats.failed_samples,
             }
             report["agreement"] = self.agreement.report() if self.agreement else None
@@ -353,6 +363,7 @@ class InferenceService(Service[InferenceConfig]):
                 self.recent_x,
                 self.config.candidate_timeout_s,
                 unless_sha,
+                self.trials,
             )
         except (ModelError, ConfigError) as exc:
             self.refuse(f"{role} candidate {origin} refused, the live model keeps serving: {exc}")

@@ -20,6 +20,7 @@ from shared.errors import ConfigError, ModelError
 from .candidate import Trial, try_candidate
 from .config import InferenceConfig, InferenceSettings, ModelSpec, ShadowSpec
 from .engine import Engine, build_engine, model_inputs
+from .isolated import Warm
 from .model import ModelBlob, resolve_model
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ async def prepare(
     recent_x: np.ndarray[Any, Any] | None,
     timeout_s: float,
     unless_sha: str | None = None,
+    trials: Warm | None = None,
 ) -> Engine | None:
     """A checked, loaded and warmed engine for `settings`; ModelError/ConfigError if unfit;
     None when the model's sha256 is `unless_sha` (a file touched, not changed).
@@ -95,7 +97,8 @@ async def prepare(
     x = recent_x[:TRIAL_SAMPLES]
     width, model_x = model_inputs(settings, features, x)
     pinned = settings.model_copy(update={"features": list(features)})
-    await try_candidate(Trial(blob, pinned, width, model_x, settings.intra_op_threads), timeout_s)
+    trial = Trial(blob, pinned, width, model_x, settings.intra_op_threads)
+    await try_candidate(trial, timeout_s, trials)
 
     def load() -> Engine:
         engine = build_engine(pinned, lambda _spec: blob)

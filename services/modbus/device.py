@@ -16,7 +16,7 @@ from pymodbus.framer import FramerType
 
 from services.modbus.config import ModbusConfig
 from shared import clock
-from shared.retry import Backoff
+from shared.retry import Backoff, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class Device:
                     getattr(self.client, name)(*args, **kw), self.config.timeout_s * 1.5
                 )
             except (TimeoutError, ModbusException, OSError) as exc:
+                raise_if_cancelled()
                 self._silent()
                 raise DeviceError(0, f"no answer: {exc}") from None
             self.last_ok, self.down = clock.monotonic(), False
@@ -109,6 +110,7 @@ class Device:
         self.connects += 1
         with contextlib.suppress(asyncio.TimeoutError, OSError):
             await asyncio.wait_for(self.client.connect(), self.config.timeout_s)
+        raise_if_cancelled()  # a stop that landed as the connect failed: not a retry
         if not self.client.connected:
             self._next_connect = clock.monotonic() + self.backoff.next_delay()
             self._silent()

@@ -99,7 +99,9 @@ class ModbusService(Service[ModbusConfig]):
         except DeviceError as exc:
             key = f"0x{exc.code:02X}" if exc.code else "timeout"
             self.exceptions[key] += 1
-            if exc.code and self.rt is not None:  # an answer that says no: bad input, reported
+            # an answer that says no, or none at all (a timeout, a refused connection): both
+            # are what a person must hear about; the error channel merges a burst into one
+            if self.rt is not None:
                 last = req.address + req.count - 1
                 self.rt.errors.error(
                     f"unit {req.unit} {req.table} {req.address}..{last}: {exc}; its "

@@ -31,7 +31,7 @@ from services.opcua.security import TrustList, apply
 from shared import clock
 from shared.errors import ConfigError
 from shared.messages import ReadingBatch, now_ns
-from shared.retry import Backoff
+from shared.retry import Backoff, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 BatchSink = Callable[[ReadingBatch], Awaitable[None]]
@@ -96,8 +96,10 @@ class Session:
             except ConfigError:
                 raise
             except (OSError, TimeoutError, UaError, ConnectionError) as exc:
+                raise_if_cancelled()
                 reason = f"connect failed: {_describe(exc)}"
             except Exception as exc:  # a library bug must not end supervision
+                raise_if_cancelled()
                 log.exception("opcua session to %s failed", self.config.endpoint)
                 reason = f"unexpected: {_describe(exc)}"
             await self._lose(reason)

@@ -22,6 +22,7 @@ import numpy as np
 from services.sparkplug.config import SparkplugSourceConfig
 from services.sparkplug.nodes import Outcome, Tracker
 from shared import clock
+from shared.coalesce import Coalescer
 from shared.errors import PayloadError, TopicError
 from shared.health import HealthModel
 from shared.messages import ReadingBatch
@@ -82,7 +83,7 @@ class SparkplugService(Service[SparkplugSourceConfig]):
         self._topics: dict[str, SparkplugTopic] = {}
         self._pending: list[tuple[str, int, float, int]] = []  # readings of the next batch
         self._first_arrival = 0
-        self._dirty = asyncio.Event()
+        self._coalescer = Coalescer(config.coalesce_ms / 1000)
         # a broker of its own for the edge nodes, or the site's connection
         self.own: MqttConnection | None = None
         if config.server is not None:
@@ -147,7 +148,7 @@ class SparkplugService(Service[SparkplugSourceConfig]):
             if self.config.coalesce_ms == 0:
                 await self.flush()
             else:
-                self._dirty.set()
+                self._coalescer.mark()
         if outcome.rebirth is not None and self.config.rebirth_on_gap:
             await self.ask_rebirth(topic.node, outcome.rebirth)
 
@@ -163,16 +164,12 @@ class SparkplugService(Service[SparkplugSourceConfig]):
 
     async def coalesce_loop(self) -> None:
         """Wait for a first reading, let the tick fill up, publish one batch."""
-        tick = self.config.coalesce_ms / 1000
-        while True:
-            await self._dirty.wait()
-            await clock.sleep(tick)
-            await self.flush()
+        await self._coalescer.run(self.flush)
 
     async def flush(self) -> None:
         """Publish the readings gathered since the last flush as one ReadingBatch. The PUBACK
         is not awaited here: the next Sparkplug message must not wait for it."""
-        self._dirty.clear()
+        self._coalescer.clear()
         readings, self._pending = self._pending, []
         if not readings:
             return

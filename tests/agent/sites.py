@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from edgefleet.broker import free_port, wait_port
-from shared.signing import PublicKey, SigningKey
+from edgefleet.fleet.cloud import CloudProcess
+from shared.signing import PublicKey
 from tests.site.helpers import site_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,35 +32,7 @@ def _end(process: subprocess.Popen[Any] | None, timeout: float = 30) -> None:
         process.wait()
 
 
-class Cloud:
-    """`edgefleet cloud up`: the cloud broker, SeaweedFS and the fleet service."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port, self.s3_port = free_port(), free_port()
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self) -> Cloud:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.cli", "cloud", "up", "--workdir", str(self.workdir),
-             "--port", str(self.port), "--s3-port", str(self.s3_port)],
-            stdout=subprocess.PIPE, text=True, cwd=ROOT,
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith("ready:"):
-                break
-        else:
-            raise RuntimeError(f"cloud up ended: {self.process.wait()}")
-        self.process.stdout.close()  # the rest is in its logs
-        return self
-
-    @property
-    def key(self) -> PublicKey:
-        return SigningKey.load(self.workdir / "fleet.key").public
-
-    def stop(self) -> None:
-        _end(self.process)
+Cloud = CloudProcess  # `edgefleet cloud up`: the cloud broker, SeaweedFS and the fleet service
 
 
 class Simulator:

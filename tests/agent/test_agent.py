@@ -21,24 +21,13 @@ from edgefleet.site.supervisor import SiteSupervisor
 from shared.messages import DeployedFlow, DesiredState, PinnedResource
 from shared.signing import SigningKey
 from shared.topics import Topics
+from tests.agent.nodes import write_node
 from tests.helpers import Probe
 from tests.inference.models import mlp
-from tests.site.helpers import FEATURES, flow_data, site_data
+from tests.site.helpers import FEATURES, flow_data
 
 KEY = SigningKey.generate()
 TIMEOUT = 60
-
-
-def write_site(root: Path, site: str, broker: LocalBroker, modbus: int, **fleet: Any) -> Path:
-    """A site with one Modbus source and no flow of its own: the fleet deploys them."""
-    data = site_data(site, broker.port, modbus, prefix=site, labels={"role": "pump"})
-    data["flows"] = []
-    data["timings"]["error_report_interval_s"] = 0.1
-    data["fleet"] = {"trusted_keys": [KEY.public.text()], "health_timeout_s": 20, **fleet}
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "site.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 async def push(
@@ -124,7 +113,7 @@ async def test_applies_a_signed_desired_state_and_refuses_the_rest(
 ) -> None:
     view = await push(fleet, tmp_path, "pump-ae", seed=2)
     sha = view["pins"]["model"]["sha256"]
-    path = write_site(tmp_path / "site", site, broker, simulator)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY, 20)
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
@@ -189,7 +178,7 @@ async def test_a_revision_that_fails_its_health_gate_is_rolled_back(
     bad = await push(fleet, tmp_path, "pump-ae", seed=5, signal_source="plc9")
     bad_sha = bad["pins"]["model"]["sha256"]
     assert bad_sha != good_sha
-    path = write_site(tmp_path / "site", site, broker, simulator, health_timeout_s=8)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY)
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
@@ -215,6 +204,47 @@ async def test_a_revision_that_fails_its_health_gate_is_rolled_back(
             assert sup_config["model"]["path"].endswith(good_sha)
 
 
+async def test_a_rollback_that_cannot_restore_the_last_good_says_so_and_blocks_nothing(
+    tmp_path: Path, broker: LocalBroker, fleet: FleetClient, site: str, simulator: int
+) -> None:
+    good = await push(fleet, tmp_path, "pump-ae", seed=2)
+    bad = await push(fleet, tmp_path, "pump-ae", seed=5, signal_source="plc9")
+    after = await push(fleet, tmp_path, "pump-ae", seed=7)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY)
+    work = tmp_path / "w"
+    async with Probe(broker.host, broker.port) as probe:
+        await probe.subscribe(Topics(site, site).everything())
+        async with SiteSupervisor(load_site(path), work) as sup:
+            await deploy(probe, site, desired(site, 1, good), tmp_path)
+            await reported(probe, site, 1, "applied")
+            # the last good revision's model is gone from the cache (a disk cleaned by hand)
+            (work / "agent" / "cache" / "sha256" / good["pins"]["model"]["sha256"]).unlink()
+            await deploy(probe, site, desired(site, 2, bad), tmp_path)
+            report = await reported(probe, site, 2, "rollback_failed")
+            assert "no results from the new model on pump" in report["error"]
+            assert "restoring revision 1 failed" in report["error"]
+            assert "is not in the cache" in report["error"]
+            assert "runs none of the deployed flows" in report["error"]
+            assert report.get("last_good") is None
+            # the revision that failed its gate is not left running, the adapter is
+            assert "inference-pump" not in sup.instances and "aligner-pump" not in sup.instances
+            assert sup.instances["modbus-plc1"].online
+            # reported on the errors topic too (once per error_report_interval_s: it may come
+            # after the reported state)
+            await probe.wait_for(
+                Topics(site, site).errors("agent"),
+                lambda e: "restoring revision 1 failed" in e["reason"],
+                timeout=TIMEOUT,
+            )
+            state = json.loads((work / "agent" / "state.json").read_text())
+            assert state["current"] is None and state["pending"] is None and state["taken"] == 2
+            # the next deployment is not blocked: downloaded, applied, running
+            await deploy(probe, site, desired(site, 3, after), tmp_path)
+            report = await reported(probe, site, 3, "applied")
+            assert report.get("last_good") is None
+            await result_from(probe, site, after["pins"]["model"]["sha256"])
+
+
 async def test_a_new_model_only_is_swapped_in_without_a_restart(
     tmp_path: Path, broker: LocalBroker, fleet: FleetClient, site: str, simulator: int
 ) -> None:
@@ -222,7 +252,7 @@ async def test_a_new_model_only_is_swapped_in_without_a_restart(
     second = await push(fleet, tmp_path, "pump-ae", seed=7)
     new_sha = second["pins"]["model"]["sha256"]
     assert second["version"] == first["version"] + 1
-    path = write_site(tmp_path / "site", site, broker, simulator)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY, 20)
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())
         async with SiteSupervisor(load_site(path), tmp_path / "w") as sup:
@@ -260,7 +290,7 @@ async def test_a_revision_cut_short_is_applied_again_after_a_restart(
     first = await push(fleet, tmp_path, "pump-ae", seed=2)
     second = await push(fleet, tmp_path, "pump-ae", seed=7)
     new_sha = second["pins"]["model"]["sha256"]
-    path = write_site(tmp_path / "site", site, broker, simulator)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY, 20)
     work = tmp_path / "w"
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(Topics(site, site).everything())

@@ -6,6 +6,7 @@ broker as a service would and watches the cloud broker as the console would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -102,6 +103,23 @@ async def node_known(fleet: FleetClient, cloud: Probe, site: str) -> None:
                 await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def agent_running(
+    tmp_path: Path,
+    site: str,
+    site_broker: LocalBroker,
+    broker: LocalBroker,
+    fleet: FleetClient,
+    cloud: Probe,
+) -> AsyncIterator[Path]:
+    """The site's agent under its supervisor, known to the fleet; its site.yaml (to start the
+    site again later)."""
+    path = write_site(tmp_path / "site", site, site_broker, broker)
+    async with SiteSupervisor(load_site(path), tmp_path / "w"):
+        await node_known(fleet, cloud, site)
+        yield path
+
+
 async def subscribed(local: Probe, topic: str) -> bool:
     """Whether anyone subscribes `topic` on the site broker: the PUBACK of a QoS 1 publish
     says "no matching subscribers" (MQTT v5) otherwise. In these sites nothing but a debug
@@ -115,6 +133,15 @@ async def state(cloud: Probe, site: str, session: str, wanted: str) -> dict[str,
         Topics(site, site).debug_state(session), lambda s: s["state"] == wanted, timeout=TIMEOUT
     )
     return dict(found[0])
+
+
+async def open_session(
+    fleet: FleetClient, cloud: Probe, site: str, topics: list[str], **limits: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Open a session on the node and wait for its agent to say `open`: the fleet's answer and
+    the agent's state."""
+    opened = await fleet.call("debug.open", {"node": site, "topics": topics, **limits})
+    return opened, await state(cloud, site, opened["session"], "open")
 
 
 def data(cloud: Probe, site: str, session: str) -> list[dict[str, Any]]:
@@ -145,20 +172,16 @@ async def test_a_session_forwards_decimated_data_over_the_bridge_and_expires_by_
     site: str,
 ) -> None:
     topics = Topics(site, site)
-    path = write_site(tmp_path / "site", site, site_broker, broker)
-    async with SiteSupervisor(load_site(path), tmp_path / "w"):
-        await node_known(fleet, cloud, site)
+    async with agent_running(tmp_path, site, site_broker, broker, fleet, cloud):
         assert not await subscribed(local, topics.samples("pump"))
         rate, seconds = 4.0, 4.0
-        opened = await fleet.call(
-            "debug.open",
-            {"node": site, "topics": ["samples/pump"], "rate_hz": rate, "seconds": seconds},
+        started = time.monotonic()
+        opened, said = await open_session(
+            fleet, cloud, site, ["samples/pump"], rate_hz=rate, seconds=seconds
         )
         session = opened["session"]
         assert opened["topic"] == f"{site}/{site}/debug/data/{session}/#"
         assert opened["topics"] == [topics.samples("pump")]
-        started = time.monotonic()
-        said = await state(cloud, site, session, "open")
         assert said["rate_hz"] == rate and said["topics"] == [topics.samples("pump")]
 
         # the agent subscribes only now, and before it says `open`
@@ -193,9 +216,7 @@ async def test_watch_close_refusals_and_an_agent_restart(
     site: str,
 ) -> None:
     topics = Topics(site, site)
-    path = write_site(tmp_path / "site", site, site_broker, broker)
-    async with SiteSupervisor(load_site(path), tmp_path / "w"):
-        await node_known(fleet, cloud, site)
+    async with agent_running(tmp_path, site, site_broker, broker, fleet, cloud) as path:
         # the fleet refuses, each with its code
         for args, code in (
             ({"node": "nowhere", "topics": ["results/#"]}, "not_found"),
@@ -235,12 +256,8 @@ async def test_watch_close_refusals_and_an_agent_restart(
         assert not await subscribed(local, topics.results("pump"))
 
         # close on command; the node's own limit on sessions; the fleet's
-        first = await fleet.call("debug.open", {"node": site, "topics": ["raw/+"], "seconds": 30})
-        second = await fleet.call(
-            "debug.open", {"node": site, "topics": ["raw/plc1", "events/+"], "seconds": 30}
-        )
-        await state(cloud, site, first["session"], "open")
-        await state(cloud, site, second["session"], "open")
+        first, _ = await open_session(fleet, cloud, site, ["raw/+"], seconds=30)
+        second, _ = await open_session(fleet, cloud, site, ["raw/plc1", "events/+"], seconds=30)
         assert await subscribed(local, topics.raw("plc2"))
         assert await subscribed(local, topics.events("pump"))
         with pytest.raises(FleetError) as refused:
@@ -292,19 +309,13 @@ async def test_a_session_that_expired_while_the_agent_was_down_does_not_come_bac
     local: Probe,
     site: str,
 ) -> None:
-    path = write_site(tmp_path / "site", site, site_broker, broker)
-    async with SiteSupervisor(load_site(path), tmp_path / "w"):
-        await node_known(fleet, cloud, site)
-        short = await fleet.call(
-            "debug.open", {"node": site, "topics": ["results/#"], "seconds": 2}
-        )
-        await state(cloud, site, short["session"], "open")
+    async with agent_running(tmp_path, site, site_broker, broker, fleet, cloud) as path:
+        short, _ = await open_session(fleet, cloud, site, ["results/#"], seconds=2)
     # down past its expiry: the brokers drop the retained request (MQTT v5 message expiry)
     await until(lambda: time.time() > _expiry(short) + 0.5, timeout=TIMEOUT)
     cloud.messages.clear()
     async with SiteSupervisor(load_site(path), tmp_path / "w"):
-        later = await fleet.call("debug.open", {"node": site, "topics": ["results/#"]})
-        await state(cloud, site, later["session"], "open")
+        later, _ = await open_session(fleet, cloud, site, ["results/#"])
         status = await cloud.wait_for(
             Topics(site, site).status("agent"),
             lambda s: (
@@ -333,9 +344,7 @@ async def test_the_command_line_watch_prints_json_lines_and_closes_on_ctrl_c(
     site: str,
 ) -> None:
     topics = Topics(site, site)
-    path = write_site(tmp_path / "site", site, site_broker, broker)
-    async with SiteSupervisor(load_site(path), tmp_path / "w"):
-        await node_known(fleet, cloud, site)
+    async with agent_running(tmp_path, site, site_broker, broker, fleet, cloud):
         cli = [sys.executable, "-m", "edgefleet.cli", "debug"]
         where = ["--fleet", f"{broker.host}:{broker.port}", "--prefix", site]
         process = await asyncio.create_subprocess_exec(

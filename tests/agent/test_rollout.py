@@ -16,40 +16,12 @@ from edgefleet.site.load import load_site
 from edgefleet.site.supervisor import SiteSupervisor
 from shared.signing import SigningKey
 from shared.topics import Topics
+from tests.agent.nodes import shown_when, states, write_node, write_nodes
 from tests.agent.test_agent import TIMEOUT, push
 from tests.fleet.test_deploy import eventually, fleet_config, key_path
 from tests.helpers import Probe
-from tests.site.helpers import site_data
 
 __all__ = ["fleet_config", "key_path"]  # the fleet signs with a key of the test's
-
-
-def write_node(
-    root: Path, node: str, prefix: str, broker: LocalBroker, modbus: int, key: SigningKey
-) -> Path:
-    data = site_data(node, broker.port, modbus, prefix=prefix, labels={"role": "pump"})
-    data["flows"] = []
-    data["fleet"] = {"trusted_keys": [key.public.text()], "health_timeout_s": 8}
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "site.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-async def shown_when(fleet: FleetClient, dep: str, check: Any) -> dict[str, Any]:
-    shown: dict[str, Any] = {}
-
-    async def ok() -> bool:
-        nonlocal shown
-        shown = await fleet.call("deployment.show", {"id": dep})
-        return bool(check(shown))
-
-    await eventually(ok, timeout=2 * TIMEOUT)
-    return shown
-
-
-def states(shown: dict[str, Any]) -> dict[str, str]:
-    return {n["site"]: n["state"] for n in shown["nodes"]}
 
 
 async def test_canary_then_the_rest_pause_resume_and_an_abort(
@@ -65,7 +37,7 @@ async def test_canary_then_the_rest_pause_resume_and_an_abort(
     # the next version reads a source no device feeds: no results, its health gate fails
     bad = await push(fleet, tmp_path, "pump-ae", seed=5, signal_source="plc9")
     a, b, c = (f"{site}{x}" for x in "abc")
-    paths = {n: write_node(tmp_path / n, n, site, broker, simulator, key) for n in (a, b, c)}
+    paths = write_nodes(tmp_path, (a, b, c), site, broker, simulator, key)
     staged = {"stages": ["1", "100%"], "abort_above": "0"}
     request = {"flows": [f"pump@{good['version']}"], "nodes": [a, b, c], "strategy": staged}
 
@@ -107,7 +79,9 @@ async def test_canary_then_the_rest_pause_resume_and_an_abort(
             "deploy", {**request, "flows": [f"pump@{bad['version']}"], "timeout_s": 2 * TIMEOUT}
         )
         aborted = await shown_when(
-            fleet, broken["deployment"]["id"], lambda s: s["deployment"]["state"] == "aborted"
+            fleet,
+            broken["deployment"]["id"],
+            lambda s: s["deployment"]["state"] == "aborted",
         )
         assert states(aborted) == {a: "rolled_back", b: "skipped", c: "skipped"}
         assert "no results from the new model" in aborted["deployment"]["reason"]

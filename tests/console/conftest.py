@@ -22,10 +22,11 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.wait import WebDriverWait
 
 from edgefleet.broker import free_port, wait_port
-from tests.fleet.conftest import fleet, fleet_config, s3
+from tests.fleet.conftest import bucket, fleet, fleet_config, s3, shared_s3
 from tests.site.conftest import simulator
 
-__all__ = ["fleet", "fleet_config", "s3", "simulator"]  # the fleet's and the site's fixtures
+# the fleet's and the site's fixtures
+__all__ = ["bucket", "fleet", "fleet_config", "s3", "shared_s3", "simulator"]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "var" / "screenshots"

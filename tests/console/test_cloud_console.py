@@ -25,7 +25,8 @@ from edgefleet.broker import LocalBroker
 from edgefleet.fleet.client import FleetClient
 from edgefleet.site.load import load_site
 from edgefleet.site.supervisor import SiteSupervisor
-from tests.agent.test_agent import KEY, write_site
+from tests.agent.nodes import write_node
+from tests.agent.test_agent import KEY
 from tests.console.conftest import (
     ConsoleProcess,
     console_errors,
@@ -95,7 +96,7 @@ async def test_deploy_from_the_page_and_a_viewer_cannot(
 
     fleet_yaml = tmp_path / "fleet.yaml"
     fleet_yaml.write_text(yaml.safe_dump(fleet_config))
-    path = write_site(tmp_path / "site", site, broker, simulator)
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY, 20)
     async with SiteSupervisor(load_site(path), tmp_path / "w"):
         await node_online(fleet, site)
         console = consoles("cloud", "--fleet", str(fleet_yaml))
@@ -233,6 +234,8 @@ def staged(
     assert text_of(browser, f"{canary} td.state") == "cancelled"
     assert text_of(browser, f"{node} td.state") == "applied"  # what had applied stays
     assert browser.find_element(By.ID, "dep-cancel").get_attribute("disabled") is not None
+    browser.refresh()  # the fleet's own record says who cancelled it
+    assert text_of(browser, "#dep-cancelled").endswith("by ana@console")
     browser.get(f"{console.url}/audit")
     audit = text_of(browser, "#audit")
     for action in ("deployment.pause", "deployment.resume", "rollback", "deployment.cancel"):

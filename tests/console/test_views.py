@@ -41,6 +41,8 @@ def test_a_viewer_reads_and_an_operator_changes_as_themselves() -> None:
             authorize(viewer, cmd, {})
     sent = authorize(operator, "deploy", {"flows": ["pump@2"], "author": "someone else"})
     assert sent["author"] == "ana@console"  # the page cannot claim another author
-    assert "author" not in authorize(operator, "deployment.cancel", {"id": "x"})
+    # cancel and archive are recorded with who did them too
+    assert authorize(operator, "deployment.cancel", {"id": "x"})["author"] == "ana@console"
+    assert authorize(operator, "library.archive", {"ref": "m@1"})["author"] == "ana@console"
     with pytest.raises(FleetError):
         authorize(operator, "library.upload_url", {})  # blob transfers are the CLI's

@@ -12,28 +12,54 @@ from edgefleet.broker import LocalBroker
 from edgefleet.fleet.client import FleetClient, connect
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.service import main
-from edgefleet.locals3 import LocalS3
+from edgefleet.locals3 import LocalS3, PortTaken
 from shared.config import validate
+from tests.conftest import SHARED
 from tests.helpers import running
 
 
-@pytest.fixture
-def s3(tmp_path: Path) -> Iterator[LocalS3]:
+@pytest.fixture(scope="module")
+def shared_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """One SeaweedFS for a module's tests (a start and a stop cost ~7 s); each test has a
+    bucket of its own (`bucket`), each bucket 7 volumes of SeaweedFS's."""
+    folder = tmp_path_factory.mktemp("s3")
     try:
-        server = LocalS3(tmp_path / "s3").start(timeout=60)
-    except RuntimeError:
-        # a free port taken by another process between the pick and weed's bind (7 ports each,
-        # many test runs on one machine): once more on other ports
-        server = LocalS3(tmp_path / "s3-again").start(timeout=60)
+        server = LocalS3(folder / "s3", max_volumes=1000).start(timeout=60)
+    except PortTaken:
+        # the S3 port, free when picked, taken by another process before weed bound it (weed
+        # picks its other ports again by itself): once more on another; a slow or failed
+        # start is not retried
+        server = LocalS3(folder / "s3-again", max_volumes=1000).start(timeout=60)
+    assert server.process is not None
+    pid = server.process.pid
+    SHARED.add(pid)
     try:
         yield server
     finally:
+        SHARED.discard(pid)
         server.stop()
 
 
 @pytest.fixture
+def s3(shared_s3: LocalS3) -> LocalS3:
+    assert shared_s3.running, "the module's S3 server died"
+    return shared_s3
+
+
+@pytest.fixture
+def bucket(site: str) -> str:
+    """The test's own bucket on the module's S3 server (the fleet creates it)."""
+    return f"fleet-{site}"
+
+
+@pytest.fixture
 def fleet_config(
-    tmp_path: Path, broker: LocalBroker, s3: LocalS3, site: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    broker: LocalBroker,
+    s3: LocalS3,
+    bucket: str,
+    site: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, Any]:
     """A fleet.yaml's content; the test's own topic prefix keeps tests apart."""
     monkeypatch.setenv("TEST_S3_SECRET", s3.secret_key)
@@ -47,9 +73,10 @@ def fleet_config(
             "endpoint": s3.endpoint,
             "access_key": s3.access_key,
             "secret_key_env": "TEST_S3_SECRET",
-            "bucket": "fleet-test",
+            "bucket": bucket,
         },
-        "inspect_timeout_s": 20,
+        # a cold process importing onnxruntime took over 20 s on a loaded 2-core machine
+        "inspect_timeout_s": 60,
         "timings": {"status_interval_s": 0.5, "reconnect_initial_s": 0.05, "reconnect_max_s": 0.5},
     }
 

@@ -91,10 +91,10 @@ def refusal(fn: Any, *args: Any, **kwargs: Any) -> FleetError:
 
 
 def test_the_server_checks_the_signed_digest(
-    fleet: library.Fleet, s3: LocalS3, tmp_path: Path
+    fleet: library.Fleet, s3: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
     assert fleet.blobs.checksums  # SeaweedFS refused the probe's wrong checksum
-    assert objects(s3) == []  # and the probe left nothing
+    assert objects(s3, bucket) == []  # and the probe left nothing
     path = models.mlp(tmp_path / "m.onnx")
     data = path.read_bytes()
     up = upload(fleet, data)
@@ -106,36 +106,38 @@ def test_the_server_checks_the_signed_digest(
         put_file(up.url, other, len(data), None, up.headers)
     with pytest.raises(AssertionError):  # the URL is only good with the signed header
         put(up.url, data)
-    assert objects(s3) == []
+    assert objects(s3, bucket) == []
     assert refusal(commit, fleet, up, data).code == "not_found"
-    assert objects(s3) == [] and fleet.store.resource_names(None) == []
+    assert objects(s3, bucket) == [] and fleet.store.resource_names(None) == []
 
 
 def test_declared_uploads_go_to_their_address(
-    fleet: library.Fleet, s3: LocalS3, tmp_path: Path
+    fleet: library.Fleet, s3: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
     data = models.mlp(tmp_path / "m.onnx").read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
     up = upload(fleet, data)
     assert put_file(up.url, tmp_path / "m.onnx", len(data), None, up.headers) == sha256
-    assert objects(s3) == [blob_key(sha256)]  # nothing staged
+    assert objects(s3, bucket) == [blob_key(sha256)]  # nothing staged
     result = commit(fleet, up, data)
     assert result.created and result.resource.signature["sha256"] == sha256
-    assert objects(s3) == [blob_key(sha256)]
+    assert objects(s3, bucket) == [blob_key(sha256)]
     # the same bytes again: the version there is, the blob stays
     again = upload(fleet, data)
     put_file(again.url, tmp_path / "m.onnx", len(data), None, again.headers)
     assert not commit(fleet, again, data).created
-    assert objects(s3) == [blob_key(sha256)]
+    assert objects(s3, bucket) == [blob_key(sha256)]
 
 
-def test_declared_refusals_leave_no_blob(fleet: library.Fleet, s3: LocalS3, tmp_path: Path) -> None:
+def test_declared_refusals_leave_no_blob(
+    fleet: library.Fleet, s3: LocalS3, bucket: str, tmp_path: Path
+) -> None:
     data = unloadable(tmp_path / "u.onnx").read_bytes()
     up = upload(fleet, data)
     put_file(up.url, tmp_path / "u.onnx", len(data), None, up.headers)
     error = refusal(commit, fleet, up, data)
     assert error.code == "invalid_model" and "NoSuchOperator" in error.message
-    assert objects(s3) == []
+    assert objects(s3, bucket) == []
 
     good = models.mlp(tmp_path / "m.onnx").read_bytes()
     up = upload(fleet, good)
@@ -146,11 +148,11 @@ def test_declared_refusals_leave_no_blob(fleet: library.Fleet, s3: LocalS3, tmp_
     up = upload(fleet, good)
     put_file(up.url, tmp_path / "m.onnx", len(good), None, up.headers)
     assert refusal(commit, fleet, up, good, size=len(good) + 1).code == "size_mismatch"
-    assert objects(s3) == [] and fleet.store.resource_names(None) == []
+    assert objects(s3, bucket) == [] and fleet.store.resource_names(None) == []
 
 
 def test_declared_uploads_never_committed_are_swept_unless_a_version_has_them(
-    fleet: library.Fleet, s3: LocalS3, tmp_path: Path
+    fleet: library.Fleet, s3: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
     kept = models.mlp(tmp_path / "k.onnx", seed=1).read_bytes()
     up = upload(fleet, kept)
@@ -160,26 +162,26 @@ def test_declared_uploads_never_committed_are_swept_unless_a_version_has_them(
     for data, path in ((left, "l.onnx"), (kept, "k.onnx")):  # never committed
         up = upload(fleet, data)
         put_file(up.url, tmp_path / path, len(data), None, up.headers)
-    assert len(objects(s3)) == 2
+    assert len(objects(s3, bucket)) == 2
     assert fleet.sweep(now_ns() + 2 * 3600 * 10**9) == 2
-    assert objects(s3) == [blob_key(hashlib.sha256(kept).hexdigest())]
+    assert objects(s3, bucket) == [blob_key(hashlib.sha256(kept).hexdigest())]
 
 
 def test_a_server_that_does_not_check_gets_staged_uploads(
-    fleet: library.Fleet, s3: LocalS3, tmp_path: Path
+    fleet: library.Fleet, s3: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
     fleet.blobs.checksums = False  # what the probe finds on such a server
     data = models.mlp(tmp_path / "m.onnx").read_bytes()
     up = upload(fleet, data)
     assert up.headers == {}
     put_file(up.url, tmp_path / "m.onnx", len(data), None, up.headers)
-    assert objects(s3) == [f"uploads/{up.upload_id}"]
+    assert objects(s3, bucket) == [f"uploads/{up.upload_id}"]
     assert commit(fleet, up, data).created  # read back, verified, copied to its address
-    assert objects(s3) == [blob_key(hashlib.sha256(data).hexdigest())]
+    assert objects(s3, bucket) == [blob_key(hashlib.sha256(data).hexdigest())]
 
 
 def test_the_inspecting_child_starts_with_the_upload_url(
-    fleet: library.Fleet, s3: LocalS3, tmp_path: Path
+    fleet: library.Fleet, s3: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
     data = models.mlp(tmp_path / "m.onnx").read_bytes()
     up = upload(fleet, data, kind="model")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from shared.messages import ReportedState, Status
 from shared.signing import PublicKey, SignatureError, SigningKey, verify
 from shared.topics import Topics
 from tests.fleet.conftest import fleet_of, wait_serving
-from tests.fleet.test_fleet_process import FleetProcess, cli, fleet_process, wait_ready
+from tests.fleet.test_fleet_process import FleetProcess, cli_of, fleet_process, wait_ready
 from tests.fleet.test_flows import flow_text, push_flow
 
 __all__ = ["fleet_process"]  # the fixture, shared with test_fleet_process.py
@@ -312,8 +311,13 @@ async def test_timeout_supersede_cancel_and_dry_run(
     ] == "superseded"
 
     # cancel: b goes back to what it had before (revision 1's flows), as revision 3
-    cancelled = await fleet.call("deployment.cancel", {"id": new["deployment"]["id"]})
+    cancelled = await fleet.call(
+        "deployment.cancel", {"id": new["deployment"]["id"], "author": "ana@laptop"}
+    )
     assert cancelled["deployment"]["state"] == "cancelled"
+    assert cancelled["deployment"]["cancelled_by"] == "ana@laptop"  # who, kept with it
+    again = await fleet.call("deployment.cancel", {"id": new["deployment"]["id"], "author": "bo"})
+    assert again["deployment"]["cancelled_by"] == "ana@laptop"  # the first cancel stays
     assert cancelled["nodes"][0]["state"] == "cancelled"
     (back,) = await probe.wait_for(Topics("b", prefix).desired(), lambda d: d["revision"] == 3)
     assert [f["ref"] if "ref" in f else f"{f['name']}@{f['version']}" for f in back["flows"]] == [
@@ -340,11 +344,7 @@ async def test_timeout_supersede_cancel_and_dry_run(
 async def test_cli_nodes_groups_deploy(
     fleet_process: FleetProcess, broker: LocalBroker, probe: Probe, site: str, tmp_path: Path
 ) -> None:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return cli(broker, site, *args)
-
-    async def arun(*args: str) -> subprocess.CompletedProcess[str]:
-        return await asyncio.to_thread(run, *args)
+    arun = cli_of(broker, site)
 
     await asyncio.to_thread(wait_ready, broker, site)
     model = models.isolation_forest(tmp_path / "m.onnx")
@@ -451,10 +451,12 @@ def test_a_schema_1_database_is_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = Store(path)
-    assert store.schema_version() == len(MIGRATIONS) == 6
+    assert store.schema_version() == len(MIGRATIONS) == 7
     with store.read() as db2:
         tables = {"nodes", "groups", "deployments", "deployment_nodes", "desired", "node_events"}
         assert tables | {"inference_status"} <= set(db2.table_names())
+        assert "archived_by" in db2.table("resources").columns_dict
+        assert "cancelled_by" in db2.table("deployments").columns_dict
 
 
 async def test_a_restarted_fleet_publishes_the_latest_desired_states_again(

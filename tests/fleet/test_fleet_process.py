@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ import yaml
 from edgefleet.broker import LocalBroker
 from tests.fleet.conftest import fleet_of
 from tests.inference import models
+
+Completed = subprocess.CompletedProcess[str]
 
 
 class FleetProcess:
@@ -65,6 +69,16 @@ def cli(
         env=env,
         timeout=timeout,
     )
+
+
+def cli_of(broker: LocalBroker, prefix: str) -> Callable[..., Awaitable[Completed]]:
+    """The command line against this fleet, run off the event loop (the test's probes and the
+    fleet client live on it)."""
+
+    async def arun(*args: str) -> Completed:
+        return await asyncio.to_thread(cli, broker, prefix, *args)
+
+    return arun
 
 
 def wait_ready(broker: LocalBroker, prefix: str) -> None:
@@ -145,11 +159,11 @@ def test_cli_tables_json_and_exit_codes(
     odd = tmp_path / "model.bin"
     odd.write_bytes(model.read_bytes())
     assert cli(broker, site, "library", "push", str(odd), "--name", "x").returncode == 2
-    # no fleet there: 1, naming the address and how to give another
+    # no fleet there: 3, naming the address and how to give another
     env_less = subprocess.run(
         [sys.executable, "-m", "edgefleet.cli", "library", "list", "--fleet", "127.0.0.1:1"],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert env_less.returncode == 1 and "--fleet" in env_less.stderr
+    assert env_less.returncode == 3 and "--fleet" in env_less.stderr

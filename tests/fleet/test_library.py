@@ -19,9 +19,9 @@ from edgefleet.locals3 import LocalS3
 from tests.inference import models
 
 
-def objects(s3: LocalS3, prefix: str = "") -> list[str]:
+def objects(s3: LocalS3, bucket: str, prefix: str = "") -> list[str]:
     client = Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False, region="us-east-1")
-    return sorted(o.object_name for o in client.list_objects("fleet-test", prefix, recursive=True))
+    return sorted(o.object_name for o in client.list_objects(bucket, prefix, recursive=True))
 
 
 async def refused(coro: Any) -> FleetError:
@@ -46,7 +46,7 @@ def unloadable(path: Path) -> Path:
 
 
 async def test_push_show_pull_and_identical_bytes(
-    fleet: FleetClient, s3: LocalS3, tmp_path: Path
+    fleet: FleetClient, s3: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
     path = models.isolation_forest(tmp_path / "m.onnx")
     first = await fleet.push(path, "pump-ae", "model", "first")
@@ -60,8 +60,8 @@ async def test_push_show_pull_and_identical_bytes(
     # the same bytes under another name: a new resource, one blob
     other = await fleet.push(path, "pump-ae-copy", "model")
     assert other["resource"]["sha256"] == first["resource"]["sha256"]
-    assert len(objects(s3, "blobs/")) == 2
-    assert objects(s3, "uploads/") == []  # staged copies go once committed
+    assert len(objects(s3, bucket, "blobs/")) == 2
+    assert objects(s3, bucket, "uploads/") == []  # staged copies go once committed
 
     listed = (await fleet.call("library.list"))["resources"]
     row = next(r for r in listed if r["name"] == "pump-ae")
@@ -91,7 +91,7 @@ async def test_scripts(fleet: FleetClient, tmp_path: Path) -> None:
 
 
 async def test_every_refusal_stores_nothing(
-    fleet: FleetClient, s3: LocalS3, tmp_path: Path
+    fleet: FleetClient, s3: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
     good = models.mlp(tmp_path / "good.onnx")
     data = good.read_bytes()
@@ -143,7 +143,7 @@ async def test_every_refusal_stores_nothing(
         assert again.code == "not_found"
 
     assert (await fleet.call("library.list"))["resources"] == []
-    assert objects(s3) == []
+    assert objects(s3, bucket) == []
 
 
 def put(url: str, data: bytes, send: int | None = None) -> None:
@@ -160,7 +160,7 @@ def put(url: str, data: bytes, send: int | None = None) -> None:
 
 
 async def test_interrupted_upload_leaves_no_version(
-    fleet: FleetClient, s3: LocalS3, tmp_path: Path
+    fleet: FleetClient, s3: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
     data = models.mlp(tmp_path / "m.onnx", hidden=2048).read_bytes()
     upload = await fleet.call("library.upload_url", {"name": "half", "size": len(data)})
@@ -175,7 +175,7 @@ async def test_interrupted_upload_leaves_no_version(
     error = await refused(fleet.call("library.commit", commit))
     assert error.code in ("not_found", "size_mismatch")
     assert (await fleet.call("library.list"))["resources"] == []
-    assert objects(s3) == []
+    assert objects(s3, bucket) == []
 
 
 async def test_two_pushes_at_once_get_distinct_versions(fleet: FleetClient, tmp_path: Path) -> None:
@@ -193,13 +193,18 @@ async def test_two_pushes_at_once_get_distinct_versions(fleet: FleetClient, tmp_
     assert sum(r["created"] for r in same) == 1
 
 
-async def test_archive_and_delete(fleet: FleetClient, s3: LocalS3, tmp_path: Path) -> None:
+async def test_archive_and_delete(
+    fleet: FleetClient, s3: LocalS3, bucket: str, tmp_path: Path
+) -> None:
     a = models.mlp(tmp_path / "a.onnx", seed=1)
     b = models.mlp(tmp_path / "b.onnx", seed=2)
     await fleet.push(a, "m", "model")
     await fleet.push(b, "m", "model")
-    archived = await fleet.call("library.archive", {"ref": "m@2"})
-    assert archived["resource"]["archived"]
+    archived = await fleet.call("library.archive", {"ref": "m@2", "author": "ana@laptop"})
+    assert archived["resource"]["archived"] and archived["resource"]["archived_by"] == "ana@laptop"
+    shown = (await fleet.call("library.show", {"ref": "m@2"}))["resource"]
+    assert shown["archived_by"] == "ana@laptop"
+    assert (await fleet.call("library.show", {"ref": "m@1"}))["resource"]["archived_by"] is None
     listed = (await fleet.call("library.list"))["resources"]
     assert listed[0]["latest"] == 1  # the latest active version
     error = await refused(fleet.call("library.archive", {"ref": "m"}))
@@ -211,7 +216,7 @@ async def test_archive_and_delete(fleet: FleetClient, s3: LocalS3, tmp_path: Pat
     # a number is never given twice: the next push is m@3
     c = models.mlp(tmp_path / "c.onnx", seed=3)
     assert (await fleet.push(c, "m", "model"))["resource"]["ref"] == "m@3"
-    assert len(objects(s3, "blobs/")) == 2
+    assert len(objects(s3, bucket, "blobs/")) == 2
 
 
 async def test_malformed_and_unknown_commands_are_answered(fleet: FleetClient) -> None:
@@ -231,7 +236,7 @@ async def test_malformed_and_unknown_commands_are_answered(fleet: FleetClient) -
 
 
 async def test_uploads_never_committed_are_swept(
-    fleet_config: dict[str, Any], s3: LocalS3, tmp_path: Path
+    fleet_config: dict[str, Any], s3: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
     from edgefleet.fleet import api, library
     from shared.messages import now_ns
@@ -240,7 +245,7 @@ async def test_uploads_never_committed_are_swept(
     store = library.Fleet.open(fleet_of(fleet_config))
     upload = library.upload_url(store, api.UploadUrlRequest(name="left", size=3))
     put(upload.url, b"abc")
-    assert objects(s3, "uploads/") == [f"uploads/{upload.upload_id}"]
+    assert objects(s3, bucket, "uploads/") == [f"uploads/{upload.upload_id}"]
     assert store.sweep() == 0  # its URL has not expired yet
     assert store.sweep(now_ns() + 2 * 3600 * 10**9) == 1
-    assert objects(s3) == []
+    assert objects(s3, bucket) == []

@@ -65,7 +65,7 @@ def push(fleet: library.Fleet, path: Path, name: str) -> api.CommitResult:
 
 
 def test_two_fleets_on_one_store_keep_shared_blobs(
-    fleet_config: dict[str, Any], s3: LocalS3, tmp_path: Path
+    fleet_config: dict[str, Any], s3: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
     one, two = (library.Fleet.open(fleet_of(fleet_config)) for _ in range(2))
     model = models.mlp(tmp_path / "m.onnx")
@@ -73,12 +73,14 @@ def test_two_fleets_on_one_store_keep_shared_blobs(
     b = push(two, model, "b")  # the same bytes through the other fleet: one blob
     assert a.resource.sha256 == b.resource.sha256
     key = blob_key(a.resource.sha256)
-    assert objects(s3) == [key]
+    assert objects(s3, bucket) == [key]
 
     gone = library.delete(one, api.RefRequest(ref="a@1"))
-    assert not gone.blob_removed and objects(s3) == [key]  # b@1, committed by the other, holds it
+    assert not gone.blob_removed and objects(s3, bucket) == [
+        key
+    ]  # b@1, committed by the other, holds it
     gone = library.delete(two, api.RefRequest(ref="b@1"))
-    assert gone.blob_removed and objects(s3) == []
+    assert gone.blob_removed and objects(s3, bucket) == []
     # pushed again after the removal: the commit puts the blob back before the row
     again = push(one, model, "a")
-    assert again.created and objects(s3) == [key]
+    assert again.created and objects(s3, bucket) == [key]

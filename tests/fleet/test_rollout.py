@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from pathlib import Path
-from typing import Any
 
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet.client import FleetClient, connect
 from shared.topics import Topics, fleet_deployments
+from tests.agent.nodes import shown_when, states
 from tests.fleet.test_deploy import (
     announce,
     desired_of,
@@ -23,35 +22,24 @@ from tests.fleet.test_deploy import (
     probe,
     report,
 )
-from tests.fleet.test_fleet_process import FleetProcess, cli, fleet_process, wait_ready
+from tests.fleet.test_fleet_process import FleetProcess, cli_of, fleet_process, wait_ready
 from tests.helpers import Probe
 
 __all__ = ["fleet_config", "fleet_process", "key_path", "probe"]
 
 
-async def shown_when(fleet: FleetClient, dep: str, check: Any) -> dict[str, Any]:
-    shown: dict[str, Any] = {}
-
-    async def ok() -> bool:
-        nonlocal shown
-        shown = await fleet.call("deployment.show", {"id": dep})
-        return bool(check(shown))
-
-    await eventually(ok, timeout=30)
-    return shown
-
-
-def states(shown: dict[str, Any]) -> dict[str, str]:
-    return {n["site"]: n["state"] for n in shown["nodes"]}
+async def watched(fleet: FleetClient, probe: Probe, prefix: str, tmp_path: Path) -> str:
+    """The flow versions pushed; the probe sees every desired state and deployment move."""
+    await flow_versions(fleet, tmp_path)
+    await probe.subscribe(f"{prefix}/+/desired")
+    await probe.subscribe(fleet_deployments(prefix))
+    return prefix
 
 
 async def test_an_offline_canary_holds_its_stage_until_the_timeout(
     fleet: FleetClient, probe: Probe, site: str, tmp_path: Path
 ) -> None:
-    prefix = site
-    await flow_versions(fleet, tmp_path)
-    await probe.subscribe(f"{prefix}/+/desired")
-    await probe.subscribe(fleet_deployments(prefix))
+    prefix = await watched(fleet, probe, site, tmp_path)
     for node in ("n2", "n3", "n4"):
         await announce(probe, prefix, node, {"role": "pump"})
     # n1 is offline: named, never heard from; it is in the first stage (site order)
@@ -81,7 +69,11 @@ async def test_an_offline_canary_holds_its_stage_until_the_timeout(
     assert d3["issued"] >= d1["issued"] + 2e9  # not before n1's timeout
     for node in ("n3", "n4"):
         await report(probe, prefix, node, 1, "applied")
-    done = await shown_when(fleet, dep, lambda s: s["deployment"]["state"] != "in_progress")
+    # the deployment's state follows its rows at once, its last stage once the rollout has
+    # moved on (a step of its own): wait for that step
+    done = await shown_when(
+        fleet, dep, lambda s: s["deployment"]["stages"][-1]["state"] != "in_progress"
+    )
     assert done["deployment"]["state"] == "failed"  # n1 failed, within the threshold
     assert [s["state"] for s in done["deployment"]["stages"]] == ["held", "held"]
     # n1 comes back: its retained desired state is there; its late report updates its row
@@ -100,10 +92,7 @@ async def test_an_offline_canary_holds_its_stage_until_the_timeout(
 async def test_a_failure_beyond_the_threshold_aborts_and_reverts(
     fleet: FleetClient, probe: Probe, site: str, tmp_path: Path
 ) -> None:
-    prefix = site
-    await flow_versions(fleet, tmp_path)
-    await probe.subscribe(f"{prefix}/+/desired")
-    await probe.subscribe(fleet_deployments(prefix))
+    prefix = await watched(fleet, probe, site, tmp_path)
     nodes = ["a1", "a2", "a3", "a4"]
     first = await fleet.call("deploy", {"flows": ["pump-anomaly@1"], "nodes": nodes})
     await probe.wait_for(f"{prefix}/+/desired", count=4)
@@ -160,11 +149,7 @@ async def test_a_failure_beyond_the_threshold_aborts_and_reverts(
 async def test_cli_stages_dry_run_pause_resume(
     fleet_process: FleetProcess, broker: LocalBroker, probe: Probe, site: str, tmp_path: Path
 ) -> None:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return cli(broker, site, *args)
-
-    async def arun(*args: str) -> subprocess.CompletedProcess[str]:
-        return await asyncio.to_thread(run, *args)
+    arun = cli_of(broker, site)
 
     await asyncio.to_thread(wait_ready, broker, site)
     async with connect(f"{broker.host}:{broker.port}", prefix=site) as fleet:

@@ -30,8 +30,8 @@ from services.inference.health import score_sums
 from shared import codec
 from shared.signing import PublicKey, SigningKey
 from shared.topics import Topics
-from tests.agent.test_agent import push, write_site
-from tests.agent.test_rollout import write_node
+from tests.agent.nodes import write_node, write_nodes
+from tests.agent.test_agent import push
 from tests.fleet.test_deploy import fleet_config, key_path, public_key
 from tests.helpers import Probe
 from tests.inference.models import mlp
@@ -54,6 +54,19 @@ async def applied(fleet: FleetClient, deployment: str) -> None:
             await asyncio.sleep(0.2)
 
 
+async def rolled_out(fleet: FleetClient, deployment: str) -> dict[str, Any]:
+    """The staged deployment once the rollout's step after the last report was taken (its
+    state follows the rows at once, its last stage one step of the fleet later)."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            shown: dict[str, Any] = (await fleet.call("deployment.show", {"id": deployment}))[
+                "deployment"
+            ]
+            if shown["stages"][-1]["state"] != "in_progress":
+                return shown
+            await asyncio.sleep(0.2)
+
+
 async def report_where(fleet: FleetClient, flow: str, check: Any) -> dict[str, Any]:
     async with asyncio.timeout(TIMEOUT):
         while True:
@@ -65,6 +78,13 @@ async def report_where(fleet: FleetClient, flow: str, check: Any) -> dict[str, A
             if with_nodes and check(result):
                 return result
             await asyncio.sleep(0.2)
+
+
+def agreement(status: dict[str, Any]) -> dict[str, Any]:
+    """The shadow agreement an inference status carries ({} without a shadow)."""
+    shadow = status.get("health", {}).get("inference", {}).get("shadow") or {}
+    found: dict[str, Any] = shadow.get("agreement") or {}
+    return found
 
 
 async def test_deploy_report_promote_stop(
@@ -80,7 +100,7 @@ async def test_deploy_report_promote_stop(
     cand = (await fleet.push(candidate, "pump-ae", "model"))["resource"]
     wide = mlp(tmp_path / "wide.onnx", f=len(FEATURES) + 1, seed=3)
     await fleet.push(wide, "wide-ae", "model")
-    path = write_site(tmp_path / "site", site, broker, simulator, trusted_keys=[public_key.text()])
+    path = write_node(tmp_path / "site", site, site, broker, simulator, public_key, 20)
     topics = Topics(site, site)
     async with Probe(broker.host, broker.port) as probe:
         await probe.subscribe(topics.everything())
@@ -129,13 +149,14 @@ async def test_deploy_report_promote_stop(
             assert node["score_corr"] is not None and -1 <= node["score_corr"] <= 1
             assert node["score_diff"]["p99"] > 0  # two different models
             assert node["shadow_run_us"]["p99"] > 0 and node["live_run_us"]["p99"] > 0
-            statuses = probe.decoded(topics.status("inference-pump"))
-            seen = [
-                s["health"]["inference"]["shadow"]["agreement"]
-                for s in statuses
-                if (s.get("health", {}).get("inference", {}).get("shadow") or {}).get("agreement")
-            ]
-            assert any(a["compared"] == node["compared"] for a in seen)  # what the node said
+            # what the node said: the fleet heard that status on its own connection, the
+            # probe hears it on another, maybe later
+            said = await probe.wait_for(
+                topics.status("inference-pump"),
+                lambda s: agreement(s).get("compared") == node["compared"],
+                timeout=TIMEOUT,
+            )
+            assert said
             o = result["overall"]
             assert o["nodes"] == o["reporting"] == 1 and o["compared"] == node["compared"]
             assert o["score_corr"] == node["score_corr"]
@@ -176,6 +197,14 @@ async def test_deploy_report_promote_stop(
             )
             await applied(fleet, again["deployment"]["id"])
             await report_where(fleet, "pump", lambda r: r["nodes"][0]["compared"] > 0)
+            n = len(probe.decoded(topics.status("inference-pump")))
+            await probe.wait_until(  # the status the fleet heard, once the probe has it too
+                lambda: any(
+                    agreement(s).get("compared", 0) > 0
+                    for s in probe.decoded(topics.status("inference-pump"))[n - 1 :]
+                ),
+                timeout=TIMEOUT,
+            )
             running = probe.decoded(topics.status("inference-pump"))[-1]["health"]["inference"]
             assert running["shadow"]["sha256"] == live["pins"]["model"]["sha256"]
             stopped = await fleet.call("shadow.stop", {"flow": "pump"})
@@ -240,7 +269,7 @@ async def test_promote_in_stages_canary_first_then_the_rest(
     candidate = mlp(tmp_path / "candidate.onnx", f=len(FEATURES), seed=7)
     cand = (await fleet.push(candidate, "pump-ae", "model"))["resource"]
     a, b = f"{site}a", f"{site}b"
-    paths = {n: write_node(tmp_path / n, n, site, broker, simulator, key) for n in (a, b)}
+    paths = write_nodes(tmp_path, (a, b), site, broker, simulator, key)
     cli_args = ["promote", "pump", "--nodes", f"{a},{b}", "--canary", "1"]
     cli_args += ["--fleet", f"{broker.host}:{broker.port}", "--prefix", site]
     async with Probe(broker.host, broker.port) as probe, contextlib.AsyncExitStack() as stack:
@@ -268,9 +297,9 @@ async def test_promote_in_stages_canary_first_then_the_rest(
         assert dep["strategy"]["stages"] == ["1", "100%"]
         assert [(p["site"], p["stage"]) for p in promoted["deploy"]["plan"]] == [(a, 0), (b, 1)]
         await applied(fleet, dep["id"])
-        shown = (await fleet.call("deployment.show", {"id": dep["id"]}))["deployment"]
-        assert shown["state"] == "succeeded" and shown["strategy"] == dep["strategy"]
-        assert [s["state"] for s in shown["stages"]] == ["held", "held"]
+        view = await rolled_out(fleet, dep["id"])
+        assert view["state"] == "succeeded" and view["strategy"] == dep["strategy"]
+        assert [s["state"] for s in view["stages"]] == ["held", "held"]
 
         # b got the promotion's desired state only once the canary had reported it applied
         def first(topic: str, check: Any) -> tuple[int, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,28 @@ def direct(path: Path, x: np.ndarray[Any, Any]) -> dict[str, Any]:
 def segfault(_: object) -> None:
     """Crash the process for real, as a fault inside onnxruntime would: read address 0."""
     ctypes.string_at(0)
+
+
+# Work for the isolated child processes (importable there by name, unlike a test module's).
+def echo(arg: Any) -> Any:
+    return {"pid": os.getpid(), "arg": arg}
+
+
+def niceness(_: Any) -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def noisy(_: Any) -> str:
+    print("printed by the work, not an answer", flush=True)
+    os.write(1, b"written to fd 1\n")
+    return "answer"
+
+
+def hang(marker: str | None) -> None:
+    if marker:
+        Path(marker).touch()  # the call has begun
+    signal.pause()
+
+
+def huge(_: Any) -> str:
+    return "x" * (17 << 20)  # past the warm child's answer limit

@@ -383,3 +383,15 @@ def unknown_operator(path: Path, f: int = len(FEATURES)) -> Path:
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     return save(model, path)
+
+
+def log_of_inputs(path: Path, f: int = len(FEATURES)) -> Path:
+    """y = ln(x), [N, F]: NaN where a feature is negative, -inf where it is 0 (a model whose
+    output is not a number for some inputs, as a log or a division in a real one gives)."""
+    nodes = [helper.make_node("Log", ["x"], ["y"])]
+    model = _graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", f])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", f])],
+    )
+    return save(model, path)

@@ -65,7 +65,12 @@ async def test_drift_outputs_and_rejections_in_the_status(
     assert abs(out["mean"] - float(np.mean(scores))) < 1e-5
     assert abs(out["p50"] - float(np.percentile(scores, 50))) < 1e-3
     assert abs(out["p95"] - float(np.percentile(scores, 95))) < 1e-3
-    assert after["rejected"] == {"malformed_messages": 1, "skipped_nan": 2, "failed_samples": 0}
+    assert after["rejected"] == {
+        "malformed_messages": 1,
+        "skipped_nan": 2,
+        "nan_outputs": 0,
+        "failed_samples": 0,
+    }
     assert after["run_us"]["p50"] > 0 and after["latency_us"]["p90"] >= after["latency_us"]["p50"]
     assert after["window_samples"] == WINDOW
 

@@ -202,6 +202,24 @@ def test_nan_samples_are_skipped_and_counted(tmp_path: Path) -> None:
     assert eng.infer(rows(all_nan)).result is None and eng.stats.skipped_nan == 5
 
 
+def test_results_that_are_not_numbers_are_dropped_counted_and_said(tmp_path: Path) -> None:
+    path = models.log_of_inputs(tmp_path / "log.onnx")
+    x = np.abs(X[:6]) + 0.5
+    x[1, 0], x[4, 2] = -1.0, 0.0  # ln: NaN, -inf
+    eng = engine(path)
+    outcome = eng.infer(rows(x))
+    keep = [0, 2, 3, 5]
+    assert outcome.result is not None and eng.stats.nan_outputs == 2
+    np.testing.assert_array_equal(outcome.result.t, T0 + np.array(keep) * 100_000_000)
+    assert np.isfinite(outcome.result.outputs["y"]).all()
+    assert outcome.error is not None
+    assert "2 of 6 samples" in outcome.error and "not a number" in outcome.error
+    assert "'y'" in outcome.error  # the output that gave it
+    assert eng.stats.results == 4
+    every = eng.infer(rows(-np.ones((3, 4), np.float32)))
+    assert every.result is None and every.error is not None and eng.stats.nan_outputs == 5
+
+
 def test_nan_samples_can_be_passed_to_the_model(tmp_path: Path) -> None:
     path = models.linear(tmp_path / "m.onnx")
     x = X[:4].copy()

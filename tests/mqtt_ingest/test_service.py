@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgpack
 import numpy as np
 
 from services.mqtt_ingest.config import IngestConfig
-from services.mqtt_ingest.service import main
+from services.mqtt_ingest.service import decode_value, main
+from shared.codec import JSON, MSGPACK
 from shared.config import validate
 from shared.messages import ReadingBatch
 from shared.topics import Topics
@@ -164,6 +166,7 @@ async def test_gateway_input_reports_what_it_cannot_read(
     bad = [
         (f"{site}-tags/not/mapped", b"1", "matches no entry of signal_map"),
         (f"{site}-gw/l/p/t", b"{oops", "not valid JSON"),
+        (f"{site}-gw/l/p/t", b"01", "not valid JSON"),  # float() would read it: JSON does not
         (f"{site}-gw/l/p/t", b'"warm"', "value 'warm' is not a number"),
         (f"{site}-gw/l/p/t", b'{"value": [1]}', "is not a number"),
     ]
@@ -180,3 +183,12 @@ async def test_gateway_input_reports_what_it_cannot_read(
     errors = probe.decoded(topics.errors("ingest1"))
     for topic, _, reason in bad:
         assert any(e["topic"] == topic and reason in e["reason"] for e in errors), reason
+
+
+def test_a_bare_number_reads_as_json_would_and_only_as_json() -> None:
+    for payload in (b"23.4", b"-7", b"1e3", b"1733050000.123456", b"12345678901234567890"):
+        assert decode_value(payload, None, None) == float(json.loads(payload))
+        assert decode_value(payload, JSON, None) == float(json.loads(payload))
+    assert decode_value(b"7", MSGPACK, None) == 0x37  # msgpack's fixint for the byte "7"
+    assert decode_value(b"7", None, MSGPACK) == 0x37
+    assert decode_value(b"true", None, None) is True  # not a number: the JSON parser's

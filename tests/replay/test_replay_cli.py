@@ -136,4 +136,4 @@ def test_csv_to_recording_to_replay_against_another_model(tmp_path: Path) -> Non
         "--out",
         str(out),
     )
-    assert wrong.returncode == 1 and "nope.onnx" in wrong.stderr
+    assert wrong.returncode == 2 and "nope.onnx" in wrong.stderr  # bad input

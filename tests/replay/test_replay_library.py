@@ -11,10 +11,10 @@ import yaml
 
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet.client import FleetClient
-from tests.fleet.conftest import fleet, fleet_config, s3
+from tests.fleet.conftest import bucket, fleet, fleet_config, s3, shared_s3
 from tests.replay.test_replay_cli import PUMP_FLOW, pump_recording, run, score_model
 
-__all__ = ["fleet", "fleet_config", "s3"]  # fixtures
+__all__ = ["bucket", "fleet", "fleet_config", "s3", "shared_s3"]  # fixtures
 
 
 async def test_replay_a_library_version_against_another(

@@ -234,3 +234,25 @@ async def test_a_retained_message_with_an_expiry_is_forgotten_by_the_broker(
             await probe.publish("x/marker", {"m": 1}, qos=1)  # after the retained ones
             await late.wait_for("x/marker")
             assert [m.topic for m in late.messages] == ["x/keep", "x/marker"]
+
+
+async def test_max_inflight_above_the_brokers_receive_maximum_is_capped(tmp_path: Path) -> None:
+    """gmqtt raises OverflowError once receive maximum - 1 publishes await their PUBACK; the
+    connection keeps below the CONNACK's receive maximum (mosquitto: max_inflight_messages)."""
+    with LocalBroker(tmp_path / "broker", extra_config="max_inflight_messages 5\n") as b:
+        async with Probe(b.host, b.port) as probe:
+            await probe.subscribe("capped/#")
+            connection = MqttConnection(BrokerSettings(port=b.port, max_inflight=50))
+            task = asyncio.create_task(connection.run())
+            try:
+                await asyncio.wait_for(connection.wait_connected(), 10)
+                assert connection.inflight_limit == 3  # 5 - 1 ids, one kept for a subscribe
+                results = await asyncio.gather(
+                    *(connection.publish(f"capped/{i}", b"x", qos=1) for i in range(300)),
+                    connection.subscribe("other/#"),  # takes a packet id while publishes wait
+                )
+                assert all(r is None or r.ok for r in results)
+                await probe.wait_until(lambda: len(probe.received("capped/#")) == 300)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

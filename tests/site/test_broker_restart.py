@@ -329,3 +329,39 @@ async def test_configs_and_the_forwarders_session_survive_a_broker_kill(
     with sqlite3.connect(tmp_path / "flows" / "history.db") as history:
         ids = {i for (i,) in history.execute("SELECT id FROM results")}
     assert ids >= {f"pump:{T0 + i * 1_000_000}" for i in range(5)}
+
+
+async def test_a_restarted_broker_does_not_claim_an_instance_that_died_with_it_online(
+    tmp_path: Path, site: str, simulator: int
+) -> None:
+    """A power cut: the broker dies and an instance with it, so the instance's last will is
+    never left, and the broker's persistence still holds its retained `online`. The next `up`
+    (whose site.yaml no longer has that source) must not let the broker claim it online."""
+    port = free_port()
+    data = site_data(site, port, simulator)
+    data["broker"]["start_local"] = True
+    data["sources"].append({**data["sources"][0], "name": "plc2"})
+    path = write_site(tmp_path, data, flow_data(model=None))
+    gone, kept = f"ef/{site}/status/modbus-plc2", f"ef/{site}/status/modbus-plc1"
+    async with SiteSupervisor(path, tmp_path / "w") as sup:
+        await sup.wait_online(timeout=60)
+        db = tmp_path / "w" / "broker" / "mosquitto.db"
+        assert await asyncio.to_thread(saved, db, gone.encode())  # saved once it was online
+        plc2 = sup.instances["modbus-plc2"].pid
+        assert sup.broker is not None and sup.broker.pid is not None and plc2 is not None
+        os.kill(sup.broker.pid, signal.SIGKILL)  # first: the will dies with it
+        os.kill(plc2, signal.SIGKILL)
+    # leaving the block stopped the rest before the broker could be started again
+
+    data["sources"] = data["sources"][:1]
+    path = write_site(tmp_path, data, flow_data(model=None))
+    async with SiteSupervisor(path, tmp_path / "w") as sup:
+        await sup.wait_online(timeout=60)
+        async with Probe("127.0.0.1", port) as probe:
+            await probe.subscribe(f"ef/{site}/status/+")
+            await probe.wait_for(gone, lambda s: s["state"] == "offline", timeout=30)
+            await probe.wait_for(kept, lambda s: s["state"] == "online")
+        async with Probe("127.0.0.1", port) as later:  # what any reader gets from now on
+            await later.subscribe(gone)
+            (status,) = await later.wait_for(gone)
+            assert status["state"] == "offline" and status["instance"] == "modbus-plc2"

@@ -111,6 +111,10 @@ async def test_a_running_site_exports_its_statuses_and_the_counters_move(
 
         # traffic goes on: the next status of each says more, and so does the next scrape
         await wait_health(sup, "inference-pump", lambda h: results(h) > r1)
+        await wait_health(sup, "modbus-plc1", lambda h: counted(h, "modbus", "readings") > readings)
+        await wait_health(
+            sup, "aligner-pump", lambda h: counted(h, "aligner", "published_samples") > samples
+        )
         _, second = await asyncio.to_thread(scrape, sup.metrics.port)
         assert value(second, "edgefleet_inference_results_total", **inference) > r1
         assert value(second, "edgefleet_adapter_readings_total", instance="modbus-plc1") > readings
@@ -146,6 +150,13 @@ def decisions(health: dict[str, object]) -> dict[str, float]:
     section = health.get("actuator")
     found = section.get("decisions") if isinstance(section, dict) else None
     return {str(k): float(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def counted(health: dict[str, object], section: str, key: str) -> float:
+    """A counter of a status section (0 while the section is missing)."""
+    found = health.get(section)
+    n = found.get(key, 0) if isinstance(found, dict) else 0
+    return float(n)
 
 
 def results(health: dict[str, object]) -> float:

@@ -1,4 +1,4 @@
-"""`edgefleet demo`: from nothing to a detected pump anomaly, in one command.
+"""`edgefleet demo --site`: from nothing to a detected pump anomaly at one site, in one command.
 
 1. starts a local mosquitto (the site broker), a second one standing for the cloud, and the plant
    simulator (its Modbus server);
@@ -44,7 +44,7 @@ from shared.topics import Kind, Topics, every_site
 SITE = "demo"
 FLOW = "pump-anomaly"
 SOURCE = "plc1"
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BAR = 20
 # What a run writes in its workdir, removed before the next run (and nothing else is).
 FRESH = (
@@ -430,10 +430,7 @@ class Demo:
         print("\n".join(lines), flush=True)
 
 
-def run_demo(
-    workdir: Path, port: int = 0, duration: float | None = None, fast: bool = False
-) -> int:
-    """`port` is unused (kept for the old signature): the demo picks free ports."""
+def run_single(workdir: Path, duration: float | None = None, fast: bool = False) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     for name in FRESH:  # a fresh site every time: no old queue, history or recording
         path = workdir / name
