@@ -10,6 +10,7 @@
   the same client module).
 
     PYTHONPATH=. .venv/bin/python bench/library_transfer.py [--mb 100] [--rounds 3] [--n 300]
+        [--staged]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -30,7 +32,7 @@ from minio import Minio
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.broker import LocalBroker
-from edgefleet.fleet.client import FleetClient, connect, put_file
+from edgefleet.fleet.client import FleetClient, connect, file_sha256, put_file
 from edgefleet.locals3 import LocalS3
 from shared import codec
 from shared.mqtt import BrokerSettings, MqttConnection, Received
@@ -61,7 +63,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def interleaved_rounds(
-    fleet: FleetClient, s3: Minio, files: list[Path], tmp: Path
+    fleet: FleetClient, s3: Minio, files: list[Path], tmp: Path, staged: bool
 ) -> dict[str, list[float]]:
     """Per round, back to back: raw put, push (upload, then commit), raw get, pull. The raw
     limit is measured next to each fleet transfer, so a load spike on the shared machine hits
@@ -69,23 +71,16 @@ async def interleaved_rounds(
     out: dict[str, list[float]] = {
         k: [] for k in ("put", "upload", "commit", "push", "get", "pull")
     }
+    if staged:
+        out.update({k: [] for k in ("s_upload", "s_commit", "s_push")})
     for i, path in enumerate(files):
-        size = path.stat().st_size
         t0 = time.perf_counter()
         s3.fput_object(BUCKET, f"raw/{i}", str(path))
         out["put"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        upload = await fleet.call("library.upload_url", {"name": "big", "size": size})
-        sha256 = await asyncio.to_thread(put_file, upload["url"], path, size)
-        t1 = time.perf_counter()
-        args = {"upload_id": upload["upload_id"], "name": "big", "kind": "model"}
-        result = await fleet.call(
-            "library.commit", {**args, "sha256": sha256, "size": size}, timeout=600
-        )
-        t2 = time.perf_counter()
-        out["upload"].append(t1 - t0)
-        out["commit"].append(t2 - t1)
-        out["push"].append(t2 - t0)
+        result = await push(fleet, path, "big", out, "", declare=True)
+        if staged:  # other bytes of the same size: a staged upload, read back, copied
+            other = path.with_name(f"staged-{path.name}")
+            await push(fleet, other, "staged", out, "s_", declare=False)
         t0 = time.perf_counter()
         s3.fget_object(BUCKET, f"raw/{i}", str(tmp / f"raw{i}"))
         out["get"].append(time.perf_counter() - t0)
@@ -93,6 +88,34 @@ async def interleaved_rounds(
         await fleet.pull(result["resource"]["ref"], tmp / f"pulled{i}.onnx")
         out["pull"].append(time.perf_counter() - t0)
     return out
+
+
+async def push(
+    fleet: FleetClient, path: Path, name: str, out: dict[str, list[float]], key: str, declare: bool
+) -> dict[str, Any]:
+    """`library push` as the CLI does it (`FleetClient.push`), its two stages timed apart:
+    with `declare`, the digest is hashed first and signed into the upload URL (S3 checks it);
+    without, the upload is staged and the fleet reads it back to verify it. Either way the
+    fleet starts the inspecting child when it hands out the URL (the kind is given)."""
+    size = (await asyncio.to_thread(path.stat)).st_size
+    t0 = time.perf_counter()
+    request: dict[str, Any] = {"name": name, "size": size, "kind": "model"}
+    if declare:
+        request["sha256"] = await asyncio.to_thread(file_sha256, path)
+    upload = await fleet.call("library.upload_url", request)
+    sha256 = await asyncio.to_thread(
+        put_file, upload["url"], path, size, None, upload.get("headers")
+    )
+    t1 = time.perf_counter()
+    args = {"upload_id": upload["upload_id"], "name": name, "kind": "model"}
+    result: dict[str, Any] = await fleet.call(
+        "library.commit", {**args, "sha256": sha256, "size": size}, timeout=600
+    )
+    t2 = time.perf_counter()
+    out[f"{key}upload"].append(t1 - t0)
+    out[f"{key}commit"].append(t2 - t1)
+    out[f"{key}push"].append(t2 - t0)
+    return result
 
 
 async def round_trips(fleet: FleetClient, n: int) -> list[float]:
@@ -184,6 +207,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     try:
         fleet_proc = start_fleet(tmp, broker, s3)
         files = [big_model(tmp / f"m{i}.onnx", args.mb, i) for i in range(args.rounds)]
+        if args.staged:
+            for i in range(args.rounds):
+                big_model(tmp / f"staged-m{i}.onnx", args.mb, 1000 + i)
         size_mb = files[0].stat().st_size / 2**20
         minio = Minio(s3.endpoint, s3.access_key, s3.secret_key, secure=False, region="us-east-1")
         async with connect(f"{broker.host}:{broker.port}", timeout=2) as fleet:
@@ -193,7 +219,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                     break
                 except Exception:
                     await asyncio.sleep(0.1)
-            rounds = await interleaved_rounds(fleet, minio, files, tmp)
+            rounds = await interleaved_rounds(fleet, minio, files, tmp, args.staged)
             fleet_ms = await round_trips(fleet, args.n)
         raw_ms = await raw_round_trips(broker, args.n)
     finally:
@@ -217,14 +243,19 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     print(
         f"  push, upload   {size_mb / upload:7.1f} MB/s ({upload:.2f} s) {ratio('put', 'upload')}"
     )
-    print(
-        f"  push, commit   {commit:.2f} s (read back + sha256 streamed into the onnxruntime child)"
-    )
+    print(f"  push, commit   {commit:.2f} s (HEAD, read into the onnxruntime child, loaded)")
     print(f"  push, whole    {size_mb / push:7.1f} MB/s ({push:.2f} s) {ratio('put', 'push')}")
+    if args.staged:
+        s_upload, s_commit, s_push = med["s_upload"], med["s_commit"], med["s_push"]
+        print("  staged push (no digest declared: read back to verify, server-side copy):")
+        print(f"    upload       {size_mb / s_upload:7.1f} MB/s ({s_upload:.2f} s)")
+        print(f"    commit       {s_commit:.2f} s")
+        whole = f"{size_mb / s_push:7.1f} MB/s ({s_push:.2f} s)"
+        print(f"    whole        {whole} {ratio('put', 's_push')}")
     print(f"  raw minio get  {size_mb / get:7.1f} MB/s  ({get:.2f} s)")
     print(f"  library pull   {size_mb / pull:7.1f} MB/s ({pull:.2f} s) {ratio('get', 'pull')}")
     for line in (tmp / "fleet.log").read_text().splitlines():
-        if "committed big@" in line:
+        if "committed big@" in line or "committed staged@" in line:
             print("   ", line.split("INFO", 1)[-1].strip()[:200])
     print(f"command round trip, {args.n} calls:")
     print(f"  raw MQTT v5 req/resp p50 {pct(raw_ms, 50):6.2f} ms  p99 {pct(raw_ms, 99):6.2f} ms")
@@ -238,6 +269,7 @@ def main() -> None:
     p.add_argument("--mb", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--n", type=int, default=300)
+    p.add_argument("--staged", action="store_true", help="also push without a declared digest")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(args, Path(tmp)))

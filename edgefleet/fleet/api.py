@@ -57,12 +57,26 @@ class UploadUrlRequest(Api):
 
     name: Name
     size: int = Field(ge=0, description="bytes the client will upload")
+    sha256: Sha256 | None = Field(
+        default=None,
+        description="the file's digest, when known before the upload: an S3 server that "
+        "checks checksums then refuses other bytes, and the fleet need not read them back to "
+        "verify them",
+    )
+    kind: Kind | None = Field(
+        default=None,
+        description="what `library.commit` will say it is, when known: for a model the fleet "
+        "starts the process that will load it while the upload runs",
+    )
 
 
 class UploadUrlResult(Api):
     upload_id: str
     url: str  # presigned PUT
     expires_s: int
+    # Headers the PUT must carry exactly so (they are signed into the URL): the declared
+    # digest as `x-amz-checksum-sha256`, when the fleet's S3 server checks it.
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 class CommitRequest(Api):

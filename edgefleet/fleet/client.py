@@ -87,8 +87,16 @@ class FleetClient:
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         size = (await asyncio.to_thread(path.stat)).st_size
-        upload = await self.call("library.upload_url", {"name": name, "size": size})
-        sha256 = await asyncio.to_thread(put_file, upload["url"], path, size, progress)
+        # Declared up front, the digest is signed into the upload URL where the fleet's S3
+        # server checks checksums: the server verifies the bytes as they arrive, so the fleet
+        # does not have to stage, read back and copy them.
+        declared = await asyncio.to_thread(file_sha256, path)
+        upload = await self.call(
+            "library.upload_url", {"name": name, "size": size, "sha256": declared, "kind": kind}
+        )
+        sha256 = await asyncio.to_thread(
+            put_file, upload["url"], path, size, progress, upload.get("headers")
+        )
         return await self.call(
             "library.commit",
             {
@@ -151,13 +159,27 @@ def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
     return cls(parts.netloc, timeout=60), target
 
 
-def put_file(url: str, path: Path, size: int, progress: Progress | None = None) -> str:
-    """PUT the file to a presigned URL; return the sha256 of what was sent."""
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def put_file(
+    url: str,
+    path: Path,
+    size: int,
+    progress: Progress | None = None,
+    headers: dict[str, str] | None = None,
+) -> str:
+    """PUT the file to a presigned URL with `headers` (those signed into it); return the
+    sha256 of what was sent."""
     digest = hashlib.sha256()
     conn, target = _connection(url)
     try:
         conn.putrequest("PUT", target, skip_accept_encoding=True)
         conn.putheader("Content-Length", str(size))
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
         conn.endheaders()
         sent = 0
         with path.open("rb") as f:
@@ -172,6 +194,11 @@ def put_file(url: str, path: Path, size: int, progress: Progress | None = None) 
                     progress(len(chunk))
         response = conn.getresponse()
         body = response.read()
+        if response.status == 400 and b"Digest" in body:  # BadDigest: a checksum was signed
+            raise ProtocolError(
+                f"S3 refused the upload: the bytes sent are not those whose sha256 was declared "
+                f"(the file changed during the push?); push again: {body[:300]!r}"
+            )
         if response.status >= 300:
             raise ProtocolError(f"S3 refused the upload: HTTP {response.status}: {body[:300]!r}")
     except OSError as exc:

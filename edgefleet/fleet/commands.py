@@ -40,8 +40,11 @@ COMMANDS: dict[str, Command] = {
             api.UploadUrlRequest,
             api.UploadUrlResult,
             library.upload_url,
-            "A presigned PUT URL to upload one file to, before `library.commit`.",
-            {"name": "pump-ae", "size": 48213},
+            "A presigned PUT URL to upload one file to, before `library.commit`. With "
+            "`sha256` declared and an S3 server that checks checksums, the digest is signed "
+            "into the URL: the PUT must send `headers` as given, and the server refuses other "
+            "bytes. With `kind: model`, the process that will load the model starts now.",
+            {"name": "pump-ae", "size": 48213, "sha256": SHA, "kind": "model"},
         ),
         Command(
             "library.commit",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.fleet import api
-from edgefleet.fleet.blobs import BlobStore, blob_key, upload_key
+from edgefleet.fleet.blobs import BLOB_PREFIX, BlobStore, blob_key, upload_key
 from edgefleet.fleet.board import Board
 from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
@@ -54,6 +54,10 @@ class Fleet:
     # Held from a deployment's commit to its last publish: revisions reach the broker in order.
     deploy_lock: threading.Lock = field(default_factory=threading.Lock)
     debug: Board = field(default_factory=Board)  # open debug sessions (edgefleet/fleet/debug.py)
+    # Inspecting processes started when a model's upload URL was handed out (its Python start
+    # and onnxruntime import overlap the upload), by upload id, for that upload's commit.
+    warm: dict[str, tuple[str, StreamedInspection]] = field(default_factory=dict)
+    warm_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, config: Config) -> Fleet:
@@ -80,12 +84,23 @@ class Fleet:
             used_by=self.store.users(row["id"]) if users else [],
         )
 
+    def close(self) -> None:
+        """Stop the inspecting children still waiting for an upload."""
+        with self.warm_lock:
+            ids = list(self.warm)
+        for upload_id in ids:
+            _close_warm(self, upload_id)
+
     def sweep(self, now: int | None = None) -> int:
         """Remove staged uploads that were never committed and whose URL expired."""
         now = now_ns() if now is None else now
         rows = self.store.expired_uploads(now - UPLOAD_GRACE_S * 10**9)
         for row in rows:
-            self.blobs.remove(row["key"])
+            _close_warm(self, row["id"])
+            if row["key"].startswith(BLOB_PREFIX):  # PUT to its address: maybe a version's too
+                _drop_unused(self, row["key"].removeprefix(BLOB_PREFIX))
+            else:
+                self.blobs.remove(row["key"])
         return len(rows)
 
 
@@ -106,28 +121,37 @@ def _check_size(fleet: Fleet, name: str, size: int) -> None:
 def upload_url(fleet: Fleet, req: api.UploadUrlRequest) -> api.UploadUrlResult:
     _check_size(fleet, req.name, req.size)
     upload_id = uuid.uuid4().hex
-    key = upload_key(upload_id)
+    # A declared digest the server will check: the bytes can only be those, so they go
+    # straight to their content address (no staged copy to read back and copy over).
+    direct = req.sha256 is not None and fleet.blobs.checksums
+    key = blob_key(req.sha256) if direct and req.sha256 else upload_key(upload_id)
     expiry = fleet.config.s3.url_expiry_s
     fleet.store.add_upload(upload_id, key, req.size, now_ns() + expiry * 10**9)
-    return api.UploadUrlResult(upload_id=upload_id, url=fleet.blobs.put_url(key), expires_s=expiry)
+    url, headers = fleet.blobs.put_url(key, req.sha256 if direct else None)
+    if req.kind == "model":
+        _start_warm(fleet, upload_id, req.name, req.size)
+    return api.UploadUrlResult(upload_id=upload_id, url=url, expires_s=expiry, headers=headers)
 
 
 def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
     upload = fleet.store.take_upload(req.upload_id)
+    with fleet.warm_lock:
+        warm = fleet.warm.pop(req.upload_id, None)
+    direct = upload["key"].startswith(BLOB_PREFIX)
     try:
         _check_size(fleet, req.name, req.size)  # the inspecting child is told to take that many
         t0 = time.perf_counter()
+        if direct:
+            _verify_stored(fleet, req, upload["key"])
+        head_s = time.perf_counter() - t0
         with contextlib.ExitStack() as stack:
             if req.kind == "model":
-                # The inspecting child starts now and receives the bytes while they are read
-                # back: its start-up and the transfer overlap the download that verifies them.
-                inspection = stack.enter_context(
-                    StreamedInspection(
-                        req.size, fleet.config.inspect_timeout_s, f"{req.name} ({req.kind})"
-                    )
-                )
+                # The inspecting child (started with the upload URL, else now) receives the
+                # bytes while they are read back: one read verifies and feeds it.
+                inspection = stack.enter_context(_inspection(fleet, req, warm))
+                warm = None
                 size, sha256 = fleet.blobs.stream(upload["key"], inspection.feed)
-                read_s = time.perf_counter() - t0
+                read_s = time.perf_counter() - t0 - head_s
                 _verify(req, size, sha256)  # leaving the block kills the child on a refusal
                 inspect = functools.partial(_model_signature, inspection)
             else:
@@ -136,23 +160,23 @@ def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
                 )
                 local = tmp / f"{req.name}.py"
                 size, sha256 = fleet.blobs.fetch(upload["key"], local)
-                read_s = time.perf_counter() - t0
+                read_s = time.perf_counter() - t0 - head_s
                 _verify(req, size, sha256)
                 inspect = functools.partial(_script_signature, req, local)
             # The server-side copy runs while the model loads (S3's work beside ours); the
             # check inside the commit's transaction below is what guarantees every row's blob.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                early = pool.submit(_copy_if_missing, fleet, upload["key"], sha256)
+                early = pool.submit(_copy_if_missing, fleet, upload["key"], sha256, direct)
                 try:
                     signature = inspect()
-                    inspect_s = time.perf_counter() - t0 - read_s
+                    inspect_s = time.perf_counter() - t0 - head_s - read_s
                 except FleetError:
                     with contextlib.suppress(FleetError):
                         early.result()
                     _drop_unused(fleet, sha256)
                     raise
                 early.result()
-                copy_s = time.perf_counter() - t0 - read_s - inspect_s
+                copy_s = time.perf_counter() - t0 - head_s - read_s - inspect_s
         # The blob's last check and the row commit in one transaction: a delete (or a refused
         # commit's cleanup), in this fleet process or another, never removes bytes between them.
         row, created = fleet.store.add_resource(
@@ -163,18 +187,27 @@ def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
             req.note,
             req.author,
             signature,
-            ensure_blob=functools.partial(_copy_if_missing, fleet, upload["key"], sha256),
+            ensure_blob=functools.partial(_copy_if_missing, fleet, upload["key"], sha256, direct),
         )
+    except BaseException:
+        if direct:  # refused: the bytes PUT to their address go, unless a version has them
+            _drop_unused(fleet, upload["key"].removeprefix(BLOB_PREFIX))
+        raise
     finally:
-        fleet.blobs.remove(upload["key"])  # committed or refused: the staged copy goes
+        if warm is not None:  # not a model after all, or refused before reading it
+            warm[1].__exit__(None, None, None)
+        if not direct:
+            fleet.blobs.remove(upload["key"])  # committed or refused: the staged copy goes
     log.info(
-        "%s %s@%d sha256 %s (%d bytes; read back %.3f s, inspected %.3f s more, copy %.3f s "
-        "more, whole %.3f s)",
+        "%s %s@%d sha256 %s (%d bytes, %s; HEAD %.3f s, read %.3f s, inspected %.3f s more, "
+        "copy %.3f s more, whole %.3f s)",
         "committed" if created else "unchanged",
         row["name"],
         row["version"],
         sha256[:12],
         size,
+        "checked by S3 at its address" if direct else "staged",
+        head_s,
         read_s,
         inspect_s,
         copy_s,
@@ -183,9 +216,71 @@ def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
     return api.CommitResult(resource=fleet.resource_view(row), created=created)
 
 
-def _copy_if_missing(fleet: Fleet, staged: str, sha256: str) -> None:
-    if not fleet.blobs.exists(blob_key(sha256)):
-        fleet.blobs.copy(staged, blob_key(sha256))
+# The inspecting child runs at the fleet's own priority: on the cloud side the push's user
+# waits for it, and no live model shares the host (an edge box's trials run lower, CHILD_NICE).
+INSPECT_NICE = 0
+
+
+def _new_inspection(name: str, size: int, timeout_s: float) -> StreamedInspection:
+    return StreamedInspection(size, timeout_s, f"{name} (model)", nice=INSPECT_NICE)
+
+
+def _start_warm(fleet: Fleet, upload_id: str, name: str, size: int) -> None:
+    """At most `workers` wait at once (each is a Python process): beyond, the oldest goes and
+    its commit starts a child of its own, as one does after a fleet restart."""
+    # Waiting for the upload is no progress: the URL's life bounds it, the work's timeout
+    # replaces it when the commit comes (`retime`).
+    idle_s = fleet.config.s3.url_expiry_s + UPLOAD_GRACE_S
+    inspection = _new_inspection(name, size, idle_s)
+    with fleet.warm_lock:
+        fleet.warm[upload_id] = (name, inspection)
+        extra = list(fleet.warm)[: max(0, len(fleet.warm) - fleet.config.workers)]
+    for old in extra:
+        _close_warm(fleet, old)
+
+
+def _close_warm(fleet: Fleet, upload_id: str) -> None:
+    with fleet.warm_lock:
+        entry = fleet.warm.pop(upload_id, None)
+    if entry is not None:
+        entry[1].__exit__(None, None, None)
+
+
+def _inspection(
+    fleet: Fleet, req: api.CommitRequest, warm: tuple[str, StreamedInspection] | None
+) -> StreamedInspection:
+    """The child started for this upload if it still waits for these bytes, else a new one."""
+    timeout_s = fleet.config.inspect_timeout_s
+    if warm is not None:
+        name, inspection = warm
+        if name == req.name and inspection.child.size == req.size and inspection.alive():
+            inspection.retime(timeout_s)
+            return inspection
+        inspection.__exit__(None, None, None)
+    return _new_inspection(req.name, req.size, timeout_s)
+
+
+def _copy_if_missing(fleet: Fleet, staged: str, sha256: str, direct: bool = False) -> None:
+    if fleet.blobs.exists(blob_key(sha256)):
+        return
+    if direct:  # PUT to its address, removed since (a delete of the last version that had it)
+        raise FleetError(
+            "not_found", f"the uploaded bytes of sha256 {sha256} were removed meanwhile; push again"
+        )
+    fleet.blobs.copy(staged, blob_key(sha256))
+
+
+def _verify_stored(fleet: Fleet, req: api.CommitRequest, key: str) -> None:
+    """Before reading it: the size, and the digest the server checked the bytes against when
+    it took them (the read that follows, into the inspection, checks it once more)."""
+    size, checksum = fleet.blobs.stat(key)
+    if key != blob_key(req.sha256):
+        raise FleetError(
+            "digest_mismatch",
+            f"{req.name}: the upload URL was given for sha256 {key.removeprefix(BLOB_PREFIX)}, "
+            f"the commit declares {req.sha256}: push again",
+        )
+    _verify(req, size, checksum or req.sha256)
 
 
 def _drop_unused(fleet: Fleet, sha256: str) -> None:

@@ -277,7 +277,10 @@ class FleetService(Service[Config]):
 async def main(config: Config) -> None:
     fleet = await asyncio.to_thread(Fleet.open, config)
     await asyncio.to_thread(rotation.restore, fleet)  # a rotation's new key signs from then on
-    await run(NAME, config, lambda rt: FleetService(rt, config, fleet))
+    try:
+        await run(NAME, config, lambda rt: FleetService(rt, config, fleet))
+    finally:
+        fleet.close()
 
 
 SPEC = ServiceSpec(NAME, Config, main, check, service=FleetService)

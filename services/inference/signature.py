@@ -17,6 +17,9 @@ import hashlib
 import json
 import logging
 import math
+import queue
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from shared.errors import ConfigError, ModelError
 
 from .config import InferenceSettings
-from .isolated import Streamed, run_isolated, run_isolated_async
+from .isolated import CHILD_NICE, Streamed, run_isolated, run_isolated_async
 from .outputs import Selector, parse_selectors
 from .scripts import load_script, probe_width
 
@@ -217,21 +220,68 @@ async def inspect_model_async(
 class StreamedInspection:
     """`inspect_model` of bytes still arriving (a download): the child process starts and
     receives them while they come. `feed` each chunk, then `signature()`; leaving the `with`
-    block first kills the child (the caller refused the bytes)."""
+    block first kills the child (the caller refused the bytes).
 
-    def __init__(self, size: int, timeout_s: float, origin: str, trial_run: bool = True) -> None:
+    A thread writes the chunks to the child, up to `buffer` of them queued: the download does
+    not wait for the child's start and imports (a pipe holds 64 KiB), only the child's loading
+    waits for the last byte."""
+
+    def __init__(
+        self,
+        size: int,
+        timeout_s: float,
+        origin: str,
+        trial_run: bool = True,
+        *,
+        nice: int = CHILD_NICE,
+        buffer: int = 64,
+    ) -> None:
         self.child = Streamed(
-            _inspect_streamed_child, (origin, trial_run), size, timeout_s, f"model {origin}", _DOING
+            _inspect_streamed_child,
+            (origin, trial_run),
+            size,
+            timeout_s,
+            f"model {origin}",
+            _DOING,
+            nice=nice,
         )
-        self.feed = self.child.feed
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(buffer)
+        self.dropping = False  # refused: what is still queued goes nowhere
+        self.writer = threading.Thread(target=self._write, name="inspection-feed", daemon=True)
+        self.writer.start()
+
+    def alive(self) -> bool:
+        """Still waiting for its bytes (not killed for idling past its timeout)."""
+        return self.child.proc.poll() is None and not self.child.broken
+
+    def retime(self, timeout_s: float) -> None:
+        """From now on, `timeout_s` without progress kills the child: a child started ahead
+        of its bytes (waiting for an upload) gets the work's timeout once they come."""
+        self.child.timeout_s = timeout_s
+        self.child.deadline = time.monotonic() + timeout_s
+
+    def _write(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            if not self.dropping:
+                self.child.feed(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        self.chunks.put(chunk)
 
     def signature(self) -> ModelSignature:
+        self.chunks.put(None)
+        self.writer.join()
         return ModelSignature.model_validate(self.child.result())
 
     def __enter__(self) -> StreamedInspection:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.writer.is_alive():
+            self.dropping = True
+            self.child.proc.kill()  # unblocks a write in progress
+            self.chunks.put(None)
+            self.writer.join()
         self.child.__exit__(*exc)
 
 
