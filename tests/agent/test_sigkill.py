@@ -14,6 +14,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,10 +68,31 @@ def kill_and_check_nothing_outlives(node: Site) -> None:
     left = children(node)
     assert any("mosquitto" in p.name() for p in left) and len(left) >= 4, left
     node.kill()
-    _, alive = psutil.wait_procs(left, timeout=30)
+    alive = [p for p in left if running(p)]
+    deadline = time.monotonic() + 30
+    while alive and time.monotonic() < deadline:  # no event for another process' exit: polled
+        psutil.wait_procs(alive, timeout=0.2)
+        alive = [p for p in alive if running(p)]
+    described = [describe(p) for p in alive]
     for process in alive:
         process.kill()
-    assert not alive, f"outlived the SIGKILLed up: {[p.cmdline() for p in alive]}"
+    assert not alive, f"outlived the SIGKILLed up: {described}"
+
+
+def running(process: psutil.Process) -> bool:
+    """Not yet exited. A zombie has exited: its parent died with `up` and whoever inherits it
+    (here the sandbox's PID 1, which does not reap) only keeps its entry."""
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def describe(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error as exc:
+        return f"pid {process.pid}: {exc}"
 
 
 async def reported(probe: Probe, site: str, revision: int, state: str) -> None:
