@@ -99,8 +99,8 @@ async def test_bad_models_are_refused_and_the_live_model_never_stops(
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(SEGFAULT_HOOK)
-    path = os.environ.get("PYTHONPATH", "")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), path])))
+    inherited = os.environ.get("PYTHONPATH", "")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), inherited])))
     live = models.isolation_forest(tmp_path / "live.onnx")
     candidates = bad_models(tmp_path)
     offers = [(kind, path) for _ in range(rounds) for kind, path in candidates.items()]
