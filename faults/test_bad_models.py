@@ -1,17 +1,22 @@
-"""Bad models: truncated, corrupt, not ONNX at all, a wrong input shape and a missing file, each
-offered to a serving inference instance as a hot swap (a newer retained config), round after
-round, while samples stream in. Figures: activations (goal 0), refusals with a reason that says
-what is wrong, samples without a result (goal 0), and the longest gap between two results while
-candidates were tried, beside the longest gap of an equal stretch before (live downtime)."""
+"""Bad models: truncated, corrupt, not ONNX at all, a wrong input shape, a missing file and one
+that kills the process loading it (SIGSEGV in onnxruntime), each offered to a serving inference
+instance as a hot swap (a newer retained config), round after round, while samples stream in.
+Figures: activations (goal 0), refusals with a reason that says what is wrong, samples without a
+result (goal 0), and the longest gap between two results while candidates were tried, beside the
+longest gap of an equal stretch before (live downtime)."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
 import itertools
+import os
 import time
 from pathlib import Path
 from typing import Any
+
+import onnx
+import pytest
 
 from edgefleet.broker import LocalBroker
 from faults.conftest import Figure, scaled
@@ -27,7 +32,7 @@ from tests.inference.live import (
     serving,
     status_where,
 )
-from tests.inference.test_hotswap import accounted
+from tests.inference.test_hotswap import SEGFAULT_HOOK, accounted
 
 # what each kind of bad model must be refused with (a person reads this)
 BASELINE = 200  # result messages of steady serving before the first offer
@@ -37,6 +42,7 @@ REASONS = {
     "text": "not a valid ONNX model (a text file)",
     "wrong shape": "takes 3 features",
     "missing": "cannot read model file",
+    "crash on load": "killed by SIGSEGV",
 }
 
 
@@ -47,6 +53,10 @@ def bad_models(root: Path) -> dict[str, Path]:
     out["corrupt"].write_bytes(bytes(b ^ 0x5A for b in good))
     out["text"].write_text("this is not a model\n")
     models.linear(out["wrong shape"], f=3)  # the flow sends 4 features
+    # the marker SEGFAULT_HOOK's onnxruntime dies on, in the trial process only
+    crashing = onnx.load(str(models.linear(out["crash on load"])))
+    onnx.helper.set_model_props(crashing, {"edgefleet.note": "segfault-in-onnxruntime"})
+    models.save(crashing, out["crash on load"])
     return out  # "missing" is never written
 
 
@@ -82,8 +92,15 @@ async def test_bad_models_are_refused_and_the_live_model_never_stops(
     site: str,
     tmp_path: Path,
     figure: Figure,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rounds = scaled(10)
+    # the trial process of each candidate inherits this environment: the crash hook loads there
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SEGFAULT_HOOK)
+    inherited = os.environ.get("PYTHONPATH", "")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), inherited])))
     live = models.isolation_forest(tmp_path / "live.onnx")
     candidates = bad_models(tmp_path)
     offers = [(kind, path) for _ in range(rounds) for kind, path in candidates.items()]
@@ -130,7 +147,7 @@ async def test_bad_models_are_refused_and_the_live_model_never_stops(
     figure(
         "bad model",
         f"{len(offers)} hot swaps offered ({rounds} rounds of truncated, corrupt, not ONNX, "
-        f"wrong input shape, missing file) while {feed.sent:,} samples streamed",
+        f"wrong input shape, missing file, crash on load) while {feed.sent:,} samples streamed",
         f"activations {activations}; {clear}/{len(offers)} refused with the reason that names "
         f"the fault; samples without a result 0; longest wait of a sample for a result while "
         f"offers were tried {during:.2f} s over {t1 - t0:.0f} s (with no offer, before and "
