@@ -66,7 +66,7 @@ def children(node: Site) -> list[psutil.Process]:
 def kill_and_check_nothing_outlives(node: Site) -> None:
     """SIGKILL `up` only; every process it ran stops by itself (none is our child any more)."""
     left = children(node)
-    assert any("mosquitto" in p.name() for p in left) and len(left) >= 4, left
+    assert any("mosquitto" in describe(p) for p in left) and len(left) >= 4, left
     node.kill()
     alive = [p for p in left if running(p)]
     deadline = time.monotonic() + 30
@@ -89,6 +89,7 @@ def running(process: psutil.Process) -> bool:
 
 
 def describe(process: psutil.Process) -> str:
+    """Its command line; a child that just exited (a zombie until reaped) has none to show."""
     try:
         return " ".join(process.cmdline())
     except psutil.Error as exc:
@@ -167,7 +168,7 @@ async def test_sigkill_mid_activation_ends_in_the_new_revision(
         await deploy(probe, site, desired(site, 2, view), tmp_path)
         await reported(probe, site, 2, "activating")
         assert state(node)["pending"]["step"] == "activating"
-        await until(lambda: any("inference" in " ".join(p.cmdline()) for p in children(node)))
+        await until(lambda: any("inference" in describe(p) for p in children(node)))
         kill_and_check_nothing_outlives(node)
 
         node.start()
