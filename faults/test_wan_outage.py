@@ -17,8 +17,7 @@ from services.forwarder.service import main
 from shared.topics import Kind, Topics
 from tests.forwarder.conftest import result_ids, results, unique
 from tests.forwarder.test_delivery import FAST, forwarder_config, sink_health
-from tests.helpers import Probe, running, until
-from tests.opcua.test_faults import FreezableProxy
+from tests.helpers import FreezableProxy, Probe, running, until
 
 PER_BATCH = 10
 RATE = 1000  # results/s, the load the issue names

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from types import TracebackType
 from typing import Any, Self
 
 from shared import codec
@@ -132,3 +133,85 @@ async def running(main: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task
         error = results[0]
         if isinstance(error, BaseException) and not isinstance(error, asyncio.CancelledError):
             raise error
+
+
+class FreezableProxy:
+    """A TCP proxy on loopback. `freeze()` stops forwarding in both directions (bytes and closes
+    are held, every socket stays open), as a hung server process would; `thaw()` lets them on."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.flowing = asyncio.Event()  # client → server
+        self.flowing.set()
+        self.flowing_down = asyncio.Event()  # server → client
+        self.flowing_down.set()
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> FreezableProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    def freeze(self, *, downstream_only: bool = False) -> None:
+        """Hold bytes in both directions, or (`downstream_only`) only what the server sends:
+        the client's requests still reach it, nothing comes back, nothing closes."""
+        self.flowing_down.clear()
+        if not downstream_only:
+            self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+        self.flowing_down.set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.append(up_writer)
+        for r, w, gate in (
+            (reader, up_writer, self.flowing),
+            (up_reader, writer, self.flowing_down),
+        ):
+            task = asyncio.create_task(self._pump(r, w, gate))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event
+    ) -> None:
+        try:
+            while True:
+                data = await reader.read(65536)
+                await gate.wait()  # frozen: hold the bytes, or the close
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
