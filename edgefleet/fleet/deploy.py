@@ -247,8 +247,16 @@ def deploy(fleet: Fleet, req: api.DeployRequest) -> api.DeployResult:
                         wires.append(issue_to(fleet, db, deployment_id, site, new, now))
                     else:  # untouched until its stage goes: no desired state, no supersede
                         wait_row(db, deployment_id, site, now)
+            # a rollout whose stage these supersedes ended moves on in this same commit
+            from edgefleet.fleet import rollout  # it builds on this module
+
+            moved: list[DeploymentEvent] = []
+            wires += rollout.settle(fleet, db, now, moved)
             view = deployment_view(db, _deployment(db, deployment_id))
         publish(fleet, wires)
+    if fleet.announce is not None:
+        for e in moved:
+            fleet.announce(e)
     if req.strategy is not None and fleet.announce is not None:
         fleet.announce(
             DeploymentEvent(
@@ -494,25 +502,24 @@ def deployment_cancel(fleet: Fleet, req: api.DeploymentCancelRequest) -> api.Dep
     return deployment_show(fleet, req)
 
 
-def expire(fleet: Fleet, now: int | None = None) -> int:
-    """Fail every node row in progress past its deadline; how many."""
-    now = now_ns() if now is None else now
+def expire_rows(db: sqlite_utils.Database, now: int) -> int:
+    """Fail every node row in progress past its deadline, in the caller's transaction
+    (rollout.expire moves the rollouts on in the same one); how many."""
     marks = ",".join("?" * len(IN_PROGRESS))
-    with fleet.store.write() as db:
-        rows = list(
-            db.query(
-                f"SELECT d.*, x.timeout_s FROM deployment_nodes d JOIN deployments x "
-                f"ON x.id = d.deployment_id WHERE d.state IN ({marks}) AND d.deadline_ns < ?",
-                [*IN_PROGRESS, now],
-            )
+    rows = list(
+        db.query(
+            f"SELECT d.*, x.timeout_s FROM deployment_nodes d JOIN deployments x "
+            f"ON x.id = d.deployment_id WHERE d.state IN ({marks}) AND d.deadline_ns < ?",
+            [*IN_PROGRESS, now],
         )
-        for r in rows:
-            error = f"timeout: not applied within {r['timeout_s']:g} s (last state: {r['state']})"
-            db.execute(
-                "UPDATE deployment_nodes SET state = 'failed', error = ?, updated_ns = ? "
-                "WHERE deployment_id = ? AND site = ?",
-                [error, now, r["deployment_id"], r["site"]],
-            )
+    )
+    for r in rows:
+        error = f"timeout: not applied within {r['timeout_s']:g} s (last state: {r['state']})"
+        db.execute(
+            "UPDATE deployment_nodes SET state = 'failed', error = ?, updated_ns = ? "
+            "WHERE deployment_id = ? AND site = ?",
+            [error, now, r["deployment_id"], r["site"]],
+        )
     return len(rows)
 
 

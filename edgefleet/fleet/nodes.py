@@ -123,19 +123,23 @@ def effective(agent_state: str | None, bridge: str | None) -> str:
 def observe(fleet: Fleet, batch: list[Observation]) -> None:
     """What agents (and inference instances) published, in arrival order, in one transaction
     (one fsync for a burst of a thousand nodes' reports, not a thousand)."""
+    with fleet.store.write() as db:
+        record(db, batch, now_ns())
+
+
+def record(db: sqlite_utils.Database, batch: list[Observation], now: int) -> None:
+    """The batch, in the caller's transaction (rollout.observe adds the rollouts' moves)."""
     from edgefleet.fleet import shadow  # it reads this module's desired states
 
-    now = now_ns()
-    with fleet.store.write() as db:
-        for site, message in batch:
-            if isinstance(message, Status) and message.instance != "agent":
-                shadow.observe_status(db, site, message, now)
-            elif isinstance(message, Status):
-                _status(db, site, message, now)
-            elif isinstance(message, Bridge):
-                _bridge(db, site, message, now)
-            else:
-                _reported(db, site, message, now)
+    for site, message in batch:
+        if isinstance(message, Status) and message.instance != "agent":
+            shadow.observe_status(db, site, message, now)
+        elif isinstance(message, Status):
+            _status(db, site, message, now)
+        elif isinstance(message, Bridge):
+            _bridge(db, site, message, now)
+        else:
+            _reported(db, site, message, now)
 
 
 def _status(db: sqlite_utils.Database, site: str, status: Status, now: int) -> None:

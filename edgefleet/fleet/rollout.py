@@ -19,24 +19,28 @@ An offline node of a stage is `pending` until its health timeout, then fails (`t
 counted against the threshold like any failure: a stage never waits longer than the timeout.
 Its desired state stays retained; if it comes back later its report still updates its row.
 
-Each move is announced on `ef/fleet/deployments` (`DeploymentEvent`, JSON, not retained) after
-its commit: stage_started, stage_held, paused, resumed, aborted, finished.
+A move is made in the same SQLite transaction as the change of node rows that caused it (a
+batch of reports, the timeouts, a newer deployment's supersedes): a reader sees the nodes'
+states and the stage's state of one moment, never a stage whose nodes all ended and which is
+not held yet. Each move is announced on `ef/fleet/deployments` (`DeploymentEvent`, JSON, not
+retained) after that commit: stage_started, stage_held, paused, resumed, aborted, finished.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import sqlite_utils
 
-from edgefleet.fleet import api, deploy, stages
+from edgefleet.fleet import api, deploy, nodes, stages
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.library import Fleet
-from edgefleet.fleet.nodes import IN_PROGRESS
+from edgefleet.fleet.nodes import IN_PROGRESS, Observation
 from edgefleet.fleet.store import Row
-from shared.messages import DeploymentEvent, now_ns
+from shared.messages import DeploymentEvent, ReportedState, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +82,54 @@ def announce(fleet: Fleet, events: Events) -> None:
             fleet.announce(e)
 
 
-def progress(fleet: Fleet) -> int:
-    """Abort or advance every rollout that can; how many desired states went out."""
+def settle(
+    fleet: Fleet, db: sqlite_utils.Database, now: int, events: Events
+) -> list[dict[str, Any]]:
+    """Abort or advance every rollout that can, in the caller's transaction: the one that
+    changed node rows (reports, timeouts, supersedes), so that no reader ever sees a stage's
+    nodes ended and the stage not yet held (a deployment `succeeded` whose last stage is still
+    `in_progress`). The desired states to publish after commit."""
+    wires: list[dict[str, Any]] = []
+    for row in _going(db):
+        wires += _step(fleet, db, row, now, events)
+    return wires
+
+
+def progress(
+    fleet: Fleet, change: Callable[[sqlite_utils.Database, int], None] | None = None
+) -> int:
+    """Make `change` (a write of node rows) and move every rollout on, in one transaction;
+    then publish and announce. How many desired states went out."""
     events: Events = []
     with fleet.deploy_lock:
         with fleet.store.write() as db:
-            wires: list[dict[str, Any]] = []
-            for row in _going(db):
-                wires += _step(fleet, db, row, now_ns(), events)
+            now = now_ns()
+            if change is not None:
+                change(db, now)
+            wires = settle(fleet, db, now, events)
         deploy.publish(fleet, wires)
     announce(fleet, events)
     return len(wires)
+
+
+def observe(fleet: Fleet, batch: list[Observation]) -> None:
+    """Agents' statuses and reports stored, and the rollouts they end or move on, at once."""
+    if any(isinstance(m, ReportedState) for _, m in batch):
+        progress(fleet, lambda db, now: nodes.record(db, batch, now))
+    else:  # statuses only: no deployment row changes, no deploy lock needed
+        nodes.observe(fleet, batch)
+
+
+def expire(fleet: Fleet) -> int:
+    """Fail the node rows past their deadline and move the rollouts on, at once; how many."""
+    failed = 0
+
+    def change(db: sqlite_utils.Database, now: int) -> None:
+        nonlocal failed
+        failed = deploy.expire_rows(db, now)
+
+    progress(fleet, change)
+    return failed
 
 
 def _step(

@@ -234,17 +234,16 @@ class FleetService(Service[Config]):
 
     def observe(self, batch: list[nodes.Observation]) -> None:
         """Store the batch, then move staged rollouts on: a canary's failure aborts at once."""
-        nodes.observe(self.fleet, batch)
+        rollout.observe(self.fleet, batch)  # the reports and the rollouts' moves: one commit
         if any(isinstance(m, ReportedState) for _, m in batch):
-            rollout.progress(self.fleet)
             rotation.progress(self.fleet)
 
     async def timeout_loop(self) -> None:
         while True:
-            failed = await asyncio.to_thread(deploy.expire, self.fleet)
+            # timeouts and the rollouts they move on, soak times: one commit
+            failed = await asyncio.to_thread(rollout.expire, self.fleet)
             if failed:
                 log.warning("%d node(s) timed out in their deployment", failed)
-            await asyncio.to_thread(rollout.progress, self.fleet)  # timeouts, soak times
             await asyncio.sleep(self.config.deploy_check_interval_s)
 
     async def republish(self) -> None:

@@ -291,9 +291,21 @@ class Store:
                 raise
             db.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite_utils.Database]:
+        """One read transaction: every query in it sees the same snapshot (WAL), so a view
+        built from several queries (a deployment, its stages, its nodes) never mixes the
+        states before and after a commit that lands between two of them."""
+        with self._connection() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("ROLLBACK")
+
     def read(self) -> contextlib.AbstractContextManager[sqlite_utils.Database]:
-        """A connection for reads (module functions outside this class use it)."""
-        return self._connection()
+        """A read transaction (module functions outside this class use it)."""
+        return self._read()
 
     def write(self) -> contextlib.AbstractContextManager[sqlite_utils.Database]:
         """A write transaction holding the lock from its start."""

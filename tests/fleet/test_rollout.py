@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections import Counter
 from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pytest
 
 from edgefleet.broker import LocalBroker
+from edgefleet.fleet import api, deploy, library, stages
 from edgefleet.fleet.client import FleetClient, connect
+from edgefleet.fleet.service import main
 from shared.topics import Topics, fleet_deployments
 from tests.agent.nodes import shown_when, states
+from tests.fleet.conftest import fleet_of, wait_serving
 from tests.fleet.test_deploy import (
     announce,
     desired_of,
@@ -23,7 +32,7 @@ from tests.fleet.test_deploy import (
     report,
 )
 from tests.fleet.test_fleet_process import FleetProcess, cli_of, fleet_process, wait_ready
-from tests.helpers import Probe
+from tests.helpers import Probe, running
 
 __all__ = ["fleet_config", "fleet_process", "key_path", "probe"]
 
@@ -69,11 +78,8 @@ async def test_an_offline_canary_holds_its_stage_until_the_timeout(
     assert d3["issued"] >= d1["issued"] + 2e9  # not before n1's timeout
     for node in ("n3", "n4"):
         await report(probe, prefix, node, 1, "applied")
-    # the deployment's state follows its rows at once, its last stage once the rollout has
-    # moved on (a step of its own): wait for that step
-    done = await shown_when(
-        fleet, dep, lambda s: s["deployment"]["stages"][-1]["state"] != "in_progress"
-    )
+    # the deployment's state and its last stage's move in the same commit
+    done = await shown_when(fleet, dep, lambda s: s["deployment"]["state"] != "in_progress")
     assert done["deployment"]["state"] == "failed"  # n1 failed, within the threshold
     assert [s["state"] for s in done["deployment"]["stages"]] == ["held", "held"]
     # n1 comes back: its retained desired state is there; its late report updates its row
@@ -197,3 +203,140 @@ async def test_cli_stages_dry_run_pause_resume(
         assert json.loads(keys.stdout)["rotation"] is None
         missing = await arun("keys", "rotate", str(tmp_path / "none.key"))
         assert missing.returncode == 1 and "cannot read the signing key" in missing.stderr
+
+
+class Gate:
+    """Stands in for the fleet's deploy lock (a real lock inside): while the test holds it
+    closed, whoever takes the lock waits there, and `waiting` tells the test someone does."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.opened = threading.Event()
+        self.opened.set()
+        self.waiting = threading.Event()
+
+    def __enter__(self) -> None:
+        if not self.opened.is_set():
+            self.waiting.set()
+            self.opened.wait()
+        self.lock.acquire()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.lock.release()
+
+
+def torn(shown: dict[str, Any]) -> list[str]:
+    """What in one `deployment show` answer does not belong to one moment."""
+    view, nodes = shown["deployment"], shown["nodes"]
+    by_site = {n["site"]: n["state"] for n in nodes}
+    wrong = []
+    if Counter(by_site.values()) != Counter(view["counts"]):
+        wrong.append(f"counts {view['counts']} but nodes {by_site}")
+    for stage in view["stages"]:
+        ended = all(by_site[s] in stages.STAGE_ENDED for s in stage["sites"])
+        if stage["state"] == "in_progress" and ended:
+            wrong.append(f"stage {stage['index'] + 1} in_progress, its nodes ended: {by_site}")
+    if view["state"] in ("succeeded", "failed") and any(
+        s["state"] != "held" for s in view["stages"]
+    ):
+        wrong.append(f"deployment {view['state']}, stages {[s['state'] for s in view['stages']]}")
+    return wrong
+
+
+async def test_the_last_stage_and_the_deployment_end_in_one_commit(
+    fleet_config: dict[str, Any],
+    broker: LocalBroker,
+    probe: Probe,
+    site: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    opened: list[library.Fleet] = []
+    real_open = library.Fleet.open.__func__  # type: ignore[attr-defined]
+
+    def keep(cls: type[library.Fleet], config: Any) -> library.Fleet:
+        opened.append(real_open(cls, config))
+        return opened[-1]
+
+    monkeypatch.setattr(library.Fleet, "open", classmethod(keep))
+    # no timeout check while the gate is closed: only the reports' batch takes the lock
+    config = fleet_of({**fleet_config, "deploy_check_interval_s": 600})
+    async with (
+        running(main(config)),
+        connect(f"{broker.host}:{broker.port}", prefix=site) as fleet,
+    ):
+        await wait_serving(fleet)
+        prefix = await watched(fleet, probe, site, tmp_path)
+        for node in ("s1", "s2"):
+            await announce(probe, prefix, node, {"role": "pump"})
+        strategy = {"stages": ["1", "100%"], "soak_s": 0}
+        result = await fleet.call(
+            "deploy", {"flows": ["pump-anomaly@1"], "nodes": ["s1", "s2"], "strategy": strategy}
+        )
+        dep = result["deployment"]["id"]
+        await probe.wait_for(Topics("s1", prefix).desired())
+        await report(probe, prefix, "s1", 1, "applied")
+        await probe.wait_for(Topics("s2", prefix).desired())
+
+        # a status after it, seen stored: the batches before it are through (one at a time)
+        await announce(probe, prefix, "s1", {"role": "pump", "seen": "1"})
+
+        async def quiet() -> bool:
+            shown = await fleet.call("node.show", {"site": "s1"})
+            return bool(shown["node"]["labels"].get("seen") == "1")
+
+        await eventually(quiet)
+        (service_fleet,) = opened
+        gate = Gate()
+        service_fleet.deploy_lock = gate  # type: ignore[assignment]
+        gate.opened.clear()
+        try:
+            await gated(fleet, probe, prefix, dep, service_fleet, gate)
+        finally:
+            gate.opened.set()  # a failure here must not leave the fleet's thread waiting
+
+
+async def gated(
+    fleet: FleetClient,
+    probe: Probe,
+    prefix: str,
+    dep: str,
+    service_fleet: library.Fleet,
+    gate: Gate,
+) -> None:
+    """The last report in, the fleet held at its lock, then let go."""
+    await report(probe, prefix, "s2", 1, "applied")
+    # the fleet has the last report and stands at the lock: what a reader sees now
+    assert await asyncio.to_thread(gate.waiting.wait, 60)
+    for _ in range(10):
+        shown = await fleet.call("deployment.show", {"id": dep})
+        assert torn(shown) == []
+    assert shown["deployment"]["state"] == "in_progress"
+
+    # a reader as fast as the handler goes while the last stage completes
+    seen: list[str] = []
+    reads = 0
+    stop = threading.Event()
+
+    def read() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            shown = deploy.deployment_show(service_fleet, api.DeploymentRequest(id=dep))
+            seen.extend(torn(shown.model_dump(mode="json")))
+            reads += 1
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        gate.opened.set()
+        done = await shown_when(fleet, dep, lambda s: s["deployment"]["state"] != "in_progress")
+    finally:
+        stop.set()
+        await asyncio.to_thread(reader.join)
+    assert seen == [] and reads > 0
+    assert done["deployment"]["state"] == "succeeded" and torn(done) == []
+    assert [s["state"] for s in done["deployment"]["stages"]] == ["held", "held"]
+    got = await probe.wait_for(fleet_deployments(prefix), lambda e: e["event"] == "finished")
+    assert got[0]["state"] == "succeeded"
