@@ -60,7 +60,7 @@ from edgefleet.site.sitebroker import BrokerState, SupervisedBroker, fleet_bridg
 from shared import clock, codec
 from shared.config import overlay
 from shared.errors import ConfigError
-from shared.files import write_atomic
+from shared.files import remove_stale_temporaries, write_atomic
 from shared.messages import ConfigUpdate, Status
 from shared.metrics import MetricsServer
 from shared.mqtt import MqttConnection, Received
@@ -338,6 +338,8 @@ class SiteSupervisor:
         reaped = await asyncio.to_thread(self.pids.reap, self.settings.stop_timeout_s)
         for name in reaped:
             self._emit(name, "reaped", "outlived the previous up on this workdir; stopped")
+        # what a write cut short (SIGKILL, power cut) left: the reaped writers are gone now
+        await asyncio.to_thread(remove_stale_temporaries, self.workdir, recursive=True)
         if self.site.spec.fleet is not None and self.only is None and self.agent is None:
             from edgefleet.agent.agent import Agent  # the agent needs the supervisor's types
 

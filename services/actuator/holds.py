@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ConfigError
-from shared.files import write_atomic
+from shared.files import remove_stale_temporaries, write_atomic
 from shared.messages import iso
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class HoldStore:
         self.holds: dict[str, Hold] = {}
 
     def load(self) -> dict[str, Hold]:
+        remove_stale_temporaries(self.path.parent)  # a write of a killed actuator
         if not self.path.exists():
             return {}
         try:

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from shared.errors import PayloadError
-from shared.files import write_atomic
+from shared.files import remove_stale_temporaries, write_atomic
 from shared.sparkplug import sparkplug_b_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class BdSeqFile:
     def _last(self) -> int:
         """The last bdSeq used; a missing or unreadable file starts again at 0 (said once):
         a host only needs each NDEATH to match its own session's NBIRTH."""
+        remove_stale_temporaries(self.path.parent)  # a write of a killed process
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:

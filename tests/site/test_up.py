@@ -16,6 +16,7 @@ from edgefleet.broker import LocalBroker, free_port
 from edgefleet.site.supervisor import SiteSupervisor, StatusChange, run_site
 from tests.helpers import Probe
 from tests.inference.models import mlp
+from tests.shared.test_files import cut_write
 from tests.site.helpers import FEATURES, flow_data, site_data, write_site
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,8 +98,12 @@ async def test_run_site_api_with_a_local_broker(tmp_path: Path, site: str, simul
     path = write_site(tmp_path, data, flow_data(model=None))
     changes: list[StatusChange] = []
     stop = asyncio.Event()
+    # a config write and a pid file write of an earlier `up`, SIGKILLed before their renames
+    left = [cut_write(tmp_path / "w" / "config" / "modbus-plc1.yaml")]
+    left.append(cut_write(tmp_path / "w" / "run" / "pids.json"))
     supervisor = SiteSupervisor(path, tmp_path / "w", on_status=changes.append)
     async with supervisor:
+        assert not any(p.exists() for p in left)  # removed at start
         assert supervisor.broker is not None and supervisor.broker.running
         await supervisor.wait_online(timeout=30)
         states = {n: (s.state, s.restarts) for n, s in supervisor.instances.items()}
