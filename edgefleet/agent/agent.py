@@ -42,6 +42,7 @@ import yaml
 
 from edgefleet.agent.cache import BlobCache
 from edgefleet.agent.debug import Debugger
+from edgefleet.agent.deployed import prune as prune_deployed
 from edgefleet.agent.desired import Accepted, Refused, accept
 from edgefleet.agent.state import AgentState, Revision, StateFile, Step
 from edgefleet.fleet.client import FleetClient
@@ -183,6 +184,8 @@ class Agent:
         """Read the state file (a revision cut short is dropped) and have the supervisor run
         the current revision's flows; called before the supervisor starts."""
         self.state = self.state_file.recover()
+        # a revision cut short, or folders of an agent that pruned none yet
+        prune_deployed(self.root / "deployed", self.state.kept_revisions())
         if self.state.trusted_keys is not None:  # in place: the debugger shares the list
             self.trusted[:] = [PublicKey.parse(k) for k in self.state.trusted_keys]
         if self.state.current is not None:
@@ -334,6 +337,8 @@ class Agent:
         timings: dict[str, float] | None = None,
         flows: Iterable[FlowReport] = (),
     ) -> None:
+        if self.state.pending is None:  # the revision ended: its folder or older ones may go
+            prune_deployed(self.root / "deployed", self.state.kept_revisions())
         back = self.state.last_good if state == "applied" else self.state.current
         report = ReportedState(
             site=self.site,

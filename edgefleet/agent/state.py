@@ -73,6 +73,11 @@ class AgentState(BaseModel):
         """The newest revision this node has taken in (applied, or being applied)."""
         return max([self.taken, *(r.revision for r in self._revisions())])
 
+    def kept_revisions(self) -> set[int]:
+        """Revisions whose deployed folder stays: what runs, what a rollback goes back to,
+        and what is being applied."""
+        return {r.revision for r in self._revisions()}
+
     def keep(self) -> set[str]:
         """Blobs the cache must keep: those of current, last good and pending."""
         return set().union(*(r.blobs() for r in self._revisions()))

@@ -105,7 +105,8 @@ class Node:
         return self.work / "agent" / "cache" / "sha256" / sha256
 
     def deployed(self) -> set[int]:
-        """Revisions whose flow files were ever written (taken past verifying)."""
+        """Revisions whose flow files are on disk (taken past verifying and not pruned: the
+        agent keeps current, last good and pending)."""
         folder = self.work / "deployed"
         return {int(p.name) for p in folder.iterdir()} if folder.is_dir() else set()
 

@@ -313,3 +313,43 @@ async def test_a_revision_cut_short_is_applied_again_after_a_restart(
             after = state.load()
             assert after.current and after.current.revision == 2
             assert after.last_good and after.last_good.revision == 1 and after.pending is None
+
+
+async def test_only_the_revisions_a_rollback_can_need_stay_deployed(
+    tmp_path: Path, broker: LocalBroker, fleet: FleetClient, site: str, simulator: int
+) -> None:
+    one = await push(fleet, tmp_path, "pump-ae", seed=2)
+    two = await push(fleet, tmp_path, "pump-ae", seed=3)
+    bad = await push(fleet, tmp_path, "pump-ae", seed=5, signal_source="plc9")
+    path = write_node(tmp_path / "site", site, site, broker, simulator, KEY)
+    work = tmp_path / "w"
+
+    def folders() -> set[int]:
+        return {int(p.name) for p in (work / "deployed").iterdir()}
+
+    async with Probe(broker.host, broker.port) as probe:
+        await probe.subscribe(Topics(site, site).everything())
+        async with SiteSupervisor(load_site(path), work):
+            for revision in range(1, 5):
+                await deploy(
+                    probe, site, desired(site, revision, (one, two)[revision % 2]), tmp_path
+                )
+                await reported(probe, site, revision, "applied")
+                # the running revision and the last good one (what a rollback goes back to)
+                assert folders() == {revision, revision - 1} - {0}
+            # a revision that fails its gate: back to 4, which runs from its kept files
+            await deploy(probe, site, desired(site, 5, bad), tmp_path)
+            report = await reported(probe, site, 5, "rolled_back")
+            assert report["last_good"] == 4
+            n = len(probe.received(Topics(site, site).results("pump")))
+            await probe.wait_until(
+                lambda: any(
+                    r["model"]["sha256"] == one["pins"]["model"]["sha256"]
+                    for r in probe.decoded(Topics(site, site).results("pump"))[n:]
+                ),
+                timeout=TIMEOUT,
+            )
+            assert folders() == {3, 4}  # the failed revision's files went too
+            state = StateFile(work / "agent" / "state.json").load()
+            assert state.current is not None and state.current.revision == 4
+            assert state.last_good is not None and state.last_good.revision == 3

@@ -1,4 +1,5 @@
-"""The agent's state file: every step survives a kill, and a cut-short revision is dropped."""
+"""The agent's state file: every step survives a kill, and a cut-short revision is dropped;
+the deployed folders pruned to the kept revisions."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.agent.deployed import prune
 from edgefleet.agent.state import AgentState, Revision, StateFile
 from shared.errors import ConfigError
 
@@ -27,7 +29,9 @@ def test_apply_cycle_moves_current_to_last_good(tmp_path: Path) -> None:
     assert f.load() == s
     assert s.current and s.current.revision == 2
     assert s.last_good and s.last_good.revision == 1
-    assert s.keep() == {"a", "b"}
+    assert s.keep() == {"a", "b"} and s.kept_revisions() == {1, 2}
+    s = s.begin(rev(3, "c")).applied()
+    assert s.kept_revisions() == {2, 3} and s.keep() == {"b", "c"}
 
 
 @pytest.mark.parametrize("step", ["received", "downloading", "verifying", "activating"])
@@ -57,3 +61,20 @@ def test_a_foreign_file_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text('{"v": 9}')
     with pytest.raises(ConfigError, match="not an agent state file"):
         StateFile(path).load()
+
+
+def test_prune_removes_the_flow_files_of_revisions_not_kept_and_never_data(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "deployed"
+    for revision in (1, 2, 3, 4):
+        (folder / str(revision)).mkdir(parents=True)
+        (folder / str(revision) / "pump.yaml").write_text("name: pump\n")
+    # an instance of revision 1 wrote its history through a relative sink path
+    (folder / "1" / "history.db").write_bytes(b"data")
+    (folder / "notes").mkdir()  # not a revision: not ours
+    assert prune(folder, {3, 4}) == [2]
+    assert sorted(p.name for p in folder.iterdir()) == ["1", "3", "4", "notes"]
+    assert [p.name for p in (folder / "1").iterdir()] == ["history.db"]
+    assert (folder / "3" / "pump.yaml").exists() and (folder / "4" / "pump.yaml").exists()
+    assert prune(tmp_path / "none", set()) == []
