@@ -274,10 +274,13 @@ class NodeView(Api):
     labels: dict[str, str]  # effective: the agent's, overridden by the fleet's
     agent_labels: dict[str, str]
     fleet_labels: dict[str, str]
-    online: str  # online | offline | stopped | unknown (never heard from)
+    # online | stale (online, but not heard from for node_stale_after_s) | offline | stopped |
+    # unknown (never heard from)
+    online: str
     bridge: str | None = None  # up | down (its last will): the site bridge; None: not seen
     first_seen: str | None
     last_seen: str | None
+    seen_ago_s: float | None = None  # seconds since the fleet last heard from it (at this answer)
     desired_revision: int
     reported_revision: int | None
     reported_state: str | None

@@ -80,5 +80,8 @@ class Config(ServiceConfig):
     # public half. Without one the fleet serves everything but deploy.
     signing_key: Path | None = None
     deploy_check_interval_s: float = Field(1.0, gt=0)  # how often node timeouts are checked
+    # An `online` node not heard from for this long shows `stale`: agents announce their status
+    # every `timings.status_interval_s` (10 s by default), so three heartbeats missed
+    node_stale_after_s: float = Field(30.0, gt=0)
     metrics: FleetMetrics | None = None  # serve Prometheus /metrics; absent: not served
     debug: DebugConfig = Field(default_factory=lambda: DebugConfig.model_validate({}))

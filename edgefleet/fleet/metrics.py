@@ -14,10 +14,11 @@ import sqlite_utils
 from prometheus_client.core import Metric
 
 from edgefleet.fleet.deploy import deployment_state
+from edgefleet.fleet.nodes import presence
 from edgefleet.fleet.store import Store
 from shared.metrics import Family, Samples
 
-NODE_STATES = ("online", "offline", "stopped", "unknown")
+NODE_STATES = ("online", "stale", "offline", "stopped", "unknown")
 DEPLOYMENT_STATES = (
     "in_progress",
     "paused",
@@ -63,19 +64,26 @@ JOIN desired x ON x.site = dn.site AND x.revision = dn.revision WHERE dn.state =
 class FleetCollector:
     """Renders the fleet's tables and the service's counters for Prometheus."""
 
-    def __init__(self, store: Store, counters: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        counters: Callable[[], Mapping[str, int]],
+        stale_after_s: float = 30.0,
+    ) -> None:
         self.store = store
         self.counters = counters  # commands by outcome, queues: read from the service
+        self.stale_after_s = stale_after_s  # an online node not heard from: nodes.presence
 
     def collect(self) -> Iterator[Metric]:
         s = Samples(FAMILIES)
         with self.store.read() as db:
             by_state = dict.fromkeys(NODE_STATES, 0)
             for r in db.query(
-                "SELECT site, online, desired_revision, reported_revision FROM nodes"
+                "SELECT site, online, last_seen_ns, desired_revision, reported_revision FROM nodes"
             ):
-                by_state[r["online"]] = by_state.get(r["online"], 0) + 1
-                s.add("edgefleet_fleet_node_online", {"node": r["site"]}, r["online"] == "online")
+                online, _ = presence(r, self.stale_after_s)
+                by_state[online] = by_state.get(online, 0) + 1
+                s.add("edgefleet_fleet_node_online", {"node": r["site"]}, online == "online")
                 for kind in ("desired", "reported"):
                     labels = {"node": r["site"], "kind": kind}
                     s.add("edgefleet_fleet_node_revision", labels, r[f"{kind}_revision"])

@@ -68,17 +68,35 @@ def latest_desired(db: sqlite_utils.Database, site: str) -> DesiredState | None:
     return DesiredState.model_validate(json.loads(row["wire"])) if row else None
 
 
-def view(db: sqlite_utils.Database, row: Row) -> api.NodeView:
+def presence(row: Row, stale_after_s: float, now: int | None = None) -> tuple[str, float | None]:
+    """What `online` says when read, and the seconds since the node was last heard from.
+
+    A site that dies as a whole without its bridge's will reaching the cloud broker (a broker
+    that lost the will, a site whose bridge never connected to this broker) leaves its agent's
+    retained `online` behind. The agent announces its status every `status_interval_s` (10 s
+    by default), each one a sighting, so an `online` older than `stale_after_s` is shown
+    `stale`. Times are the fleet's own arrival times: a node's clock does not count."""
+    last = row["last_seen_ns"]
+    age = ((now_ns() if now is None else now) - last) / 1e9 if last else None
+    state = row["online"]
+    if state == "online" and age is not None and age > stale_after_s:
+        return "stale", age
+    return state, age
+
+
+def view(db: sqlite_utils.Database, row: Row, stale_after_s: float) -> api.NodeView:
     desired = latest_desired(db, row["site"])
+    online, age = presence(row, stale_after_s)
     return api.NodeView(
         site=row["site"],
         labels=labels_of(row),
         agent_labels=json.loads(row["agent_labels"]),
         fleet_labels=json.loads(row["fleet_labels"]),
-        online=row["online"],
+        online=online,
         bridge=row["bridge"],
         first_seen=iso(row["first_seen_ns"]) if row["first_seen_ns"] else None,
         last_seen=iso(row["last_seen_ns"]) if row["last_seen_ns"] else None,
+        seen_ago_s=round(age, 1) if age is not None else None,
         desired_revision=row["desired_revision"],
         reported_revision=row["reported_revision"],
         reported_state=row["reported_state"],
@@ -215,7 +233,9 @@ def node_list(fleet: Fleet, req: api.NodeListRequest) -> api.NodeListResult:
     selector = selector_of(req.selector) if req.selector is not None else None
     with fleet.store.read() as db:
         rows = members(db, selector) if selector else all_nodes(db)
-        return api.NodeListResult(nodes=[view(db, r) for r in rows])
+        return api.NodeListResult(
+            nodes=[view(db, r, fleet.config.node_stale_after_s) for r in rows]
+        )
 
 
 def _node(db: sqlite_utils.Database, site: str) -> Row:
@@ -237,7 +257,9 @@ def node_show(fleet: Fleet, req: api.NodeRequest) -> api.NodeShowResult:
             if parse(g["selector"]).matches(labels)
         ]
         reported = json.loads(row["reported"]) if row["reported"] else None
-        return api.NodeShowResult(node=view(db, row), groups=groups, reported=reported)
+        return api.NodeShowResult(
+            node=view(db, row, fleet.config.node_stale_after_s), groups=groups, reported=reported
+        )
 
 
 def node_label(fleet: Fleet, req: api.NodeLabelRequest) -> api.NodeLabelResult:
@@ -251,7 +273,9 @@ def node_label(fleet: Fleet, req: api.NodeLabelRequest) -> api.NodeLabelResult:
                 key, _, value = change.partition("=")
                 labels[key] = value
         db.table("nodes").update(req.site, {"fleet_labels": json.dumps(labels)})
-        return api.NodeLabelResult(node=view(db, _node(db, req.site)))
+        return api.NodeLabelResult(
+            node=view(db, _node(db, req.site), fleet.config.node_stale_after_s)
+        )
 
 
 def node_history(fleet: Fleet, req: api.NodeRequest) -> api.NodeHistoryResult:
@@ -350,7 +374,7 @@ def group_show(fleet: Fleet, req: api.GroupShowRequest) -> api.GroupShowResult:
             )
         return api.GroupShowResult(
             group=group_view(db, row),
-            nodes=[view(db, r) for r in members(db, selector)],
+            nodes=[view(db, r, fleet.config.node_stale_after_s) for r in members(db, selector)],
             explain=membership,
         )
 

@@ -138,6 +138,13 @@ def _when(text: str | None) -> str:
     return when(text) if text else "-"
 
 
+def presence(n: dict[str, Any]) -> str:
+    """`online`, or `stale (45 s)`: how long since the fleet heard from it."""
+    if n["online"] == "stale" and n.get("seen_ago_s") is not None:
+        return f"stale ({n['seen_ago_s']:.0f} s)"
+    return str(n["online"])
+
+
 def _nodes_table(nodes: list[dict[str, Any]]) -> Any:
     t = table("site", "online", "labels", "desired", "reported", "flows", "last seen")
     for n in nodes:
@@ -148,7 +155,7 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Any:
             else "-"
         )
         t.add_row(
-            n["site"], n["online"], labels or "-", str(n["desired_revision"] or "-"), reported,
+            n["site"], presence(n), labels or "-", str(n["desired_revision"] or "-"), reported,
             ", ".join(n["flows"]) or "-", _when(n["last_seen"]),
         )  # fmt: skip
     return t
@@ -168,7 +175,7 @@ async def node_show(fleet: FleetClient, args: argparse.Namespace) -> Any:
     result = await fleet.call("node.show", {"site": args.site})
     if not args.json:
         n = result["node"]
-        out.print(f"[bold]{n['site']}[/bold]  {n['online']}  last seen {_when(n['last_seen'])}")
+        out.print(f"[bold]{n['site']}[/bold]  {presence(n)}  last seen {_when(n['last_seen'])}")
         for what in ("labels", "agent_labels", "fleet_labels"):
             shown = ", ".join(f"{k}={v}" for k, v in sorted(n[what].items())) or "-"
             out.print(f"{what.replace('_', ' ') + ':':<14} {shown}")

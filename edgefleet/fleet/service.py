@@ -120,7 +120,9 @@ class FleetService(Service[Config]):
         await self.rt.subscribe(every_site(Kind.REPORTED, prefix), self.on_reported)
         await self.rt.subscribe(every_site(Kind.BRIDGE, prefix), self.on_bridge)
         if self.config.metrics is not None:
-            collector = FleetCollector(self.fleet.store, self.counters)
+            collector = FleetCollector(
+                self.fleet.store, self.counters, self.config.node_stale_after_s
+            )
             self.metrics = MetricsServer(collector, self.config.metrics)
             self.metrics.start()
         await self.rt.subscribe(every_debug_session(prefix), self.on_debug_session)
