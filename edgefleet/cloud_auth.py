@@ -8,8 +8,9 @@ The auth folder is what compose/mosquitto/cloud.conf names (mounted at /mosquitt
 - `passwd`: one user per site, user name = site id, through `mosquitto_passwd` (its own hash
   format, so no hashing of ours to get wrong);
 - `acl`: written whole from `sites.json` each time (never edited by hand: one source), one block
-  per site: publish only under `ef/{site}/...` and to `ef/fleet/commands`, read only its own
-  `desired` and the fleet's replies addressed to its agent (`ef/fleet/reply/{site}-agent`);
+  per site: publish only under `ef/{site}/...` and to `ef/fleet/commands`, read only what its
+  bridge carries in (its own `desired` and debug session requests `ef/{site}/debug/session/+`)
+  and the fleet's replies addressed to its agent (`ef/fleet/reply/{site}-agent`);
 - `tls/`: a CA and the broker's certificate (made once; ECDSA P-256, which every
   OpenSSL build of mosquitto accepts), the CA's key kept here, mode 0600.
 
@@ -67,7 +68,7 @@ def acl_text(sites: dict[str, Any], prefix: str, fleet_user: bool = False) -> st
     lines = [
         "# Written by `edgefleet site add` from sites.json: do not edit (it is rewritten).",
         "# Each site: publish only under its own tree (and fleet commands), read only its own",
-        "# desired state and the fleet's replies to its agent. Nothing else is allowed.",
+        "# desired state, debug session requests and the fleet's replies to its agent.",
     ]
     if fleet_user:  # `cloud up`'s fleet service and console; compose's use an internal listener
         lines += ["", f"user {FLEET_USER}", "topic readwrite #"]
@@ -78,7 +79,8 @@ def acl_text(sites: dict[str, Any], prefix: str, fleet_user: bool = False) -> st
             f"user {site}",
             f"topic write {prefix}/{site}/#",
             f"topic write {prefix}/fleet/commands",
-            f"topic read {t.desired()}",
+            # what its bridge carries in (desired state, debug session requests), as it says
+            *(f"topic read {pattern}" for pattern, way, _qos in t.bridged() if way == "in"),
             f"topic read {agent_replies(site, prefix)}",
         ]
     return "\n".join(lines) + "\n"
