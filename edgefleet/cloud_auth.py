@@ -122,6 +122,11 @@ def ensure_fleet_user(auth: Path, prefix: str = DEFAULT_PREFIX) -> Path:
     return path
 
 
+def has_tls(auth: Path) -> bool:
+    """Whether the folder has the CA and the broker's certificate (`ca.crt` is written last)."""
+    return (auth / "tls" / "ca.crt").exists()
+
+
 def broker_settings(auth: Path, tls_port: int) -> str:
     """mosquitto lines enforcing the auth folder's users and ACL on every listener, and a TLS
     listener on `tls_port` (all interfaces) when the folder has the CA and the broker's
@@ -132,7 +137,7 @@ def broker_settings(auth: Path, tls_port: int) -> str:
         f"acl_file {auth.resolve() / 'acl'}",
     ]
     tls = auth.resolve() / "tls"
-    if tls_port and (tls / "ca.crt").exists():
+    if tls_port and has_tls(auth):
         lines += [
             f"listener {tls_port}",
             f"cafile {tls / 'ca.crt'}",

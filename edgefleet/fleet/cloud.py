@@ -141,6 +141,28 @@ def auth_of(args: argparse.Namespace, workdir: Path) -> Path | None:
     return default if default.is_dir() else None
 
 
+def auth_lines(auth: Path, password_file: Path, tls_port: int) -> str:
+    """What `up` says about the broker's users, ACL and TLS listener."""
+    pad = " " * 15
+    lines = [
+        f"{pad}per-site users and ACL of {auth} (`edgefleet site add SITE --auth-dir {auth}` "
+        "reloads the broker)",
+        f"{pad}fleet service and console: user {cloud_auth.FLEET_USER}, password in "
+        f"{password_file}",
+    ]
+    if not tls_port:
+        lines.append(f"{pad}no TLS listener (--tls-port 0)")
+    elif cloud_auth.has_tls(auth):
+        ca = auth / "tls" / "ca.crt"
+        lines.append(f"{pad}sites over TLS: mqtts://0.0.0.0:{tls_port} (CA {ca})")
+    else:
+        lines.append(
+            f"{pad}no TLS listener yet: the first `edgefleet site add --cloud HOST:PORT` makes "
+            "tls/ (a CA, the broker's certificate for HOST); restart cloud up after it"
+        )
+    return "\n".join(lines)
+
+
 def up(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir.resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -165,18 +187,7 @@ def up(args: argparse.Namespace) -> int:
         else:
             assert broker.process is not None and password_file is not None
             (auth / cloud_auth.BROKER_PID).write_text(str(broker.process.pid))
-            tls = "tls" in settings  # the TLS listener's lines name tls/ files
-            print(
-                f"               per-site users and ACL of {auth} (edgefleet site add SITE "
-                f"--auth-dir {auth} reloads it); fleet user `fleet`, password in {password_file}"
-                + (
-                    f"\n               sites over TLS: mqtts://0.0.0.0:{args.tls_port} "
-                    f"(CA {auth / 'tls' / 'ca.crt'})"
-                    if tls
-                    else ""
-                ),
-                flush=True,
-            )
+            print(auth_lines(auth, password_file, args.tls_port), flush=True)
             fleet_address = f"mqtt://{cloud_auth.FLEET_USER}@{fleet_address} (password: "
             fleet_address += f"${ENV_PASSWORD}=$(cat {password_file}))"
         s3.start()
