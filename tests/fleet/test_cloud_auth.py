@@ -18,7 +18,7 @@ from pathlib import Path
 from edgefleet.broker import LocalBroker, bridge_config, free_port
 from edgefleet.cloud_auth import BROKER_PID, FLEET_PASSWORD, FLEET_USER
 from edgefleet.fleet.address import ENV_PASSWORD
-from edgefleet.fleet.cloud import CloudProcess
+from edgefleet.fleet.cloud import CloudProcess, auth_of, build_parser
 from shared.topics import Topics
 from tests.cross_site import add_two_sites, attempts_on, site_add
 from tests.fleet.test_deploy import announce, report
@@ -147,3 +147,13 @@ async def test_cloud_up_with_an_auth_dir_keeps_each_site_in_its_own_tree(tmp_pat
             site_broker.stop()
         await asyncio.to_thread(cloud.stop)
     assert not (auth / BROKER_PID).exists()  # no reload signal to a pid that may be reused
+
+
+def test_the_workdirs_auth_folder_is_used_once_it_exists(tmp_path: Path) -> None:
+    """A restart without --auth-dir never opens a cloud whose sites have credentials."""
+    args = build_parser().parse_args(["up", "--workdir", str(tmp_path)])
+    assert auth_of(args, tmp_path) is None
+    (tmp_path / "auth").mkdir()
+    assert auth_of(args, tmp_path) == tmp_path / "auth"
+    given = build_parser().parse_args(["up", "--auth-dir", str(tmp_path / "elsewhere")])
+    assert auth_of(given, tmp_path) == (tmp_path / "elsewhere").resolve()
