@@ -68,7 +68,7 @@ async def cross_site_attempts(tmp_path: Path, attempts: int) -> CrossSite:
         broker.stop()
 
 
-def _login(host: str, port: int, user: str, password: str, topic: str) -> bool:
+def login(host: str, port: int, user: str, password: str, topic: str) -> bool:
     """Whether mosquitto_pub got in with these credentials (False: refused, as it should)."""
     done = subprocess.run(
         ["mosquitto_pub", "-h", host, "-p", str(port), "-u", user, "-P", password, "-t", topic,
@@ -123,10 +123,10 @@ async def attempts_on(host: str, port: int, auth: Path, attempts: int) -> CrossS
         out.read = [m.topic for m in pa.received("#") if m.topic != a.desired()]
         out.attempts += 3
     out.wrong_password_ok = await asyncio.to_thread(
-        _login, host, port, "plantA", "wrong", a.reported()
+        login, host, port, "plantA", "wrong", a.reported()
     )
     out.unknown_user_ok = await asyncio.to_thread(
-        _login, host, port, "nobody", password, a.reported()
+        login, host, port, "nobody", password, a.reported()
     )
     out.attempts += 2
     return out

@@ -20,7 +20,7 @@ from edgefleet.cloud_auth import BROKER_PID, FLEET_PASSWORD, FLEET_USER
 from edgefleet.fleet.address import ENV_PASSWORD
 from edgefleet.fleet.cloud import CloudProcess, auth_of, build_parser
 from shared.topics import Topics
-from tests.cross_site import add_two_sites, attempts_on, site_add
+from tests.cross_site import add_two_sites, attempts_on, login, site_add
 from tests.fleet.test_deploy import announce, report
 from tests.helpers import Probe
 
@@ -142,6 +142,16 @@ async def test_cloud_up_with_an_auth_dir_keeps_each_site_in_its_own_tree(tmp_pat
         assert found.accepted == [] and found.retained == set()
         assert found.read == []
         assert not found.wrong_password_ok and not found.unknown_user_ok
+
+        # removed while it runs: `site remove` reloads the broker, plantC is out for good
+        site_broker.stop()
+        removed = await asyncio.to_thread(
+            cli, "site", "remove", "plantC", "--auth-dir", str(auth), password=None
+        )
+        assert removed.returncode == 0 and "reloaded" in removed.stdout, removed.stderr
+        c_password = bridge.split("remote_password ", 1)[1].split("\n", 1)[0]
+        assert not await asyncio.to_thread(login, host, port, "plantC", c_password, c.reported())
+        assert "user fleet" in (auth / "acl").read_text()  # the fleet's block stays
     finally:
         if site_broker is not None:
             site_broker.stop()
