@@ -177,7 +177,7 @@ def up(args: argparse.Namespace) -> int:
     try:
         broker.start()
         print(f"cloud broker   mqtt://{broker.host}:{broker.port}", flush=True)
-        fleet_address = f"{broker.host}:{broker.port}"
+        try_it = f"edgefleet library list --fleet {broker.host}:{broker.port}"
         if auth is None:
             print(
                 "               NO AUTHENTICATION: loopback only, and any local process may "
@@ -188,8 +188,10 @@ def up(args: argparse.Namespace) -> int:
             assert broker.process is not None and password_file is not None
             (auth / cloud_auth.BROKER_PID).write_text(str(broker.process.pid))
             print(auth_lines(auth, password_file, args.tls_port), flush=True)
-            fleet_address = f"mqtt://{cloud_auth.FLEET_USER}@{fleet_address} (password: "
-            fleet_address += f"${ENV_PASSWORD}=$(cat {password_file}))"
+            try_it = (
+                f"{ENV_PASSWORD}=$(cat {password_file}) edgefleet library list --fleet "
+                f"mqtt://{cloud_auth.FLEET_USER}@{broker.host}:{broker.port}"
+            )
         s3.start()
         print(f"S3 (SeaweedFS) http://{s3.endpoint}  data in {s3.data_dir}", flush=True)
         key = signing_key_of(workdir / "fleet.key")
@@ -215,7 +217,7 @@ def up(args: argparse.Namespace) -> int:
                 fleet = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             print(
                 f"fleet service  pid {fleet.pid}, config {config}, log {workdir}/logs/fleet.log\n"
-                f"ready: edgefleet library list --fleet {fleet_address}; "
+                f"ready: {try_it}; "
                 "Ctrl-C stops everything",
                 flush=True,
             )
