@@ -144,6 +144,7 @@ class Streamed:
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(data)
+            self.proc.stdin.flush()  # the header too: the child imports once it has it
         except (BrokenPipeError, OSError):
             self.broken = True  # the child died or was killed: `result()` says why
 
