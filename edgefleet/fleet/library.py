@@ -58,6 +58,9 @@ class Fleet:
     # and onnxruntime import overlap the upload), by upload id, for that upload's commit.
     warm: dict[str, tuple[str, FetchedInspection]] = field(default_factory=dict)
     warm_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Inspecting children that gave their verdict and are still exiting (reaped in the
+    # background, so a commit does not wait for an exit): `close` waits for them.
+    exiting: list[FetchedInspection] = field(default_factory=list)
 
     @classmethod
     def open(cls, config: Config) -> Fleet:
@@ -90,6 +93,10 @@ class Fleet:
             ids = list(self.warm)
         for upload_id in ids:
             _close_warm(self, upload_id)
+        with self.warm_lock:
+            exiting, self.exiting = self.exiting, []
+        for inspection in exiting:
+            inspection.child.reaped.wait(10)
 
     def sweep(self, now: int | None = None) -> int:
         """Remove staged uploads that were never committed and whose URL expired."""
@@ -152,6 +159,9 @@ def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
             # inspects, and no byte passes through this process.
             with _inspection(fleet, req, warm) as inspection:
                 warm = None
+                with fleet.warm_lock:
+                    fleet.exiting = [i for i in fleet.exiting if not i.child.reaped.is_set()]
+                    fleet.exiting.append(inspection)
                 fetched = _fetch(inspection, fleet.blobs.get_url(upload["key"]), req)
             size, sha256 = fetched.size, fetched.sha256 or ""
             read_s, inspect_s = fetched.read_s, fetched.load_s

@@ -88,24 +88,21 @@ async def run_isolated_async(
     return _verdict(out, err, proc.returncode, what, error)
 
 
-class Streamed:
-    """`fn((arg, data))` in a child process, `data` (`size` bytes) written by the caller while
-    it arrives (`feed`): the child starts, imports and receives the bytes while the caller is
-    still downloading them, instead of after. `result()` is the verdict, as `run_isolated`'s.
+class Ahead:
+    """`fn((arg, data))` in a child process started before `data` exists: the child starts
+    and imports while the caller waits for its input (an upload), and is given it in one piece
+    when it is there (`send`). `result()` is the verdict, as `run_isolated`'s, taken as soon as
+    the child writes it (its exit is not waited for).
 
-    The child is killed when `timeout_s` pass with no progress (its start, each chunk fed) and
-    `timeout_s` after `result()` is asked for (the work itself), and on leaving the `with` block
-    before a verdict (the caller refused the input). A slow download is not a slow model.
-
-    With `size` None the data comes in one piece when the caller has it (`send`): a child
-    started ahead of its input, told where the input is once it exists.
+    The child is killed when `timeout_s` pass without the input (from its start), `timeout_s`
+    after the input came (the work itself), and on leaving the `with` block before a verdict
+    (the caller gave up on it). Waiting for an upload is not a slow model.
     """
 
     def __init__(
         self,
         fn: Callable[[Any], Any],
         arg: Any,
-        size: int | None,
         timeout_s: float,
         what: str,
         doing: str,
@@ -113,7 +110,6 @@ class Streamed:
         *,
         nice: int = CHILD_NICE,
     ) -> None:
-        self.size, self.sent = size, 0
         self.timeout_s, self.what, self.doing, self.error = timeout_s, what, doing, error
         self.deadline = time.monotonic() + timeout_s
         # stderr in a file, not a pipe: nothing to drain while the child works, and the
@@ -127,9 +123,10 @@ class Streamed:
             env=_env(),
         )
         self.timed_out, self.finished = threading.Event(), threading.Event()
+        self.reaped = threading.Event()  # the child has exited and was waited for
         threading.Thread(target=self._watch, name="isolated-watchdog", daemon=True).start()
-        self.broken, self.done = False, False
-        self._write(pickle.dumps((fn, arg, size)))
+        self.broken, self.sent, self.done = False, False, False
+        self._write(pickle.dumps((fn, arg, _LATER)))
 
     def _watch(self) -> None:
         while not self.finished.wait(max(0.0, self.deadline - time.monotonic())):
@@ -149,20 +146,11 @@ class Streamed:
             self.broken = True  # the child died or was killed: `result()` says why
 
     def send(self, data: bytes) -> None:
-        """All of `data` at once (a child started with no `size`)."""
-        assert self.size is None and not self.sent
+        """The input, once."""
+        assert not self.sent
         self.deadline = time.monotonic() + self.timeout_s
         self._write(len(data).to_bytes(8, "big") + data)
-        self.sent = len(data)
-
-    def feed(self, chunk: bytes) -> None:
-        """The next bytes of `data`; what goes past `size` is not sent (the caller refuses)."""
-        assert self.size is not None
-        room = self.size - self.sent
-        if room > 0:
-            self.deadline = time.monotonic() + self.timeout_s
-            self._write(memoryview(chunk)[:room] if len(chunk) > room else chunk)
-            self.sent += min(room, len(chunk))
+        self.sent = True
 
     def result(self) -> Any:
         """The verdict, as soon as the child writes it (its exit is not waited for: freeing
@@ -189,8 +177,9 @@ class Streamed:
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         self.stderr.close()
+        self.reaped.set()
 
-    def __enter__(self) -> Streamed:
+    def __enter__(self) -> Ahead:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -344,14 +333,15 @@ def _death(returncode: int | None, err: bytes) -> str:
     return f"exit code {returncode}: {tail[0][:200]}"
 
 
+_LATER = "later"  # an `Ahead` child's header: its input comes after
 _ANSWER_LIMIT = 16 << 20  # an answer line (an error message, output shapes) is far shorter
 _READY = b"ready\n"  # a warm child's first line: imported, waiting for calls
 
 
 def _child(argv: list[str]) -> None:
     """`python -m services.inference.isolated --nice N`: (function, argument) pickled on stdin,
-    or (function, argument, size) followed by `size` raw bytes (`Streamed`; a size of None:
-    an 8-byte length first): then `fn((arg, data))`. With `--warm MODULE`: MODULE imported,
+    or (function, argument, "later") and, when the caller has it, an 8-byte length and the
+    input (`Ahead`): then `fn((arg, data))`. With `--warm MODULE`: MODULE imported,
     then calls one after the other, each an 8-byte length and a pickled (function, argument),
     each answered by one line."""
     nice = int(argv[argv.index("--nice") + 1]) if "--nice" in argv else CHILD_NICE
@@ -366,12 +356,9 @@ def _child(argv: list[str]) -> None:
     os.dup2(2, 1)  # what the work prints goes to stderr, never among the answers
     stdin = sys.stdin.buffer
     header = pickle.load(stdin)
-    if len(header) == 3:
-        fn, arg, size = header
-        if size is None:  # `Streamed.send`: a length, then that many bytes
-            size = int.from_bytes(stdin.read(8), "big")
-        data = stdin.read(size)
-        arg = (arg, data)
+    if len(header) == 3 and header[2] == _LATER:  # `Ahead`: a length, then the input
+        fn, arg, _ = header
+        arg = (arg, stdin.read(int.from_bytes(stdin.read(8), "big")))
     else:
         fn, arg = header
     answers.write(json.dumps(_call(fn, arg)).encode() + b"\n")

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from shared.errors import ConfigError, ModelError
 
 from .config import InferenceSettings
-from .isolated import CHILD_NICE, Streamed, run_isolated, run_isolated_async
+from .isolated import CHILD_NICE, Ahead, run_isolated, run_isolated_async
 from .outputs import Selector, parse_selectors
 from .scripts import load_script, probe_width
 from .weights import Split, split_weights
@@ -192,6 +192,8 @@ def signature_of(
     """The signature of an opened model; ModelError if its edgefleet metadata is malformed.
     `sha256`: the digest of `data` when the caller hashed it already (as it arrived)."""
     props = {p.key: p.value for p in proto.metadata_props}
+    if not all(isinstance(t, str) for kv in props.items() for t in kv):  # protobuf gives bytes
+        raise ModelError(f"model {origin} has metadata_props that are not UTF-8 text")
     features = _features(props, origin)
     return ModelSignature(
         sha256=sha256 or hashlib.sha256(data).hexdigest(),
@@ -249,74 +251,6 @@ async def inspect_model_async(
     return ModelSignature.model_validate(result)
 
 
-class StreamedInspection:
-    """`inspect_model` of bytes still arriving (a download): the child process starts and
-    receives them while they come. `feed` each chunk, then `signature()`; leaving the `with`
-    block first kills the child (the caller refused the bytes).
-
-    A thread writes the chunks to the child, up to `buffer` of them queued: the download does
-    not wait for the child's start and imports (a pipe holds 64 KiB), only the child's loading
-    waits for the last byte."""
-
-    def __init__(
-        self,
-        size: int,
-        timeout_s: float,
-        origin: str,
-        trial_run: bool = True,
-        *,
-        nice: int = CHILD_NICE,
-        buffer: int = 64,
-    ) -> None:
-        self.child = Streamed(
-            _inspect_streamed_child,
-            (origin, trial_run),
-            size,
-            timeout_s,
-            f"model {origin}",
-            _DOING,
-            nice=nice,
-        )
-        self.chunks: queue.Queue[bytes | None] = queue.Queue(buffer)
-        self.dropping = False  # refused: what is still queued goes nowhere
-        self.writer = threading.Thread(target=self._write, name="inspection-feed", daemon=True)
-        self.writer.start()
-
-    def alive(self) -> bool:
-        """Still waiting for its bytes (not killed for idling past its timeout)."""
-        return self.child.proc.poll() is None and not self.child.broken
-
-    def retime(self, timeout_s: float) -> None:
-        """From now on, `timeout_s` without progress kills the child: a child started ahead
-        of its bytes (waiting for an upload) gets the work's timeout once they come."""
-        self.child.timeout_s = timeout_s
-        self.child.deadline = time.monotonic() + timeout_s
-
-    def _write(self) -> None:
-        while (chunk := self.chunks.get()) is not None:
-            if not self.dropping:
-                self.child.feed(chunk)
-
-    def feed(self, chunk: bytes) -> None:
-        self.chunks.put(chunk)
-
-    def signature(self) -> ModelSignature:
-        self.chunks.put(None)
-        self.writer.join()
-        return ModelSignature.model_validate(self.child.result())
-
-    def __enter__(self) -> StreamedInspection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.writer.is_alive():
-            self.dropping = True
-            self.child.proc.kill()  # unblocks a write in progress
-            self.chunks.put(None)
-            self.writer.join()
-        self.child.__exit__(*exc)
-
-
 class FetchedInspection:
     """`inspect_model` of an object the child downloads itself, from a URL it is given once
     the object is complete (`fetch`): started ahead (its Python start and onnxruntime import
@@ -327,10 +261,9 @@ class FetchedInspection:
 
     def __init__(self, size: int, timeout_s: float, origin: str, *, nice: int = CHILD_NICE) -> None:
         self.size = size
-        self.child = Streamed(
+        self.child = Ahead(
             _inspect_fetched_child,
             (origin, size),
-            None,
             timeout_s,
             f"model {origin}",
             _DOING,
@@ -439,11 +372,6 @@ _HASH_STEP = 4 << 20  # the hashing thread is woken every so many bytes
 
 
 _DOING = "loading in onnxruntime and one trial run"
-
-
-def _inspect_streamed_child(arg: tuple[tuple[str, bool], bytes]) -> dict[str, Any]:
-    (origin, trial_run), data = arg
-    return _inspect_child((data, origin, trial_run))
 
 
 def _inspect_child(arg: tuple[bytes, str, bool]) -> dict[str, Any]:
