@@ -29,20 +29,14 @@ from minio.error import S3Error
 
 from edgefleet.fleet.config import S3Config
 from edgefleet.fleet.errors import FleetError
-from edgefleet.fleet.presign import presign_v4
+from edgefleet.fleet.presign import CHECKSUM, b64_sha256, presign_v4
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-CHECKSUM = "x-amz-checksum-sha256"
 # The answers of servers that checked a checksum and refused the bytes (AWS and MinIO:
 # BadDigest or XAmzContentChecksumMismatch; SeaweedFS: BadDigest).
 _CHECKSUM_REFUSALS = ("BadDigest", "XAmzContentChecksumMismatch", "InvalidDigest")
-
-
-def b64_sha256(hex_digest: str) -> str:
-    """The `x-amz-checksum-sha256` form of a hex digest."""
-    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
 BLOB_PREFIX = "blobs/sha256/"

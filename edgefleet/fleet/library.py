@@ -24,7 +24,7 @@ from edgefleet.fleet.config import Config
 from edgefleet.fleet.errors import FleetError
 from edgefleet.fleet.store import Row, Store
 from services.inference.scripts import inspect_script
-from services.inference.signature import StreamedInspection
+from services.inference.signature import Fetched, FetchedInspection
 from shared.errors import EdgefleetError, ModelError
 from shared.messages import DeploymentEvent, iso, now_ns
 from shared.signing import SigningKey
@@ -56,8 +56,11 @@ class Fleet:
     debug: Board = field(default_factory=Board)  # open debug sessions (edgefleet/fleet/debug.py)
     # Inspecting processes started when a model's upload URL was handed out (its Python start
     # and onnxruntime import overlap the upload), by upload id, for that upload's commit.
-    warm: dict[str, tuple[str, StreamedInspection]] = field(default_factory=dict)
+    warm: dict[str, tuple[str, FetchedInspection]] = field(default_factory=dict)
     warm_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Inspecting children that gave their verdict and are still exiting (reaped in the
+    # background, so a commit does not wait for an exit): `close` waits for them.
+    exiting: list[FetchedInspection] = field(default_factory=list)
 
     @classmethod
     def open(cls, config: Config) -> Fleet:
@@ -90,6 +93,10 @@ class Fleet:
             ids = list(self.warm)
         for upload_id in ids:
             _close_warm(self, upload_id)
+        with self.warm_lock:
+            exiting, self.exiting = self.exiting, []
+        for inspection in exiting:
+            inspection.child.reaped.wait(10)
 
     def sweep(self, now: int | None = None) -> int:
         """Remove staged uploads that were never committed and whose URL expired."""
@@ -143,40 +150,47 @@ def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
         t0 = time.perf_counter()
         if direct:
             _verify_stored(fleet, req, upload["key"])
+        else:  # nothing there, or not all of it: said before anything is read
+            _verify(req, fleet.blobs.stat(upload["key"])[0], req.sha256)
         head_s = time.perf_counter() - t0
-        with contextlib.ExitStack() as stack:
-            if req.kind == "model":
-                # The inspecting child (started with the upload URL, else now) receives the
-                # bytes while they are read back: one read verifies and feeds it.
-                inspection = stack.enter_context(_inspection(fleet, req, warm))
+        if req.kind == "model":
+            # The inspecting child (started with the upload URL, else now) downloads the
+            # bytes itself, hashes them as they come and loads them: one read verifies and
+            # inspects, and no byte passes through this process.
+            with _inspection(fleet, req, warm) as inspection:
                 warm = None
-                size, sha256 = fleet.blobs.stream(upload["key"], inspection.feed)
-                read_s = time.perf_counter() - t0 - head_s
-                _verify(req, size, sha256)  # leaving the block kills the child on a refusal
-                inspect = functools.partial(_model_signature, inspection)
-            else:
-                tmp = Path(
-                    stack.enter_context(tempfile.TemporaryDirectory(dir=fleet.config.work_dir))
-                )
-                local = tmp / f"{req.name}.py"
+                with fleet.warm_lock:
+                    fleet.exiting = [i for i in fleet.exiting if not i.child.reaped.is_set()]
+                    fleet.exiting.append(inspection)
+                fetched = _fetch(inspection, fleet.blobs.get_url(upload["key"]), req)
+            size, sha256 = fetched.size, fetched.sha256 or ""
+            read_s, inspect_s = fetched.read_s, fetched.load_s
+            _verify(req, size, sha256)
+            assert fetched.signature is not None  # the bytes were those declared: inspected
+            signature = fetched.signature.model_dump(mode="json")
+            t1 = time.perf_counter()
+            _copy_if_missing(fleet, upload["key"], sha256, direct)
+            copy_s = time.perf_counter() - t1
+        else:
+            with tempfile.TemporaryDirectory(dir=fleet.config.work_dir) as tmp:
+                local = Path(tmp) / f"{req.name}.py"
                 size, sha256 = fleet.blobs.fetch(upload["key"], local)
                 read_s = time.perf_counter() - t0 - head_s
                 _verify(req, size, sha256)
-                inspect = functools.partial(_script_signature, req, local)
-            # The server-side copy runs while the model loads (S3's work beside ours); the
-            # check inside the commit's transaction below is what guarantees every row's blob.
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                early = pool.submit(_copy_if_missing, fleet, upload["key"], sha256, direct)
-                try:
-                    signature = inspect()
-                    inspect_s = time.perf_counter() - t0 - head_s - read_s
-                except FleetError:
-                    with contextlib.suppress(FleetError):
-                        early.result()
-                    _drop_unused(fleet, sha256)
-                    raise
-                early.result()
-                copy_s = time.perf_counter() - t0 - head_s - read_s - inspect_s
+                # The server-side copy runs while the script is checked (S3's work beside ours);
+                # the check inside the commit's transaction below guarantees every row's blob.
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    early = pool.submit(_copy_if_missing, fleet, upload["key"], sha256, direct)
+                    try:
+                        signature = _script_signature(req, local)
+                        inspect_s = time.perf_counter() - t0 - head_s - read_s
+                    except FleetError:
+                        with contextlib.suppress(FleetError):
+                            early.result()
+                        _drop_unused(fleet, sha256)
+                        raise
+                    early.result()
+                    copy_s = time.perf_counter() - t0 - head_s - read_s - inspect_s
         # The blob's last check and the row commit in one transaction: a delete (or a refused
         # commit's cleanup), in this fleet process or another, never removes bytes between them.
         row, created = fleet.store.add_resource(
@@ -221,8 +235,8 @@ def commit(fleet: Fleet, req: api.CommitRequest) -> api.CommitResult:
 INSPECT_NICE = 0
 
 
-def _new_inspection(name: str, size: int, timeout_s: float) -> StreamedInspection:
-    return StreamedInspection(size, timeout_s, f"{name} (model)", nice=INSPECT_NICE)
+def _new_inspection(name: str, size: int, timeout_s: float) -> FetchedInspection:
+    return FetchedInspection(size, timeout_s, f"{name} (model)", nice=INSPECT_NICE)
 
 
 def _start_warm(fleet: Fleet, upload_id: str, name: str, size: int) -> None:
@@ -247,13 +261,13 @@ def _close_warm(fleet: Fleet, upload_id: str) -> None:
 
 
 def _inspection(
-    fleet: Fleet, req: api.CommitRequest, warm: tuple[str, StreamedInspection] | None
-) -> StreamedInspection:
+    fleet: Fleet, req: api.CommitRequest, warm: tuple[str, FetchedInspection] | None
+) -> FetchedInspection:
     """The child started for this upload if it still waits for these bytes, else a new one."""
     timeout_s = fleet.config.inspect_timeout_s
     if warm is not None:
         name, inspection = warm
-        if name == req.name and inspection.child.size == req.size and inspection.alive():
+        if name == req.name and inspection.size == req.size and inspection.alive():
             inspection.retime(timeout_s)
             return inspection
         inspection.__exit__(None, None, None)
@@ -305,9 +319,9 @@ def _verify(req: api.CommitRequest, size: int, sha256: str) -> None:
         )
 
 
-def _model_signature(inspection: StreamedInspection) -> dict[str, Any]:
+def _fetch(inspection: FetchedInspection, url: str, req: api.CommitRequest) -> Fetched:
     try:
-        return inspection.signature().model_dump(mode="json")
+        return inspection.fetch(url, req.sha256)
     except ModelError as exc:
         raise FleetError("invalid_model", str(exc)) from None
 

@@ -8,11 +8,24 @@ the URL is the one the minio client makes (a test compares them).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import quote
+
+CHECKSUM = "x-amz-checksum-sha256"  # the header that binds an upload to one sha256
+
+
+def b64_sha256(hex_digest: str) -> str:
+    """The `x-amz-checksum-sha256` form of a hex digest."""
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+def hex_sha256(b64_digest: str) -> str:
+    """The hex digest of an `x-amz-checksum-sha256` value."""
+    return base64.b64decode(b64_digest).hex()
 
 
 def _uri(value: str, safe: str = "-_.~") -> str:

@@ -88,21 +88,21 @@ async def run_isolated_async(
     return _verdict(out, err, proc.returncode, what, error)
 
 
-class Streamed:
-    """`fn((arg, data))` in a child process, `data` (`size` bytes) written by the caller while
-    it arrives (`feed`): the child starts, imports and receives the bytes while the caller is
-    still downloading them, instead of after. `result()` is the verdict, as `run_isolated`'s.
+class Ahead:
+    """`fn((arg, data))` in a child process started before `data` exists: the child starts
+    and imports while the caller waits for its input (an upload), and is given it in one piece
+    when it is there (`send`). `result()` is the verdict, as `run_isolated`'s, taken as soon as
+    the child writes it (its exit is not waited for).
 
-    The child is killed when `timeout_s` pass with no progress (its start, each chunk fed) and
-    `timeout_s` after `result()` is asked for (the work itself), and on leaving the `with` block
-    before a verdict (the caller refused the input). A slow download is not a slow model.
+    The child is killed when `timeout_s` pass without the input (from its start), `timeout_s`
+    after the input came (the work itself), and on leaving the `with` block before a verdict
+    (the caller gave up on it). Waiting for an upload is not a slow model.
     """
 
     def __init__(
         self,
         fn: Callable[[Any], Any],
         arg: Any,
-        size: int,
         timeout_s: float,
         what: str,
         doing: str,
@@ -110,20 +110,23 @@ class Streamed:
         *,
         nice: int = CHILD_NICE,
     ) -> None:
-        self.size, self.sent = size, 0
         self.timeout_s, self.what, self.doing, self.error = timeout_s, what, doing, error
         self.deadline = time.monotonic() + timeout_s
+        # stderr in a file, not a pipe: nothing to drain while the child works, and the
+        # verdict (stdout's one line) can be taken without waiting for the child's exit.
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed when reaped)
         self.proc = subprocess.Popen(
             _command(nice),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.stderr,
             env=_env(),
         )
         self.timed_out, self.finished = threading.Event(), threading.Event()
+        self.reaped = threading.Event()  # the child has exited and was waited for
         threading.Thread(target=self._watch, name="isolated-watchdog", daemon=True).start()
-        self.broken, self.done = False, False
-        self._write(pickle.dumps((fn, arg, size)))
+        self.broken, self.sent, self.done = False, False, False
+        self._write(pickle.dumps((fn, arg, _LATER)))
 
     def _watch(self) -> None:
         while not self.finished.wait(max(0.0, self.deadline - time.monotonic())):
@@ -138,42 +141,55 @@ class Streamed:
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(data)
+            self.proc.stdin.flush()  # the header too: the child imports once it has it
         except (BrokenPipeError, OSError):
             self.broken = True  # the child died or was killed: `result()` says why
 
-    def feed(self, chunk: bytes) -> None:
-        """The next bytes of `data`; what goes past `size` is not sent (the caller refuses)."""
-        room = self.size - self.sent
-        if room > 0:
-            self.deadline = time.monotonic() + self.timeout_s
-            self._write(memoryview(chunk)[:room] if len(chunk) > room else chunk)
-            self.sent += min(room, len(chunk))
+    def send(self, data: bytes) -> None:
+        """The input, once."""
+        assert not self.sent
+        self.deadline = time.monotonic() + self.timeout_s
+        self._write(len(data).to_bytes(8, "big") + data)
+        self.sent = True
 
     def result(self) -> Any:
+        """The verdict, as soon as the child writes it (its exit is not waited for: freeing
+        what the work held is the kernel's business, reaped in the background)."""
         self.done = True
-        self.deadline = time.monotonic() + self.timeout_s
-        try:
-            out, err = self.proc.communicate(timeout=self.timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            raise self.error(_timeout(self.what, self.doing, self.timeout_s)) from None
-        except (BrokenPipeError, OSError):  # closing stdin of a child that died
-            out, err = self.proc.communicate()
-        finally:
-            self.finished.set()
+        self.deadline = time.monotonic() + self.timeout_s  # the watchdog kills a hang
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        with contextlib.suppress(BrokenPipeError, OSError):  # a child that died: see below
+            self.proc.stdin.close()
+        line = self.proc.stdout.readline()
+        self.finished.set()
         if self.timed_out.is_set():
+            self._reap()
             raise self.error(_timeout(self.what, self.doing, self.timeout_s))
-        return _verdict(out, err, self.proc.returncode, self.what, self.error)
+        if not line:  # the child died (or was killed) before its verdict
+            self._reap()
+            self.stderr.seek(0)
+            return _verdict(b"", self.stderr.read(), self.proc.returncode, self.what, self.error)
+        threading.Thread(target=self._reap, name="isolated-reap", daemon=True).start()
+        return _verdict(line, b"", 0, self.what, self.error)
 
-    def __enter__(self) -> Streamed:
+    def _reap(self) -> None:
+        self.proc.wait()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self.stderr.close()
+        self.reaped.set()
+
+    def __enter__(self) -> Ahead:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.finished.set()
         if not self.done:
             self.proc.kill()
-            self.proc.communicate()
+            with contextlib.suppress(BrokenPipeError, OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            self._reap()
 
 
 class Warm:
@@ -317,15 +333,17 @@ def _death(returncode: int | None, err: bytes) -> str:
     return f"exit code {returncode}: {tail[0][:200]}"
 
 
+_LATER = "later"  # an `Ahead` child's header: its input comes after
 _ANSWER_LIMIT = 16 << 20  # an answer line (an error message, output shapes) is far shorter
 _READY = b"ready\n"  # a warm child's first line: imported, waiting for calls
 
 
 def _child(argv: list[str]) -> None:
     """`python -m services.inference.isolated --nice N`: (function, argument) pickled on stdin,
-    or (function, argument, size) followed by `size` raw bytes (`Streamed`): then
-    `fn((arg, data))`. With `--warm MODULE`: MODULE imported, then calls one after the other,
-    each an 8-byte length and a pickled (function, argument), each answered by one line."""
+    or (function, argument, "later") and, when the caller has it, an 8-byte length and the
+    input (`Ahead`): then `fn((arg, data))`. With `--warm MODULE`: MODULE imported,
+    then calls one after the other, each an 8-byte length and a pickled (function, argument),
+    each answered by one line."""
     nice = int(argv[argv.index("--nice") + 1]) if "--nice" in argv else CHILD_NICE
     # A trial is background work: at a lower priority, the live model (and every other service
     # of a small edge box) keeps the CPU while onnxruntime is imported and the candidate runs.
@@ -334,16 +352,21 @@ def _child(argv: list[str]) -> None:
     if "--warm" in argv:
         _serve(argv[argv.index("--warm") + 1])
         return
+    answers = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # what the work prints goes to stderr, never among the answers
     stdin = sys.stdin.buffer
     header = pickle.load(stdin)
-    if len(header) == 3:
-        fn, arg, size = header
-        data = stdin.read(size)
-        arg = (arg, data)
+    if len(header) == 3 and header[2] == _LATER:  # `Ahead`: a length, then the input
+        fn, arg, _ = header
+        arg = (arg, stdin.read(int.from_bytes(stdin.read(8), "big")))
     else:
         fn, arg = header
-    sys.stdout.write("\n" + json.dumps(_call(fn, arg)) + "\n")
+    answers.write(json.dumps(_call(fn, arg)).encode() + b"\n")
     sys.stdout.flush()
+    sys.stderr.flush()
+    # The verdict is out: no interpreter teardown (freeing a 100 MB model, onnxruntime's
+    # session and threads took 0.3-0.4 s that the caller, waiting for the exit, paid).
+    os._exit(0)
 
 
 def _serve(preload: str) -> None:

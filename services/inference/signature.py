@@ -14,6 +14,7 @@ a timeout, so a file that hangs or crashes onnxruntime costs that process only.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 import onnx
@@ -33,9 +35,10 @@ from pydantic import BaseModel, ConfigDict
 from shared.errors import ConfigError, ModelError
 
 from .config import InferenceSettings
-from .isolated import CHILD_NICE, Streamed, run_isolated, run_isolated_async
+from .isolated import CHILD_NICE, Ahead, run_isolated, run_isolated_async
 from .outputs import Selector, parse_selectors
 from .scripts import load_script, probe_width
+from .weights import Split, split_weights
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +140,30 @@ def open_session(
     return session, proto
 
 
+def open_for_check(
+    data: bytes | bytearray, origin: str
+) -> tuple[ort.InferenceSession, onnx.ModelProto, Split | None]:
+    """`open_session` for a check (does it load, what is its signature, does it run): the large
+    weights are given to onnxruntime as views of `data`, not copied, and not prepacked
+    (weights.py); the split (the views) must live as long as the session. A model the split
+    does not take, or one onnxruntime refuses so, is opened the plain way, whose refusal is
+    the one the user reads."""
+    split = split_weights(data)
+    if split is not None:
+        opts = session_options()
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        opts.add_external_initializers(
+            split.names, [ort.OrtValue.ortvalue_from_numpy(a) for a in split.arrays]
+        )
+        try:
+            session = ort.InferenceSession(split.model, opts, providers=["CPUExecutionProvider"])
+            return session, parse_proto(split.model, origin), split
+        except Exception:  # the plain load below says what is wrong, in onnxruntime's words
+            pass
+    session, proto = open_session(bytes(data) if isinstance(data, bytearray) else data, origin)
+    return session, proto, None
+
+
 def parse_proto(data: bytes, origin: str) -> onnx.ModelProto:
     """The ONNX protobuf of `data`; refuses an empty file, text, and what is not ONNX."""
     if not data:
@@ -156,13 +183,20 @@ def parse_proto(data: bytes, origin: str) -> onnx.ModelProto:
 
 
 def signature_of(
-    data: bytes, session: ort.InferenceSession, proto: onnx.ModelProto, origin: str
+    data: bytes | bytearray,
+    session: ort.InferenceSession,
+    proto: onnx.ModelProto,
+    origin: str,
+    sha256: str | None = None,
 ) -> ModelSignature:
-    """The signature of an opened model; ModelError if its edgefleet metadata is malformed."""
+    """The signature of an opened model; ModelError if its edgefleet metadata is malformed.
+    `sha256`: the digest of `data` when the caller hashed it already (as it arrived)."""
     props = {p.key: p.value for p in proto.metadata_props}
+    if not all(isinstance(t, str) for kv in props.items() for t in kv):  # protobuf gives bytes
+        raise ModelError(f"model {origin} has metadata_props that are not UTF-8 text")
     features = _features(props, origin)
     return ModelSignature(
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256 or hashlib.sha256(data).hexdigest(),
         size=len(data),
         inputs=[_spec(i) for i in session.get_inputs()],
         outputs=[_spec(o) for o in session.get_outputs()],
@@ -217,90 +251,143 @@ async def inspect_model_async(
     return ModelSignature.model_validate(result)
 
 
-class StreamedInspection:
-    """`inspect_model` of bytes still arriving (a download): the child process starts and
-    receives them while they come. `feed` each chunk, then `signature()`; leaving the `with`
-    block first kills the child (the caller refused the bytes).
+class FetchedInspection:
+    """`inspect_model` of an object the child downloads itself, from a URL it is given once
+    the object is complete (`fetch`): started ahead (its Python start and onnxruntime import
+    overlap the upload), it reads the bytes into one buffer with a second thread hashing them
+    as they come, and loads them without copying the weights (`open_for_check`). No byte goes
+    through the caller's process; the caller gets what was read (size, sha256) with the
+    verdict, and the load is skipped when the bytes are not the `sha256` expected."""
 
-    A thread writes the chunks to the child, up to `buffer` of them queued: the download does
-    not wait for the child's start and imports (a pipe holds 64 KiB), only the child's loading
-    waits for the last byte."""
-
-    def __init__(
-        self,
-        size: int,
-        timeout_s: float,
-        origin: str,
-        trial_run: bool = True,
-        *,
-        nice: int = CHILD_NICE,
-        buffer: int = 64,
-    ) -> None:
-        self.child = Streamed(
-            _inspect_streamed_child,
-            (origin, trial_run),
-            size,
+    def __init__(self, size: int, timeout_s: float, origin: str, *, nice: int = CHILD_NICE) -> None:
+        self.size = size
+        self.child = Ahead(
+            _inspect_fetched_child,
+            (origin, size),
             timeout_s,
             f"model {origin}",
             _DOING,
             nice=nice,
         )
-        self.chunks: queue.Queue[bytes | None] = queue.Queue(buffer)
-        self.dropping = False  # refused: what is still queued goes nowhere
-        self.writer = threading.Thread(target=self._write, name="inspection-feed", daemon=True)
-        self.writer.start()
 
     def alive(self) -> bool:
-        """Still waiting for its bytes (not killed for idling past its timeout)."""
+        """Still waiting for its URL (not killed for idling past its timeout)."""
         return self.child.proc.poll() is None and not self.child.broken
 
     def retime(self, timeout_s: float) -> None:
-        """From now on, `timeout_s` without progress kills the child: a child started ahead
-        of its bytes (waiting for an upload) gets the work's timeout once they come."""
+        """From now on `timeout_s` bounds the work (a child started ahead of its bytes)."""
         self.child.timeout_s = timeout_s
         self.child.deadline = time.monotonic() + timeout_s
 
-    def _write(self) -> None:
-        while (chunk := self.chunks.get()) is not None:
-            if not self.dropping:
-                self.child.feed(chunk)
+    def fetch(self, url: str, sha256: str | None) -> Fetched:
+        """Download `url` in the child and inspect it; ModelError saying why not."""
+        self.child.send(json.dumps({"url": url, "sha256": sha256}).encode())
+        return Fetched.model_validate(self.child.result())
 
-    def feed(self, chunk: bytes) -> None:
-        self.chunks.put(chunk)
-
-    def signature(self) -> ModelSignature:
-        self.chunks.put(None)
-        self.writer.join()
-        return ModelSignature.model_validate(self.child.result())
-
-    def __enter__(self) -> StreamedInspection:
+    def __enter__(self) -> FetchedInspection:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.writer.is_alive():
-            self.dropping = True
-            self.child.proc.kill()  # unblocks a write in progress
-            self.chunks.put(None)
-            self.writer.join()
         self.child.__exit__(*exc)
+
+
+class Fetched(BaseModel):
+    """What a `FetchedInspection` read and found."""
+
+    size: int  # the object's size as the server gave it
+    sha256: str | None  # of the bytes read; None when the size was not the one expected
+    signature: ModelSignature | None  # None when the bytes were not those expected
+    read_s: float  # the download
+    load_s: float  # after the last byte: load, signature, trial run
+
+
+def _inspect_fetched_child(arg: tuple[tuple[str, int], bytes]) -> dict[str, Any]:
+    (origin, size), request = arg
+    want = json.loads(request)
+    t0 = time.perf_counter()
+    got, data, sha256 = download(want["url"], size)
+    t1 = time.perf_counter()
+    signature = None
+    if data is not None and (want["sha256"] is None or sha256 == want["sha256"]):
+        signature = _check(data, origin, True, sha256)
+    return Fetched(
+        size=got,
+        sha256=sha256,
+        signature=signature,
+        read_s=t1 - t0,
+        load_s=time.perf_counter() - t1,
+    ).model_dump(mode="json")
+
+
+def download(url: str, size: int) -> tuple[int, bytearray | None, str | None]:
+    """GET `url` into one buffer of `size` bytes, hashed by a second thread while it fills
+    (hashlib lets go of the GIL): the object's size as the server said, and when it is `size`,
+    the bytes and their sha256. ModelError when the server refuses or the read is cut."""
+    parts = urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.netloc, timeout=60)
+    try:
+        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+        response = conn.getresponse()
+        if response.status != 200:
+            raise ModelError(
+                f"S3 refused the download: HTTP {response.status}: {response.read()[:300]!r}"
+            )
+        length = int(response.getheader("Content-Length") or -1)
+        if length != size:
+            return length, None, None
+        buf = bytearray(size)
+        view = memoryview(buf)
+        filled: queue.Queue[int | None] = queue.Queue()
+        digest = hashlib.sha256()
+
+        def hash_behind() -> None:
+            done = 0
+            while (upto := filled.get()) is not None:
+                digest.update(view[done:upto])
+                done = upto
+
+        hasher = threading.Thread(target=hash_behind, name="download-hash", daemon=True)
+        hasher.start()
+        got = 0
+        try:
+            while got < size and (n := response.readinto(view[got : got + _READ])):
+                got += n
+                if got % _HASH_STEP < n or got == size:
+                    filled.put(got)
+        finally:
+            filled.put(None)
+            hasher.join()
+        if got != size:
+            raise ModelError(f"the download was cut after {got} of {size} bytes")
+        return size, buf, digest.hexdigest()
+    except OSError as exc:
+        raise ModelError(f"the download from S3 failed: {exc}") from None
+    finally:
+        conn.close()
+
+
+_READ = 1 << 20
+_HASH_STEP = 4 << 20  # the hashing thread is woken every so many bytes
 
 
 _DOING = "loading in onnxruntime and one trial run"
 
 
-def _inspect_streamed_child(arg: tuple[tuple[str, bool], bytes]) -> dict[str, Any]:
-    (origin, trial_run), data = arg
-    return _inspect_child((data, origin, trial_run))
-
-
 def _inspect_child(arg: tuple[bytes, str, bool]) -> dict[str, Any]:
     """In the child process: open, read the signature, optionally run once on zeros."""
     data, origin, trial_run = arg
-    session, proto = open_session(data, origin)
-    signature = signature_of(data, session, proto, origin)
+    return _check(data, origin, trial_run).model_dump(mode="json")
+
+
+def _check(
+    data: bytes | bytearray, origin: str, trial_run: bool, sha256: str | None = None
+) -> ModelSignature:
+    session, proto, _weights = open_for_check(data, origin)  # the views live with the session
+    signature = signature_of(data, session, proto, origin, sha256)
     if trial_run:
         _run_on_zeros(session, origin)
-    return signature.model_dump(mode="json")
+    return signature
 
 
 def _run_on_zeros(session: ort.InferenceSession, origin: str) -> None:

@@ -14,7 +14,10 @@ import onnxruntime as ort
 from services.inference.batching import Pending, Rows, rows_of
 from services.inference.config import InferenceSettings, ModelSpec
 from services.inference.engine import Engine, build_engine
+from services.inference.signature import open_for_check, open_session, signature_of
+from shared.errors import ModelError
 from shared.messages import SampleBatch
+from tests.inference import models
 from tests.inference.models import FEATURES
 
 T0 = 1_700_000_000_000_000_000
@@ -79,3 +82,40 @@ def hang(marker: str | None) -> None:
 
 def huge(_: Any) -> str:
     return "x" * (17 << 20)  # past the warm child's answer limit
+
+
+def _verdict(open_: Any, data: bytes) -> str:
+    try:
+        session, proto, *_ = open_(data, "m.onnx")
+        return signature_of(data, session, proto, "m.onnx").model_dump_json()
+    except ModelError as exc:
+        return f"refused: {exc}"
+
+
+def damage_and_compare(seed: int) -> list[str]:
+    """In a child process (onnxruntime may abort on a damaged file): 300 damaged copies of a
+    model with large weights (cut anywhere, bytes changed in the structure around the
+    weights, a length varint changed); the two loads' verdicts, where they differ."""
+    import tempfile
+
+    def plain(data: bytes, origin: str) -> Any:
+        return open_session(data, origin)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        good = models.heavy(Path(tmp) / "m.onnx").read_bytes()
+    rng = np.random.default_rng(seed)
+    structure = [*range(0, 200), *range(len(good) - 1500, len(good))]
+    differ = []
+    for i in range(300):
+        data = bytearray(good)
+        kind = i % 3
+        if kind == 0:
+            data = data[: int(rng.integers(1, len(good)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                at = structure[int(rng.integers(len(structure)))]
+                data[at] = int(rng.integers(256)) if kind == 1 else data[at] ^ 0x80
+        one, two = _verdict(plain, bytes(data)), _verdict(open_for_check, bytes(data))
+        if one != two:
+            differ.append(f"damage {i}: plain {one[:120]!r}, check {two[:120]!r}")
+    return differ

@@ -395,3 +395,32 @@ def log_of_inputs(path: Path, f: int = len(FEATURES)) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", f])],
     )
     return save(model, path)
+
+
+def heavy(path: Path, f: int = len(FEATURES), hidden: int = 8192, seed: int = 5) -> Path:
+    """A scorer whose weights are large `raw_data` tensors of two dtypes (float32 [F, H] and
+    float64 [H, 1]), as exporters write big weights, beside a small inline one: the shape
+    `services/inference/weights.py` takes apart. `score` [N, 1]."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(f, hidden)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=(hidden, 1)) / hidden, "w2"),
+        numpy_helper.from_array(np.array([0.5], np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Cast", ["r"], ["r64"], to=TensorProto.DOUBLE),
+        helper.make_node("MatMul", ["r64", "w2"], ["s64"]),
+        helper.make_node("Cast", ["s64"], ["s"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["s", "bias"], ["score"]),
+    ]
+    model = _graph_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", f])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        inits,
+    )
+    return save(add_metadata(model, FEATURES[:f], None, 0.7), path)

@@ -15,7 +15,6 @@ from services.inference.config import InferenceSettings, ModelSpec
 from services.inference.isolated import run_isolated
 from services.inference.signature import (
     ModelSignature,
-    StreamedInspection,
     check_fits,
     inspect_model,
     inspect_model_async,
@@ -188,33 +187,3 @@ def test_check_fits_measures_a_preprocess_script(tmp_path: Path) -> None:
     assert check_fits(sig, flow, width=5).width == 5
     with pytest.raises(ModelError, match="takes 5 features"):
         check_fits(sig, flow.model_copy(update={"preprocess": None}))
-
-
-def feed_in_chunks(inspection: StreamedInspection, data: bytes, chunk: int = 1000) -> None:
-    for i in range(0, len(data), chunk):
-        inspection.feed(data[i : i + chunk])
-
-
-def test_a_streamed_inspection_gives_the_same_signature(tmp_path: Path) -> None:
-    path = models.isolation_forest(tmp_path / "if.onnx")
-    data = path.read_bytes()
-    with StreamedInspection(len(data), 30, str(path)) as inspection:
-        feed_in_chunks(inspection, data + b"beyond the declared size is not sent")
-        assert inspection.signature() == read_signature(path)
-
-
-def test_a_streamed_model_that_hangs_is_refused_within_the_timeout(tmp_path: Path) -> None:
-    data = models.hanging(tmp_path / "hangs.onnx").read_bytes()
-    began = time.monotonic()
-    with StreamedInspection(len(data), 2, "hangs.onnx") as inspection:
-        feed_in_chunks(inspection, data)
-        with pytest.raises(ModelError, match=r"hangs\.onnx did not finish .* within 2 s"):
-            inspection.signature()
-    assert time.monotonic() - began < 10
-
-
-def test_a_streamed_inspection_left_early_kills_its_child(tmp_path: Path) -> None:
-    data = models.isolation_forest(tmp_path / "if.onnx").read_bytes()
-    with StreamedInspection(len(data), 30, "if.onnx") as inspection:
-        inspection.feed(data[:100])  # the caller refuses the bytes before they all came
-    assert inspection.child.proc.returncode is not None  # killed and reaped, not left waiting
