@@ -157,7 +157,7 @@ def zoom_and_copy(browser: WebDriver) -> None:
     """Drag a part of the last minute: the x axis spans it, Copy CSV gives what is drawn in
     it; Back to live: the whole window again, with new points."""
     origin = browser.current_url.split("/timeline")[0]
-    browser.execute_cdp_cmd(  # type: ignore[attr-defined]
+    browser.execute_cdp_cmd(
         "Browser.grantPermissions",
         {"origin": origin, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
     )
