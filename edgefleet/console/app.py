@@ -274,8 +274,9 @@ def create_app(console: Console) -> FastAPI:
             groups: dict[str, Any] = {}
         else:
             args = {"selector": selector} if selector else {}
-            listed, error = await ask_or_error("node.list", **args)
-            groups, _ = await ask_or_error("group.list")
+            (listed, error), (groups, _) = await asyncio.gather(
+                ask_or_error("node.list", **args), ask_or_error("group.list")
+            )
         rows = [{**n, "health": site_health(console.store, n["site"])} for n in listed["nodes"]]
         # the fleet view: the nodes that drift most first; nodes without a figure last
         rows.sort(key=lambda r: -(r["health"]["drift_max"] or -1.0))
