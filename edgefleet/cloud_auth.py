@@ -8,8 +8,9 @@ The auth folder is what compose/mosquitto/cloud.conf names (mounted at /mosquitt
 - `passwd`: one user per site, user name = site id, through `mosquitto_passwd` (its own hash
   format, so no hashing of ours to get wrong);
 - `acl`: written whole from `sites.json` each time (never edited by hand: one source), one block
-  per site: publish only under `ef/{site}/...` and to `ef/fleet/commands`, read only its own
-  `desired` and the fleet's replies addressed to its agent (`ef/fleet/reply/{site}-agent`);
+  per site: publish only under `ef/{site}/...` and to `ef/fleet/commands`, read only what its
+  bridge carries in (its own `desired` and debug session requests `ef/{site}/debug/session/+`)
+  and the fleet's replies addressed to its agent (`ef/fleet/reply/{site}-agent`);
 - `tls/`: a CA and the broker's certificate (made once; ECDSA P-256, which every
   OpenSSL build of mosquitto accepts), the CA's key kept here, mode 0600.
 
@@ -18,7 +19,13 @@ review reads and a test checks, the plugin needs a running broker and its own ad
 change anything, and a site's rights are all derived from its id (no per-site exceptions).
 mosquitto reads both files again on SIGHUP (`docker compose kill -s HUP broker`), so a new or
 removed site (`edgefleet site remove SITE`) takes effect without a restart: at the reload
-mosquitto drops the revoked site's connections and refuses its reconnects (tested).
+mosquitto drops the revoked site's connections and refuses its reconnects (tested). When
+`edgefleet cloud up --auth-dir` runs its broker on the folder (`broker.pid` names it), `site
+add` and `site remove` send that SIGHUP themselves.
+
+`edgefleet cloud up` enforces the same files on its own broker (`broker_settings`); its fleet
+service and console log in as the user `fleet` (`ensure_fleet_user`: a name no site may take,
+its password in `fleet.password`), whose ACL block, written here too, allows every topic.
 
 For the site: `sites/{site}/` with its password (0600), the CA, and `bridge.conf` (the site
 broker's MQTT v5 bridge over TLS: desired in, status and reported out) and `fleet.yaml` (the
@@ -34,10 +41,12 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -48,15 +57,21 @@ from edgefleet.broker import bridge_config
 from edgefleet.cli_errors import Failed, cli_errors
 from shared.errors import ConfigError, EdgefleetError
 from shared.files import write_atomic
-from shared.topics import DEFAULT_PREFIX, Topics, agent_replies
+from shared.topics import DEFAULT_PREFIX, FLEET_SITE, Topics, agent_replies
+
+FLEET_USER = FLEET_SITE  # the cloud's own services' user: no site may take the name
+FLEET_PASSWORD = "fleet.password"  # in the auth folder, made by `ensure_fleet_user`
+BROKER_PID = "broker.pid"  # in the auth folder while `edgefleet cloud up`'s broker runs
 
 
-def acl_text(sites: dict[str, Any], prefix: str) -> str:
+def acl_text(sites: dict[str, Any], prefix: str, fleet_user: bool = False) -> str:
     lines = [
         "# Written by `edgefleet site add` from sites.json: do not edit (it is rewritten).",
         "# Each site: publish only under its own tree (and fleet commands), read only its own",
-        "# desired state and the fleet's replies to its agent. Nothing else is allowed.",
+        "# desired state, debug session requests and the fleet's replies to its agent.",
     ]
+    if fleet_user:  # `cloud up`'s fleet service and console; compose's use an internal listener
+        lines += ["", f"user {FLEET_USER}", "topic readwrite #"]
     for site in sorted(sites):
         t = Topics(site, prefix)
         lines += [
@@ -64,10 +79,85 @@ def acl_text(sites: dict[str, Any], prefix: str) -> str:
             f"user {site}",
             f"topic write {prefix}/{site}/#",
             f"topic write {prefix}/fleet/commands",
-            f"topic read {t.desired()}",
+            # what its bridge carries in (desired state, debug session requests), as it says
+            *(f"topic read {pattern}" for pattern, way, _qos in t.bridged() if way == "in"),
             f"topic read {agent_replies(site, prefix)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def write_acl(auth: Path, prefix: str) -> None:
+    """The ACL, whole, from sites.json and whether the fleet's own user exists: the one writer."""
+    registry = auth / "sites.json"
+    sites: dict[str, Any] = json.loads(registry.read_text()) if registry.exists() else {}
+    fleet_user = (auth / FLEET_PASSWORD).exists()
+    write_atomic(auth / "acl", acl_text(sites, prefix, fleet_user).encode())
+
+
+def _passwd(auth: Path, user: str, password: str) -> None:
+    if shutil.which("mosquitto_passwd") is None:
+        raise ConfigError("mosquitto_passwd is not installed (apt-get install mosquitto)")
+    passwd = auth / "passwd"
+    create = [] if passwd.exists() else ["-c"]
+    subprocess.run(
+        ["mosquitto_passwd", *create, "-b", str(passwd), user, password],
+        check=True,
+        capture_output=True,
+    )
+    os.chmod(passwd, 0o600)
+
+
+def ensure_fleet_user(auth: Path, prefix: str = DEFAULT_PREFIX) -> Path:
+    """The user `edgefleet cloud up`'s fleet service and console log in as (made once, its
+    password in `fleet.password`, 0600; may read and write every topic); the ACL rewritten so
+    it has its block. Returns the password file."""
+    auth.mkdir(parents=True, exist_ok=True)
+    path = auth / FLEET_PASSWORD
+    if not path.exists():
+        password = secrets.token_urlsafe(24)
+        _passwd(auth, FLEET_USER, password)
+        write_atomic(path, password.encode())
+        os.chmod(path, 0o600)
+    write_acl(auth, prefix)
+    return path
+
+
+def has_tls(auth: Path) -> bool:
+    """Whether the folder has the CA and the broker's certificate (`ca.crt` is written last)."""
+    return (auth / "tls" / "ca.crt").exists()
+
+
+def broker_settings(auth: Path, tls_port: int) -> str:
+    """mosquitto lines enforcing the auth folder's users and ACL on every listener, and a TLS
+    listener on `tls_port` (all interfaces) when the folder has the CA and the broker's
+    certificate (`tls/`, made by the first `site add`) and `tls_port` is not 0."""
+    lines = [
+        "allow_anonymous false",
+        f"password_file {auth.resolve() / 'passwd'}",
+        f"acl_file {auth.resolve() / 'acl'}",
+    ]
+    tls = auth.resolve() / "tls"
+    if tls_port and has_tls(auth):
+        lines += [
+            f"listener {tls_port}",
+            f"cafile {tls / 'ca.crt'}",
+            f"certfile {tls / 'server.crt'}",
+            f"keyfile {tls / 'server.key'}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def reload_broker(auth: Path) -> int | None:
+    """SIGHUP to the broker `edgefleet cloud up` runs on this auth folder, if one runs: it reads
+    passwd and acl again. Its pid, or None (then reload the broker yourself)."""
+    try:
+        pid = int((auth / BROKER_PID).read_text())
+        if "mosquitto" not in psutil.Process(pid).name():
+            return None  # a stale file whose pid now names another program
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return pid
 
 
 def bridge_text(site: str, cloud: str, prefix: str) -> str:
@@ -140,25 +230,16 @@ def ensure_tls(folder: Path, host: str) -> None:
 def add_site(auth: Path, site: str, cloud: str, prefix: str, labels: dict[str, str]) -> Path:
     """Register the site; the folder with what the site needs."""
     Topics(site, prefix)  # a valid topic id, or a clear error
-    if shutil.which("mosquitto_passwd") is None:
-        raise ConfigError("mosquitto_passwd is not installed (apt-get install mosquitto)")
     auth.mkdir(parents=True, exist_ok=True)
     registry = auth / "sites.json"
     sites: dict[str, Any] = json.loads(registry.read_text()) if registry.exists() else {}
     if site in sites:
         raise Failed(f"site {site} exists already in {registry}")
     password = secrets.token_urlsafe(24)
-    passwd = auth / "passwd"
-    create = [] if passwd.exists() else ["-c"]
-    subprocess.run(
-        ["mosquitto_passwd", *create, "-b", str(passwd), site, password],
-        check=True,
-        capture_output=True,
-    )
-    os.chmod(passwd, 0o600)
+    _passwd(auth, site, password)
     sites[site] = {"labels": labels, "created": datetime.datetime.now(datetime.UTC).isoformat()}
     write_atomic(registry, json.dumps(sites, indent=1, sort_keys=True).encode())
-    write_atomic(auth / "acl", acl_text(sites, prefix).encode())
+    write_acl(auth, prefix)
     host = cloud.rpartition(":")[0] or cloud
     ensure_tls(auth / "tls", host)
     out = auth / "sites" / site
@@ -193,8 +274,15 @@ def remove_site(auth: Path, site: str, prefix: str) -> None:
     )
     del sites[site]
     write_atomic(registry, json.dumps(sites, indent=1, sort_keys=True).encode())
-    write_atomic(auth / "acl", acl_text(sites, prefix).encode())
+    write_acl(auth, prefix)
     shutil.rmtree(auth / "sites" / site, ignore_errors=True)
+
+
+def _reloaded(auth: Path) -> str:
+    pid = reload_broker(auth)
+    if pid is None:
+        return "reload the broker: SIGHUP"
+    return f"the broker of `edgefleet cloud up` reloaded: pid {pid}"
 
 
 @cli_errors("edgefleet site")
@@ -215,12 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.op == "remove":
             remove_site(args.auth_dir, args.site, args.prefix)
-            print(f"site {args.site} revoked in {args.auth_dir} (reload the broker: SIGHUP)")
+            print(f"site {args.site} revoked in {args.auth_dir} ({_reloaded(args.auth_dir)})")
             return 0
         labels = dict(kv.split("=", 1) for kv in args.labels.split(",") if "=" in kv)
         out = add_site(args.auth_dir, args.site, args.cloud, args.prefix, labels)
     except subprocess.CalledProcessError as exc:  # mosquitto_passwd said no
         raise Failed(str(exc)) from None
-    print(f"site {args.site}: user and ACL in {args.auth_dir} (reload the broker: SIGHUP)")
+    print(f"site {args.site}: user and ACL in {args.auth_dir} ({_reloaded(args.auth_dir)})")
     print(f"for the site: {out}/ (password, ca.crt, bridge.conf, fleet.yaml)")
     return 0

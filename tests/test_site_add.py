@@ -30,11 +30,14 @@ async def test_a_site_cannot_publish_into_another_sites_tree(tmp_path: Path) -> 
     # the bridge `up` writes: debug sessions cross it, and its last will marks the site offline
     assert "topic ef/plantA/debug/data/# out 0" in bridge
     assert "notification_topic ef/plantA/bridge" in bridge
-    assert found.attempts == 504
+    # the ACL lets in what that bridge carries in: its desired state and debug session requests
+    acl = (auth / "acl").read_text()
+    assert "topic read ef/plantA/desired\ntopic read ef/plantA/debug/session/+\n" in acl
+    assert found.attempts == 505
     assert found.own_refused == []  # its own tree: allowed, and kept
     assert found.accepted == [] and found.retained == set()  # each refused with its reason code
     assert found.read == []  # its own desired state only
-    assert not found.wrong_password_ok
+    assert not found.wrong_password_ok and not found.unknown_user_ok
 
 
 async def test_a_revoked_site_is_cut_off_at_the_reload(tmp_path: Path) -> None:

@@ -7,6 +7,15 @@ dies, and stops them all on Ctrl-C or SIGTERM. State stays in the workdir
 (broker persistence, S3 data and its generated secret, fleet.db, the signing key fleet.key made
 on the first run), so the next `cloud up` finds the library, nodes and deployments as they were.
 Production runs the same service from compose/cloud.yml.
+
+Per-site credentials: with an auth folder (`--auth-dir DIR`, or `{workdir}/auth` once it
+exists), the broker enforces the users and ACL that `edgefleet site add SITE --auth-dir DIR`
+writes (edgefleet.cloud_auth, the same files compose/mosquitto/cloud.conf names) on every
+listener: the loopback one on `--port`, and a TLS one on `--tls-port` (all interfaces) when
+the folder has the CA and the broker's certificate. The fleet service and the console log in
+as the user `fleet`. `site add` and `site remove` reload the running broker (SIGHUP). Without
+an auth folder the broker listens on loopback only and lets any client in (any local process
+may write any site's tree or fleet command): for one person's machine, and said so at start.
 """
 
 from __future__ import annotations
@@ -27,8 +36,10 @@ from typing import IO, Any
 
 import yaml
 
+from edgefleet import cloud_auth
 from edgefleet.broker import LocalBroker, free_port
 from edgefleet.cli_errors import cli_errors
+from edgefleet.fleet.address import ENV_PASSWORD
 from edgefleet.locals3 import LocalS3
 from shared.signing import PublicKey, SigningKey
 
@@ -44,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--s3-port", type=int, default=8333, help="the S3 server's port (8333)")
     up.add_argument(
         "--console-port", type=int, default=8080, help="the web console's port (8080; 0: none)"
+    )
+    up.add_argument(
+        "--auth-dir",
+        type=Path,
+        help="per-site users and ACL from `edgefleet site add --auth-dir` (default: "
+        "{workdir}/auth if it exists; else no authentication, loopback only)",
+    )
+    up.add_argument(
+        "--tls-port",
+        type=int,
+        default=8883,
+        help="with an auth folder that has tls/: the sites' TLS listener (8883; 0: none)",
     )
     return p
 
@@ -64,9 +87,14 @@ def signing_key_of(path: Path) -> SigningKey:
     return SigningKey.load(path)
 
 
-def fleet_config(workdir: Path, broker: LocalBroker, s3: LocalS3) -> Path:
+def fleet_config(
+    workdir: Path, broker: LocalBroker, s3: LocalS3, password_file: Path | None
+) -> Path:
+    login = {} if password_file is None else {
+        "username": cloud_auth.FLEET_USER, "password_file": str(password_file),
+    }  # fmt: skip
     config = {
-        "broker": {"host": broker.host, "port": broker.port},
+        "broker": {"host": broker.host, "port": broker.port, **login},
         "db": "fleet.db",
         "work_dir": "work",
         "signing_key": "fleet.key",
@@ -104,17 +132,66 @@ def _stop(_sig: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def auth_of(args: argparse.Namespace, workdir: Path) -> Path | None:
+    """The auth folder: the one given, else the workdir's once it exists (so a cloud whose
+    sites have credentials never comes up open because a flag was forgotten)."""
+    if args.auth_dir is not None:
+        return Path(args.auth_dir).resolve()
+    default = workdir / "auth"
+    return default if default.is_dir() else None
+
+
+def auth_lines(auth: Path, password_file: Path, tls_port: int) -> str:
+    """What `up` says about the broker's users, ACL and TLS listener."""
+    pad = " " * 15
+    lines = [
+        f"{pad}per-site users and ACL of {auth} (`edgefleet site add SITE --auth-dir {auth}` "
+        "reloads the broker)",
+        f"{pad}fleet service and console: user {cloud_auth.FLEET_USER}, password in "
+        f"{password_file}",
+    ]
+    if not tls_port:
+        lines.append(f"{pad}no TLS listener (--tls-port 0)")
+    elif cloud_auth.has_tls(auth):
+        ca = auth / "tls" / "ca.crt"
+        lines.append(f"{pad}sites over TLS: mqtts://0.0.0.0:{tls_port} (CA {ca})")
+    else:
+        lines.append(
+            f"{pad}no TLS listener yet: the first `edgefleet site add --cloud HOST:PORT` makes "
+            "tls/ (a CA, the broker's certificate for HOST); restart cloud up after it"
+        )
+    return "\n".join(lines)
+
+
 def up(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir.resolve()
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _stop)
-    broker = LocalBroker(workdir / "broker", port=args.port)
+    auth = auth_of(args, workdir)
+    password_file = None if auth is None else cloud_auth.ensure_fleet_user(auth)
+    settings = "" if auth is None else cloud_auth.broker_settings(auth, args.tls_port)
+    broker = LocalBroker(workdir / "broker", port=args.port, extra_config=settings)
     s3 = LocalS3(workdir / "s3", port=args.s3_port, secret_key=secret_of(workdir / "s3" / "secret"))
     fleet: subprocess.Popen[bytes] | None = None
     console: subprocess.Popen[bytes] | None = None
     try:
         broker.start()
         print(f"cloud broker   mqtt://{broker.host}:{broker.port}", flush=True)
+        try_it = f"edgefleet library list --fleet {broker.host}:{broker.port}"
+        if auth is None:
+            print(
+                "               NO AUTHENTICATION: loopback only, and any local process may "
+                "write any site's tree and fleet commands; --auth-dir DIR for per-site users",
+                flush=True,
+            )
+        else:
+            assert broker.process is not None and password_file is not None
+            (auth / cloud_auth.BROKER_PID).write_text(str(broker.process.pid))
+            print(auth_lines(auth, password_file, args.tls_port), flush=True)
+            try_it = (
+                f"{ENV_PASSWORD}=$(cat {password_file}) edgefleet library list --fleet "
+                f"mqtt://{cloud_auth.FLEET_USER}@{broker.host}:{broker.port}"
+            )
         s3.start()
         print(f"S3 (SeaweedFS) http://{s3.endpoint}  data in {s3.data_dir}", flush=True)
         key = signing_key_of(workdir / "fleet.key")
@@ -124,7 +201,7 @@ def up(args: argparse.Namespace) -> int:
             "fleet.trusted_keys)",
             flush=True,
         )
-        config = fleet_config(workdir, broker, s3)
+        config = fleet_config(workdir, broker, s3, password_file)
         command = [sys.executable, "-m", "edgefleet.cli", "run", "fleet", "--config", str(config)]
         if args.console_port:
             console = start_console(workdir, config, args.console_port)
@@ -140,7 +217,7 @@ def up(args: argparse.Namespace) -> int:
                 fleet = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             print(
                 f"fleet service  pid {fleet.pid}, config {config}, log {workdir}/logs/fleet.log\n"
-                f"ready: edgefleet library list --fleet {broker.host}:{broker.port}; "
+                f"ready: {try_it}; "
                 "Ctrl-C stops everything",
                 flush=True,
             )
@@ -154,6 +231,8 @@ def up(args: argparse.Namespace) -> int:
         _end(fleet)
         s3.stop()
         broker.stop()
+        if auth is not None:  # no reload signal to a pid that may be reused
+            (auth / cloud_auth.BROKER_PID).unlink(missing_ok=True)
     return 0
 
 
@@ -162,9 +241,17 @@ class CloudProcess:
     end-to-end tests: `start()` returns once it printed `ready:`; `stop()` ends it (SIGTERM:
     it stops the console, the fleet service, S3 and the broker in order)."""
 
-    def __init__(self, workdir: Path, console_port: int = 0, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        console_port: int = 0,
+        log: Path | None = None,
+        auth_dir: Path | None = None,
+    ) -> None:
         self.workdir, self.console_port, self.log = workdir, console_port, log
+        self.auth_dir = auth_dir
         self.port, self.s3_port = free_port(), free_port()
+        self.tls_port = free_port() if auth_dir is not None else 0
         self.process: subprocess.Popen[str] | None = None
 
     @property
@@ -174,7 +261,10 @@ class CloudProcess:
     def start(self) -> CloudProcess:
         command = [sys.executable, "-m", "edgefleet.cli", "cloud", "up", "--workdir",
                    str(self.workdir), "--port", str(self.port), "--s3-port", str(self.s3_port),
-                   "--console-port", str(self.console_port)]  # fmt: skip
+                   "--console-port", str(self.console_port),
+                   "--tls-port", str(self.tls_port)]  # fmt: skip
+        if self.auth_dir is not None:
+            command += ["--auth-dir", str(self.auth_dir)]
         # its own session: a Ctrl-C in the terminal reaches the parent, which stops it last
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, text=True, start_new_session=True

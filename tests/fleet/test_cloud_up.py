@@ -29,6 +29,8 @@ def test_cloud_up_serves_the_cli_and_stops_cleanly(tmp_path: Path) -> None:
             if line.startswith("ready:"):
                 break
         assert any(f"127.0.0.1:{s3_port}" in line for line in lines), lines
+        # no auth folder: open, on loopback only, and it says so
+        assert any("NO AUTHENTICATION: loopback only" in line for line in lines), lines
         key = SigningKey.load(tmp_path / "cloud" / "fleet.key")
         assert any(key.public.text() in line for line in lines), lines
         env = {**os.environ, "EDGEFLEET_FLEET": f"127.0.0.1:{port}"}
