@@ -51,10 +51,38 @@ class Console:
     session_s: float = 3600.0
     session_max_s: float = 12 * 3600.0
     tick_s: float = 0.05  # how often a live view may be sent what changed
+    deployment_poll_s: float = 15.0  # a deployment page's poll besides the pushed moves
 
 
 class SignIn(Exception):
     """The request needs a signed-in user."""
+
+
+class ServerTiming:
+    """`Server-Timing: app;dur=MS` on every response: the console's own time up to its first
+    byte (the fleet calls and the template), which a browser's devtools and
+    bench/console_nodes.py read apart from the network. Plain ASGI: a streamed response (the
+    live SSE) passes through untouched but for the header."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+
+        async def timed(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                took = f"app;dur={(time.perf_counter() - t0) * 1e3:.1f}".encode()
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"server-timing", took)],
+                }
+            await send(message)
+
+        await self.app(scope, receive, timed)
 
 
 def create_app(console: Console) -> FastAPI:
@@ -81,6 +109,7 @@ def create_app(console: Console) -> FastAPI:
         max_age=int(console.session_s),
         same_site="strict",  # with JSON-only writes: no cross-site request can change a thing
     )
+    app.add_middleware(ServerTiming)
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["json"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -245,8 +274,9 @@ def create_app(console: Console) -> FastAPI:
             groups: dict[str, Any] = {}
         else:
             args = {"selector": selector} if selector else {}
-            listed, error = await ask_or_error("node.list", **args)
-            groups, _ = await ask_or_error("group.list")
+            (listed, error), (groups, _) = await asyncio.gather(
+                ask_or_error("node.list", **args), ask_or_error("group.list")
+            )
         rows = [{**n, "health": site_health(console.store, n["site"])} for n in listed["nodes"]]
         # the fleet view: the nodes that drift most first; nodes without a figure last
         rows.sort(key=lambda r: -(r["health"]["drift_max"] or -1.0))
@@ -304,7 +334,15 @@ def create_app(console: Console) -> FastAPI:
     async def deployment(request: Request, dep: str) -> HTMLResponse:
         user = user_of(request)
         shown, error = await ask_or_error("deployment.show", id=dep)
-        return page(request, "deployment.html", user, shown=shown, dep=dep, error=error)
+        return page(
+            request,
+            "deployment.html",
+            user,
+            shown=shown,
+            dep=dep,
+            error=error,
+            poll_s=console.deployment_poll_s,
+        )
 
     @app.get("/audit", response_class=HTMLResponse)
     async def audit(request: Request) -> HTMLResponse:
@@ -410,6 +448,35 @@ def create_app(console: Console) -> FastAPI:
                     yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
                     sent_col, seen = now_col, version  # the last column may still grow: resent
                 await asyncio.sleep(console.tick_s)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/api/deployments/{dep}/events")
+    async def deployment_events(request: Request, dep: str) -> Response:
+        """Server-sent events: one each time deployment `dep` moves (a DeploymentEvent from
+        the fleet, or one of its nodes reported); the page then asks `deployment.show`."""
+        user_of(request)
+
+        async def events() -> AsyncIterator[str]:
+            seen = console.store.moves.get(dep)
+            quiet = 0.0
+            yield ": open\n\n"
+            while not await request.is_disconnected():
+                await console.store.wait_moved(1.0)
+                move = console.store.moves.get(dep)
+                if move != seen and move is not None:
+                    seen, quiet = move, 0.0
+                    body = {"deployment": dep, "what": move.what, "site": move.site}
+                    yield f"data: {json.dumps(body)}\n\n"
+                else:
+                    quiet += 1.0
+                    if quiet >= 15.0:  # a comment keeps proxies from closing an idle stream
+                        quiet = 0.0
+                        yield ": idle\n\n"
 
         return StreamingResponse(
             events(),

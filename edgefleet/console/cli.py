@@ -29,7 +29,7 @@ from edgefleet.fleet.config import Config as FleetConfig
 from edgefleet.site.load import load_site
 from shared.config import load_config
 from shared.runtime import setup_logging
-from shared.topics import Kind, Topics, every_site
+from shared.topics import Kind, Topics, every_site, fleet_deployments
 
 DEFAULT_STATE = Path("var/console")
 
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--session-s", type=float, default=3600.0, help="idle time before sign-out")
     p.add_argument("--keep-s", type=float, default=600.0, help="live data kept per series")
+    p.add_argument(
+        "--deployment-poll-s",
+        type=float,
+        default=15.0,
+        help="a deployment page asks again this often besides the pushed updates",
+    )
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -133,7 +139,7 @@ async def sources(
     filters = [
         every_site(k, config.prefix)
         for k in (Kind.STATUS, Kind.RESULTS, Kind.SHADOW, Kind.ERRORS, Kind.REPORTED)
-    ]
+    ] + [fleet_deployments(config.prefix)]
     feed = BrokerFeed(
         broker.settings(client_id, config.timings),
         filters,
@@ -141,7 +147,9 @@ async def sources(
     )
     async with connect(broker, prefix=config.prefix) as fleet:  # its credentials and TLS
         live = DebugFeed(feed, fleet)
-        yield "cloud", fleet, live, LiveStore(args.keep_s), None, config.prefix
+        store = LiveStore(args.keep_s)
+        store.deployments_topic = fleet_deployments(config.prefix)
+        yield "cloud", fleet, live, store, None, config.prefix
 
 
 async def serve(args: argparse.Namespace, announce: Callable[[str], None] = print) -> None:
@@ -167,6 +175,7 @@ async def serve(args: argparse.Namespace, announce: Callable[[str], None] = prin
             site=site,
             prefix=prefix,
             session_s=args.session_s,
+            deployment_poll_s=args.deployment_poll_s,
         )
         app = create_app(console)
         config = uvicorn.Config(

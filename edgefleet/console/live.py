@@ -13,7 +13,9 @@ The feed is the seam between where the data comes from and what the console does
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -27,7 +29,7 @@ from services.inference.health import numeric_columns
 from shared.codec import decode, to_jsonable
 from shared.errors import EdgefleetError, TopicError
 from shared.mqtt import BrokerSettings, MqttConnection, Received
-from shared.topics import Kind, matches, parse
+from shared.topics import Kind, ParsedTopic, matches, parse
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,13 @@ class LiveFeed(Protocol):
     async def run(self, store: LiveStore) -> None:
         """Deliver messages into `store` until cancelled."""
         ...
+
+
+@dataclass(frozen=True)
+class Move:
+    count: int  # moves of this deployment seen so far
+    what: str  # event (the fleet's DeploymentEvent) | reported (a node's report)
+    site: str | None  # the reporting node
 
 
 @dataclass
@@ -126,9 +135,18 @@ class LiveStore:
         self.keep_ns = int(keep_s * 1e9)
         self.units = units or {}  # `{source}/{signal}` → unit, from site.yaml
         self.topics: dict[str, TopicStats] = {}
+        # site → its edgefleet topics, parsed: a page about 1,000 nodes reads each node's
+        # statuses without walking every topic of the fleet once per node
+        self.by_site: dict[str, dict[str, ParsedTopic]] = {}
         self.series: dict[str, Series] = {}
         self.version = 0  # grows with each ingest: a live view sends only when it moved
         self.rejected = 0
+        # Deployments that moved: the fleet's DeploymentEvent (a stage started or held, paused,
+        # resumed, aborted, finished) on this topic (the fleet console's), and any node's
+        # reported state naming its deployment. A deployment's page refreshes on them.
+        self.deployments_topic: str | None = None
+        self.moves: dict[str, Move] = {}
+        self._moved = asyncio.Event()
 
     # ------------------------------------------------------------------ in
 
@@ -141,10 +159,16 @@ class LiveStore:
         stats.bytes += len(payload)
         stats.arrivals.append(now)
         stats.last.append(Message(int(now * 1e9), payload, content_type, retain))
+        if topic == self.deployments_topic:
+            self._deployment_moved(topic, payload, content_type, "event")
         try:
             parsed = parse(topic)
         except TopicError:
             return  # not an edgefleet topic: shown in the inspector, no series
+        if stats.count == 1:
+            self.by_site.setdefault(parsed.site, {})[topic] = parsed
+        if parsed.kind is Kind.REPORTED and self.deployments_topic is not None:
+            self._deployment_moved(topic, payload, content_type, "reported")
         if parsed.kind in SERIES_KINDS and parsed.name is not None:
             try:
                 body = decode(payload, content_type)
@@ -155,6 +179,26 @@ class LiveStore:
                 if stats.errors == 1:  # once per topic: a bad publisher repeats itself
                     log.warning("live: %s: cannot read a series from it: %s", topic, exc)
         self.version += 1
+
+    def _deployment_moved(
+        self, topic: str, payload: bytes, content_type: str | None, what: str
+    ) -> None:
+        try:
+            body = decode(payload, content_type)
+        except EdgefleetError:
+            return  # counted by the inspector's decode, like any other topic
+        dep = body.get("deployment") if isinstance(body, dict) else None
+        if not isinstance(dep, str):
+            return  # a reported state of no deployment (the node's own), or not one of ours
+        before = self.moves.get(dep)
+        self.moves[dep] = Move((before.count if before else 0) + 1, what, body.get("site"))
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    async def wait_moved(self, timeout: float) -> None:
+        """Until some deployment moves, or `timeout` s."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._moved.wait(), timeout)
 
     def _series_of(self, topic: str, site: str, kind: Kind, name: str, body: Any) -> None:
         if not isinstance(body, dict):
@@ -196,6 +240,10 @@ class LiveStore:
         series.add(t, v, self.keep_ns)
 
     # ------------------------------------------------------------------ out
+
+    def site_topics(self, site: str, kind: Kind) -> list[tuple[str, ParsedTopic]]:
+        """The topics of `site` of one kind seen so far, with their parts."""
+        return [(t, p) for t, p in self.by_site.get(site, {}).items() if p.kind is kind]
 
     def topic_tree(self, contains: str = "") -> list[dict[str, Any]]:
         now = time.time()

@@ -9,8 +9,8 @@ from typing import Any
 
 from edgefleet.console.live import LiveStore
 from shared.codec import decode
-from shared.errors import EdgefleetError, TopicError
-from shared.topics import Kind, parse
+from shared.errors import EdgefleetError
+from shared.topics import Kind
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@")
 
@@ -78,33 +78,21 @@ def side_by_side(unified: str) -> list[Row]:
 def statuses(store: LiveStore, site: str) -> dict[str, dict[str, Any]]:
     """instance → its last status on `site`, as the live store saw it."""
     out: dict[str, dict[str, Any]] = {}
-    for topic, stats in store.topics.items():
-        try:
-            parsed = parse(topic)
-        except TopicError:
+    for topic, parsed in store.site_topics(site, Kind.STATUS):
+        last = store.topics[topic].last
+        if not last or parsed.name is None:
             continue
-        if parsed.kind is not Kind.STATUS or parsed.site != site or not stats.last:
-            continue
-        last = stats.last[-1]
         try:
-            body = decode(last.payload, last.content_type)
+            body = decode(last[-1].payload, last[-1].content_type)
         except EdgefleetError:
             continue
-        if isinstance(body, dict) and parsed.name is not None:
+        if isinstance(body, dict):
             out[parsed.name] = body
     return out
 
 
 def errors_count(store: LiveStore, site: str) -> int:
-    total = 0
-    for topic, stats in store.topics.items():
-        try:
-            parsed = parse(topic)
-        except TopicError:
-            continue
-        if parsed.kind is Kind.ERRORS and parsed.site == site:
-            total += stats.count
-    return total
+    return sum(store.topics[t].count for t, _ in store.site_topics(site, Kind.ERRORS))
 
 
 def model_health(status: dict[str, Any]) -> dict[str, Any] | None:

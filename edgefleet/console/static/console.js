@@ -31,6 +31,20 @@ const ef = {
     }
     box.textContent = text;
   },
+  // The clipboard where the page may write it (http://127.0.0.1 or https); else the old way
+  // through a selected textarea (plain http to another host has no clipboard API).
+  async copy(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (e) {
+      const area = document.createElement("textarea");
+      area.value = text;
+      document.body.append(area);
+      area.select();
+      document.execCommand("copy");
+      area.remove();
+    }
+  },
   time(ns) {
     return new Date(Number(ns) / 1e6).toISOString().replace("T", " ").replace("Z", "");
   },

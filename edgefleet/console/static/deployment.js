@@ -45,16 +45,43 @@
     return d.state;
   }
 
-  async function poll() {
+  // The console pushes each move of this deployment (the fleet's stage events, its nodes'
+  // reports) as a server-sent event; the page asks deployment.show then. A slow poll
+  // (data-poll-s) stays as a fallback, and a fast one while the stream is down.
+  const pollS = Number(table.dataset.pollS) || 15;
+  const liveEl = document.getElementById("dep-live");
+  let streamUp = false, timer = null, state = stateEl.textContent.trim();
+
+  async function refresh() {
     try {
-      const state = render(await ef.call("deployment.show", {id: dep}));
-      setTimeout(poll, going(state) ? 1000 : 5000);
+      state = render(await ef.call("deployment.show", {id: dep}));
     } catch (e) {
       ef.notice(`deployment.show: ${e.message}`);
-      setTimeout(poll, 5000);
     }
   }
-  poll();
+
+  function schedule() {
+    clearTimeout(timer);
+    const s = streamUp ? pollS : going(state) ? 1 : 5;
+    timer = setTimeout(async () => { await refresh(); schedule(); }, s * 1000);
+  }
+
+  function live(up) {
+    streamUp = up;
+    if (liveEl) liveEl.textContent = up ? "Updates as the deployment moves (live)." : "Reconnecting: asking the fleet every few seconds meanwhile.";
+  }
+
+  const events = new EventSource(`/api/deployments/${encodeURIComponent(dep)}/events`);
+  // on (re)open: once more, for what moved before the stream was there
+  events.onopen = async () => { live(true); await refresh(); schedule(); };
+  events.onerror = () => { live(false); schedule(); };
+  events.onmessage = async (ev) => {
+    await refresh();
+    schedule();
+    // the fleet records a node's report in its own time, maybe after the console heard it
+    if (JSON.parse(ev.data).what === "reported") setTimeout(refresh, 1000);
+  };
+  refresh().then(schedule);
 
   if (cancel) cancel.addEventListener("click", async () => {
     if (!confirm(`Cancel deployment ${dep}? Nodes still applying it go back to what they ran.`)) return;

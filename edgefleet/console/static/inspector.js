@@ -61,16 +61,7 @@
   }
 
   async function copyText(text, button) {
-    try {
-      await navigator.clipboard.writeText(text);
-    } catch (e) {  // no clipboard permission (plain http to another host): select it instead
-      const area = document.createElement("textarea");
-      area.value = text;
-      document.body.append(area);
-      area.select();
-      document.execCommand("copy");
-      area.remove();
-    }
+    await ef.copy(text);
     button.textContent = "Copied";
     setTimeout(() => { button.textContent = "Copy"; }, 1500);
   }

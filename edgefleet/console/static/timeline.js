@@ -92,6 +92,7 @@
       cursor: {drag: {x: true, y: false, setScale: false}},
       hooks: {
         setSelect: [(u) => { if (u.select.width > 2) zoomTo(u.posToVal(u.select.left, "x"), u.posToVal(u.select.left + u.select.width, "x")); }],
+        setScale: [showRange],
         draw: [() => drew()],
       },
     }, emptyData(), chartEl);
@@ -181,6 +182,7 @@
   }
 
   async function zoomTo(minS, maxS) {
+    if (!plot) return;
     zoomed = true;
     $("unzoom").disabled = false;
     statusEl.textContent = "zoomed (live updates held)";
@@ -199,12 +201,23 @@
       for (let i = 0; i < body.count; i++) y.push(s ? s.min[i] : null, s ? s.max[i] : null);
       return y;
     });
-    plot.setData([x, ...ys]);
+    // the x axis spans the selection exactly (not the first and last column's points)
+    plot.setData([x, ...ys], false);
+    plot.setScale("x", {min: minS, max: maxS});
     plot.setSelect({left: 0, top: 0, width: 0, height: 0}, false);
+  }
+
+  // What the x axis spans once uPlot applied a zoom (it sets scales after the call returns).
+  function showRange(u, key) {
+    if (key !== "x" || !zoomed) return;
+    const {min, max} = u.scales.x;
+    $("zoom-range").hidden = false;
+    $("zoom-range").textContent = `zoomed to ${ef.time(min * 1e9)} – ${ef.time(max * 1e9)} (${(max - min).toFixed(1)} s)`;
   }
 
   function exitZoom() {
     zoomed = false;
+    $("zoom-range").hidden = true;
     $("unzoom").disabled = true;
     dirty = true;
     statusEl.textContent = paused ? "paused" : "live";
@@ -229,6 +242,28 @@
     }));
   }
 
+  // What the chart shows, as CSV: one row per drawn point (each column's min and max) inside
+  // the x axis's range, a column per series; a person pastes it into a spreadsheet.
+  function shownCsv() {
+    if (!plot) return "";
+    const [x, ...ys] = plot.data;
+    const lo = plot.scales.x.min, hi = plot.scales.x.max;
+    const quote = (text) => (/[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text);
+    const lines = [["time", ...plot.series.slice(1).map((s) => s.label)].map(quote).join(",")];
+    for (let i = 0; i < x.length; i++) {
+      if (x[i] < lo || x[i] > hi || ys.every((y) => y[i] === null || y[i] === undefined)) continue;
+      const t = new Date(x[i] * 1e3).toISOString();
+      lines.push([t, ...ys.map((y) => (y[i] === null || y[i] === undefined ? "" : String(y[i])))].join(","));
+    }
+    return `${lines.join("\n")}\n`;
+  }
+
+  $("copy-csv").addEventListener("click", async () => {
+    const csv = shownCsv();
+    if (!csv) { statusEl.textContent = "nothing to copy: choose series first"; return; }
+    await ef.copy(csv);
+    $("copied").textContent = `copied ${csv.split("\n").length - 2} rows`;
+  });
   $("pause").addEventListener("click", () => {
     paused = !paused;
     $("pause").textContent = paused ? "Resume" : "Pause";
