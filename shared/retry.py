@@ -1,10 +1,16 @@
-"""The one place for retries: capped exponential backoff with equal jitter."""
+"""The one place for retries: capped exponential backoff with equal jitter, and the cancels
+Python 3.11 can lose (checked for, and sent again)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,3 +52,27 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, again_after_s: float) -> None:
+    """Cancel `tasks` and return once all of them ended, cancelling again every
+    `again_after_s` a task that is still running.
+
+    One cancel is not always enough on Python 3.11: `asyncio.wait_for` (ours or a library's:
+    pymodbus, asyncua) returns the inner result when a cancel lands just as that result comes,
+    and a loop around it then runs on for ever (a Modbus poll loop never ended on its SIGTERM).
+    The lost cancel lands at another moment the second time. A task that takes longer than
+    `again_after_s` to clean up on purpose has its clean-up cut there."""
+    pending = {task for task in tasks if not task.done()}
+    for task in pending:
+        task.cancel()
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=again_after_s)
+        for task in pending:
+            stack = task.get_stack(limit=1)
+            where = f"{stack[0].f_code.co_filename}:{stack[0].f_lineno}" if stack else "?"
+            log.warning(
+                "task %s still runs %.1f s after its cancel (at %s): cancelling it again",
+                task.get_name(), again_after_s, where,
+            )  # fmt: skip
+            task.cancel()

@@ -3,7 +3,8 @@
 Skeleton (shared/service.py drives it): validated config → `Runtime(...)` → subscriptions →
 `await rt.serve({name: loop})`: one TaskGroup owns the MQTT and status loops, the service's named
 loops and every background task (`spawn`), until SIGTERM/SIGINT sets the stop event; then the
-stop hooks run, service loops stop, `stopped` is published, and the connection closes.
+stop hooks run, service loops stop, `stopped` is published, and the connection closes. Each step
+is bounded: a task that lost its cancel (Python 3.11's `wait_for`) is cancelled again.
 
 It owns the retained status (`online` with periodic health, `stopped` on a clean exit, the last
 will `offline`), the error channel (shared/error_channel.py), and the counters a user looks at
@@ -32,7 +33,8 @@ from shared.error_channel import ErrorChannel
 from shared.errors import PayloadError
 from shared.health import HealthModel, RuntimeHealth
 from shared.messages import ConfigUpdate, ErrorReport, Message, Status, now_ns
-from shared.mqtt import MqttConnection, PublishResult, Received, Will
+from shared.mqtt import DISCONNECT_TIMEOUT_S, MqttConnection, PublishResult, Received, Will
+from shared.retry import cancel_and_wait
 from shared.topics import Topics, matches
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ ConfigCallback = Callable[[dict[str, Any], int], Awaitable[None]]
 Loop = Callable[[], Coroutine[Any, Any, None]]
 HealthSection = Callable[[], HealthModel | dict[str, Any]]
 SKEW_WINDOW = 64
+# A task still running this long after its cancel is cancelled again: service loops end at once
+# on a cancel, the connection may take its clean disconnect's timeout.
+CANCEL_AGAIN_S = 2.0
+CLOSE_AGAIN_S = DISCONNECT_TIMEOUT_S + 1.0
 
 
 @dataclass
@@ -335,13 +341,14 @@ class Runtime:
                     self.spawn(fn, name)
                 await self.stop.wait()
                 await self._run_stop_hooks()
-                for task in service_tasks:
-                    task.cancel()
-                status_task.cancel()
+                # each stage waits for its tasks' end, cancelling again one that lost its cancel
+                # (shared.retry.cancel_and_wait): one cancel alone left a Modbus poll loop running
+                # for ever after its SIGTERM
+                await cancel_and_wait([*service_tasks, status_task], again_after_s=CANCEL_AGAIN_S)
                 await self._say_stopped()
-                for task in list(self._background):
-                    task.cancel()
-                mqtt_task.cancel()
+                await cancel_and_wait([*self._background, mqtt_task], again_after_s=CLOSE_AGAIN_S)
+                while self._background:  # spawned while the connection closed
+                    await cancel_and_wait(self._background, again_after_s=CANCEL_AGAIN_S)
         finally:
             self._group = None
             for sig in signals:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from edgefleet.broker import LocalBroker
@@ -203,6 +204,39 @@ async def test_a_stop_right_after_online_still_says_stopped(
     rt.mqtt.on_connect(stop_at_once)
     await asyncio.wait_for(rt.serve(), 10)
     await probe.wait_for(topics.status("svc"), lambda s: s["state"] == "stopped")
+
+
+async def test_a_loop_that_loses_its_cancel_still_ends_and_says_stopped(
+    base_config: dict[str, Any], site: str, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Python 3.11's `asyncio.wait_for` returns the answer when the stop's cancel lands as it
+    comes (a Modbus poll loop's read did): the loop goes on polling, and one cancel alone left
+    the service running for ever after its SIGTERM."""
+    topics = Topics(site)
+    await probe.subscribe(topics.status("svc"))
+    rt = Runtime("test", config(base_config))
+    answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    rounds_after_stop = 0
+
+    async def poll_loop() -> None:
+        nonlocal answer, rounds_after_stop
+        while True:
+            await asyncio.wait_for(answer, 30)  # a device's read, as pymodbus waits for it
+            answer = asyncio.get_running_loop().create_future()
+            rounds_after_stop += rt.stop.is_set()
+
+    async def answer_comes() -> None:  # the runtime cancels the loops right after its hooks
+        answer.set_result(1)
+
+    rt.on_stop(answer_comes)
+    server = asyncio.create_task(rt.serve({"poll_loop": poll_loop}))
+    await probe.wait_for(topics.status("svc"), lambda s: s["state"] == "online")
+    rt.stop.set()
+    await asyncio.wait_for(server, 10)
+    await probe.wait_for(topics.status("svc"), lambda s: s["state"] == "stopped")
+    if sys.version_info < (3, 12):  # 3.12's wait_for keeps the cancel
+        assert rounds_after_stop == 1  # the first cancel was lost, as in the poll loop
+        assert "poll_loop still runs" in caplog.text
 
 
 async def test_a_session_service_gets_what_came_while_it_was_away(

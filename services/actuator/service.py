@@ -223,8 +223,9 @@ class ActuatorService(Service[ActuatorConfig]):
         """No trusted result for `watchdog_s`: take the safe state, once per silence."""
         limit = self.config.watchdog_s
         while True:
-            try:
-                await asyncio.wait_for(self.fed.wait(), limit)
+            try:  # not wait_for: it loses a stop's cancel that lands as a result comes
+                async with asyncio.timeout(limit):
+                    await self.fed.wait()
             except TimeoutError:
                 await self.queue.put(SafeState(f"no trusted result for {limit:g} s (watchdog)"))
                 await self.fed.wait()

@@ -112,8 +112,11 @@ class Lane:
             await sink.ready()
             rows = await queue.peek(1 if self._isolate_until is not None else self.cfg.batch_size)
             if not rows:
+                # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancel that lands as the
+                # wake comes, and this loop would run on after its stop
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(queue.wake.wait(), self.idle_s)
+                    async with asyncio.timeout(self.idle_s):
+                        await queue.wake.wait()
                 continue
             try:
                 await sink.send(rows)

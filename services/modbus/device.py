@@ -87,13 +87,15 @@ class Device:
             if self.client is None or not self.client.connected:
                 await self._connect()
             try:
-                rr = await asyncio.wait_for(
-                    getattr(self.client, name)(*args, **kw), self.config.timeout_s * 1.5
-                )
+                async with asyncio.timeout(self.config.timeout_s * 1.5):
+                    rr = await getattr(self.client, name)(*args, **kw)
             except (TimeoutError, ModbusException, OSError) as exc:
                 raise_if_cancelled()
                 self._silent()
                 raise DeviceError(0, f"no answer: {exc}") from None
+            # pymodbus waits for the answer with asyncio.wait_for, which on Python 3.11 returns
+            # it when a stop's cancel lands as it comes: the poll loop would then run for ever
+            raise_if_cancelled()
             self.last_ok, self.down = clock.monotonic(), False
             if rr.isError():
                 code = int(getattr(rr, "exception_code", 4))
@@ -108,8 +110,9 @@ class Device:
         await self.close()
         self.client = self._new_client()
         self.connects += 1
-        with contextlib.suppress(asyncio.TimeoutError, OSError):
-            await asyncio.wait_for(self.client.connect(), self.config.timeout_s)
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(self.config.timeout_s):
+                await self.client.connect()
         raise_if_cancelled()  # a stop that landed as the connect failed: not a retry
         if not self.client.connected:
             self._next_connect = clock.monotonic() + self.backoff.next_delay()

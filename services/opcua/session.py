@@ -258,8 +258,9 @@ class Session:
         """Return why the session must be rebuilt."""
         next_retry = clock.monotonic() + self.w.retry_nodes_s
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), self.w.check_s)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it may lose a stop's cancel
+                async with asyncio.timeout(self.w.check_s):
+                    await self._lost.wait()
             client = self.client
             if self._lost.is_set() or client is None:
                 return self.health.last_reason or "connection lost"
