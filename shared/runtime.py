@@ -82,7 +82,7 @@ class Runtime:
         self._config_taken = config.revision  # the newest revision handed on: updates must beat it
         self._health_sections: dict[str, HealthSection] = {}
         self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
-        self._handlers: list[tuple[str, Handler]] = []
+        self._handlers: list[tuple[str, Handler, bool]] = []  # (filter, handler, acks itself)
         self.errors = ErrorChannel(
             self.instance, config.timings.error_report_interval_s, self.health, self._send_report
         )
@@ -103,33 +103,50 @@ class Runtime:
 
     # ------------------------------------------------------------------ messaging
 
-    async def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Route messages of `topic_filter` to `handler`; what it raises is counted and reported."""
-        self._handlers.append((topic_filter, handler))
+    async def subscribe(
+        self, topic_filter: str, handler: Handler, qos: int = 1, *, acks: bool = False
+    ) -> None:
+        """Route messages of `topic_filter` to `handler`; what it raises is counted and reported.
+
+        With `manual_ack` (a persistent session whose QoS 1 input must survive a crash), a
+        message is acknowledged once its handlers ran, whether they returned, rejected it
+        (`PayloadError`) or failed: a message refused once will never become good, and one left
+        unacknowledged comes back on every reconnect. `acks=True` is for a handler that takes
+        charge of its messages' acknowledgements (`ack` after its own commit): a message that
+        such a handler matches is acknowledged by it only. Without `manual_ack` the client
+        acknowledges on arrival and `acks` changes nothing.
+        """
+        self._handlers.append((topic_filter, handler, acks))
         await self.mqtt.subscribe(topic_filter, qos)
 
     async def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
         """Stop routing `topic_filter` to `handler`; unsubscribe when no handler is left on it."""
-        self._handlers = [(f, h) for f, h in self._handlers if (f, h) != (topic_filter, handler)]
-        if all(f != topic_filter for f, _ in self._handlers):
+        self._handlers = [
+            (f, h, a) for f, h, a in self._handlers if (f, h) != (topic_filter, handler)
+        ]
+        if all(f != topic_filter for f, _, _ in self._handlers):
             await self.mqtt.unsubscribe(topic_filter)
 
     async def _dispatch(self, message: Received) -> None:
         self.health.received += 1
-        for topic_filter, handler in self._handlers:
+        handler_acks = False
+        for topic_filter, handler, acks in self._handlers:
             if not matches(message.topic, topic_filter):
                 continue
+            handler_acks = handler_acks or acks
             try:
                 await handler(message)
             except PayloadError as exc:
                 self.reject(str(exc), message)
             except asyncio.CancelledError:
-                raise
+                raise  # stopped mid-handler: not done with it, so the broker delivers it again
             except Exception as exc:
                 log.exception(
                     "handler for %s failed on a message from %s", topic_filter, message.topic
                 )
                 self.errors.error(f"internal error: {type(exc).__name__}: {exc}", message)
+        if not handler_acks:
+            self.mqtt.ack(message)
 
     async def publish(
         self,
@@ -163,6 +180,7 @@ class Runtime:
         return result
 
     def ack(self, message: Received) -> None:
+        """Acknowledge a message of a handler subscribed with `acks=True` (`manual_ack` only)."""
         self.mqtt.ack(message)
 
     async def on_config(self, callback: ConfigCallback) -> None:

@@ -197,7 +197,7 @@ class ForwarderService(Service[ForwarderConfig]):
             else [t for f in flows for t in (topics.events(f), topics.results(f))]
         )
         for topic_filter in filters:
-            await self.rt.subscribe(topic_filter, self.on_message, qos=1)
+            await self.rt.subscribe(topic_filter, self.on_message, qos=1, acks=True)
 
     async def close(self) -> None:
         for lane in self.lanes:

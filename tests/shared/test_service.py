@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from edgefleet.registry import SERVICES, service_spec
-from shared.config import ServiceConfig, validate
+from shared.config import ServiceConfig, SessionConfig, validate
 from shared.error_channel import RateLimit
+from shared.errors import PayloadError
 from shared.health import HealthModel, InferenceHealth, health_of
 from shared.messages import Status
+from shared.mqtt import Received
 from shared.runtime import Loop, Runtime
 from shared.service import Service, ServiceSpec, run
 from shared.topics import Topics
@@ -83,6 +87,64 @@ async def test_run_names_the_loops_reports_health_and_closes(
     await asyncio.wait_for(task, 10)
     assert ticker.closed
     await probe.wait_for(topics.status("ticker"), lambda s: s["state"] == "stopped")
+
+
+@pytest.mark.parametrize("outcome", ["returns", "rejects", "fails"])
+async def test_manual_ack_acks_what_a_handler_does_not_ack_itself(
+    base_config: dict[str, Any], site: str, probe: Probe, outcome: str
+) -> None:
+    """With manual acks, a message of a handler that does not ack itself is acknowledged once it
+    ran, however it ended: it is not delivered again on the next reconnect of the session; a
+    handler subscribed with `acks=True` that did not ack gets its message again."""
+    topics = Topics(site)
+    plain, own = topics.debug_session("s1"), topics.results("f")  # published non-retained
+    config = validate(SessionConfig, {**base_config, "instance": "acker"}, "test")
+    seen: list[tuple[str, bytes]] = []
+    changed = asyncio.Condition()
+
+    async def note(message: Received) -> None:
+        async with changed:
+            seen.append((message.topic, message.payload))
+            changed.notify_all()
+
+    async def handle(message: Received) -> None:
+        await note(message)
+        if outcome == "rejects":
+            raise PayloadError("not a session request")
+        if outcome == "fails":
+            raise RuntimeError("handler bug")
+
+    async def until_seen(wanted: tuple[str, bytes], times: int = 1) -> None:
+        async with changed:
+            await asyncio.wait_for(changed.wait_for(lambda: seen.count(wanted) >= times), 10)
+
+    async def session() -> tuple[Runtime, asyncio.Task[None]]:
+        rt = Runtime("acker", config, manual_ack=True)
+        await rt.subscribe(topics.debug_sessions(), handle)
+        await rt.subscribe(own, note, acks=True)  # never acks: held for the session
+        task = asyncio.create_task(rt.serve(handle_signals=False))
+        await asyncio.wait_for(rt.mqtt.wait_connected(), 10)
+        return rt, task
+
+    rt, task = await session()
+    assert (await probe.connection.publish(plain, b"job", qos=1)).ok
+    assert (await probe.connection.publish(own, b"result", qos=1)).ok
+    # `_dispatch` acks right after the handler returns, before it awaits anything: once the
+    # handler noted both, the PUBACK is written ahead of the DISCONNECT the stop sends
+    await until_seen((plain, b"job"))
+    await until_seen((own, b"result"))
+    rt.stop.set()
+    await asyncio.wait_for(task, 10)
+
+    rt, task = await session()  # the same client id: the broker resumes the session
+    # the broker resends what is in flight for a resumed session before any new message: once
+    # the marker arrived, a redelivery of the job would have arrived too
+    assert (await probe.connection.publish(plain, b"marker", qos=1)).ok
+    await until_seen((plain, b"marker"))
+    await until_seen((own, b"result"), times=2)  # not acked by its handler: delivered again
+    rt.stop.set()
+    await asyncio.wait_for(task, 10)
+    assert seen.count((plain, b"job")) == 1
 
 
 def test_rate_limit_passes_the_first_then_one_per_interval_with_the_count() -> None:
