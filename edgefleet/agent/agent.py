@@ -445,7 +445,8 @@ class Agent:
                 await asyncio.sleep(0.2)
 
     def _write_flows(self, revision: Revision) -> tuple[list[FlowSpec], dict[str, str]]:
-        """The revision's flow files in `{workdir}/deployed/{revision}/`, references made local."""
+        """The revision's flow files in `{workdir}/deployed/{revision}/`, references made local,
+        relative data paths in `{workdir}/flows/{flow}/`."""
         desired = DesiredState.from_wire(revision.desired)
         folder = self.root / "deployed" / str(revision.revision)
         folder.mkdir(parents=True, exist_ok=True)
@@ -456,7 +457,13 @@ class Agent:
             write_atomic(path, yaml.dump(data, Dumper=SafeDumper, sort_keys=False).encode())
             # from the data just written: parsing the file again would only cost time
             spec = validate(FlowSpec, data, str(path))
-            resolve_paths(spec, folder.resolve())
+            # A relative path left after `localize` is the flow's data (a SQLite sink's
+            # `path: history.db`): one folder per flow, the same in every revision, so its
+            # history goes on across deployments and rollbacks and a revision's folder holds
+            # flow files only (pruned whole).
+            home = self.root / "flows" / flow.name
+            home.mkdir(parents=True, exist_ok=True)
+            resolve_paths(spec, home.resolve())
             flows.append(spec)
             files[flows[-1].name] = str(path)
         return flows, files

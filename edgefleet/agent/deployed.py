@@ -7,10 +7,12 @@ revision it goes back to (current, else last good: `Agent._roll_back`) from the 
 the cache. So after each revision ends (applied, failed, rolled back) only the folders of
 current, last good and a pending revision stay; older ones go.
 
-A flow with a relative path (a SQLite sink's `path: history.db`) has its instances write
-inside that folder. Those files are data, not ours: only the flow files and stale write
-temporaries are removed, and a folder that still holds anything else stays (said once per
-prune), so pruning never deletes what an instance wrote.
+A flow's relative data paths (a SQLite sink's `path: history.db`) resolve in
+`{workdir}/flows/{flow}/`, the same folder for every revision (`Agent._write_flows`), so a
+revision's folder holds flow files only. A folder that holds anything else (written by an
+older agent, which resolved data paths in the revision's folder) is data, not ours: only the
+flow files and stale write temporaries are removed and the folder stays (said once per prune),
+so pruning never deletes what an instance wrote.
 """
 
 from __future__ import annotations

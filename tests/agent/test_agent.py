@@ -31,12 +31,17 @@ TIMEOUT = 60
 
 
 async def push(
-    fleet: FleetClient, tmp: Path, model: str, seed: int, signal_source: str = "plc1"
+    fleet: FleetClient,
+    tmp: Path,
+    model: str,
+    seed: int,
+    signal_source: str = "plc1",
+    **extra: Any,
 ) -> dict[str, Any]:
     """Push a model version and a flow `pump` that uses it: the flow version the fleet shows."""
     model_file = mlp(tmp / f"{model}-{seed}.onnx", f=len(FEATURES), seed=seed)
     ref = (await fleet.push(model_file, model, "model"))["resource"]["ref"]
-    flow = flow_data(model=None)
+    flow = flow_data(model=None, **extra)
     for feature in flow["align"]["features"]:
         feature["signal"] = feature["signal"].replace("plc1/", f"{signal_source}/")
     flow["model"] = {"ref": ref}
@@ -318,9 +323,11 @@ async def test_a_revision_cut_short_is_applied_again_after_a_restart(
 async def test_only_the_revisions_a_rollback_can_need_stay_deployed(
     tmp_path: Path, broker: LocalBroker, fleet: FleetClient, site: str, simulator: int
 ) -> None:
-    one = await push(fleet, tmp_path, "pump-ae", seed=2)
-    two = await push(fleet, tmp_path, "pump-ae", seed=3)
-    bad = await push(fleet, tmp_path, "pump-ae", seed=5, signal_source="plc9")
+    # the flow keeps its history in a relative path: one file for every revision
+    sinks = [{"kind": "sqlite", "path": "history.db"}]
+    one = await push(fleet, tmp_path, "pump-ae", seed=2, sinks=sinks)
+    two = await push(fleet, tmp_path, "pump-ae", seed=3, sinks=sinks)
+    bad = await push(fleet, tmp_path, "pump-ae", seed=5, signal_source="plc9", sinks=sinks)
     path = write_node(tmp_path / "site", site, site, broker, simulator, KEY)
     work = tmp_path / "w"
 
@@ -350,6 +357,12 @@ async def test_only_the_revisions_a_rollback_can_need_stay_deployed(
                 timeout=TIMEOUT,
             )
             assert folders() == {3, 4}  # the failed revision's files went too
+            assert not list((work / "deployed").glob("*/history.db"))
+            history = sqlite_utils.Database(work / "flows" / "pump" / "history.db")
+            models = {r["model"] for r in history.query("SELECT DISTINCT model FROM results")}
+            # results of both model versions, across revisions 1-5, in the one file
+            shas = {m.partition("@")[0] for m in models}  # a cached model is named by digest
+            assert {one["pins"]["model"]["sha256"], two["pins"]["model"]["sha256"]} <= shas
             state = StateFile(work / "agent" / "state.json").load()
             assert state.current is not None and state.current.revision == 4
             assert state.last_good is not None and state.last_good.revision == 3
