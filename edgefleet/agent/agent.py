@@ -121,7 +121,9 @@ def localize(
             if ref not in paths:
                 raise EdgefleetError(f"{origin}: {ref} is not among the flow's pinned resources")
             rest = {k: v for k, v in section.items() if k != "ref"}
-            return {"path": paths[ref], **rest}
+            # the cached blob is named by its digest: results name the library version
+            name, _, version = ref.partition("@")
+            return {"path": paths[ref], "name": name, "version": version, **rest}
         return section
 
     model = data.get("model")
@@ -132,8 +134,7 @@ def localize(
             if isinstance(value, dict):
                 model[key] = local(value)["path"]
         if shadow is not None:
-            name, _, version = shadow.ref.partition("@")
-            model["shadow"] = local({"ref": shadow.ref, "name": name, "version": version})
+            model["shadow"] = local({"ref": shadow.ref})
         elif isinstance(model.get("shadow"), dict):
             model["shadow"] = local(model["shadow"])
         data["model"] = model

@@ -142,8 +142,10 @@ async def test_applies_a_signed_desired_state_and_refuses_the_rest(
             await result_from(probe, site, sha)
             assert (tmp_path / "w" / "agent" / "cache" / "sha256" / sha).is_file()
             deployed = yaml.safe_load((tmp_path / "w" / "deployed" / "5" / "pump.yaml").read_text())
-            assert deployed["model"] == {
-                "path": str(tmp_path / "w" / "agent" / "cache" / "sha256" / sha)
+            assert deployed["model"] == {  # the cached blob, named as in the library
+                "path": str(tmp_path / "w" / "agent" / "cache" / "sha256" / sha),
+                "name": "pump-ae",
+                "version": "1",
             }
             pid = sup.instances["inference-pump"].pid
 
@@ -361,8 +363,7 @@ async def test_only_the_revisions_a_rollback_can_need_stay_deployed(
             history = sqlite_utils.Database(work / "flows" / "pump" / "history.db")
             models = {r["model"] for r in history.query("SELECT DISTINCT model FROM results")}
             # results of both model versions, across revisions 1-5, in the one file
-            shas = {m.partition("@")[0] for m in models}  # a cached model is named by digest
-            assert {one["pins"]["model"]["sha256"], two["pins"]["model"]["sha256"]} <= shas
+            assert {one["pins"]["model"]["ref"], two["pins"]["model"]["ref"]} <= models
             state = StateFile(work / "agent" / "state.json").load()
             assert state.current is not None and state.current.revision == 4
             assert state.last_good is not None and state.last_good.revision == 3
