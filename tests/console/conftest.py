@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -124,6 +124,19 @@ def sign_in(driver: WebDriver, console: ConsoleProcess, name: str, then: str = "
     driver.find_element(By.ID, "password").send_keys(PASSWORD)
     driver.find_element(By.ID, "signin").click()
     wait(driver).until(ec.text_to_be_present_in_element((By.ID, "user"), name))
+
+
+def text_of(driver: WebDriver, css: str) -> str:
+    """The text of the first element `css` selects, found and read in one script: a page that
+    re-renders on pushed events (the deployment page) may replace the element between a
+    `find_element` and a read of its `.text` (a stale element)."""
+    text = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText.trim() : null",
+        css,
+    )
+    if text is None:
+        raise NoSuchElementException(f"no element matches {css}")
+    return str(text)
 
 
 def wait(driver: WebDriver, timeout: float = WAIT_S) -> WebDriverWait[WebDriver]:

@@ -33,6 +33,7 @@ from tests.console.conftest import (
     fetch_status,
     screenshot,
     sign_in,
+    text_of,
     wait,
 )
 from tests.console.test_edge_console import scorer
@@ -112,10 +113,6 @@ async def test_deploy_from_the_page_and_a_viewer_cannot(
             lambda rev: play(report(probe, site, CANARY, rev, "applied")),
         )
         await asyncio.to_thread(view_only, browser, console, dep)
-
-
-def text_of(driver: WebDriver, css: str) -> str:
-    return str(driver.find_element(By.CSS_SELECTOR, css).text)
 
 
 def operate(browser: WebDriver, console: ConsoleProcess, site: str) -> None:

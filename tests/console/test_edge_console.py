@@ -27,6 +27,7 @@ from tests.console.conftest import (
     console_errors,
     screenshot,
     sign_in,
+    text_of,
     wait,
 )
 from tests.inference.models import add_metadata, column_stats, mlp, save, training_data
@@ -48,10 +49,6 @@ def live_site(root: Path, site: str, broker: LocalBroker, modbus: int) -> Path:
     scorer(root / "flows" / "pump.onnx")
     scorer(root / "flows" / "candidate.onnx", seed=7)
     return path
-
-
-def text_of(driver: WebDriver, css: str) -> str:
-    return str(driver.find_element(By.CSS_SELECTOR, css).text)
 
 
 async def test_live_site_in_the_timeline_and_the_inspector(
