@@ -12,17 +12,14 @@ import ctypes
 import functools
 import getpass
 import hashlib
-import http.client
 import os
 import queue
 import socket
 import ssl
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from edgefleet.fleet.address import ENV_ADDRESS, FleetBroker
 from edgefleet.fleet.errors import FleetError, FleetUnreachable
@@ -34,6 +31,7 @@ from shared.messages import FleetCommand
 from shared.mqtt import NotConnected
 from shared.requests import Requester, RequestTimeout, requester
 from shared.topics import DEFAULT_PREFIX, fleet_commands, fleet_replies
+from shared.transfer import HashBehind, connection
 
 CHUNK = 1 << 20
 COMMAND_TIMEOUT_S = 30.0
@@ -157,13 +155,6 @@ async def connect(
 # ---------------------------------------------------------------------------- HTTP transfers
 
 
-def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
-    parts = urlsplit(url)
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
-    return cls(parts.netloc, timeout=60), target
-
-
 def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -181,7 +172,7 @@ def put_file(
     (and refuses others), so that digest is returned and the bytes are not hashed twice."""
     signed = next((v for k, v in (headers or {}).items() if k.lower() == CHECKSUM), None)
     digest = None if signed else hashlib.sha256()
-    conn, target = _connection(url)
+    conn, target = connection(url)
     try:
         conn.putrequest("PUT", target, skip_accept_encoding=True)
         conn.putheader("Content-Length", str(size))
@@ -226,7 +217,7 @@ def get_file(url: str, dest: Path, sha256: str, progress: Progress | None = None
     and the kernel is asked to start writing them to disk as they come (sync_file_range), so
     the one fsync at the end has little left to wait for."""
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-    conn, target = _connection(url)
+    conn, target = connection(url)
     try:
         conn.request("GET", target)
         response = conn.getresponse()
@@ -234,15 +225,18 @@ def get_file(url: str, dest: Path, sha256: str, progress: Progress | None = None
             raise ProtocolError(
                 f"S3 refused the download: HTTP {response.status}: {response.read()[:300]!r}"
             )
-        with tmp.open("wb") as out, _Hasher() as hasher:
+        free: queue.Queue[memoryview] = queue.Queue()  # chunk buffers, back once hashed
+        for _ in range(_BUFFERS):
+            free.put(memoryview(bytearray(CHUNK)))
+        with tmp.open("wb") as out, HashBehind() as hasher:
             written = 0
             while True:
-                view = hasher.buffer()
+                view = free.get()
                 n = response.readinto(view)
                 if not n:
                     break
                 out.write(view[:n])
-                hasher.update(view, n)
+                hasher.update(view[:n], functools.partial(free.put, view))
                 written += n
                 if written % WRITEBACK < n:
                     out.flush()
@@ -268,44 +262,6 @@ def get_file(url: str, dest: Path, sha256: str, progress: Progress | None = None
 
 WRITEBACK = 8 << 20  # written bytes between two requests to start writing them to disk
 _BUFFERS = 8  # chunks in flight between the download and the hashing thread
-
-
-class _Hasher:
-    """sha256 in a thread of its own over a small pool of reused chunk buffers."""
-
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-        self.free: queue.Queue[memoryview] = queue.Queue()
-        for _ in range(_BUFFERS):
-            self.free.put(memoryview(bytearray(CHUNK)))
-        self.full: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name="download-hash", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (item := self.full.get()) is not None:
-            view, n = item
-            self.digest.update(view[:n])
-            self.free.put(view)
-
-    def buffer(self) -> memoryview:
-        return self.free.get()
-
-    def update(self, view: memoryview, n: int) -> None:
-        self.full.put((view, n))
-
-    def hexdigest(self) -> str:
-        self.full.put(None)
-        self.thread.join()
-        return self.digest.hexdigest()
-
-    def __enter__(self) -> _Hasher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.thread.is_alive():
-            self.full.put(None)
-            self.thread.join()
 
 
 _SYNC_FILE_RANGE_WRITE = 2

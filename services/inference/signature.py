@@ -14,17 +14,13 @@ a timeout, so a file that hangs or crashes onnxruntime costs that process only.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
 import math
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import numpy as np
 import onnx
@@ -33,6 +29,7 @@ from google.protobuf.message import DecodeError
 from pydantic import BaseModel, ConfigDict
 
 from shared.errors import ConfigError, ModelError
+from shared.transfer import HashBehind, connection
 
 from .config import InferenceSettings
 from .isolated import CHILD_NICE, Ahead, run_isolated, run_isolated_async
@@ -320,14 +317,12 @@ def _inspect_fetched_child(arg: tuple[tuple[str, int], bytes]) -> dict[str, Any]
 
 
 def download(url: str, size: int) -> tuple[int, bytearray | None, str | None]:
-    """GET `url` into one buffer of `size` bytes, hashed by a second thread while it fills
-    (hashlib lets go of the GIL): the object's size as the server said, and when it is `size`,
-    the bytes and their sha256. ModelError when the server refuses or the read is cut."""
-    parts = urlsplit(url)
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.netloc, timeout=60)
+    """GET `url` into one buffer of `size` bytes, hashed behind the download while it fills:
+    the object's size as the server said, and when it is `size`, the bytes and their sha256.
+    ModelError when the server refuses or the read is cut."""
+    conn, target = connection(url)
     try:
-        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+        conn.request("GET", target)
         response = conn.getresponse()
         if response.status != 200:
             raise ModelError(
@@ -338,29 +333,17 @@ def download(url: str, size: int) -> tuple[int, bytearray | None, str | None]:
             return length, None, None
         buf = bytearray(size)
         view = memoryview(buf)
-        filled: queue.Queue[int | None] = queue.Queue()
-        digest = hashlib.sha256()
-
-        def hash_behind() -> None:
-            done = 0
-            while (upto := filled.get()) is not None:
-                digest.update(view[done:upto])
-                done = upto
-
-        hasher = threading.Thread(target=hash_behind, name="download-hash", daemon=True)
-        hasher.start()
-        got = 0
-        try:
+        got = hashed = 0
+        with HashBehind() as hasher:
             while got < size and (n := response.readinto(view[got : got + _READ])):
                 got += n
-                if got % _HASH_STEP < n or got == size:
-                    filled.put(got)
-        finally:
-            filled.put(None)
-            hasher.join()
+                if got - hashed >= _HASH_STEP or got == size:
+                    hasher.update(view[hashed:got])
+                    hashed = got
+            sha256 = hasher.hexdigest()
         if got != size:
             raise ModelError(f"the download was cut after {got} of {size} bytes")
-        return size, buf, digest.hexdigest()
+        return size, buf, sha256
     except OSError as exc:
         raise ModelError(f"the download from S3 failed: {exc}") from None
     finally:
@@ -368,7 +351,7 @@ def download(url: str, size: int) -> tuple[int, bytearray | None, str | None]:
 
 
 _READ = 1 << 20
-_HASH_STEP = 4 << 20  # the hashing thread is woken every so many bytes
+_HASH_STEP = 4 << 20  # bytes handed to the hashing thread at a time
 
 
 _DOING = "loading in onnxruntime and one trial run"
