@@ -53,7 +53,7 @@ class Summary:
             lines.append(
                 f"{d['fault']} at {d['site']}: detected after {d['detected_s']:.1f} s, alarm lamp "
                 f"set after {d['lamp_s']:.1f} s, event at the cloud after "
-                f"{'-' if cloud is None else f'{cloud:.1f}'} s; lamp reset "
+                f"{_or_dash(cloud, '.1f')} s; lamp reset "
                 + ("never" if reset is None else f"{reset:.1f} s after the fault ended")
             )
         sh = self.shadow
@@ -61,8 +61,8 @@ class Summary:
             corr, diff = sh.get("score_corr"), sh.get("score_diff_p99")
             lines.append(
                 f"shadow {sh['model']}: {sh['compared']} samples compared, score correlation "
-                f"{'-' if corr is None else f'{corr:.3f}'}, score difference p99 "
-                f"{'-' if diff is None else f'{diff:.3f}'}, {sh['decisions_differ']} decisions "
+                f"{_or_dash(corr, '.3f')}, score difference p99 "
+                f"{_or_dash(diff, '.3f')}, {sh['decisions_differ']} decisions "
                 f"differ; promoted as {sh['promoted']} ({sh['state']})"
             )
         rb = self.rollback
@@ -88,3 +88,8 @@ class Summary:
             else f"still running: {', '.join(map(str, self.left_running))}"
         )
         return "\n".join(lines)
+
+
+def _or_dash(value: float | None, spec: str) -> str:
+    """A figure the story may not have measured: `-` when it did not."""
+    return "-" if value is None else format(value, spec)
