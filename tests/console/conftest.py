@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -124,6 +125,18 @@ def sign_in(driver: WebDriver, console: ConsoleProcess, name: str, then: str = "
     driver.find_element(By.ID, "password").send_keys(PASSWORD)
     driver.find_element(By.ID, "signin").click()
     wait(driver).until(ec.text_to_be_present_in_element((By.ID, "user"), name))
+
+
+def cloud_console(
+    consoles: Callable[..., ConsoleProcess],
+    tmp_path: Path,
+    fleet_config: dict[str, Any],
+    *options: str,
+) -> ConsoleProcess:
+    """The fleet console on the test's fleet service (its fleet.yaml written for it)."""
+    fleet_yaml = tmp_path / "fleet.yaml"
+    fleet_yaml.write_text(yaml.safe_dump(fleet_config))
+    return consoles("cloud", "--fleet", str(fleet_yaml), *options)
 
 
 def text_of(driver: WebDriver, css: str) -> str:

@@ -29,6 +29,7 @@ from tests.agent.nodes import write_node
 from tests.agent.test_agent import KEY
 from tests.console.conftest import (
     ConsoleProcess,
+    cloud_console,
     console_errors,
     fetch_status,
     screenshot,
@@ -95,12 +96,10 @@ async def test_deploy_from_the_page_and_a_viewer_cannot(
         """Run a step of the played node on the test's loop, from the browser's thread."""
         asyncio.run_coroutine_threadsafe(step, loop).result(timeout=30)
 
-    fleet_yaml = tmp_path / "fleet.yaml"
-    fleet_yaml.write_text(yaml.safe_dump(fleet_config))
     path = write_node(tmp_path / "site", site, site, broker, simulator, KEY, 20)
     async with SiteSupervisor(load_site(path), tmp_path / "w"):
         await node_online(fleet, site)
-        console = consoles("cloud", "--fleet", str(fleet_yaml))
+        console = cloud_console(consoles, tmp_path, fleet_config)
         console.add_user("ana", "operator")
         console.add_user("olga", "viewer")
         # the browser waits block: off the loop the fleet service and the supervisor run on

@@ -11,13 +11,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 
 from edgefleet.fleet.client import FleetClient
-from tests.console.conftest import ConsoleProcess, console_errors, screenshot, sign_in, wait
+from tests.console.conftest import (
+    ConsoleProcess,
+    cloud_console,
+    console_errors,
+    screenshot,
+    sign_in,
+    wait,
+)
 from tests.console.test_cloud_console import fleet_config, push_versions
 from tests.fleet.test_deploy import announce, nodes_known, report
 from tests.helpers import Probe
@@ -48,9 +54,7 @@ async def test_the_page_moves_with_the_deployment(
     dep = made["deployment"]["id"]
     shown = await fleet.call("deployment.show", {"id": dep})
     revision = {n["site"]: n["revision"] for n in shown["nodes"]}
-    fleet_yaml = tmp_path / "fleet.yaml"
-    fleet_yaml.write_text(yaml.safe_dump(fleet_config))
-    console = consoles("cloud", "--fleet", str(fleet_yaml), "--deployment-poll-s", "3600")
+    console = cloud_console(consoles, tmp_path, fleet_config, "--deployment-poll-s", "3600")
     console.add_user("olga", "viewer")
     await asyncio.to_thread(opened, browser, console, dep)
 

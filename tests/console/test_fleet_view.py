@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
@@ -19,7 +18,14 @@ from selenium.webdriver.support import expected_conditions as ec
 from edgefleet.fleet.client import FleetClient
 from shared.messages import Status
 from shared.topics import Topics
-from tests.console.conftest import ConsoleProcess, console_errors, screenshot, sign_in, wait
+from tests.console.conftest import (
+    ConsoleProcess,
+    cloud_console,
+    console_errors,
+    screenshot,
+    sign_in,
+    wait,
+)
 from tests.fleet.test_deploy import announce, eventually, report
 from tests.helpers import Probe
 
@@ -87,9 +93,7 @@ async def test_200_nodes_and_a_selector(
     browser: WebDriver,
 ) -> None:
     await register(probe, fleet, site)
-    fleet_yaml = tmp_path / "fleet.yaml"
-    fleet_yaml.write_text(yaml.safe_dump(fleet_config))
-    console = consoles("cloud", "--fleet", str(fleet_yaml))
+    console = cloud_console(consoles, tmp_path, fleet_config)
     console.add_user("olga", "viewer")
     await asyncio.to_thread(look, browser, console)
 
